@@ -1,0 +1,11 @@
+"""seqrec operators: thin typed wrappers over ``torch.ops.seqrec.*``.
+
+Each operator module registers its fake kernel (for ``torch.compile``) and its
+autograd formula; ``seqrec.ops.reference`` holds a plain-PyTorch version of every
+operator with the same signature, selectable with ``backend="reference"``.
+"""
+from __future__ import annotations
+
+from .backend import get_backend, set_backend, use_backend
+
+__all__ = ["get_backend", "set_backend", "use_backend"]

@@ -1,0 +1,7 @@
+"""Plain-PyTorch references of every seqrec operator.
+
+Same signatures and semantics as the compiled operators in ``seqrec.ops``; slow but
+obviously correct. Tests compare the kernels against them, benchmarks measure against
+them, and ``backend="reference"`` runs whole models on them.
+"""
+from __future__ import annotations
