@@ -9,9 +9,166 @@
 // Importing seqrec._C runs the registrations.
 
 #include <torch/library.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "data/errors.h"
+#include "data/readers.h"
+#include "data/sampling.h"
+#include "data/sequences.h"
 
 namespace py = pybind11;
+namespace sd = seqrec::data;
+
+namespace {
+
+using LongArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// Hands a vector to NumPy without copying: the array owns it through a capsule.
+template <typename T>
+py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape = {}) {
+  auto* owned = new std::vector<T>(std::move(v));
+  py::capsule free_when_done(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  if (shape.empty()) shape = {static_cast<py::ssize_t>(owned->size())};
+  return py::array_t<T>(shape, owned->data(), free_when_done);
+}
+
+py::list tokens_of(const sd::IdMap& map) { return py::cast(map.tokens()); }
+
+sd::CsrView csr_view(const LongArray& indptr, const LongArray& items, int64_t num_items) {
+  return {indptr.data(), items.data(), static_cast<int64_t>(indptr.size()) - 1, num_items};
+}
+
+void bind_data_engine(py::module_& m) {
+  py::register_exception<sd::DataError>(m, "DataError", PyExc_ValueError);
+
+  m.def("read_s3rec_text", [](const std::string& path) {
+    sd::SequenceTable t;
+    {
+      py::gil_scoped_release nogil;
+      t = sd::read_s3rec_text(path);
+    }
+    py::dict out;
+    out["user_tokens"] = tokens_of(t.users);
+    out["item_tokens"] = tokens_of(t.items);
+    out["indptr"] = to_numpy(std::move(t.indptr));
+    out["items"] = to_numpy(std::move(t.item_ids));
+    return out;
+  }, py::arg("path"), "Parse an S3-Rec text file into id maps and CSR sequences.");
+
+  m.def("read_atomic", [](const std::string& path, const std::vector<std::string>& fields) {
+    sd::AtomicTable t;
+    {
+      py::gil_scoped_release nogil;
+      t = sd::read_atomic(path, fields);
+    }
+    py::list columns;
+    for (auto& c : t.columns) {
+      py::dict col;
+      col["name"] = c.name;
+      col["type"] = c.type;
+      if (c.type == "token" || c.type == "token_seq") {
+        col["vocab"] = tokens_of(c.vocab);
+        col["codes"] = to_numpy(std::move(c.codes));
+      } else {
+        col["values"] = to_numpy(std::move(c.values));
+      }
+      if (!c.indptr.empty()) col["indptr"] = to_numpy(std::move(c.indptr));
+      columns.append(col);
+    }
+    py::dict out;
+    out["num_rows"] = t.num_rows;
+    out["columns"] = columns;
+    return out;
+  }, py::arg("path"), py::arg("fields") = std::vector<std::string>{},
+     "Parse the requested columns of a RecBole atomic file (all when fields is empty).");
+
+  m.def("group_by_user", [](const LongArray& users, const LongArray& items,
+                            std::optional<DoubleArray> timestamps, int64_t num_users) {
+    const int64_t n = static_cast<int64_t>(users.size());
+    if (static_cast<int64_t>(items.size()) != n ||
+        (timestamps && static_cast<int64_t>(timestamps->size()) != n))
+      throw sd::DataError("group_by_user: users, items and timestamps must have the same length");
+    sd::Csr csr;
+    {
+      py::gil_scoped_release nogil;
+      csr = sd::group_by_user(users.data(), items.data(), timestamps ? timestamps->data() : nullptr,
+                              n, num_users);
+    }
+    return py::make_tuple(to_numpy(std::move(csr.indptr)), to_numpy(std::move(csr.values)));
+  }, py::arg("users"), py::arg("items"), py::arg("timestamps"), py::arg("num_users"));
+
+  m.def("kcore", [](const LongArray& indptr, const LongArray& items, int64_t num_items,
+                    int64_t min_user, int64_t min_item) {
+    sd::Csr csr{{indptr.data(), indptr.data() + indptr.size()},
+                {items.data(), items.data() + items.size()}};
+    sd::KCoreResult r;
+    {
+      py::gil_scoped_release nogil;
+      r = sd::kcore(csr, num_items, min_user, min_item);
+    }
+    return py::make_tuple(to_numpy(std::move(r.sequences.indptr)),
+                          to_numpy(std::move(r.sequences.values)), to_numpy(std::move(r.kept_users)),
+                          to_numpy(std::move(r.kept_items)));
+  }, py::arg("indptr"), py::arg("items"), py::arg("num_items"), py::arg("min_user"),
+     py::arg("min_item"));
+
+  m.def("train_batch", [](const LongArray& indptr, const LongArray& items, int64_t num_items,
+                          const LongArray& users, const LongArray& prefix_len, int64_t max_len,
+                          int64_t num_negatives, uint64_t seed, uint64_t stream) {
+    if (users.size() != prefix_len.size())
+      throw sd::DataError("train_batch: users and prefix_len must have the same length");
+    const int64_t b = static_cast<int64_t>(users.size());
+    sd::TrainBatch t;
+    {
+      py::gil_scoped_release nogil;
+      t = sd::build_train_batch(csr_view(indptr, items, num_items), users.data(), prefix_len.data(),
+                                b, max_len, num_negatives, seed, stream);
+    }
+    return py::make_tuple(to_numpy(std::move(t.input_ids), {b, max_len}),
+                          to_numpy(std::move(t.target_ids), {b, max_len}),
+                          to_numpy(std::move(t.negative_ids), {b, max_len, num_negatives}),
+                          to_numpy(std::move(t.lengths)));
+  }, py::arg("indptr"), py::arg("items"), py::arg("num_items"), py::arg("users"),
+     py::arg("prefix_len"), py::arg("max_len"), py::arg("num_negatives"), py::arg("seed"),
+     py::arg("stream"));
+
+  m.def("eval_batch", [](const LongArray& indptr, const LongArray& items, int64_t num_items,
+                         const LongArray& users, const LongArray& prefix_len, int64_t max_len) {
+    if (users.size() != prefix_len.size())
+      throw sd::DataError("eval_batch: users and prefix_len must have the same length");
+    const int64_t b = static_cast<int64_t>(users.size());
+    sd::EvalBatch e;
+    {
+      py::gil_scoped_release nogil;
+      e = sd::build_eval_batch(csr_view(indptr, items, num_items), users.data(), prefix_len.data(),
+                               b, max_len);
+    }
+    return py::make_tuple(to_numpy(std::move(e.input_ids), {b, max_len}),
+                          to_numpy(std::move(e.lengths)), to_numpy(std::move(e.target)),
+                          to_numpy(std::move(e.history_indptr)),
+                          to_numpy(std::move(e.history_items)));
+  }, py::arg("indptr"), py::arg("items"), py::arg("num_items"), py::arg("users"),
+     py::arg("prefix_len"), py::arg("max_len"));
+
+  m.def("sample_unseen", [](const LongArray& indptr, const LongArray& items, int64_t num_items,
+                            const LongArray& users, int64_t num_negatives, uint64_t seed,
+                            uint64_t stream) {
+    const int64_t b = static_cast<int64_t>(users.size());
+    std::vector<int64_t> out;
+    {
+      py::gil_scoped_release nogil;
+      out = sd::sample_unseen(csr_view(indptr, items, num_items), users.data(), b, num_negatives,
+                              seed, stream);
+    }
+    return to_numpy(std::move(out), {b, num_negatives});
+  }, py::arg("indptr"), py::arg("items"), py::arg("num_items"), py::arg("users"),
+     py::arg("num_negatives"), py::arg("seed"), py::arg("stream"));
+}
+
+}  // namespace
 
 TORCH_LIBRARY(seqrec, m) {
 }
@@ -33,4 +190,6 @@ PYBIND11_MODULE(_C, m) {
     return false;
 #endif
   }, "True when the CUDA kernels were compiled into this build.");
+  auto data = m.def_submodule("data", "The C++ data engine: parsers, CSR sequences, batching, sampling");
+  bind_data_engine(data);
 }

@@ -1,16 +1,13 @@
-"""Shared pytest setup: device parametrisation, CUDA skipping, shared-data lookup."""
+"""Shared pytest setup: CUDA skipping. Helpers for tests live in helpers.py."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 import seqrec
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SEQREC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+from helpers import DEVICES, SHARED_DATA, shared_dataset  # noqa: F401  (re-exported)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,14 +23,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
-
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
-
-
-def shared_dataset(name: str) -> Path:
-    """Path of ../shared/data/<name>, or skip the test when it is absent."""
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"real dataset {name!r} not found at {path} (set SEQREC_SHARED_DATA)")
-    return path

@@ -1,0 +1,80 @@
+#include "data/sequences.h"
+
+#include <algorithm>
+#include <numeric>
+#include <string>
+
+#include "data/errors.h"
+
+namespace seqrec::data {
+
+Csr group_by_user(const int64_t* users, const int64_t* items, const double* timestamps, int64_t n,
+                  int64_t num_users) {
+  Csr out;
+  out.indptr.assign(static_cast<size_t>(num_users) + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (users[i] < 1 || users[i] > num_users)
+      throw DataError("interaction " + std::to_string(i) + ": user code " +
+                      std::to_string(users[i]) + " outside 1.." + std::to_string(num_users));
+    ++out.indptr[users[i]];
+  }
+  std::partial_sum(out.indptr.begin(), out.indptr.end(), out.indptr.begin());
+  // Counting sort by user keeps the input order within a user.
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::vector<int64_t> cursor(out.indptr.begin(), out.indptr.end() - 1);
+  for (int64_t i = 0; i < n; ++i) order[cursor[users[i] - 1]++] = i;
+  if (timestamps != nullptr) {
+    for (int64_t u = 0; u < num_users; ++u) {
+      std::stable_sort(order.begin() + out.indptr[u], order.begin() + out.indptr[u + 1],
+                       [&](int64_t a, int64_t b) { return timestamps[a] < timestamps[b]; });
+    }
+  }
+  out.values.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out.values[i] = items[order[i]];
+  return out;
+}
+
+KCoreResult kcore(const Csr& seqs, int64_t num_items, int64_t min_user, int64_t min_item) {
+  const int64_t num_users = static_cast<int64_t>(seqs.indptr.size()) - 1;
+  std::vector<char> user_alive(num_users, 1), item_alive(num_items + 1, 1);
+  item_alive[0] = 0;
+  std::vector<int64_t> user_deg(num_users), item_deg(num_items + 1);
+  for (bool changed = true; changed;) {
+    changed = false;
+    std::fill(user_deg.begin(), user_deg.end(), 0);
+    std::fill(item_deg.begin(), item_deg.end(), 0);
+    for (int64_t u = 0; u < num_users; ++u) {
+      if (!user_alive[u]) continue;
+      for (int64_t j = seqs.indptr[u]; j < seqs.indptr[u + 1]; ++j) {
+        const int64_t it = seqs.values[j];
+        if (it < 1 || it > num_items)
+          throw DataError("kcore: item id " + std::to_string(it) + " outside 1.." +
+                          std::to_string(num_items));
+        if (item_alive[it]) ++user_deg[u], ++item_deg[it];
+      }
+    }
+    for (int64_t u = 0; u < num_users; ++u)
+      if (user_alive[u] && user_deg[u] < min_user) user_alive[u] = 0, changed = true;
+    for (int64_t it = 1; it <= num_items; ++it)
+      if (item_alive[it] && item_deg[it] < min_item) item_alive[it] = 0, changed = true;
+  }
+  KCoreResult out;
+  std::vector<int64_t> new_item_id(num_items + 1, 0);
+  for (int64_t it = 1; it <= num_items; ++it) {
+    if (item_alive[it] && item_deg[it] > 0) {
+      out.kept_items.push_back(it);
+      new_item_id[it] = static_cast<int64_t>(out.kept_items.size());
+    }
+  }
+  out.sequences.indptr.push_back(0);
+  for (int64_t u = 0; u < num_users; ++u) {
+    if (!user_alive[u] || user_deg[u] == 0) continue;
+    out.kept_users.push_back(u);
+    for (int64_t j = seqs.indptr[u]; j < seqs.indptr[u + 1]; ++j)
+      if (new_item_id[seqs.values[j]] != 0) out.sequences.values.push_back(new_item_id[seqs.values[j]]);
+    out.sequences.indptr.push_back(static_cast<int64_t>(out.sequences.values.size()));
+  }
+  return out;
+}
+
+}  // namespace seqrec::data

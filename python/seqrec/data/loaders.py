@@ -1,0 +1,53 @@
+"""One entry point that resolves a dataset name or path (used by the CLI)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .dataset import DataError, SequenceDataset
+from .synthetic import synthetic
+
+
+def load_dataset(source: str, fmt: str | None = None, *, attributes: list[str] | None = None,
+                 kcore: int | None = None, seed: int = 0) -> SequenceDataset:
+    """Load ``source``: ``"synthetic"``, an S3-Rec ``.txt`` file (or a folder holding
+    ``<folder>.txt``), or RecBole atomic files (``.inter`` file, stem or folder).
+
+    ``fmt`` forces the format (``"s3rec"`` or ``"atomic"``); otherwise it is inferred.
+    ``attributes`` restricts the atomic ``.item`` fields loaded. ``kcore`` applies
+    k-core filtering to users and items.
+    """
+    if source == "synthetic":
+        ds = synthetic(seed=seed)
+    else:
+        path = Path(source)
+        if fmt is None:
+            fmt = _infer_format(path)
+        if fmt == "s3rec":
+            if path.is_dir():
+                path = path / f"{path.name}.txt"
+            if not path.exists():
+                raise DataError(f"{path}: no such file")
+            ds = SequenceDataset.from_s3rec(path)
+        elif fmt == "atomic":
+            ds = SequenceDataset.from_atomic(path, attributes)
+        else:
+            raise ValueError(f"format must be 's3rec' or 'atomic', got {fmt!r}")
+    if kcore:
+        ds = ds.kcore(kcore)
+    return ds
+
+
+def _infer_format(path: Path) -> str:
+    if path.suffix == ".txt":
+        return "s3rec"
+    if path.suffix == ".inter":
+        return "atomic"
+    if path.is_dir():
+        if (path / f"{path.name}.txt").exists():
+            return "s3rec"
+        if (path / f"{path.name}.inter").exists():
+            return "atomic"
+    if path.with_name(path.name + ".inter").exists():
+        return "atomic"
+    raise DataError(f"{path}: cannot tell the format (expected a .txt S3-Rec file, .inter atomic files, "
+                    "or a folder holding one); pass --format")
