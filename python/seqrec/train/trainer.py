@@ -1,0 +1,286 @@
+"""Training loop: Adam, periodic validation, early stopping, checkpoints that resume exactly.
+
+The trainer drives any model with this interface (every seqrec model has it):
+
+* ``model.loss(input_ids, target_ids, negative_ids) -> scalar`` on a training batch;
+* ``model.score(input_ids, lengths) -> [B, num_items + 1]`` full-ranking scores, and
+  ``model.score(input_ids, lengths, items=[B, C]) -> [B, C]`` candidate scores.
+
+Resume is exact on CPU: the epoch's user order and negatives are pure functions of
+(seed, epoch) (see :meth:`LeaveOneOutSplit.train_batches`), and a checkpoint written at
+the end of every epoch holds the model, the optimizer, every RNG state, the early-stop
+state and the history. A run killed mid-epoch restarts that epoch from its beginning
+with the same RNG state, so it ends with exactly the metrics of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.split import LeaveOneOutSplit
+from ..eval import Protocol, evaluate_full_ranking, evaluate_sampled
+from ..utils import atomic_write
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "history.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and evaluation settings (plain values, picklable)."""
+
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    num_negatives: int = 1
+    eval_every: int = 1
+    metric: str = "NDCG@20"
+    patience: int = 10
+    ks: tuple[int, ...] = (5, 10, 20)
+    eval_chunk_size: int = 1024
+    exclude_history: bool = True
+    sampled_negatives: int = 99
+    seed: int = 42
+    device: str = "cpu"
+    grad_clip: float | None = None
+    progress: bool | None = None  # None: bars only when writing to a terminal
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_every", "eval_chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.patience < 0:
+            raise ValueError(f"TrainConfig.patience must be >= 0, got {self.patience}")
+        self.betas = tuple(self.betas)
+        self.ks = tuple(int(k) for k in self.ks)
+        valid_metrics = {f"{m}@{k}" for m in ("HR", "NDCG") for k in self.ks} | {"MRR"}
+        if self.metric not in valid_metrics:
+            raise ValueError(f"TrainConfig.metric must be one of {sorted(valid_metrics)}, got {self.metric!r}")
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid: dict
+    test_full: dict
+    test_sampled: dict
+    history: list = field(default_factory=list)
+    protocol_full: str = ""
+    protocol_sampled: str = ""
+
+
+class Trainer:
+    """Train ``model`` on ``split`` with ``config``; write checkpoints and a JSON-lines log
+    into ``out_dir`` when given."""
+
+    def __init__(self, model: torch.nn.Module, split: LeaveOneOutSplit, config: TrainConfig,
+                 out_dir: str | Path | None = None, model_spec: dict | None = None):
+        self.model = model.to(config.device)
+        self.split = split
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.model_spec = model_spec or {}
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
+                                          weight_decay=config.weight_decay)
+        self.epoch = 0  # epochs completed
+        self.best_metric = -math.inf
+        self.best_epoch = -1
+        self.best_valid: dict = {}
+        self.best_state: dict | None = None
+        self.bad_evals = 0
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ protocols
+    def protocol(self, ranking: str) -> Protocol:
+        cfg = self.config
+        return Protocol(ranking=ranking, num_negatives=cfg.sampled_negatives if ranking == "sampled" else 0,
+                        seed=cfg.seed, exclude_history=cfg.exclude_history, max_len=self.split.max_len)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, stage: str, ranking: str = "full") -> dict:
+        """Metrics of the current model on ``stage`` ('valid'/'test') under ``ranking``
+        ('full' or 'sampled'); they do not depend on the evaluation chunk size."""
+        cfg, model = self.config, self.model
+        was_training = model.training
+        model.eval()
+        try:
+            batch = self.split.eval_batch(stage)
+            inputs = batch.input_ids.to(cfg.device)
+            lengths = batch.lengths.to(cfg.device)
+            if ranking == "full":
+                def score_fn(rows: torch.Tensor) -> torch.Tensor:
+                    rows = rows.to(cfg.device)
+                    return model.score(inputs[rows], lengths[rows]).float().cpu()
+
+                metrics, _ = evaluate_full_ranking(
+                    score_fn, batch.target, batch.history_indptr, batch.history_items, ks=cfg.ks,
+                    chunk_size=cfg.eval_chunk_size, exclude_history=cfg.exclude_history)
+            elif ranking == "sampled":
+                cand = torch.from_numpy(self.split.sampled_candidates(stage, cfg.sampled_negatives, cfg.seed))
+
+                def cand_score_fn(rows: torch.Tensor) -> torch.Tensor:
+                    rows_d = rows.to(cfg.device)
+                    return model.score(inputs[rows_d], lengths[rows_d], items=cand[rows].to(cfg.device)).float().cpu()
+
+                metrics, _ = evaluate_sampled(cand_score_fn, len(cand), ks=(1,) + cfg.ks,
+                                              chunk_size=cfg.eval_chunk_size)
+            else:
+                raise ValueError(f"ranking must be 'full' or 'sampled', got {ranking!r}")
+        finally:
+            model.train(was_training)
+        return metrics
+
+    # ------------------------------------------------------------------ training
+    def _train_epoch(self, epoch: int) -> float:
+        cfg, model = self.config, self.model
+        model.train()
+        total, count = 0.0, 0
+        batches = self.split.train_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                           num_negatives=cfg.num_negatives)
+        bar = tqdm(batches, total=self.split.num_train_batches(cfg.batch_size), desc=f"epoch {epoch + 1}",
+                   disable=None if cfg.progress is None else not cfg.progress, leave=False)
+        for batch in bar:
+            batch = batch.to(cfg.device)
+            loss = model.loss(batch.input_ids, batch.target_ids, batch.negative_ids)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch + 1}: the loss became {loss.item()} "
+                                         "(lower the learning rate or check the data)")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            total += loss.item()
+            count += 1
+            bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+        return total / max(count, 1)
+
+    def fit(self, *, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+        """Train until ``epochs`` or early stopping, restore the best model (by the
+        validation metric) and evaluate it on the test set, full and sampled."""
+        cfg = self.config
+        if self.epoch == 0 and not self.history:
+            _seed_everything(cfg.seed)
+        while self.epoch < cfg.epochs and (cfg.patience == 0 or self.bad_evals < cfg.patience):
+            start = time.perf_counter()
+            loss = self._train_epoch(self.epoch)
+            record = {"epoch": self.epoch + 1, "loss": loss, "train_seconds": time.perf_counter() - start}
+            if (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs:
+                t0 = time.perf_counter()
+                valid = self.evaluate("valid")
+                record["valid"] = valid
+                record["eval_seconds"] = time.perf_counter() - t0
+                if valid[cfg.metric] > self.best_metric:
+                    self.best_metric, self.best_epoch, self.best_valid = valid[cfg.metric], self.epoch + 1, valid
+                    self.best_state = copy.deepcopy(self.model.state_dict())
+                    self.bad_evals = 0
+                else:
+                    self.bad_evals += 1
+            self.epoch += 1
+            self.history.append(record)
+            self._log(record)
+            self.save_checkpoint()
+            if on_epoch is not None:
+                on_epoch(record)
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        result = FitResult(
+            best_epoch=self.best_epoch, best_valid=self.best_valid, test_full=self.evaluate("test", "full"),
+            test_sampled=self.evaluate("test", "sampled"), history=self.history,
+            protocol_full=self.protocol("full").describe(), protocol_sampled=self.protocol("sampled").describe())
+        if self.out_dir is not None:
+            with atomic_write(self.out_dir / "result.json") as fh:
+                json.dump(asdict(result) | {"model": self.model_spec, "train": asdict(cfg)}, fh, indent=2,
+                          default=str)
+        return result
+
+    # ------------------------------------------------------------------ persistence
+    def _log(self, record: dict) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # Rewritten whole (atomically) so a kill never leaves a torn line behind.
+        with atomic_write(self.out_dir / LOG_NAME) as fh:
+            for r in self.history:
+                fh.write(json.dumps(r) + "\n")
+
+    def state_dict(self) -> dict:
+        return {
+            "format": 1,
+            "model_spec": self.model_spec,
+            "train_config": asdict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "best_valid": self.best_valid,
+            "best_state": self.best_state,
+            "bad_evals": self.bad_evals,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = state["epoch"]
+        self.best_metric = state["best_metric"]
+        self.best_epoch = state["best_epoch"]
+        self.best_valid = state["best_valid"]
+        self.best_state = state["best_state"]
+        self.bad_evals = state["bad_evals"]
+        self.history = state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is None:
+            return
+        with atomic_write(self.out_dir / CHECKPOINT_NAME, "wb") as fh:
+            torch.save(self.state_dict(), fh)
+
+    def resume(self) -> bool:
+        """Load ``out_dir/checkpoint.pt`` if it exists; True when a run was resumed."""
+        if self.out_dir is None or not (self.out_dir / CHECKPOINT_NAME).exists():
+            return False
+        self.load_state_dict(load_checkpoint(self.out_dir / CHECKPOINT_NAME))
+        return True
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by :class:`Trainer` (a clear error when it is not one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint there")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable seqrec checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != 1:
+        raise ValueError(f"{path}: not a seqrec checkpoint (missing format marker)")
+    return state
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
