@@ -31,6 +31,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "(.inter file, stem or folder)")
     p.add_argument("--format", choices=["s3rec", "atomic"], default=None,
                    help="input format (inferred from the path when omitted)")
+    p.add_argument("--synthetic-users", type=int, default=2000, help="users of the synthetic dataset")
+    p.add_argument("--synthetic-items", type=int, default=600, help="items of the synthetic dataset")
     p.add_argument("--kcore", type=int, default=None, help="k-core filter users and items before splitting")
     p.add_argument("--max-len", type=int, default=50, help="maximum sequence length (most recent items kept)")
 
@@ -108,7 +110,7 @@ def cmd_train(args) -> int:
     from .models import build_model
     from .train import TrainConfig, Trainer
 
-    dataset = load_dataset(args.data, args.format, kcore=args.kcore)
+    dataset = _load(args)
     split = dataset.leave_one_out(max_len=args.max_len)
     name, config = _model_config(args, dataset.num_items)
     defaults = MODEL_DEFAULTS[args.model]
@@ -120,7 +122,8 @@ def cmd_train(args) -> int:
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(name, backend=args.backend, **config)
     spec = {"name": name, "config": config, "backend": args.backend,
-            "data": {"source": args.data, "format": args.format, "kcore": args.kcore, "max_len": args.max_len}}
+            "data": {"source": args.data, "format": args.format, "kcore": args.kcore, "max_len": args.max_len,
+                     "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items}}
     trainer = Trainer(model, split, train_config, out_dir=args.out, model_spec=spec)
     if args.resume:
         if args.out is None:
@@ -148,7 +151,8 @@ def cmd_evaluate(args) -> int:
     state = load_checkpoint(args.checkpoint)
     spec = state["model_spec"]
     data = spec["data"]
-    dataset = load_dataset(args.data or data["source"], args.format or data["format"], kcore=data["kcore"])
+    dataset = load_dataset(args.data or data["source"], args.format or data["format"], kcore=data["kcore"],
+                           synthetic_size=(data["synthetic_users"], data["synthetic_items"]))
     model = build_model(spec["name"], backend=spec.get("backend"), **spec["config"])
     model.load_state_dict(state["best_state"] or state["model"])
     cfg = dict(state["train_config"])
@@ -159,8 +163,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _load(args):
+    return load_dataset(args.data, args.format, kcore=args.kcore,
+                        synthetic_size=(args.synthetic_users, args.synthetic_items))
+
+
 def cmd_data_stats(args) -> int:
-    dataset = load_dataset(args.data, args.format, kcore=args.kcore)
+    dataset = _load(args)
     for k, v in dataset.stats().items():
         print(f"{k:>16}: {v}")
     if args.baseline:

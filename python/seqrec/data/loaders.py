@@ -8,16 +8,18 @@ from .synthetic import synthetic
 
 
 def load_dataset(source: str, fmt: str | None = None, *, attributes: list[str] | None = None,
-                 kcore: int | None = None, seed: int = 0) -> SequenceDataset:
+                 kcore: int | None = None, seed: int = 0,
+                 synthetic_size: tuple[int, int] = (2000, 600)) -> SequenceDataset:
     """Load ``source``: ``"synthetic"``, an S3-Rec ``.txt`` file (or a folder holding
     ``<folder>.txt``), or RecBole atomic files (``.inter`` file, stem or folder).
 
     ``fmt`` forces the format (``"s3rec"`` or ``"atomic"``); otherwise it is inferred.
     ``attributes`` restricts the atomic ``.item`` fields loaded. ``kcore`` applies
-    k-core filtering to users and items.
+    k-core filtering to users and items. ``synthetic_size`` is (users, items) of the
+    synthetic dataset.
     """
     if source == "synthetic":
-        ds = synthetic(seed=seed)
+        ds = synthetic(num_users=synthetic_size[0], num_items=synthetic_size[1], seed=seed)
     else:
         path = Path(source)
         if fmt is None:

@@ -193,8 +193,9 @@ class Trainer:
                     self.bad_evals += 1
             self.epoch += 1
             self.history.append(record)
-            self._log(record)
+            # Checkpoint first: the log never runs ahead of what a resume restores.
             self.save_checkpoint()
+            self._log(record)
             if on_epoch is not None:
                 on_epoch(record)
         if self.best_state is not None:
