@@ -348,34 +348,49 @@ def test_evaluate_full_ranking_chunking(backend):
     score_fn, users, target, indptr, items = _full_ranking_setup()
     all_scores = score_fn(users)
     _, want_rank = np_rank_topk(all_scores.numpy(), indptr.numpy(), items.numpy(), target.numpy(), 0)
-    results = [evaluate_full_ranking(score_fn, users, target, indptr, items, chunk_size=c, backend=backend, topk=10)
+    results = [evaluate_full_ranking(score_fn, target, indptr, items, chunk_size=c, backend=backend, topk=10)
                for c in (1, 7, len(users))]
     for metrics, ranks, lists in results:
         np.testing.assert_array_equal(ranks.numpy(), want_rank)
         assert metrics == results[0][0]  # exactly, whatever the chunk size
         assert torch.equal(lists, results[0][2]) and lists.shape == (len(users), 10)
     assert results[0][0] == metrics_from_ranks(want_rank)
-    metrics, ranks = evaluate_full_ranking(score_fn, users, target, indptr, items, ks=(1, 50), chunk_size=16,
+    metrics, ranks = evaluate_full_ranking(score_fn, target, indptr, items, ks=(1, 50), chunk_size=16,
                                            exclude_history=False, backend=backend)
     _, want_noex = np_rank_topk(all_scores.numpy(), indptr.numpy(), items.numpy(), target.numpy(), 0, False)
     np.testing.assert_array_equal(ranks.numpy(), want_noex)
     assert list(metrics) == ["HR@1", "NDCG@1", "HR@50", "NDCG@50", "MRR"]
 
 
-def test_evaluate_full_ranking_sub_slice_and_errors():
+def test_evaluate_full_ranking_sub_slice_users_and_errors():
     score_fn, users, target, indptr, items = _full_ranking_setup()
-    _, full_ranks = evaluate_full_ranking(score_fn, users, target, indptr, items, chunk_size=9)
-    # A slice of a bigger CSR: indptr does not start at 0.
-    _, part = evaluate_full_ranking(score_fn, users[10:30], target[10:30], indptr[10:31], items, chunk_size=4)
+    _, full_ranks = evaluate_full_ranking(score_fn, target, indptr, items, chunk_size=9)
+    # A slice of a bigger CSR (indptr does not start at 0); score_fn gets users[lo:hi].
+    _, part = evaluate_full_ranking(score_fn, target[10:30], indptr[10:31], items, chunk_size=4,
+                                    users=users[10:30])
     assert torch.equal(part, full_ranks[10:30])
-    with pytest.raises(ValueError, match="argument 'target' must have shape"):
-        evaluate_full_ranking(score_fn, users, target[:-1], indptr, items)
+    with pytest.raises(ValueError, match="argument 'users' must have 40 entries"):
+        evaluate_full_ranking(score_fn, target, indptr, items, users=users[:-1])
     with pytest.raises(ValueError, match="argument 'history_indptr' must have shape"):
-        evaluate_full_ranking(score_fn, users, target, indptr[:-1], items)
+        evaluate_full_ranking(score_fn, target, indptr[:-1], items)
     with pytest.raises(ValueError, match="score_fn must return"):
-        evaluate_full_ranking(lambda u: score_fn(u)[:1], users, target, indptr, items)
+        evaluate_full_ranking(lambda u: score_fn(u)[:1], target, indptr, items)
     with pytest.raises(ValueError, match="chunk_size"):
-        evaluate_full_ranking(score_fn, users, target, indptr, items, chunk_size=0)
+        evaluate_full_ranking(score_fn, target, indptr, items, chunk_size=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_broadcast_scores_stride_zero(backend):
+    # One score vector for every user (a popularity baseline): rows with stride 0.
+    rng = np.random.default_rng(13)
+    popularity = torch.tensor(rng.integers(0, 6, size=50), dtype=torch.float32)
+    _, _, indptr, items = _full_ranking_setup(num_users=12, num_items=50)[1:]
+    target = torch.from_numpy(rng.integers(1, 50, size=12).astype(np.int64))
+    scores = popularity.expand(12, -1)
+    topk, rank = check_against_numpy(scores, indptr, items, target, 7, True, backend)
+    metrics, ranks = evaluate_full_ranking(lambda rows: popularity.expand(len(rows), -1), target, indptr, items,
+                                           chunk_size=5, backend=backend)
+    assert torch.equal(ranks, rank)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -391,9 +406,14 @@ def test_evaluate_sampled(backend):
 
     want = np_rank_sampled(score_fn(torch.arange(num_users), candidates).numpy())
     results = [evaluate_sampled(score_fn, candidates, ks=(1, 5, 10), chunk_size=c, backend=backend) for c in (1, 7, 30)]
+    # The other form: a user count, and a score_fn that knows the candidates.
+    results.append(evaluate_sampled(lambda rows: score_fn(rows, candidates[rows]), num_users, ks=(1, 5, 10),
+                                    chunk_size=8, backend=backend))
     for metrics, ranks in results:
         np.testing.assert_array_equal(ranks.numpy(), want)
         assert metrics == results[0][0] == metrics_from_ranks(want, ks=(1, 5, 10))
+    with pytest.raises(ValueError, match=r"score_fn must return \[7, 100\]"):
+        evaluate_sampled(lambda rows, c: score_fn(rows, c)[:, :50], candidates, chunk_size=7)
 
 
 def test_protocol_describe():
@@ -403,6 +423,7 @@ def test_protocol_describe():
     sampled = Protocol(ranking="sampled", num_negatives=99, seed=42)
     assert "target vs 99 negatives, seed 42" in sampled.describe()
     assert Protocol(exclude_history=False).describe().count("NOT excluded") == 1
+    assert "leave-one-out (inputs: last 50 items)" in Protocol(num_negatives=0, max_len=50).describe()
     line = full.report({"HR@10": 0.0605, "MRR": 0.02})
     assert line.startswith("HR@10 0.0605 MRR 0.0200 | split=leave-one-out")
     with pytest.raises(ValueError, match="num_negatives"):

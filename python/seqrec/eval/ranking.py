@@ -7,6 +7,7 @@ histogram (:class:`~seqrec.eval.metrics.RankAccumulator`) and do not depend on
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -35,6 +36,7 @@ class Protocol:
             target always is). Sampled: negatives were drawn outside the history.
         tie_rule: how equal scores are ranked; seqrec's operators implement only
             "ties count against the model".
+        max_len: inputs keep the most recent ``max_len`` items (None: not stated).
     """
 
     split: str = "leave-one-out"
@@ -43,19 +45,21 @@ class Protocol:
     seed: int | None = None
     exclude_history: bool = True
     tie_rule: str = TIE_RULE
+    max_len: int | None = None
 
     def __post_init__(self):
         if self.ranking not in ("full", "sampled"):
             raise ValueError(f"Protocol.ranking must be 'full' or 'sampled', got {self.ranking!r}")
         if self.ranking == "sampled" and (self.num_negatives is None or self.num_negatives < 1):
             raise ValueError(f"Protocol.num_negatives must be >= 1 for sampled ranking, got {self.num_negatives!r}")
-        if self.ranking == "full" and self.num_negatives is not None:
-            raise ValueError("Protocol.num_negatives applies only to ranking='sampled'")
+        if self.ranking == "full" and self.num_negatives not in (None, 0):
+            raise ValueError(f"Protocol.num_negatives applies only to ranking='sampled' (None or 0 for 'full'), "
+                             f"got {self.num_negatives!r}")
         if self.tie_rule != TIE_RULE:
             raise ValueError(f"Protocol.tie_rule: only {TIE_RULE!r} is implemented, got {self.tie_rule!r}")
 
     def describe(self) -> str:
-        """One line, e.g. 'split=leave-one-out; ranking=full (all items); ...'."""
+        """One line, e.g. 'split=leave-one-out; ranking=full (target vs all items); ...'."""
         if self.ranking == "full":
             ranking = "full (target vs all items)"
             history = ("history items excluded (target kept)" if self.exclude_history
@@ -65,7 +69,8 @@ class Protocol:
             ranking = f"sampled (target vs {self.num_negatives} negatives, {seed})"
             history = ("negatives drawn outside the history" if self.exclude_history
                        else "negatives may include history items")
-        return f"split={self.split}; ranking={ranking}; {history}; tie rule: {self.tie_rule}"
+        split = self.split if self.max_len is None else f"{self.split} (inputs: last {self.max_len} items)"
+        return f"split={split}; ranking={ranking}; {history}; tie rule: {self.tie_rule}"
 
     def report(self, metrics: dict[str, float], digits: int = 4) -> str:
         """The metrics on one line followed by the protocol, e.g. for printing or logs."""
@@ -91,7 +96,6 @@ def _check_chunk_size(chunk_size: int) -> int:
 @torch.no_grad()
 def evaluate_full_ranking(
     score_fn: Callable[[Tensor], Tensor],
-    users: Tensor,
     target: Tensor,
     history_indptr: Tensor,
     history_items: Tensor,
@@ -100,23 +104,26 @@ def evaluate_full_ranking(
     exclude_history: bool = True,
     backend: str | None = None,
     *,
+    users: Tensor | None = None,
     topk: int = 0,
 ) -> tuple[dict[str, float], Tensor] | tuple[dict[str, float], Tensor, Tensor]:
-    """Full-ranking evaluation of ``users``, ``chunk_size`` users at a time.
+    """Full-ranking evaluation of U users, ``chunk_size`` users at a time.
 
     Args:
-        score_fn: ``score_fn(users[lo:hi]) -> scores [hi - lo, I]`` (any float dtype,
-            any device the backend supports). Column 0 is the padding item.
-        users: [U] int64, passed to ``score_fn`` chunk by chunk (e.g. user indices).
+        score_fn: ``score_fn(rows) -> scores [len(rows), I]`` for the int64 row indices
+            ``rows = arange(lo, hi)`` (or ``users[lo:hi]`` when ``users`` is given); any
+            float dtype, any device the backend supports. Column 0 is the padding item.
         target: [U] int64, each user's held-out item in 1..I-1.
-        history_indptr, history_items: CSR of what each user has seen, row u for
-            ``users[u]``: ``history_items[history_indptr[u]:history_indptr[u+1]]``;
+        history_indptr, history_items: CSR of what each user has seen, row u:
+            ``history_items[history_indptr[u]:history_indptr[u+1]]``;
             ``history_indptr[0]`` may be nonzero (a slice of a bigger CSR).
         ks: cut-offs of HR@K / NDCG@K.
         chunk_size: users per score block; only memory depends on it, not the result.
         exclude_history: exclusion rule of :func:`seqrec.ops.rank_topk` (history items
             are not ranked, the target always is).
         backend: None, "seqrec" or "reference".
+        users: optional [U] tensor passed to ``score_fn`` chunk by chunk instead of the
+            row indices (e.g. user ids).
         topk: when > 0, also return each user's top-``topk`` list ([U, topk] int64,
             computed in the same pass).
 
@@ -126,13 +133,16 @@ def evaluate_full_ranking(
         Report them with ``Protocol(ranking="full", exclude_history=...)``.
     """
     chunk_size = _check_chunk_size(chunk_size)
-    users = torch.as_tensor(users)
     target = _as_index(target, "target")
     history_indptr = _as_index(history_indptr, "history_indptr")
     history_items = _as_index(history_items, "history_items")
-    num_users = users.shape[0]
-    if target.dim() != 1 or target.shape[0] != num_users:
-        raise ValueError(f"argument 'target' must have shape [{num_users}] (one per user), got {tuple(target.shape)}")
+    if target.dim() != 1:
+        raise ValueError(f"argument 'target' must be 1-dimensional [users], got shape {tuple(target.shape)}")
+    num_users = target.shape[0]
+    if users is not None:
+        users = torch.as_tensor(users)
+        if users.shape[0] != num_users:
+            raise ValueError(f"argument 'users' must have {num_users} entries (one per target), got {users.shape[0]}")
     if history_indptr.dim() != 1 or history_indptr.shape[0] != num_users + 1:
         raise ValueError(f"argument 'history_indptr' must have shape [{num_users + 1}] (users + 1), "
                          f"got {tuple(history_indptr.shape)}")
@@ -142,7 +152,7 @@ def evaluate_full_ranking(
     ranks, lists = [], []
     for lo in range(0, num_users, chunk_size):
         hi = min(lo + chunk_size, num_users)
-        scores = score_fn(users[lo:hi])
+        scores = score_fn(torch.arange(lo, hi) if users is None else users[lo:hi])
         if scores.dim() != 2 or scores.shape[0] != hi - lo:
             raise ValueError(f"score_fn must return [{hi - lo}, num_items] scores for {hi - lo} users, "
                              f"got shape {tuple(scores.shape)}")
@@ -167,9 +177,8 @@ def evaluate_full_ranking(
 
 @torch.no_grad()
 def evaluate_sampled(
-    score_fn: Callable[[Tensor, Tensor], Tensor],
-    candidates: Tensor,
-    users: Tensor | None = None,
+    score_fn: Callable[..., Tensor],
+    candidates: Tensor | int,
     ks: Sequence[int] = (5, 10, 20),
     chunk_size: int = 1024,
     backend: str | None = None,
@@ -177,12 +186,13 @@ def evaluate_sampled(
     """Sampled-ranking evaluation: each user's target against its stored negatives.
 
     Args:
-        score_fn: ``score_fn(users[lo:hi], candidates[lo:hi]) -> scores [hi - lo, 1+N]``,
-            the score of each candidate item.
-        candidates: [U, 1+N] int64 item ids; column 0 is the target, columns 1..N the
-            negatives (drawn outside the user's history, seeded: record the seed in the
-            :class:`Protocol`).
-        users: [U], passed to ``score_fn``; defaults to ``arange(U)``.
+        score_fn: the scores of each user's candidates, [hi - lo, 1+N], column 0 the
+            target's. Called as ``score_fn(rows, candidates[lo:hi])`` when
+            ``candidates`` is a tensor, as ``score_fn(rows)`` when it is a count (the
+            function then knows the candidates); ``rows = arange(lo, hi)``.
+        candidates: [U, 1+N] int64 item ids (column 0 the target, columns 1..N the
+            negatives, drawn outside the user's history, seeded: record the seed in the
+            :class:`Protocol`), or the number of users U.
         ks, chunk_size, backend: as in :func:`evaluate_full_ranking`.
 
     Returns:
@@ -191,20 +201,24 @@ def evaluate_sampled(
         ``Protocol(ranking="sampled", num_negatives=N, seed=...)``.
     """
     chunk_size = _check_chunk_size(chunk_size)
-    candidates = _as_index(candidates, "candidates")
-    if candidates.dim() != 2 or candidates.shape[1] < 1:
-        raise ValueError(f"argument 'candidates' must have shape [users, 1 + negatives], got {tuple(candidates.shape)}")
-    num_users = candidates.shape[0]
-    users = torch.arange(num_users) if users is None else torch.as_tensor(users)
-    if users.shape[0] != num_users:
-        raise ValueError(f"argument 'users' must have {num_users} entries (rows of 'candidates'), got {users.shape[0]}")
+    if isinstance(candidates, numbers.Integral):
+        candidates = int(candidates)
+        cand, num_users, width = None, candidates, None
+        if num_users < 0:
+            raise ValueError(f"argument 'candidates' as a user count must be >= 0, got {num_users}")
+    else:
+        cand = _as_index(candidates, "candidates")
+        if cand.dim() != 2 or cand.shape[1] < 1:
+            raise ValueError(f"argument 'candidates' must have shape [users, 1 + negatives], got {tuple(cand.shape)}")
+        num_users, width = cand.shape
     acc = RankAccumulator(ks)
     ranks = []
     for lo in range(0, num_users, chunk_size):
         hi = min(lo + chunk_size, num_users)
-        scores = score_fn(users[lo:hi], candidates[lo:hi])
-        if tuple(scores.shape) != (hi - lo, candidates.shape[1]):
-            raise ValueError(f"score_fn must return [{hi - lo}, {candidates.shape[1]}] scores, "
+        rows = torch.arange(lo, hi)
+        scores = score_fn(rows) if cand is None else score_fn(rows, cand[lo:hi])
+        if scores.dim() != 2 or scores.shape[0] != hi - lo or (width is not None and scores.shape[1] != width):
+            raise ValueError(f"score_fn must return [{hi - lo}, {width or '1 + negatives'}] scores, "
                              f"got shape {tuple(scores.shape)}")
         rank = rank_sampled(scores, backend=backend).cpu()
         acc.add(rank)
