@@ -117,13 +117,24 @@ def test_target_at_rank_0_and_beyond_k(backend, target_mode):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_larger_rows_heap_and_blocks(backend):
-    # Rows longer than the kernel's 256-item blocks, so the top-k threshold path is used.
+def test_larger_rows_blocks_and_excluded_best(backend):
+    # Rows of many blocks, so the block-maximum bound prunes most of each row.
     rng = np.random.default_rng(2)
     for ties in (False, True):
         scores, indptr, items, target = make_case(rng, 6, 1500, ties=ties)
         for k in (1, 20, 1499):
             check_against_numpy(scores, indptr, items, target, k, True, backend)
+    # Histories made of each user's best-scored items: every top block maximum is
+    # excluded, so the list must come from further down.
+    scores = torch.tensor(rng.standard_normal((5, 3000)), dtype=torch.float32)
+    best = torch.argsort(scores[:, 1:], dim=1, descending=True)[:, :40] + 1
+    lengths = torch.tensor([40, 0, 25, 40, 3])
+    items = torch.cat([best[u, :n] for u, n in enumerate(lengths.tolist())])
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    target = best[:, 10].clone()  # in its own history, among the best: still ranked
+    for k in (1, 5, 20, 100):
+        topk, rank = check_against_numpy(scores, indptr, items, target, k, True, backend)
+    assert rank.tolist()[1] == 10 and rank.tolist()[0] == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

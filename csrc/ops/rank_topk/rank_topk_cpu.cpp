@@ -1,35 +1,51 @@
 // CPU kernels of rank_topk and rank_sampled (contract in rank_topk.h).
 //
-// One pass per user row, users in parallel. Per row:
-//  * the row is read in blocks of kBlock items; a branch-free loop counts the items
-//    scoring >= and < the target (the two must add up to the row length, otherwise the
-//    row holds a NaN) and the items beating the current k-th best score;
-//  * only blocks with such items are rescanned to update a size-k heap, which after
-//    the first few blocks is rare, so the row costs about one vectorised compare pass;
-//  * excluded history items are corrected for afterwards: they are few (about 9 per
-//    user on Beauty), marked in a per-thread byte map so duplicates count once and the
-//    heap skips them.
+// Users in parallel; per user row, one streaming pass and a few short rescans:
+//  1. one branch-free (vectorised) pass over items 1..I-1 in blocks (~(I-1)/8k items): count
+//     the items scoring >= and < the target (the two must add up to I-1, otherwise the
+//     row holds a NaN) and keep each block's maximum;
+//  2. the few excluded history items (about 9 per user on Beauty) are marked in a
+//     per-thread byte map, so duplicates count once: the rank drops the ones counted
+//     in 1, and a block whose maximum was an excluded item gets its maximum over
+//     candidates only;
+//  3. the k-th largest block maximum is a lower bound of the k-th best candidate
+//     score (k different blocks hold a candidate at least that high), so only blocks
+//     whose maximum reaches it can hold the top k: about k of the ~8k blocks. Their
+//     candidates reaching the bound (about k to 2k) are gathered, and nth_element +
+//     sort on (score desc, item asc) give the list.
 // Nothing of size users x items is allocated: the scratch is O(items) per thread.
 #include "ops/rank_topk/rank_topk.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <c10/util/irange.h>
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <limits>
 #include <type_traits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "ops/common/check.h"
 
 namespace seqrec::ops {
 namespace {
 
-constexpr int64_t kBlock = 256;
+// Items per block: about (I-1) / (8k), so that the ~k rescanned blocks are a small part
+// of the row while the block maxima (~8k of them) stay cheap to select from; a multiple
+// of 8 (the streaming loop's step) in [kMinBlock, kMaxBlock].
+constexpr int64_t kMinBlock = 16;
+constexpr int64_t kMaxBlock = 256;
+
+int64_t block_size(int64_t num_items, int64_t k) {
+  const int64_t b = (num_items - 1) / (8 * std::max<int64_t>(k, 1));
+  return std::clamp<int64_t>(b, kMinBlock, kMaxBlock) / 8 * 8;
+}
 // Score comparisons per parallel task, at least (as at::internal::GRAIN_SIZE).
 constexpr int64_t kGrainWork = 32768;
 
@@ -63,117 +79,174 @@ struct RanksBefore {
   }
 };
 
-// Keeps the k best entries seen so far. Items arrive in increasing id order, so a new
-// item with the same score as the worst kept one ranks after it and never enters:
-// the admission test is a strict score comparison.
+// Streams one block: counts of scores >= t and < t, and the block's maximum (which is
+// unspecified when the block holds a NaN: such a row is rejected by the counts).
 template <typename acc_t>
-class TopK {
- public:
-  explicit TopK(int64_t k, int64_t num_items) : k_(k) {
-    heap_.reserve(static_cast<size_t>(std::min(k, num_items)));
-  }
-  void clear() { heap_.clear(); }
-  bool full() const { return static_cast<int64_t>(heap_.size()) == k_; }
-  // Score an item must beat to enter; only meaningful when full().
-  acc_t threshold() const { return heap_.front().score; }
-  void offer(acc_t s, int64_t item) {
-    if (!full()) {
-      heap_.push_back({s, item});
-      std::push_heap(heap_.begin(), heap_.end(), RanksBefore<acc_t>());  // front = worst
-    } else if (s > heap_.front().score) {
-      std::pop_heap(heap_.begin(), heap_.end(), RanksBefore<acc_t>());
-      heap_.back() = {s, item};
-      std::push_heap(heap_.begin(), heap_.end(), RanksBefore<acc_t>());
-    }
-  }
-  // Writes the kept items best first, then pads with 0 up to k.
-  void write(int64_t* out) {
-    std::sort_heap(heap_.begin(), heap_.end(), RanksBefore<acc_t>());
-    const int64_t n = static_cast<int64_t>(heap_.size());
-    for (int64_t i = 0; i < n; ++i) out[i] = heap_[i].item;
-    std::fill(out + n, out + k_, int64_t{0});
-  }
-
- private:
-  int64_t k_;
-  std::vector<Entry<acc_t>> heap_;
-};
-
-// Counts of one block: branch-free so that the compiler vectorises it.
-template <typename acc_t>
-inline void count_block(const acc_t* s, int64_t n, acc_t t, acc_t thr, int64_t& ge, int64_t& lt,
-                        int64_t& above_thr) {
-  int32_t cge = 0, clt = 0, chit = 0;
+inline acc_t stream_block(const acc_t* s, int64_t n, acc_t t, int64_t& ge, int64_t& lt) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  int64_t g = 0, c = 0;
   for (int64_t j = 0; j < n; ++j) {
     const acc_t v = s[j];
-    cge += v >= t;
-    clt += v < t;
-    chit += v > thr;
+    g += v >= t;
+    c += v < t;
+    m = std::max(m, v);
   }
-  ge += cge;
-  lt += clt;
-  above_thr += chit;
+  ge += g;
+  lt += c;
+  return m;
 }
 
-// Ranks one user's row `s` (s[0] is the padding item). `excluded` is all-zero on entry
-// and on exit. Returns false when the row holds a NaN.
+#if defined(__SSE2__)
+// float, the common case, with SSE2 (part of every x86-64): without fast-math the
+// compiler does not vectorise a float max reduction, and this loop is the kernel's cost.
+template <>
+inline float stream_block<float>(const float* s, int64_t n, float t, int64_t& ge, int64_t& lt) {
+  const __m128 vt = _mm_set1_ps(t);
+  __m128 m0 = _mm_set1_ps(-std::numeric_limits<float>::infinity()), m1 = m0;
+  __m128i g0 = _mm_setzero_si128(), g1 = g0, l0 = g0, l1 = g0;
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m128 a = _mm_loadu_ps(s + j), b = _mm_loadu_ps(s + j + 4);
+    // A true comparison is all ones, i.e. -1: subtracting it counts.
+    g0 = _mm_sub_epi32(g0, _mm_castps_si128(_mm_cmpge_ps(a, vt)));
+    l0 = _mm_sub_epi32(l0, _mm_castps_si128(_mm_cmplt_ps(a, vt)));
+    g1 = _mm_sub_epi32(g1, _mm_castps_si128(_mm_cmpge_ps(b, vt)));
+    l1 = _mm_sub_epi32(l1, _mm_castps_si128(_mm_cmplt_ps(b, vt)));
+    m0 = _mm_max_ps(m0, a);
+    m1 = _mm_max_ps(m1, b);
+  }
+  alignas(16) int32_t gs[4], ls[4];
+  alignas(16) float ms[4];
+  _mm_store_si128(reinterpret_cast<__m128i*>(gs), _mm_add_epi32(g0, g1));
+  _mm_store_si128(reinterpret_cast<__m128i*>(ls), _mm_add_epi32(l0, l1));
+  _mm_store_ps(ms, _mm_max_ps(m0, m1));
+  int64_t g = int64_t{gs[0]} + gs[1] + gs[2] + gs[3];
+  int64_t c = int64_t{ls[0]} + ls[1] + ls[2] + ls[3];
+  float m = std::max(std::max(ms[0], ms[1]), std::max(ms[2], ms[3]));
+  for (; j < n; ++j) {
+    const float v = s[j];
+    g += v >= t;
+    c += v < t;
+    m = std::max(m, v);
+  }
+  ge += g;
+  lt += c;
+  return m;
+}
+#endif
+
+// Per-thread scratch, reused across the users of one parallel task.
 template <typename acc_t>
-bool rank_row(const acc_t* s, int64_t num_items, const int64_t* hist_begin,
-              const int64_t* hist_end, int64_t target, bool exclude_history,
-              std::vector<uint8_t>& excluded, TopK<acc_t>& top, int64_t k, int64_t* topk_out,
+struct RowScratch {
+  RowScratch(int64_t num_items, int64_t k, bool exclude)
+      : block(block_size(num_items, k)),
+        excluded(exclude ? static_cast<size_t>(num_items) : 0, 0),
+        block_max(static_cast<size_t>((num_items - 1 + block - 1) / block)),
+        select(block_max.size()),
+        best(static_cast<size_t>(num_items)) {
+    dirty.reserve(64);
+  }
+  int64_t block;                    // items per block
+  std::vector<uint8_t> excluded;    // [I], all zero between users
+  std::vector<acc_t> block_max;     // [ceil((I-1)/block)] max over the block's candidates
+  std::vector<acc_t> select;        // copy of block_max for nth_element
+  std::vector<Entry<acc_t>> best;   // [I] candidates that may be in the top k
+  std::vector<int64_t> dirty;       // blocks whose maximum was an excluded item
+};
+
+// Ranks one user's row `s` (s[0] is the padding item). Returns false when the row
+// holds a NaN (then the outputs are unspecified and the caller raises).
+template <typename acc_t>
+bool rank_row(const acc_t* s, int64_t num_items, const int64_t* hist_begin, const int64_t* hist_end,
+              int64_t target, bool exclude_history, int64_t k, RowScratch<acc_t>& w, int64_t* topk_out,
               int64_t* rank_out) {
   const acc_t t = s[target];
+  const int64_t num_blocks = static_cast<int64_t>(w.block_max.size());
+  const int64_t block = w.block;
+
+  // 1. Counts and block maxima, over every item 1..I-1.
+  int64_t ge = 0, lt = 0;
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    const int64_t lo = 1 + b * block;
+    w.block_max[b] = stream_block(s + lo, std::min(block, num_items - lo), t, ge, lt);
+  }
+  // Every item compares >= or < a number; only NaN (in the row or as the target's
+  // score) escapes both.
+  if (ge + lt != num_items - 1) return false;
+
+  // 2. Exclusions: ge counted the target itself and every excluded item >= t.
+  int64_t rank = ge - 1;
   bool any_excluded = false;
   if (exclude_history) {
     for (const int64_t* h = hist_begin; h != hist_end; ++h) {
-      if (*h != target && *h != 0) {
-        excluded[*h] = 1;
-        any_excluded = true;
-      }
-    }
-  }
-
-  int64_t ge = 0, lt = 0;
-  top.clear();
-  for (int64_t b = 1; b < num_items; b += kBlock) {
-    const int64_t n = std::min(kBlock, num_items - b);
-    const acc_t* blk = s + b;
-    int64_t above = 0;
-    const bool full = top.full();
-    // With an empty heap slot every candidate enters, so the block is always rescanned;
-    // with k == 0 nothing ever does (+inf is beaten by nothing).
-    const acc_t thr = k == 0 ? std::numeric_limits<acc_t>::infinity()
-                      : full ? top.threshold()
-                             : -std::numeric_limits<acc_t>::infinity();
-    count_block(blk, n, t, thr, ge, lt, above);
-    if (k > 0 && (!full || above > 0)) {
-      for (int64_t j = 0; j < n; ++j) {
-        const acc_t v = blk[j];
-        if (v != v) continue;  // NaN: reported below, kept out of the ordering
-        const int64_t item = b + j;
-        if (any_excluded && excluded[item]) continue;
-        top.offer(v, item);
-      }
-    }
-  }
-  // Every item 1..I-1 compares >= or < a number; only NaN (in the row or as the target
-  // score) escapes both.
-  const bool finite_order = ge + lt == num_items - 1;
-
-  // ge counted the target itself and every excluded item scoring >= t; take them out.
-  int64_t rank = ge - 1;
-  if (any_excluded) {
-    for (const int64_t* h = hist_begin; h != hist_end; ++h) {
       const int64_t item = *h;
-      if (excluded[item]) {
-        excluded[item] = 0;  // duplicates in the history are corrected once
+      if (item != target && item != 0 && !w.excluded[item]) {
+        w.excluded[item] = 1;
+        any_excluded = true;
         rank -= s[item] >= t;
       }
     }
   }
   *rank_out = rank;
-  if (k > 0) top.write(topk_out);
-  return finite_order;
+  if (k == 0) {
+    if (any_excluded) for (const int64_t* h = hist_begin; h != hist_end; ++h) w.excluded[*h] = 0;
+    return true;
+  }
+  if (any_excluded) {
+    // A block's maximum is wrong only if every item reaching it is excluded, so only
+    // blocks with an excluded item at their maximum are recomputed, once each, over
+    // candidates (-inf when none is left: that can only widen the scan below).
+    w.dirty.clear();
+    for (const int64_t* h = hist_begin; h != hist_end; ++h) {
+      const int64_t b = (*h - 1) / block;
+      if (w.excluded[*h] && s[*h] >= w.block_max[b]) w.dirty.push_back(b);
+    }
+    std::sort(w.dirty.begin(), w.dirty.end());
+    w.dirty.erase(std::unique(w.dirty.begin(), w.dirty.end()), w.dirty.end());
+    for (const int64_t b : w.dirty) {
+      const int64_t lo = 1 + b * block, hi = std::min(lo + block, num_items);
+      acc_t m = -std::numeric_limits<acc_t>::infinity();
+      for (int64_t j = lo; j < hi; ++j)
+        if (!w.excluded[j]) m = std::max(m, s[j]);
+      w.block_max[b] = m;
+    }
+  }
+
+  // 3. Only blocks whose maximum reaches the k-th largest block maximum can hold one
+  // of the k best candidates.
+  acc_t bound = -std::numeric_limits<acc_t>::infinity();
+  if (k < num_blocks) {
+    std::copy(w.block_max.begin(), w.block_max.end(), w.select.begin());
+    std::nth_element(w.select.begin(), w.select.begin() + (k - 1), w.select.end(), std::greater<acc_t>());
+    bound = w.select[k - 1];
+  }
+  // Gather the candidates reaching the bound (about k to 2k of them on real scores):
+  // written unconditionally, kept by advancing the count, so the loop has no branch.
+  Entry<acc_t>* best = w.best.data();
+  int64_t m = 0;
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    if (w.block_max[b] < bound) continue;
+    const int64_t lo = 1 + b * block, hi = std::min(lo + block, num_items);
+    if (any_excluded) {
+      for (int64_t j = lo; j < hi; ++j) {
+        best[m] = {s[j], j};
+        m += (s[j] >= bound) & !w.excluded[j];
+      }
+    } else {
+      for (int64_t j = lo; j < hi; ++j) {
+        best[m] = {s[j], j};
+        m += s[j] >= bound;
+      }
+    }
+  }
+  // (score, item) pairs are all distinct, so the k best and their order are unique.
+  const int64_t n = std::min(k, m);
+  if (m > n) std::nth_element(best, best + (n - 1), best + m, RanksBefore<acc_t>());
+  std::sort(best, best + n, RanksBefore<acc_t>());
+  for (int64_t i = 0; i < n; ++i) topk_out[i] = best[i].item;
+  std::fill(topk_out + n, topk_out + k, int64_t{0});
+  if (any_excluded) for (const int64_t* h = hist_begin; h != hist_end; ++h) w.excluded[*h] = 0;
+  return true;
 }
 
 template <typename scalar_t>
@@ -187,8 +260,7 @@ void rank_topk_kernel(const RankTopkParams& p, std::atomic<int64_t>& nan_user) {
     constexpr bool direct_type = std::is_same_v<scalar_t, acc_t>;
     const bool direct = direct_type && p.score_col_stride == 1;
     std::vector<acc_t> row_buf(direct ? 0 : static_cast<size_t>(p.num_items));
-    std::vector<uint8_t> excluded(p.exclude_history ? static_cast<size_t>(p.num_items) : 0, 0);
-    TopK<acc_t> top(p.k, p.num_items);
+    RowScratch<acc_t> scratch(p.num_items, p.k, p.exclude_history);
     for (int64_t u = begin; u < end; ++u) {
       const scalar_t* src = scores + u * p.score_row_stride;
       const acc_t* row;
@@ -205,8 +277,8 @@ void rank_topk_kernel(const RankTopkParams& p, std::atomic<int64_t>& nan_user) {
         row = row_buf.data();
       }
       const bool ok = rank_row<acc_t>(row, p.num_items, p.hist + p.indptr[u], p.hist + p.indptr[u + 1],
-                                      p.target[u], p.exclude_history, excluded, top, p.k,
-                                      p.topk + u * p.k, p.rank + u);
+                                      p.target[u], p.exclude_history, p.k, scratch, p.topk + u * p.k,
+                                      p.rank + u);
       if (!ok) {
         int64_t seen = nan_user.load();
         while ((seen < 0 || u < seen) && !nan_user.compare_exchange_weak(seen, u)) {
