@@ -18,6 +18,8 @@
 #include "data/sampling.h"
 #include "data/sequences.h"
 
+#include "ops/rank_topk/rank_topk.h"
+
 namespace py = pybind11;
 namespace sd = seqrec::data;
 
@@ -171,9 +173,13 @@ void bind_data_engine(py::module_& m) {
 }  // namespace
 
 TORCH_LIBRARY(seqrec, m) {
+  m.def("rank_topk(Tensor scores, Tensor history_indptr, Tensor history_items, Tensor target, int k, bool exclude_history=True) -> (Tensor topk_items, Tensor rank)");
+  m.def("rank_sampled(Tensor scores) -> Tensor rank");
 }
 
 TORCH_LIBRARY_IMPL(seqrec, CPU, m) {
+  m.impl("rank_topk", &seqrec::ops::rank_topk_cpu);
+  m.impl("rank_sampled", &seqrec::ops::rank_sampled_cpu);
 }
 
 #ifdef SEQREC_WITH_CUDA

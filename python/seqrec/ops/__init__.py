@@ -7,5 +7,6 @@ operator with the same signature, selectable with ``backend="reference"``.
 from __future__ import annotations
 
 from .backend import get_backend, set_backend, use_backend
+from .rank_topk import rank_sampled, rank_topk
 
-__all__ = ["get_backend", "set_backend", "use_backend"]
+__all__ = ["get_backend", "set_backend", "use_backend", "rank_sampled", "rank_topk"]

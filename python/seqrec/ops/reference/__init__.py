@@ -5,3 +5,7 @@ obviously correct. Tests compare the kernels against them, benchmarks measure ag
 them, and ``backend="reference"`` runs whole models on them.
 """
 from __future__ import annotations
+
+from .rank_topk import rank_sampled, rank_topk
+
+__all__ = ["rank_sampled", "rank_topk"]

@@ -1,0 +1,64 @@
+"""Plain-PyTorch reference of ``rank_topk`` and ``rank_sampled``.
+
+Same signatures and semantics as :mod:`seqrec.ops.rank_topk` (see its docstrings for
+the rules), written to be obviously right rather than fast: it materialises a
+[users, items] candidate mask and sorts whole rows. ``torch.topk`` is not used for the
+list because it does not define which of several tied items comes first; two stable
+sorts give the documented order (score descending, then lower item id).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["rank_topk", "rank_sampled"]
+
+
+def _check_no_nan(scores: Tensor, op: str) -> None:
+    if bool(torch.isnan(scores).any()):
+        row = int(torch.isnan(scores).any(dim=1).nonzero()[0, 0])
+        raise RuntimeError(f"{op}: argument 'scores' holds NaN in row {row}; NaN has no rank, fix the scores")
+
+
+def candidate_mask(num_items: int, history_indptr: Tensor, history_items: Tensor, target: Tensor,
+                   exclude_history: bool = True) -> Tensor:
+    """[U, I] bool: True where an item is ranked for that user (see ``rank_topk``)."""
+    num_users = target.shape[0]
+    cand = torch.ones(num_users, num_items, dtype=torch.bool, device=target.device)
+    cand[:, 0] = False  # padding is never ranked
+    if exclude_history:
+        counts = history_indptr[1:] - history_indptr[:-1]
+        rows = torch.repeat_interleave(torch.arange(num_users, device=target.device), counts)
+        cand[rows, history_items] = False  # scatter: duplicates are harmless
+    cand.scatter_(1, target[:, None], True)  # the target is always ranked
+    return cand
+
+
+def rank_topk(scores: Tensor, history_indptr: Tensor, history_items: Tensor, target: Tensor, k: int,
+              exclude_history: bool = True) -> tuple[Tensor, Tensor]:
+    """Reference of :func:`seqrec.ops.rank_topk` (no input validation beyond NaN)."""
+    scores_ranked = scores[:, 1:]
+    _check_no_nan(scores_ranked, "rank_topk")
+    num_users, num_items = scores.shape
+    cand = candidate_mask(num_items, history_indptr, history_items, target, exclude_history)
+    target_score = scores.gather(1, target[:, None])
+    # Ties count against the model: every other candidate scoring >= the target is above it.
+    rank = ((scores >= target_score) & cand).sum(dim=1) - 1
+
+    # Order: candidates first, then score descending, then lower item id. Sort by the
+    # minor key first; stable sorts keep it within equal major keys.
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    by_cand = torch.sort(cand.gather(1, order).to(torch.uint8), dim=1, descending=True, stable=True).indices
+    order = order.gather(1, by_cand)
+    kk = min(k, num_items)
+    topk = torch.zeros(num_users, k, dtype=torch.long, device=scores.device)
+    topk[:, :kk] = order[:, :kk]
+    n_cand = cand.sum(dim=1, keepdim=True)
+    topk[torch.arange(k, device=scores.device)[None, :] >= n_cand] = 0
+    return topk, rank
+
+
+def rank_sampled(scores: Tensor) -> Tensor:
+    """Reference of :func:`seqrec.ops.rank_sampled`."""
+    _check_no_nan(scores, "rank_sampled")
+    return (scores[:, 1:] >= scores[:, :1]).sum(dim=1)
