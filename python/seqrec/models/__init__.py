@@ -1,1 +1,30 @@
-"""seqrec.models."""
+"""seqrec.models: thin ``nn.Module`` models and the Transformer layers they share."""
+from __future__ import annotations
+
+from .layers import (
+    FeedForward,
+    ItemPositionEmbedding,
+    MultiHeadSelfAttention,
+    TransformerBlock,
+    TransformerEncoder,
+    init_transformer_weights,
+    padding_mask,
+    scaled_dot_attention,
+)
+from .registry import available_models, build_model
+from .sasrec import SASRec, SASRecConfig
+
+__all__ = [
+    "FeedForward",
+    "ItemPositionEmbedding",
+    "MultiHeadSelfAttention",
+    "TransformerBlock",
+    "TransformerEncoder",
+    "init_transformer_weights",
+    "padding_mask",
+    "scaled_dot_attention",
+    "SASRec",
+    "SASRecConfig",
+    "available_models",
+    "build_model",
+]

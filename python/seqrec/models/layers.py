@@ -1,0 +1,379 @@
+"""Transformer layers shared by the seqrec models (SASRec, S3-Rec, DIF-SR, DSS).
+
+The layout follows the SASRec of the S3-Rec authors (Zhou et al., CIKM 2020,
+``RUCAIBox/CIKM2020-S3Rec``), which produced the reference numbers in REFERENCE.md:
+
+- embedding: ``E = Dropout(LN(item(x) + pos))``;
+- attention sub-layer (post-LN): ``A = LN(Dropout(W_o MHA(E)) + E)``;
+- feed-forward sub-layer (post-LN): ``F = LN(Dropout(W_2 gelu(W_1 A)) + A)``.
+
+Every model computes attention through :func:`scaled_dot_attention` so that one switch
+(``backend=``) moves all of them between the compiled operator and plain PyTorch.
+
+Conventions: sequences are LEFT-padded with item id 0, so the most recent item sits at
+position ``n - 1``; ``key_padding_mask`` is a bool tensor with True at real items.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.backend import get_backend
+
+__all__ = [
+    "ACTIVATIONS",
+    "padding_mask",
+    "scaled_dot_attention",
+    "ItemPositionEmbedding",
+    "MultiHeadSelfAttention",
+    "FeedForward",
+    "TransformerBlock",
+    "TransformerEncoder",
+    "init_transformer_weights",
+]
+
+# The S3-Rec authors' "gelu" is the exact erf form, which is F.gelu's default.
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+
+
+def padding_mask(item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """Bool mask [B, n], True at real items of a LEFT-padded batch.
+
+    Args:
+        item_seq: [B, n] integer item ids, 0 = padding, padding at the front.
+        lengths: optional [B] number of real items per row. When given, the mask is
+            built from it (position ``j`` is real iff ``j >= n - lengths[b]``) and,
+            outside ``torch.compile``, checked against ``item_seq != 0`` (one [B, n]
+            comparison); under compilation only shapes are checked.
+
+    Raises:
+        ValueError: wrong shapes or dtypes, lengths outside [0, n], or lengths that
+            disagree with the zeros of ``item_seq``.
+    """
+    if item_seq.dim() != 2:
+        raise ValueError(f"item_seq must be [B, n], got shape {tuple(item_seq.shape)}")
+    real = item_seq != 0
+    if lengths is None:
+        return real
+    if lengths.dim() != 1 or lengths.size(0) != item_seq.size(0):
+        raise ValueError(
+            f"lengths must be [B] with B={item_seq.size(0)}, got shape {tuple(lengths.shape)}"
+        )
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be an integer tensor, got {lengths.dtype}")
+    n = item_seq.size(1)
+    lengths = lengths.to(item_seq.device)
+    from_lengths = torch.arange(n, device=item_seq.device) >= (n - lengths).unsqueeze(1)
+    if not torch.compiler.is_compiling():
+        if bool(((lengths < 0) | (lengths > n)).any()):
+            raise ValueError(f"lengths must lie in [0, n={n}], got {lengths.tolist()}")
+        if not torch.equal(from_lengths, real):
+            raise ValueError(
+                "lengths disagree with item_seq: each row must hold exactly lengths[b] "
+                "non-zero items at its end (left padding with 0)"
+            )
+    return from_lengths
+
+
+def scaled_dot_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool,
+    key_padding_mask: Tensor | None,
+    dropout_p: float,
+    training: bool,
+    backend: str | None = None,
+) -> Tensor:
+    """softmax(q k^T / sqrt(dh) + mask) v, per head. THE attention of every seqrec model.
+
+    Args:
+        q: [B, H, n, dh] queries.
+        k: [B, H, n, dh] keys.
+        v: [B, H, n, dv] values.
+        causal: query ``i`` sees keys ``j <= i`` only (SASRec, fine-tuning); False is
+            bidirectional (S3-Rec pretraining).
+        key_padding_mask: [B, n] bool, True at real keys; None means all real.
+        dropout_p: dropout probability on the attention probabilities.
+        training: apply dropout only when True.
+        backend: ``"seqrec"`` or ``"reference"``; None uses ``seqrec.ops.get_backend()``.
+
+    Returns:
+        [B, H, n, dv]. A query row whose keys are all masked (e.g. a padding position
+        under causal masking with left padding) outputs exactly 0 and passes 0 gradient,
+        never NaN. Masked keys get probability exactly 0.
+
+    Both backends currently run this plain-PyTorch computation. Issue "DIF-SR" routes
+    ``backend="seqrec"`` to ``torch.ops.seqrec.dif_attention`` (SASRec's attention is
+    its case with no attribute and no position score matrices) and keeps this code as
+    the ``"reference"`` path; callers do not change.
+    """
+    get_backend(backend)  # validates the name; both names take the path below for now
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            "q, k, v must be [B, H, n, d], got shapes "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.size(-1) != k.size(-1):
+        raise ValueError(
+            "q, k, v disagree: need q [B,H,nq,dh], k [B,H,nk,dh], v [B,H,nk,dv], got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    nq, nk = q.size(2), k.size(2)
+    if causal and nq != nk:
+        raise ValueError(f"causal attention needs as many queries as keys, got {nq} vs {nk}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.size(-1)))  # [B,H,nq,nk]
+    allowed: Tensor | None = None  # broadcastable to [B, H, nq, nk], True = may attend
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (q.size(0), nk):
+            raise ValueError(
+                f"key_padding_mask must be a bool tensor [B={q.size(0)}, n={nk}], got "
+                f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+            )
+        allowed = key_padding_mask[:, None, None, :]
+    if causal:
+        tri = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril()
+        allowed = tri if allowed is None else allowed & tri
+
+    if allowed is None:
+        probs = torch.softmax(scores, dim=-1)
+    else:
+        # finfo.min rather than -inf: a fully masked row stays finite through softmax
+        # (uniform), and is then zeroed, so its output and gradient are exactly 0.
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1)
+        probs = probs * allowed.any(dim=-1, keepdim=True).to(probs.dtype)
+    probs = F.dropout(probs, p=dropout_p, training=training)
+    return torch.matmul(probs, v)
+
+
+class ItemPositionEmbedding(nn.Module):
+    """``Dropout(LN(item(x) + pos))``: item embedding plus learned position embedding.
+
+    Args:
+        num_embeddings: rows of the item table, padding included (SASRec:
+            ``num_items + 1``; S3-Rec adds a mask token). Row 0 is padding.
+        max_len: number of learned positions, the longest sequence accepted.
+        hidden_size: D.
+        dropout: dropout after the layer norm.
+        layer_norm_eps: 1e-12 as the S3-Rec authors (TF-style LayerNorm).
+
+    Positions are right-aligned: a batch of width ``n <= max_len`` uses positions
+    ``max_len - n ... max_len - 1``, so the most recent item (column n - 1 under left
+    padding) always gets position ``max_len - 1``. For ``n == max_len`` this is the
+    authors' ``arange(n)``; for shorter batches it keeps the output of a sequence
+    independent of how much padding its batch carries.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        max_len: int,
+        hidden_size: int,
+        dropout: float,
+        layer_norm_eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.item = nn.Embedding(num_embeddings, hidden_size, padding_idx=0)
+        self.position = nn.Embedding(max_len, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, item_seq: Tensor) -> Tensor:
+        """item_seq [B, n] int64, left-padded, n <= max_len -> [B, n, D]."""
+        n = item_seq.size(-1)
+        if n > self.max_len:
+            raise ValueError(
+                f"sequence width {n} exceeds max_len={self.max_len}; keep the most recent "
+                f"max_len items (item_seq[:, -{self.max_len}:])"
+            )
+        positions = torch.arange(self.max_len - n, self.max_len, device=item_seq.device)
+        x = self.item(item_seq) + self.position(positions)  # [B,n,D] + [n,D]
+        return self.dropout(self.norm(x))
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """``LN(Dropout(W_o Attention(W_q x, W_k x, W_v x)) + x)``, H heads of size D/H.
+
+    Args:
+        hidden_size: D, divisible by ``num_heads``.
+        num_heads: H.
+        hidden_dropout: dropout on the projected output, before the residual.
+        attention_dropout: dropout on the attention probabilities.
+        layer_norm_eps: LayerNorm epsilon.
+        backend: forwarded to :func:`scaled_dot_attention`.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        hidden_dropout: float,
+        attention_dropout: float,
+        layer_norm_eps: float = 1e-12,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if hidden_size % num_heads != 0:
+            raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
+        if backend is not None:
+            get_backend(backend)
+        self.num_heads = num_heads
+        self.head_size = hidden_size // num_heads
+        self.attention_dropout = attention_dropout
+        self.backend = backend
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.out_dropout = nn.Dropout(hidden_dropout)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def _heads(self, x: Tensor) -> Tensor:  # [B,n,D] -> [B,H,n,D/H]
+        return x.unflatten(-1, (self.num_heads, self.head_size)).transpose(1, 2)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None, causal: bool) -> Tensor:
+        """x [B, n, D], key_padding_mask [B, n] bool (True = real) -> [B, n, D]."""
+        attn = scaled_dot_attention(
+            self._heads(self.query(x)),
+            self._heads(self.key(x)),
+            self._heads(self.value(x)),
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            dropout_p=self.attention_dropout,
+            training=self.training,
+            backend=self.backend,
+        )
+        attn = attn.transpose(1, 2).flatten(2)  # [B,n,D]
+        return self.norm(self.out_dropout(self.out(attn)) + x)
+
+
+class FeedForward(nn.Module):
+    """``LN(Dropout(W_2 act(W_1 x)) + x)`` with inner size ``inner_size``."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        inner_size: int,
+        hidden_dropout: float,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        if hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got {hidden_act!r}")
+        self.hidden_act = hidden_act
+        self.dense_in = nn.Linear(hidden_size, inner_size)
+        self.dense_out = nn.Linear(inner_size, hidden_size)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, n, D] -> [B, n, D]."""
+        h = self.dense_out(ACTIVATIONS[self.hidden_act](self.dense_in(x)))
+        return self.norm(self.dropout(h) + x)
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention sub-layer then feed-forward sub-layer, each post-LN with residual."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        inner_size: int,
+        hidden_dropout: float,
+        attention_dropout: float,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.attention = MultiHeadSelfAttention(
+            hidden_size, num_heads, hidden_dropout, attention_dropout, layer_norm_eps, backend
+        )
+        self.feed_forward = FeedForward(
+            hidden_size, inner_size, hidden_dropout, hidden_act, layer_norm_eps
+        )
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None, causal: bool) -> Tensor:
+        """x [B, n, D] -> [B, n, D]."""
+        return self.feed_forward(self.attention(x, key_padding_mask, causal))
+
+
+class TransformerEncoder(nn.Module):
+    """``num_layers`` stacked :class:`TransformerBlock` s.
+
+    Args:
+        num_layers, hidden_size, num_heads, inner_size, hidden_dropout,
+        attention_dropout, hidden_act, layer_norm_eps, backend: as the blocks.
+        causal: default masking; ``forward(..., causal=...)`` overrides it per call so
+            one encoder can be pretrained bidirectionally and fine-tuned causally
+            (S3-Rec).
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_size: int,
+        num_heads: int,
+        inner_size: int,
+        hidden_dropout: float,
+        attention_dropout: float,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        causal: bool = True,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.causal = causal
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                hidden_size,
+                num_heads,
+                inner_size,
+                hidden_dropout,
+                attention_dropout,
+                hidden_act,
+                layer_norm_eps,
+                backend,
+            )
+            for _ in range(num_layers)
+        )
+
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None, *, causal: bool | None = None
+    ) -> Tensor:
+        """x [B, n, D], key_padding_mask [B, n] bool (True = real) -> [B, n, D]."""
+        causal = self.causal if causal is None else causal
+        for layer in self.layers:
+            x = layer(x, key_padding_mask, causal)
+        return x
+
+
+@torch.no_grad()
+def init_transformer_weights(module: nn.Module, std: float) -> None:
+    """The S3-Rec authors' (BERT) init; use as ``model.apply(partial(init..., std=0.02))``.
+
+    Linear and Embedding weights ~ N(0, std), Linear biases 0, LayerNorm weight 1 and
+    bias 0. Unlike the authors, the padding row of an Embedding with ``padding_idx`` is
+    set back to 0 (it never receives gradient, so this only keeps exported embeddings
+    and padded inputs clean; real positions never attend to padding).
+    """
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.normal_(mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        module.bias.zero_()
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        module.weight[module.padding_idx].zero_()
+    if isinstance(module, nn.LayerNorm):
+        module.weight.fill_(1.0)
+        module.bias.zero_()

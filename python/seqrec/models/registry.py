@@ -1,0 +1,54 @@
+"""The one place where models are found by name (used by the CLI).
+
+Models never look each other up by string; code that knows which model it wants
+imports the class. ``build_model("sasrec", num_items=100, hidden_size=64)`` builds the
+config dataclass from the keyword arguments (so every field is validated there) and the
+model from the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from .sasrec import SASRec, SASRecConfig
+
+__all__ = ["MODELS", "build_model", "available_models"]
+
+# name -> (config dataclass, model class); a model is built as model_cls(config, backend=...).
+MODELS: dict[str, tuple[type, type[nn.Module]]] = {
+    "sasrec": (SASRecConfig, SASRec),
+}
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`build_model`."""
+    return sorted(MODELS)
+
+
+def build_model(name: str, *, backend: str | None = None, **config: object) -> nn.Module:
+    """Build model ``name`` from keyword config fields.
+
+    Args:
+        name: one of :func:`available_models` (case-insensitive).
+        backend: attention/op backend for the model, None = process default.
+        **config: fields of the model's config dataclass (e.g. :class:`SASRecConfig`).
+
+    Raises:
+        ValueError: unknown model name, unknown config field, or an invalid value.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {available_models()}")
+    config_cls, model_cls = MODELS[key]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise ValueError(
+            f"unknown {config_cls.__name__} field(s) {unknown}; valid fields: {sorted(fields)}"
+        )
+    try:
+        cfg = config_cls(**config)
+    except TypeError as exc:  # a missing required field, e.g. num_items
+        raise ValueError(f"cannot build {config_cls.__name__}: {exc}") from None
+    return model_cls(cfg, backend=backend)
