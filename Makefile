@@ -26,7 +26,7 @@ build: setup
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 
 run: build
-	$(VENV)/bin/seqrec train --model sasrec --data synthetic
+	$(VENV)/bin/seqrec train --model sasrec --data synthetic --epochs 40 --patience 5
 
 test: build
 	$(PY) -m pytest -q
