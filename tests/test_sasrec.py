@@ -397,9 +397,32 @@ def test_torch_compile_smoke():
     model = make_model(hidden_dropout=0.0, attention_dropout=0.0)
     input_ids, target_ids, negative_ids, lengths = make_batch([12, 6, 0])
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(input_ids, lengths), model(input_ids))
+    real = input_ids != 0  # eager skips padding positions (they output 0), compiled does not
+    torch.testing.assert_close(compiled(input_ids, lengths)[real], model(input_ids)[real])
     loss_fn = torch.compile(model.loss, fullgraph=True, backend="aot_eager")
     loss = loss_fn(input_ids, target_ids, negative_ids)
     torch.testing.assert_close(loss, model.loss(input_ids, target_ids, negative_ids))
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_skipping_padding_positions_changes_no_real_output():
+    torch.manual_seed(0)
+    model = make_model(hidden_dropout=0.0, attention_dropout=0.0)
+    input_ids, target_ids, negative_ids, _ = make_batch([12, 6, 1, 0])
+    packed = model(input_ids)
+    loss_packed = model.loss(input_ids, target_ids, negative_ids)
+    grads_packed = torch.autograd.grad(loss_packed, list(model.parameters()), allow_unused=True)
+    model.encoder.skip_padding = False
+    padded = model(input_ids)
+    loss_padded = model.loss(input_ids, target_ids, negative_ids)
+    grads_padded = torch.autograd.grad(loss_padded, list(model.parameters()), allow_unused=True)
+    real = input_ids != 0
+    torch.testing.assert_close(packed[real], padded[real])
+    assert (packed[~real] == 0).all()
+    torch.testing.assert_close(loss_packed, loss_padded)
+    for a, b in zip(grads_packed, grads_padded):
+        if a is None or b is None:
+            assert a is None and b is None or (a if b is None else b).abs().max() == 0
+        else:
+            torch.testing.assert_close(a, b)
