@@ -19,6 +19,7 @@
 #include "data/sequences.h"
 
 #include "ops/rank_topk/rank_topk.h"
+#include "ops/seq_mask/seq_mask.h"
 
 namespace py = pybind11;
 namespace sd = seqrec::data;
@@ -175,11 +176,16 @@ void bind_data_engine(py::module_& m) {
 TORCH_LIBRARY(seqrec, m) {
   m.def("rank_topk(Tensor scores, Tensor history_indptr, Tensor history_items, Tensor target, int k, bool exclude_history=True) -> (Tensor topk_items, Tensor rank)");
   m.def("rank_sampled(Tensor scores) -> Tensor rank");
+  m.def("seq_mask(Tensor item_seq, Tensor? item_attributes, *, int num_items, int mask_token, "
+        "float mask_prob, int seed, bool mask_last=True) -> (Tensor masked_items, "
+        "Tensor pos_items, Tensor neg_items, Tensor masked_segment_seq, Tensor pos_segment, "
+        "Tensor neg_segment, Tensor segment_start, Tensor segment_len, Tensor attribute_targets)");
 }
 
 TORCH_LIBRARY_IMPL(seqrec, CPU, m) {
   m.impl("rank_topk", &seqrec::ops::rank_topk_cpu);
   m.impl("rank_sampled", &seqrec::ops::rank_sampled_cpu);
+  m.impl("seq_mask", &seqrec::ops::seq_mask_cpu);
 }
 
 #ifdef SEQREC_WITH_CUDA

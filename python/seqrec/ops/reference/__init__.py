@@ -7,5 +7,6 @@ them, and ``backend="reference"`` runs whole models on them.
 from __future__ import annotations
 
 from .rank_topk import rank_sampled, rank_topk
+from .seq_mask import seq_mask
 
-__all__ = ["rank_sampled", "rank_topk"]
+__all__ = ["rank_sampled", "rank_topk", "seq_mask"]
