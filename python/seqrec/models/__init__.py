@@ -11,7 +11,9 @@ from .layers import (
     padding_mask,
     scaled_dot_attention,
 )
+from .pretrained import LoadReport, load_pretrained, read_pretrained_state
 from .registry import available_models, build_model
+from .s3rec import S3Rec, S3RecConfig
 from .sasrec import SASRec, SASRecConfig
 
 __all__ = [
@@ -25,6 +27,11 @@ __all__ = [
     "scaled_dot_attention",
     "SASRec",
     "SASRecConfig",
+    "S3Rec",
+    "S3RecConfig",
+    "LoadReport",
+    "load_pretrained",
+    "read_pretrained_state",
     "available_models",
     "build_model",
 ]

@@ -1,0 +1,419 @@
+"""S3-Rec: self-supervised pretraining of a bidirectional encoder with four objectives.
+
+Zhou et al., "S3-Rec: Self-Supervised Learning for Sequential Recommendation with Mutual
+Information Maximization", CIKM 2020 (code: ``RUCAIBox/CIKM2020-S3Rec``). Notes in
+``papers/s3rec-notes-*.md``. Pretraining is this module's :class:`S3Rec`; fine-tuning is
+seqrec's causal :class:`~seqrec.models.SASRec` initialised from the pretrained weights by
+name (:func:`seqrec.models.load_pretrained`): ``embedding.item`` (the mask-token row
+dropped), ``embedding.position``, ``embedding.norm`` and every ``encoder.layers.*`` tensor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.backend import get_backend
+from ..ops.seq_mask import SeqMaskOutput, seq_mask
+from .layers import ACTIVATIONS, ItemPositionEmbedding, TransformerEncoder, init_transformer_weights
+
+if TYPE_CHECKING:
+    from ..data import SequenceDataset
+
+__all__ = ["S3RecConfig", "S3Rec", "PRESETS", "OBJECTIVES", "item_attribute_table"]
+
+OBJECTIVES = ("aap", "mip", "map", "sp")
+AAP_INPUTS = ("item", "sequence")
+REDUCTIONS = ("sum", "mean")
+
+# Named settings (``seqrec pretrain --preset NAME``): model fields only.
+PRESETS: dict[str, dict] = {
+    # The paper's (and REFERENCE.md's) S3-Rec settings; they are also the defaults.
+    "paper": dict(hidden_size=64, num_layers=2, num_heads=2, hidden_dropout=0.5,
+                  attention_dropout=0.5, mask_prob=0.2, aap_weight=0.2, mip_weight=1.0,
+                  map_weight=1.0, sp_weight=0.5),
+}
+
+
+def _fail(name: str, expected: str, value: object) -> None:
+    raise ValueError(f"S3RecConfig.{name} must be {expected}, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class S3RecConfig:
+    """S3-Rec pretraining hyper-parameters (plain values; defaults = the paper's).
+
+    Attributes:
+        num_items: real items, ids 1..num_items; id num_items + 1 is the mask token.
+        num_attributes: attribute ids 1..num_attributes (all fields of
+            ``attribute_fields`` in one id space); 0 means no side information, which
+            requires AAP and MAP off.
+        attribute_fields: the dataset's categorical fields used as attributes, in order
+            (their ids are offset into one space, see :func:`item_attribute_table`);
+            empty = every categorical field.
+        max_len, hidden_size, num_layers, num_heads, inner_size, hidden_dropout,
+        attention_dropout, initializer_range, hidden_act, layer_norm_eps: the encoder,
+            as :class:`~seqrec.models.SASRecConfig` (they must match the fine-tune model).
+        mask_prob: item masking probability p, 0.2.
+        aap_weight, mip_weight, map_weight, sp_weight: objective weights 0.2 / 1 / 1 /
+            0.5; 0 switches an objective off (it is then not computed at all).
+        aap_input: ``"item"``: AAP scores the item embedding e_i (the paper's
+            f(i, a) = sigmoid(e_i^T W e_a)); ``"sequence"``: the encoder output at the
+            item's unmasked position (the authors' released code).
+        reduction: ``"sum"`` over scored positions/rows (the authors', which weights
+            AAP and MAP by their attribute counts) or ``"mean"`` (each objective divided
+            by its number of scored positions or rows).
+    """
+
+    num_items: int
+    num_attributes: int = 0
+    attribute_fields: tuple[str, ...] = ()
+    max_len: int = 50
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    inner_size: int | None = None
+    hidden_dropout: float = 0.5
+    attention_dropout: float = 0.5
+    initializer_range: float = 0.02
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    mask_prob: float = 0.2
+    aap_weight: float = 0.2
+    mip_weight: float = 1.0
+    map_weight: float = 1.0
+    sp_weight: float = 0.5
+    aap_input: str = "item"
+    reduction: str = "sum"
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("num_items", 1), ("num_attributes", 0), ("max_len", 1),
+                              ("hidden_size", 1), ("num_layers", 1), ("num_heads", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                _fail(name, f"an int >= {minimum}", value)
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(f"S3RecConfig.hidden_size={self.hidden_size} must be divisible by "
+                             f"num_heads={self.num_heads}")
+        if self.inner_size is not None and (
+                isinstance(self.inner_size, bool) or not isinstance(self.inner_size, int)
+                or self.inner_size < 1):
+            _fail("inner_size", "None or an int >= 1", self.inner_size)
+        if not isinstance(self.attribute_fields, tuple) or not all(
+                isinstance(f, str) and f for f in self.attribute_fields):
+            _fail("attribute_fields", "a tuple of field names", self.attribute_fields)
+        for name in ("hidden_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value < 1.0:
+                _fail(name, "a number in [0, 1)", value)
+        if not _is_number(self.mask_prob) or not 0.0 <= self.mask_prob <= 1.0:
+            _fail("mask_prob", "a number in [0, 1]", self.mask_prob)
+        for name in ("initializer_range", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not _is_number(value) or value <= 0:
+                _fail(name, "a positive number", value)
+        if self.hidden_act not in ACTIVATIONS:
+            _fail("hidden_act", f"one of {sorted(ACTIVATIONS)}", self.hidden_act)
+        for name in OBJECTIVES:
+            value = getattr(self, f"{name}_weight")
+            if not _is_number(value) or value < 0:
+                _fail(f"{name}_weight", "a number >= 0 (0 switches the objective off)", value)
+        if not self.objectives:
+            raise ValueError("S3RecConfig: every objective weight is 0; keep at least one of "
+                             "aap, mip, map, sp on")
+        if self.num_attributes == 0 and (self.aap_weight > 0 or self.map_weight > 0):
+            raise ValueError("S3RecConfig: AAP and MAP need item attributes but num_attributes=0; "
+                             "give the dataset's attributes or switch them off (aap_weight=0, "
+                             "map_weight=0; CLI: --no-aap --no-map)")
+        if self.aap_input not in AAP_INPUTS:
+            _fail("aap_input", f"one of {AAP_INPUTS}", self.aap_input)
+        if self.reduction not in REDUCTIONS:
+            _fail("reduction", f"one of {REDUCTIONS}", self.reduction)
+
+    @property
+    def ffn_size(self) -> int:
+        """The feed-forward width actually used."""
+        return 4 * self.hidden_size if self.inner_size is None else self.inner_size
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The objectives switched on (weight > 0), in the paper's order."""
+        return tuple(o for o in OBJECTIVES if getattr(self, f"{o}_weight") > 0)
+
+
+def item_attribute_table(dataset: "SequenceDataset", fields: tuple[str, ...] | list[str] = ()
+                         ) -> tuple[Tensor, int, tuple[str, ...]]:
+    """Item -> attribute ids table for S3-Rec, from a dataset's categorical fields.
+
+    Args:
+        dataset: a :class:`~seqrec.data.SequenceDataset`.
+        fields: categorical field names to use, in order; empty = all categorical
+            fields in the dataset's order. Numeric fields are rejected.
+
+    Returns:
+        ``(table, num_attributes, fields)``: ``table`` [num_items + 1, W] int64, row i =
+        the attribute ids of item i padded with 0 (row 0 empty; W >= 1 is the largest
+        number of ids of one item), the ids of field k offset by the value counts of
+        fields 0..k-1 so all fields share one id space 1..num_attributes.
+    """
+    available = [n for n, f in dataset.attributes.items() if f.kind == "categorical"]
+    fields = tuple(fields) if fields else tuple(available)
+    for name in fields:
+        if name not in dataset.attributes:
+            raise ValueError(f"attribute field {name!r} not in the dataset (it has "
+                             f"{sorted(dataset.attributes) or 'no attribute fields'})")
+        if dataset.attributes[name].kind != "categorical":
+            raise ValueError(f"attribute field {name!r} is numeric; S3-Rec needs categorical "
+                             "attributes")
+    blocks, offset = [], 0
+    for name in fields:
+        field = dataset.attributes[name]
+        padded = field.padded().astype(np.int64)
+        blocks.append(np.where(padded > 0, padded + offset, 0))
+        offset += field.num_values
+    if not blocks:
+        return torch.zeros(dataset.num_items + 1, 1, dtype=torch.int64), 0, ()
+    table = np.concatenate(blocks, axis=1)
+    # Ids first in each row, padding after (a row's fields may be partly empty).
+    table = -np.sort(-table, axis=1)
+    width = max(int((table > 0).sum(1).max()), 1)
+    return torch.from_numpy(np.ascontiguousarray(table[:, :width])), offset, fields
+
+
+class S3Rec(nn.Module):
+    """S3-Rec pretraining model (Zhou et al., CIKM 2020).
+
+    Encoder: SASRec's embedding and Transformer blocks (:mod:`seqrec.models.layers`,
+    same parameter names) run bidirectionally, with one more item row, the mask token
+    ``num_items + 1``. One :func:`seqrec.ops.seq_mask` call corrupts a batch; then, with
+    ``F`` the encoder output of the item-masked sequence, ``e`` item embeddings, ``e_a``
+    attribute embeddings and ``W_*`` linear maps (with bias, as the authors)::
+
+        AAP  f(i, a) = sigmoid(e_i^T W_AAP e_a)      unmasked real positions, every attribute
+        MIP  f(t, i) = sigmoid(F_t^T W_MIP e_i)      masked positions, original vs negative item
+        MAP  f(t, a) = sigmoid(F_t^T W_MAP e_a)      masked positions, every attribute
+        SP   f(s, s') = sigmoid(s^T W_SP s')         s, s': last-position outputs of the
+                                                     segment-masked sequence and of the segment
+
+    Losses. MIP and SP: the paper's NCE term with the one sampled negative,
+    ``-(f_pos - log(exp f_pos + exp f_neg)) = softplus(f_neg - f_pos)`` (identical to the
+    authors' ``BCE(sigmoid(f_pos - f_neg), 1)``). AAP and MAP: binary cross-entropy of
+    ``sigmoid(score)`` against the item's attribute set over all attributes ("its
+    attributes vs the rest"), as the authors' code (the paper writes an NCE whose
+    denominator runs over the non-attributes). Total
+    ``0.2 AAP + 1 MIP + 1 MAP + 0.5 SP`` by default, each summed over the batch.
+
+    Deviations and open choices:
+
+    - ``aap_input="item"`` follows the paper (item embedding); the authors' code scores
+      the encoder output at the unmasked position (``aap_input="sequence"``).
+    - Rows with fewer than 2 items have no segment and are left out of SP (the authors
+      keep them; their term is the constant log 2 there, with zero gradient).
+    - The segment negative comes from the other rows of the batch, the item negatives
+      never equal the mask token (see :func:`seqrec.ops.seq_mask`).
+    - MAP targets are gathered from the attached item table at the masked positions
+      (``seq_mask`` is called without ``item_attributes``): its dense [B, n, W] copy
+      would cost W values per position (LastFM: W = 625 tags) for the ~20% masked.
+    - Attribute id 0 (padding) is not scored; the four encoder passes (item-masked,
+      segment-masked, positive and negative segment) run as one [4B, n] batch.
+
+    Args:
+        config: :class:`S3RecConfig`.
+        backend: attention and ``seq_mask`` backend (``"seqrec"`` / ``"reference"``),
+            None = process default.
+
+    Side information: :meth:`attach_dataset` (or :meth:`set_item_attributes`) stores the
+    item -> attribute ids table as a non-persistent buffer; AAP and MAP need it.
+    """
+
+    def __init__(self, config: S3RecConfig, *, backend: str | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, S3RecConfig):
+            raise ValueError(f"config must be an S3RecConfig, got {type(config).__name__}")
+        if backend is not None:
+            get_backend(backend)
+        self.config = config
+        self.backend = backend
+        d = config.hidden_size
+        self.embedding = ItemPositionEmbedding(config.num_items + 2, config.max_len, d,
+                                               config.hidden_dropout, config.layer_norm_eps)
+        self.encoder = TransformerEncoder(
+            config.num_layers, d, config.num_heads, config.ffn_size, config.hidden_dropout,
+            config.attention_dropout, config.hidden_act, config.layer_norm_eps, causal=False,
+            backend=backend)
+        self.attribute_embedding = nn.Embedding(config.num_attributes + 1, d, padding_idx=0)
+        self.aap = nn.Linear(d, d)
+        self.mip = nn.Linear(d, d)
+        self.map = nn.Linear(d, d)
+        self.sp = nn.Linear(d, d)
+        self.register_buffer("item_attributes",
+                             torch.zeros(config.num_items + 1, 0, dtype=torch.int64),
+                             persistent=False)
+        self.apply(partial(init_transformer_weights, std=config.initializer_range))
+
+    @property
+    def mask_token(self) -> int:
+        return self.config.num_items + 1
+
+    # ------------------------------------------------------------------ side information
+    def attach_dataset(self, dataset: "SequenceDataset") -> None:
+        """Take the item -> attribute table from ``dataset`` (fields ``config.attribute_fields``)."""
+        table, num_attributes, fields = item_attribute_table(dataset, self.config.attribute_fields)
+        if dataset.num_items != self.config.num_items:
+            raise ValueError(f"dataset has {dataset.num_items} items, the model "
+                             f"num_items={self.config.num_items}")
+        if num_attributes != self.config.num_attributes:
+            raise ValueError(
+                f"dataset attribute fields {list(fields)} hold {num_attributes} attribute ids, "
+                f"the model num_attributes={self.config.num_attributes}")
+        self.set_item_attributes(table)
+
+    def set_item_attributes(self, table: Tensor) -> None:
+        """Store ``table`` [num_items + 1, W] int64: row i = attribute ids of item i
+        (distinct, in 1..num_attributes), padded with 0; row 0 must be empty."""
+        cfg = self.config
+        if (not isinstance(table, Tensor) or table.dtype != torch.int64 or table.dim() != 2
+                or table.size(0) != cfg.num_items + 1 or table.size(1) < 1):
+            got = f"{table.dtype} {tuple(table.shape)}" if isinstance(table, Tensor) else type(table)
+            raise ValueError(f"item attribute table must be int64 [num_items + 1 = "
+                             f"{cfg.num_items + 1}, W >= 1], got {got}")
+        if table.numel() and (int(table.min()) < 0 or int(table.max()) > cfg.num_attributes):
+            raise ValueError(f"item attribute ids must lie in [0, num_attributes="
+                             f"{cfg.num_attributes}]")
+        if bool((table[0] != 0).any()):
+            raise ValueError("row 0 (the padding item) of the attribute table must be empty")
+        self.item_attributes = table.to(self.embedding.item.weight.device)
+
+    # ------------------------------------------------------------------ encoder
+    def forward(self, item_seq: Tensor) -> Tensor:
+        """Bidirectional hidden states [B, n, D] of ``item_seq`` [B, n] (ids in
+        [0, num_items + 1], left-padded with 0; the mask token counts as a real position)."""
+        if not isinstance(item_seq, Tensor) or item_seq.dtype not in (torch.int64, torch.int32) \
+                or item_seq.dim() != 2:
+            raise ValueError("item_seq must be a [B, n] int64 tensor")
+        if torch.compiler.is_compiling() or item_seq.size(0) < _MIN_GROUPED_ROWS:
+            return self._encode(item_seq)
+        # Rows grouped by length, each group cropped to its longest row: the attention (and
+        # the embedding dropout) then run on [rows, w, w] instead of [B, n, n]. Pretraining
+        # samples are mostly short prefixes (Beauty: 4 items on average in batches 40-50
+        # wide). Exact: positions are right-aligned, so a row's output does not depend on
+        # its left padding; only the dropout draws differ from one padded call.
+        lengths = (item_seq != 0).sum(1)
+        n = item_seq.size(1)
+        widths = [w for w in _WIDTHS if w < n] + [n]
+        bucket = torch.bucketize(lengths, torch.tensor(widths[:-1], device=lengths.device))
+        weight = self.embedding.item.weight
+        out = weight.new_zeros((*item_seq.shape, weight.size(1)))
+        for k in torch.unique(bucket).tolist():
+            rows = (bucket == k).nonzero().squeeze(1)
+            w = widths[k]
+            out[rows, n - w:] = self._encode(item_seq[rows, n - w:])
+        return out
+
+    def _encode(self, item_seq: Tensor) -> Tensor:
+        return self.encoder(self.embedding(item_seq), item_seq != 0, causal=False)
+
+    def corrupt(self, item_seq: Tensor, *, seed: int) -> SeqMaskOutput:
+        """One :func:`seqrec.ops.seq_mask` call on the batch (p = ``config.mask_prob``,
+        the last item always masked, as the authors). Runs where ``item_seq`` lives."""
+        return seq_mask(item_seq, num_items=self.config.num_items, mask_token=self.mask_token,
+                        mask_prob=self.config.mask_prob, seed=seed, backend=self.backend)
+
+    # ------------------------------------------------------------------ objectives
+    def pretrain_losses(self, masked: SeqMaskOutput) -> dict[str, Tensor]:
+        """The unweighted loss of every objective switched on, from a corrupted batch.
+
+        Args:
+            masked: :class:`~seqrec.ops.SeqMaskOutput` of the batch (its
+                ``masked_items``, ``pos_items``, ``neg_items``, ``masked_segment_seq``,
+                ``pos_segment``, ``neg_segment``, ``segment_len`` are read; attribute
+                targets come from the attached table).
+
+        Returns:
+            ``{"aap": ..., "mip": ..., "map": ..., "sp": ...}`` (enabled ones only),
+            scalars reduced by ``config.reduction``.
+        """
+        cfg = self.config
+        on = cfg.objectives
+        if ("aap" in on or "map" in on) and self.item_attributes.size(1) == 0:
+            raise ValueError("AAP/MAP need the item attribute table: call "
+                             "model.attach_dataset(dataset) or set_item_attributes(table) first")
+        items = masked.masked_items
+        batch = items.size(0)
+        need_items = "mip" in on or "map" in on or ("aap" in on and cfg.aap_input == "sequence")
+        inputs = []
+        if need_items:
+            inputs.append(items)
+        if "sp" in on:
+            inputs += [masked.masked_segment_seq, masked.pos_segment, masked.neg_segment]
+        hidden = self(torch.cat(inputs)) if inputs else None  # [kB, n, D]
+        mean = cfg.reduction == "mean"
+        losses: dict[str, Tensor] = {}
+        attr_weight = self.attribute_embedding.weight[1:]  # [num_attributes, D]
+
+        if "aap" in on:
+            keep = (items != 0) & (items != self.mask_token)  # unmasked real positions
+            kept_items = items[keep]
+            x = self.embedding.item(kept_items) if cfg.aap_input == "item" else hidden[:batch][keep]
+            per_position = _attribute_bce(self.aap(x) @ attr_weight.t(),
+                                          self.item_attributes[kept_items])
+            losses["aap"] = _reduce(per_position, mean)
+        if "mip" in on or "map" in on:
+            where = items == self.mask_token
+            h = hidden[:batch][where]  # [M, D]
+            targets = masked.pos_items[where]
+            if "mip" in on:
+                hm = self.mip(h)
+                pos = torch.sigmoid((hm * self.embedding.item(targets)).sum(-1))
+                neg = torch.sigmoid((hm * self.embedding.item(masked.neg_items[where])).sum(-1))
+                losses["mip"] = _reduce(F.softplus(neg - pos), mean)
+            if "map" in on:
+                per_position = _attribute_bce(self.map(h) @ attr_weight.t(),
+                                              self.item_attributes[targets])
+                losses["map"] = _reduce(per_position, mean)
+        if "sp" in on:
+            last = hidden[-3 * batch:, -1].unflatten(0, (3, batch))  # [3, B, D]
+            has = masked.segment_len > 0
+            context = self.sp(last[0][has])
+            pos = torch.sigmoid((context * last[1][has]).sum(-1))
+            neg = torch.sigmoid((context * last[2][has]).sum(-1))
+            losses["sp"] = _reduce(F.softplus(neg - pos), mean)
+        return {o: losses[o] for o in OBJECTIVES if o in losses}
+
+    def weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """``sum_o weight_o * losses[o]`` over the enabled objectives."""
+        return sum(getattr(self.config, f"{o}_weight") * v for o, v in losses.items())
+
+    def pretrain_loss(self, item_seq: Tensor, *, seed: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Corrupt ``item_seq`` [B, n] (one ``seq_mask`` call) and return
+        ``(weighted total, per-objective losses)``."""
+        losses = self.pretrain_losses(self.corrupt(item_seq, seed=seed))
+        return self.weighted_loss(losses), losses
+
+
+# S3Rec.forward: length-group edges (the last group is n wide), and the smallest batch
+# worth grouping (below it one padded call is cheaper than several small ones).
+_WIDTHS = (8, 16, 32)
+_MIN_GROUPED_ROWS = 16
+
+
+def _attribute_bce(scores: Tensor, ids: Tensor) -> Tensor:
+    """Per-row BCE of sigmoid(scores) [P, num_attributes] against the attribute set given as
+    padded ids [P, W] (1-based, 0 = none, distinct): sum_a softplus(s_a) - sum_{a in ids} s_a."""
+    picked = scores.gather(1, (ids - 1).clamp_min(0)) * (ids > 0)
+    return F.softplus(scores).sum(-1) - picked.sum(-1)
+
+
+def _reduce(per_item: Tensor, mean: bool) -> Tensor:
+    total = per_item.sum()
+    return total / max(per_item.numel(), 1) if mean else total
