@@ -3,6 +3,8 @@
     seqrec train --model sasrec --data synthetic
     seqrec train --model sasrec --data ../shared/data/Beauty --loss bce --out runs/beauty
     seqrec train ... --out runs/beauty --resume        # continue a killed run
+    seqrec pretrain --model s3rec --data ../shared/data/Beauty --epochs 150 --out runs/s3rec-pre
+    seqrec train --model s3rec --data ../shared/data/Beauty --init runs/s3rec-pre --out runs/s3rec
     seqrec evaluate --checkpoint runs/beauty
     seqrec data stats --data ../shared/data/ml-100k --baseline
 """
@@ -22,7 +24,13 @@ from .data import DataError, load_dataset
 MODEL_DEFAULTS = {
     "sasrec": dict(hidden_size=64, num_layers=2, num_heads=2, dropout=0.5, loss="bce", lr=1e-3,
                    batch_size=256),
+    # Fine-tuning a pretrained S3-Rec: a causal SASRec (pairwise BCE, one negative) whose
+    # weights come from --init; architecture defaults come from the checkpoint.
+    "s3rec": dict(hidden_size=64, num_layers=2, num_heads=2, dropout=0.5, loss="bce", lr=1e-3,
+                  batch_size=256),
 }
+# Models `seqrec pretrain` knows, and the fine-tune model `seqrec train` builds for them.
+PRETRAIN_MODELS = {"s3rec": "sasrec"}
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -69,8 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compiled operators (seqrec) or their plain-PyTorch references")
     t.add_argument("--out", default=None, help="folder for checkpoint.pt, history.jsonl and result.json")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--init", default=None, metavar="CKPT",
+                   help="initialise the weights by name from a checkpoint: a `seqrec pretrain` folder or its "
+                        "pretrain.pt (required for --model s3rec, whose fine-tune model is a causal SASRec), "
+                        "or a `seqrec train` folder / checkpoint.pt; prints which tensors were loaded. "
+                        "Unset --hidden-size/--num-layers/--num-heads default to the checkpoint's")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only on a terminal)")
+
+    _add_pretrain_parser(sub)
 
     e = sub.add_parser("evaluate", help="evaluate a saved run on its test set")
     e.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt")
@@ -88,6 +103,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Appends "(default: X)" where the help does not say it and X is not None or a switch."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _add_pretrain_parser(sub) -> None:
+    from .models.s3rec import PRESETS, S3RecConfig
+
+    defaults = S3RecConfig(num_items=1, num_attributes=1)
+    p = sub.add_parser(
+        "pretrain", formatter_class=_DefaultsHelp,
+        help="self-supervised pretraining (S3-Rec); fine-tune with `seqrec train --model s3rec --init DIR`",
+        description="Pretrain S3-Rec's bidirectional encoder with its four objectives (AAP item-attribute, "
+                    "MIP masked item, MAP masked attribute, SP segment). Samples: every prefix of each user's "
+                    "training part (valid and test items held out), as the S3-Rec authors. Writes "
+                    "DIR/pretrain.pt after every epoch (atomically) and DIR/pretrain.jsonl (one JSON line per "
+                    "epoch). Model options left unset take the --preset's or the paper's values.")
+    p.add_argument("--model", default="s3rec", choices=sorted(PRETRAIN_MODELS), help="model to pretrain (default: %(default)s)")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for pretrain.pt and pretrain.jsonl")
+    p.add_argument("--epochs", type=int, default=150, help="pretraining epochs (default: %(default)s, the paper's)")
+    p.add_argument("--batch-size", type=int, default=100, help="samples per batch (default: %(default)s, the authors')")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: %(default)s)")
+    p.add_argument("--mask-p", type=float, default=None, help=f"item masking probability (default: {defaults.mask_prob})")
+    for name, label in (("aap", "item-attribute (AAP)"), ("mip", "masked item (MIP)"),
+                        ("map", "masked attribute (MAP)"), ("sp", "segment (SP)")):
+        p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True,
+                       help=f"{label} objective on/off, for ablations (default: on)")
+        p.add_argument(f"--{name}-weight", type=float, default=None,
+                       help=f"weight of the {name.upper()} loss (default: {getattr(defaults, name + '_weight')})")
+    p.add_argument("--aap-input", choices=["item", "sequence"], default=None,
+                   help="AAP scores the item embedding (paper, default) or the encoder output at the item's "
+                        "position (the authors' code); default: item")
+    p.add_argument("--reduction", choices=["sum", "mean"], default=None,
+                   help="sum each loss over its scored positions (the authors', default) or average it")
+    p.add_argument("--attributes", nargs="+", default=None, metavar="FIELD",
+                   help="categorical item fields used as attributes (default: all)")
+    p.add_argument("--samples", choices=["prefixes", "users"], default="prefixes",
+                   help="every prefix of each training sequence (the authors', default) or one sample per user")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named model settings (paper: the S3-Rec paper's; explicit options override it)")
+    p.add_argument("--hidden-size", type=int, default=None, help=f"(default: {defaults.hidden_size})")
+    p.add_argument("--num-layers", type=int, default=None, help=f"(default: {defaults.num_layers})")
+    p.add_argument("--num-heads", type=int, default=None, help=f"(default: {defaults.num_heads})")
+    p.add_argument("--dropout", type=float, default=None,
+                   help=f"hidden and attention dropout (default: {defaults.hidden_dropout})")
+    p.add_argument("--seed", type=int, default=42,
+                   help="seeds initialisation, sample order, masking and dropout (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu; masking always runs on the CPU)")
+    p.add_argument("--backend", choices=["seqrec", "reference"], default=None,
+                   help="compiled operators (seqrec, default) or their plain-PyTorch references")
+    p.add_argument("--resume", action="store_true", help="continue the pretraining saved in --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: only on a terminal)")
+
+
 def format_table(title: str, metrics: dict, protocol: str) -> str:
     keys = list(metrics)
     width = max(8, *(len(k) for k in keys))
@@ -96,23 +173,58 @@ def format_table(title: str, metrics: dict, protocol: str) -> str:
     return "\n".join(lines)
 
 
-def _model_config(args, num_items: int) -> tuple[str, dict]:
+def _model_config(args, num_items: int, init_config: dict | None = None) -> tuple[str, dict]:
     defaults = MODEL_DEFAULTS[args.model]
+    if init_config:  # architecture of the --init checkpoint, unless given on the command line
+        defaults = {**defaults, **{k: init_config[k] for k in ("hidden_size", "num_layers", "num_heads")
+                                   if k in init_config}}
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
     dropout = pick("dropout")
     config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
                   num_layers=pick("num_layers"), num_heads=pick("num_heads"), hidden_dropout=dropout,
                   attention_dropout=dropout, loss=pick("loss"))
-    return args.model, config
+    if init_config:
+        config.update({k: init_config[k] for k in ("inner_size", "hidden_act", "layer_norm_eps")
+                       if k in init_config})
+    return PRETRAIN_MODELS.get(args.model, args.model), config
+
+
+def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, path) -> dict:
+    """Load --init weights by name into ``model``; print and return what happened."""
+    from .models import load_pretrained
+
+    report = load_pretrained(model, state)
+    print(f"--init {path}:\n{report.describe()}", file=sys.stderr)
+    if args.model in PRETRAIN_MODELS:
+        if init_spec.get("name") not in (None, args.model):
+            raise ValueError(f"--init {path}: a {init_spec.get('name')!r} checkpoint, not an {args.model} "
+                             f"pretraining one (seqrec pretrain --model {args.model})")
+        pretrained_items = (init_spec.get("config") or {}).get("num_items")
+        if pretrained_items is not None and pretrained_items != num_items:
+            raise ValueError(f"--init {path}: pretrained on {pretrained_items} items, this dataset has "
+                             f"{num_items}; fine-tune on the dataset the model was pretrained on")
+        if not report.complete or not report.loaded:
+            raise ValueError(f"--init {path}: the fine-tune model does not match the pretrained encoder "
+                             "(use the same --max-len, --hidden-size, --num-layers, --num-heads); see above")
+    return {"path": str(path), **report.to_dict()}
 
 
 def cmd_train(args) -> int:
     from .models import build_model
     from .train import TrainConfig, Trainer
 
+    from .models import read_pretrained_state
+
+    if args.model in PRETRAIN_MODELS and args.init is None:
+        raise ValueError(f"--model {args.model} fine-tunes a pretrained model: give --init <folder or "
+                         f"pretrain.pt of `seqrec pretrain --model {args.model}`> (without pretraining it is "
+                         f"--model {PRETRAIN_MODELS[args.model]})")
+    init_state = init_spec = init_path = None
+    if args.init is not None:
+        init_state, init_spec, init_path = read_pretrained_state(args.init)
     dataset = _load(args)
     split = dataset.leave_one_out(max_len=args.max_len)
-    name, config = _model_config(args, dataset.num_items)
+    name, config = _model_config(args, dataset.num_items, (init_spec or {}).get("config"))
     defaults = MODEL_DEFAULTS[args.model]
     train_config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size or defaults["batch_size"], lr=args.lr or defaults["lr"],
@@ -124,6 +236,9 @@ def cmd_train(args) -> int:
     spec = {"name": name, "config": config, "backend": args.backend,
             "data": {"source": args.data, "format": args.format, "kcore": args.kcore, "max_len": args.max_len,
                      "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items}}
+    if init_state is not None:
+        spec["init"] = _init_weights(args, model, dataset.num_items, init_spec, init_state, init_path)
+        spec["finetune_of"] = args.model if args.model in PRETRAIN_MODELS else None
     trainer = Trainer(model, split, train_config, out_dir=args.out, model_spec=spec)
     if args.resume:
         if args.out is None:
@@ -148,7 +263,14 @@ def cmd_evaluate(args) -> int:
     from .models import build_model
     from .train import TrainConfig, Trainer, load_checkpoint
 
+    folder = Path(args.checkpoint)
+    if folder.is_dir() and (folder / "pretrain.pt").exists() and not (folder / "checkpoint.pt").exists():
+        raise ValueError(f"{folder}: holds a pretraining checkpoint (pretrain.pt), nothing to evaluate; fine-tune "
+                         "it first (seqrec train --model s3rec --init ...)")
     state = load_checkpoint(args.checkpoint)
+    if "train_config" not in state:
+        raise ValueError(f"{args.checkpoint}: a pretraining checkpoint, nothing to evaluate; fine-tune it first "
+                         f"(seqrec train --model {state.get('model_spec', {}).get('name', 's3rec')} --init ...)")
     spec = state["model_spec"]
     data = spec["data"]
     dataset = load_dataset(args.data or data["source"], args.format or data["format"], kcore=data["kcore"],
@@ -160,6 +282,52 @@ def cmd_evaluate(args) -> int:
     trainer = Trainer(model, dataset.leave_one_out(max_len=data["max_len"]), TrainConfig(**cfg))
     print(format_table("test, full ranking", trainer.evaluate("test", "full"), trainer.protocol("full").describe()))
     print(format_table("test, sampled", trainer.evaluate("test", "sampled"), trainer.protocol("sampled").describe()))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .models import build_model
+    from .models.s3rec import OBJECTIVES, PRESETS, item_attribute_table
+    from .train.pretrain import PRETRAIN_CHECKPOINT, PretrainConfig, Pretrainer
+
+    dataset = _load(args)
+    _, num_attributes, fields = item_attribute_table(dataset, args.attributes or ())
+    config = dict(PRESETS[args.preset]) if args.preset else {}
+    config.update(num_items=dataset.num_items, num_attributes=num_attributes, attribute_fields=fields,
+                  max_len=args.max_len)
+    for flag, field in (("hidden_size", "hidden_size"), ("num_layers", "num_layers"), ("num_heads", "num_heads"),
+                        ("dropout", "hidden_dropout"), ("dropout", "attention_dropout"), ("mask_p", "mask_prob"),
+                        ("aap_input", "aap_input"), ("reduction", "reduction")):
+        if getattr(args, flag) is not None:
+            config[field] = getattr(args, flag)
+    for name in OBJECTIVES:
+        if not getattr(args, name):
+            config[f"{name}_weight"] = 0.0
+        elif getattr(args, f"{name}_weight") is not None:
+            config[f"{name}_weight"] = getattr(args, f"{name}_weight")
+    pretrain_cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               weight_decay=args.weight_decay, samples=args.samples, seed=args.seed,
+                               device=args.device, progress=args.progress)
+    torch.manual_seed(args.seed)  # parameter initialisation
+    model = build_model(args.model, backend=args.backend, **config)
+    model.attach_dataset(dataset)
+    spec = {"name": args.model, "config": config, "backend": args.backend,
+            "data": {"source": args.data, "format": args.format, "kcore": args.kcore, "max_len": args.max_len,
+                     "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items}}
+    trainer = Pretrainer(model, dataset, pretrain_cfg, out_dir=args.out, model_spec=spec)
+    if args.resume and trainer.resume():
+        print(f"resumed {args.out} after epoch {trainer.epoch}", file=sys.stderr)
+    print(f"{dataset!r}; {len(trainer.samples)} pretraining samples ({args.samples}), "
+          f"{trainer.num_batches()} batches of {args.batch_size}; model {args.model} {config}", file=sys.stderr)
+
+    def on_epoch(rec):
+        parts = ", ".join(f"{o} {rec[o]:.4g}" for o in OBJECTIVES if o in rec)
+        print(f"pretrain epoch {rec['epoch']:3d} loss {rec['loss']:.4g} ({parts}) ({rec['seconds']:.1f}s)",
+              file=sys.stderr)
+
+    trainer.fit(on_epoch=on_epoch)
+    print(f"wrote {Path(args.out) / PRETRAIN_CHECKPOINT} (epoch {trainer.epoch}); fine-tune with: seqrec train "
+          f"--model {args.model} --data {args.data} --init {args.out}")
     return 0
 
 
@@ -188,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "pretrain":
+            return cmd_pretrain(args)
         if args.command == "data" and args.data_command == "stats":
             return cmd_data_stats(args)
     except (DataError, FileNotFoundError, ValueError) as exc:

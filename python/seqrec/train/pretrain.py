@@ -1,0 +1,251 @@
+"""Self-supervised pretraining loop (S3-Rec): samples, epochs, checkpoints that resume.
+
+The pretraining samples are the S3-Rec authors' (``PretrainDataset.split_sequence``): for
+every user, the training part of the sequence (the valid and test items removed, the
+last ``max_len`` kept) and every prefix of it; ``samples="users"`` keeps one sample per
+user instead. Batches are cut from the dataset's CSR arrays with one vectorised gather,
+then corrupted by the model's single ``seq_mask`` call, so no Python runs per sample.
+
+Everything random but dropout is a pure function of ``(seed, epoch, batch)``: the sample
+order of an epoch and each batch's ``seq_mask`` seed. A checkpoint written at the end of
+every epoch holds the model, the optimizer, the torch RNG (dropout) and the history, so
+``resume()`` continues a killed run exactly as if it had not stopped (on CPU).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import SequenceDataset
+from ..ops.seq_mask import SeqMaskOutput
+from ..utils import atomic_write
+
+__all__ = ["PretrainConfig", "PretrainSamples", "Pretrainer", "PRETRAIN_CHECKPOINT", "PRETRAIN_LOG",
+           "CHECKPOINT_KIND"]
+
+PRETRAIN_CHECKPOINT = "pretrain.pt"
+PRETRAIN_LOG = "pretrain.jsonl"
+CHECKPOINT_KIND = "pretrain"
+SAMPLE_KINDS = ("prefixes", "users")
+
+
+@dataclass
+class PretrainConfig:
+    """Pretraining optimisation settings (defaults: the S3-Rec authors')."""
+
+    epochs: int = 150
+    batch_size: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    samples: str = "prefixes"
+    seed: int = 42
+    device: str = "cpu"
+    grad_clip: float | None = None
+    progress: bool | None = None  # None: a bar only when writing to a terminal
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PretrainConfig.{name} must be an int >= 1, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"PretrainConfig.lr must be > 0, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"PretrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.samples not in SAMPLE_KINDS:
+            raise ValueError(f"PretrainConfig.samples must be one of {SAMPLE_KINDS}, got {self.samples!r}")
+        self.betas = tuple(self.betas)
+
+
+class PretrainSamples:
+    """The pretraining samples of a dataset, as (start, length) windows into its items.
+
+    Args:
+        dataset: the dataset; user ``u``'s training part is its sequence without the last
+            two items (valid and test targets), of which the last ``max_len`` are kept.
+        max_len: longest sample.
+        kind: ``"prefixes"`` (every prefix of each training part, the authors') or
+            ``"users"`` (the whole training part once).
+    """
+
+    def __init__(self, dataset: SequenceDataset, max_len: int, kind: str = "prefixes"):
+        if kind not in SAMPLE_KINDS:
+            raise ValueError(f"samples must be one of {SAMPLE_KINDS}, got {kind!r}")
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.items = torch.from_numpy(dataset.items)
+        self.max_len = int(max_len)
+        part = np.clip(dataset.lengths - 2, 0, max_len)  # training part length per user
+        begin = dataset.indptr[1:] - 2 - part  # first item of the part
+        users = np.flatnonzero(part > 0)
+        if kind == "users":
+            starts, lengths = begin[users], part[users]
+        else:  # prefix j (1..part) of user u: items begin..begin+j-1
+            counts = part[users]
+            starts = np.repeat(begin[users], counts)
+            lengths = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + 1
+        if len(starts) == 0:
+            raise ValueError(f"{dataset.name}: no user has the 3 interactions a pretraining sample "
+                             "needs (two are held out for validation and test)")
+        self.starts = torch.from_numpy(np.ascontiguousarray(starts, dtype=np.int64))
+        self.lengths = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """Samples ``index`` [B] as a [B, n] int64 batch, LEFT-padded with 0, n = the longest.
+
+        Positions are right-aligned in the models, so the width does not change outputs.
+        """
+        starts, lengths = self.starts[index], self.lengths[index]
+        n = max(int(lengths.max()), 1) if len(index) else 1
+        cols = torch.arange(n)
+        pad = (n - lengths).unsqueeze(1)  # [B, 1]
+        src = starts.unsqueeze(1) + cols - pad  # [B, n]
+        real = cols >= pad
+        return torch.where(real, self.items[src.clamp_min(0)], 0)
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """The ``seq_mask`` seed of one batch: a 64-bit hash of (seed, epoch, batch)."""
+    return int(np.random.SeedSequence([int(seed) % 2**64, int(epoch), int(batch)])
+               .generate_state(1, np.uint64)[0])
+
+
+class Pretrainer:
+    """Pretrain ``model`` (an :class:`~seqrec.models.S3Rec` or anything with its
+    ``corrupt`` / ``pretrain_losses`` / ``weighted_loss`` methods) on ``dataset``.
+
+    With ``out_dir``: ``pretrain.pt`` (checkpoint, written atomically after every epoch)
+    and ``pretrain.jsonl`` (one JSON line per epoch: mean weighted loss and per-objective
+    losses per batch, seconds, samples).
+    """
+
+    def __init__(self, model: torch.nn.Module, dataset: SequenceDataset, config: PretrainConfig,
+                 out_dir: str | Path | None = None, model_spec: dict | None = None):
+        self.model = model.to(config.device)
+        self.config = config
+        self.samples = PretrainSamples(dataset, model.config.max_len, config.samples)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.model_spec = model_spec or {}
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
+                                          weight_decay=config.weight_decay, fused=True)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self._seeded = False
+
+    def num_batches(self) -> int:
+        return -(-len(self.samples) // self.config.batch_size)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The sample order of ``epoch``: a pure function of (seed, epoch)."""
+        rng = np.random.default_rng([int(self.config.seed) % 2**64, int(epoch)])
+        return torch.from_numpy(rng.permutation(len(self.samples)))
+
+    def batches(self, epoch: int):
+        """Yield ``(batch_index, item_seq [B, n] on the CPU)`` of ``epoch``."""
+        order, size = self.epoch_order(epoch), self.config.batch_size
+        for b in range(self.num_batches()):
+            yield b, self.samples.batch(order[b * size:(b + 1) * size])
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, model = self.config, self.model
+        model.train()
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(self.batches(epoch), total=self.num_batches(), desc=f"pretrain {epoch + 1}",
+                   disable=None if cfg.progress is None else not cfg.progress, leave=False)
+        for b, seq in bar:
+            # Corruption on the CPU (the data side; seq_mask has no CUDA kernel yet), then
+            # the whole batch moves to the model's device at once.
+            masked = model.corrupt(seq, seed=batch_seed(cfg.seed, epoch, b))
+            if cfg.device != "cpu":
+                masked = SeqMaskOutput(*(t.to(cfg.device, non_blocking=True) for t in masked))
+            losses = model.pretrain_losses(masked)
+            loss = model.weighted_loss(losses)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pretraining epoch {epoch + 1}, batch {b}: the loss became "
+                                         f"{loss.item()} (lower the learning rate or check the data)")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            for name, value in (("loss", loss), *losses.items()):
+                sums[name] = sums.get(name, 0.0) + value.item()
+            count += 1
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def fit(self, *, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        """Pretrain until ``config.epochs``; returns the history (one dict per epoch)."""
+        if self.epoch == 0 and not self._seeded:
+            torch.manual_seed(self.config.seed)  # dropout
+            self._seeded = True
+        while self.epoch < self.config.epochs:
+            start = time.perf_counter()
+            record = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
+            record["seconds"] = time.perf_counter() - start
+            record["samples"] = len(self.samples)
+            self.epoch += 1
+            self.history.append(record)
+            # Checkpoint first: the log never runs ahead of what a resume restores.
+            self.save_checkpoint()
+            self._log()
+            if on_epoch is not None:
+                on_epoch(record)
+        return self.history
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        return {
+            "format": 1,
+            "kind": CHECKPOINT_KIND,
+            "model_spec": self.model_spec,
+            "pretrain_config": asdict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is None:
+            return
+        with atomic_write(self.out_dir / PRETRAIN_CHECKPOINT, "wb") as fh:
+            torch.save(self.state_dict(), fh)
+
+    def _log(self) -> None:
+        if self.out_dir is None:
+            return
+        with atomic_write(self.out_dir / PRETRAIN_LOG) as fh:  # rewritten whole: no torn line
+            for record in self.history:
+                fh.write(json.dumps(record) + "\n")
+
+    def resume(self) -> bool:
+        """Continue from ``out_dir/pretrain.pt`` if it exists; True when resumed."""
+        if self.out_dir is None or not (self.out_dir / PRETRAIN_CHECKPOINT).exists():
+            return False
+        from .trainer import load_checkpoint
+
+        state = load_checkpoint(self.out_dir / PRETRAIN_CHECKPOINT)
+        if state.get("kind") != CHECKPOINT_KIND:
+            raise ValueError(f"{self.out_dir / PRETRAIN_CHECKPOINT}: not a pretraining checkpoint")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = state["epoch"]
+        self.history = state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self._seeded = True
+        return True
