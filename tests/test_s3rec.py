@@ -1,0 +1,482 @@
+"""S3-Rec: the four objectives against direct formulas, switches, gradients, pretraining loop,
+checkpoint -> fine-tune by name, CLI."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from seqrec.cli import main
+from seqrec.data import SequenceDataset, synthetic
+from seqrec.models import (
+    S3Rec,
+    S3RecConfig,
+    SASRec,
+    SASRecConfig,
+    build_model,
+    load_pretrained,
+    read_pretrained_state,
+)
+from seqrec.models.s3rec import OBJECTIVES, item_attribute_table
+from seqrec.ops import SeqMaskOutput, seq_mask
+from seqrec.train import PretrainConfig, Pretrainer, PretrainSamples, load_checkpoint
+
+NUM_ITEMS, NUM_ATTR, MAX_LEN = 9, 5, 8
+# Item i's attribute ids (row 0 = padding item); item 9 has none.
+TABLE = torch.tensor([[0, 0, 0], [1, 2, 0], [3, 0, 0], [1, 4, 5], [2, 0, 0], [5, 3, 0],
+                      [4, 0, 0], [1, 0, 0], [2, 3, 4], [0, 0, 0]])
+# Lengths 6, 1, 0 (all padding), 3, 8 (full), 2: odd lengths and every edge case.
+BATCH = torch.tensor([[0, 0, 3, 1, 4, 4, 7, 2],
+                      [0, 0, 0, 0, 0, 0, 0, 5],
+                      [0, 0, 0, 0, 0, 0, 0, 0],
+                      [0, 0, 0, 0, 0, 9, 8, 1],
+                      [6, 2, 9, 1, 3, 3, 5, 8],
+                      [0, 0, 0, 0, 0, 0, 2, 6]])
+TINY_CLI = ["--data", "synthetic", "--synthetic-users", "150", "--synthetic-items", "80", "--max-len", "12"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny-tensor training on one intra-op thread: on the shared 2-core CI machine, two
+    OpenMP threads per op made this file 9x slower (280 s vs 30 s) under load. Results do
+    not depend on the thread count (test_seq_mask checks the op; the rest is torch)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(dtype=torch.float64, backend=None, **overrides) -> S3Rec:
+    fields = dict(num_items=NUM_ITEMS, num_attributes=NUM_ATTR, max_len=MAX_LEN, hidden_size=8,
+                  num_layers=2, num_heads=2)
+    fields.update(overrides)
+    torch.manual_seed(0)
+    model = S3Rec(S3RecConfig(**fields), backend=backend).to(dtype)
+    # Larger weights than the 0.02 init, so every term is far from its value at 0.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.set_item_attributes(TABLE)
+    return model
+
+
+def corrupted(model, seed=3, p=0.5) -> SeqMaskOutput:
+    """BATCH corrupted with a higher p than the paper's, so every row has masked items."""
+    return seq_mask(BATCH, num_items=NUM_ITEMS, mask_token=model.mask_token, mask_prob=p, seed=seed)
+
+
+def row_states(model, seq_row):
+    """Encoder output of ONE row, cropped to its real items: [len, D] (no batching, no padding)."""
+    real = seq_row[seq_row != 0]
+    return model(real.unsqueeze(0))[0]
+
+
+def log_sigmoid(x):
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def bce(score, target):
+    return -(log_sigmoid(score) if target else log_sigmoid(-score))
+
+
+def sig(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def nce_one_negative(f_pos, f_neg):
+    """The paper's f(pos) - log sum exp f over {pos, neg}, negated."""
+    return -(f_pos - math.log(math.exp(f_pos) + math.exp(f_neg)))
+
+
+def direct_losses(model, m: SeqMaskOutput) -> dict[str, float]:
+    """Every objective from the paper's formulas, one position at a time."""
+    cfg = model.config
+    item_emb = model.embedding.item.weight
+    attr_emb = model.attribute_embedding.weight
+    mask = model.mask_token
+    lin = lambda layer, x: (layer.weight @ x + layer.bias)  # noqa: E731
+    total = {"aap": 0.0, "mip": 0.0, "map": 0.0, "sp": 0.0}
+    for b in range(BATCH.size(0)):
+        row = m.masked_items[b]
+        n_real = int((row != 0).sum())
+        if n_real == 0:
+            continue
+        states = row_states(model, row)
+        for j, t in enumerate(range(BATCH.size(1) - n_real, BATCH.size(1))):
+            item = int(row[t])
+            F_t = states[j]
+            if item != mask:  # AAP on the item embedding, every attribute
+                x = lin(model.aap, item_emb[item])
+                for a in range(1, NUM_ATTR + 1):
+                    total["aap"] += bce(float(x @ attr_emb[a]), a in TABLE[item].tolist())
+                continue
+            pos, neg = int(m.pos_items[b, t]), int(m.neg_items[b, t])
+            h = lin(model.mip, F_t)
+            total["mip"] += nce_one_negative(sig(float(h @ item_emb[pos])), sig(float(h @ item_emb[neg])))
+            h = lin(model.map, F_t)
+            for a in range(1, NUM_ATTR + 1):
+                total["map"] += bce(float(h @ attr_emb[a]), a in TABLE[pos].tolist())
+        if int(m.segment_len[b]) > 0:
+            s = lin(model.sp, row_states(model, m.masked_segment_seq[b])[-1])
+            f_pos = sig(float(s @ row_states(model, m.pos_segment[b])[-1]))
+            f_neg = sig(float(s @ row_states(model, m.neg_segment[b])[-1]))
+            total["sp"] += nce_one_negative(f_pos, f_neg)
+    return total
+
+
+# ---------------------------------------------------------------- objectives
+
+
+def test_each_objective_matches_the_direct_formula():
+    model = make_model().eval()  # no dropout: values are deterministic
+    model.requires_grad_(False)
+    m = corrupted(model, p=0.5)
+    assert int((m.masked_items == model.mask_token).sum()) >= 6 and int((m.segment_len > 0).sum()) == 4
+    got = model.pretrain_losses(m)
+    want = direct_losses(model, m)
+    assert list(got) == list(OBJECTIVES)
+    for name in OBJECTIVES:
+        assert want[name] > 0.1
+        assert got[name].item() == pytest.approx(want[name], rel=1e-10), name
+    total = model.weighted_loss(got)
+    assert total.item() == pytest.approx(0.2 * want["aap"] + want["mip"] + want["map"] + 0.5 * want["sp"], rel=1e-10)
+
+
+def test_aap_on_the_sequence_and_mean_reduction():
+    model = make_model(aap_input="sequence").eval()
+    m = corrupted(model)
+    keep = (m.masked_items != 0) & (m.masked_items != model.mask_token)
+    hidden = model(m.masked_items)[keep]
+    items = m.masked_items[keep]
+    scores = model.aap(hidden) @ model.attribute_embedding.weight[1:].t()
+    targets = torch.zeros_like(scores)
+    for r, i in enumerate(items.tolist()):
+        for a in TABLE[i].tolist():
+            if a:
+                targets[r, a - 1] = 1
+    want = torch.nn.functional.binary_cross_entropy_with_logits(scores, targets, reduction="sum")
+    assert model.pretrain_losses(m)["aap"].item() == pytest.approx(want.item(), rel=1e-10)
+
+    mean = make_model(reduction="mean").eval()
+    summed = make_model().eval()
+    counts = {"aap": int(((m.masked_items != 0) & (m.masked_items != mean.mask_token)).sum()),
+              "mip": int((m.masked_items == mean.mask_token).sum()),
+              "sp": int((m.segment_len > 0).sum())}
+    counts["map"] = counts["mip"]
+    got_mean, got_sum = mean.pretrain_losses(m), summed.pretrain_losses(m)
+    for name in OBJECTIVES:
+        assert got_mean[name].item() == pytest.approx(got_sum[name].item() / counts[name], rel=1e-12)
+
+
+@pytest.mark.parametrize("off", [("aap",), ("mip",), ("map",), ("sp",), ("aap", "map"), ("mip", "map", "sp")])
+def test_objectives_switch_off(off):
+    full = make_model().eval()
+    part = make_model(**{f"{o}_weight": 0.0 for o in off}).eval()
+    m = corrupted(full)
+    all_losses, some = full.pretrain_losses(m), part.pretrain_losses(m)
+    assert set(some) == set(OBJECTIVES) - set(off)
+    for name, value in some.items():  # the others are unchanged (eval mode: rows independent)
+        assert value.item() == pytest.approx(all_losses[name].item(), rel=1e-12)
+    weights = {"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5}
+    assert part.weighted_loss(some).item() == pytest.approx(
+        sum(weights[k] * all_losses[k].item() for k in some), rel=1e-12)
+
+
+def test_encoder_runs_once_per_batch_and_skips_unneeded_passes():
+    calls = []
+
+    def count(module, args):
+        calls.append(args[0].shape[0])
+
+    for weights, expected in [({}, [4 * 6]), ({"sp_weight": 0.0}, [6]),
+                              ({"mip_weight": 0.0, "map_weight": 0.0}, [3 * 6]),
+                              ({"mip_weight": 0.0, "map_weight": 0.0, "sp_weight": 0.0}, [])]:
+        model = make_model(**weights)
+        handle = model.register_forward_pre_hook(count)
+        calls.clear()
+        model.pretrain_losses(corrupted(model))
+        handle.remove()
+        assert calls == expected, weights
+
+
+def test_gradient_reaches_every_parameter():
+    for aap_input in ("item", "sequence"):
+        model = make_model(dtype=torch.float32, aap_input=aap_input).train()
+        loss = model.weighted_loss(model.pretrain_losses(corrupted(model)))
+        loss.backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+            assert torch.isfinite(p.grad).all(), name
+        # The mask token's embedding learns; the padding row never does.
+        assert float(model.embedding.item.weight.grad[model.mask_token].abs().sum()) > 0
+        assert float(model.embedding.item.weight.grad[0].abs().sum()) == 0
+
+
+def test_length_grouped_forward_equals_one_padded_call():
+    model = make_model().eval()
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(0, MAX_LEN + 1, (40,), generator=gen)
+    seq = torch.randint(1, NUM_ITEMS + 2, (40, MAX_LEN), generator=gen)  # mask token included
+    seq = seq * (torch.arange(MAX_LEN) >= (MAX_LEN - lengths).unsqueeze(1))
+    grouped = model(seq)
+    plain = model.encoder(model.embedding(seq), seq != 0, causal=False)
+    real = seq != 0
+    torch.testing.assert_close(grouped[real], plain[real], rtol=1e-12, atol=1e-12)
+    assert bool((grouped[~real] == 0).all())
+
+
+def test_bidirectional():
+    model = make_model().eval()
+    seq = torch.tensor([[0, 1, 2, 3, 4]])
+    changed = seq.clone()
+    changed[0, -1] = 5
+    a, b = model(seq), model(changed)
+    assert not torch.allclose(a[0, 1], b[0, 1])  # an earlier position sees a later item
+
+
+def test_reference_backend_gives_the_same_losses():
+    fast = make_model().eval()
+    ref = make_model(backend="reference").eval()
+    a = fast.pretrain_loss(BATCH, seed=11)[1]
+    b = ref.pretrain_loss(BATCH, seed=11)[1]
+    for name in OBJECTIVES:
+        assert a[name].item() == pytest.approx(b[name].item(), rel=1e-12)
+
+
+# ---------------------------------------------------------------- config and side information
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(num_items=0), r"num_items must be an int >= 1"),
+    (dict(hidden_size=10, num_heads=3), r"divisible by num_heads"),
+    (dict(mask_prob=1.5), r"mask_prob must be a number in \[0, 1\]"),
+    (dict(aap_weight=-1.0), r"aap_weight must be a number >= 0"),
+    (dict(sp_weight=float("nan")), r"sp_weight must be a number >= 0"),
+    (dict(aap_weight=0, mip_weight=0, map_weight=0, sp_weight=0), r"every objective weight is 0"),
+    (dict(num_attributes=0), r"AAP and MAP need item attributes"),
+    (dict(aap_input="context"), r"aap_input must be one of"),
+    (dict(reduction="max"), r"reduction must be one of"),
+    (dict(hidden_dropout=1.0), r"hidden_dropout must be a number in \[0, 1\)"),
+    (dict(attribute_fields=["brand"]), r"attribute_fields must be a tuple"),
+])
+def test_config_validation(fields, match):
+    base = dict(num_items=NUM_ITEMS, num_attributes=NUM_ATTR)
+    with pytest.raises(ValueError, match=match):
+        S3RecConfig(**{**base, **fields})
+
+
+def test_no_attributes_needs_aap_and_map_off():
+    model = S3Rec(S3RecConfig(num_items=NUM_ITEMS, aap_weight=0, map_weight=0))
+    assert set(model.pretrain_losses(model.corrupt(BATCH, seed=0))) == {"mip", "sp"}
+    unattached = S3Rec(S3RecConfig(num_items=NUM_ITEMS, num_attributes=NUM_ATTR))
+    with pytest.raises(ValueError, match="attach_dataset"):
+        unattached.pretrain_losses(unattached.corrupt(BATCH, seed=0))
+    with pytest.raises(ValueError, match=r"attribute ids must lie in \[0, num_attributes=5\]"):
+        unattached.set_item_attributes(TABLE + 3)
+    with pytest.raises(ValueError, match=r"int64 \[num_items \+ 1 = 10, W >= 1\]"):
+        unattached.set_item_attributes(TABLE[:5])
+
+
+def test_item_attribute_table_joins_fields():
+    ds = SequenceDataset.from_arrays(
+        [1, 1, 1, 2, 2], ["a", "b", "c", "a", "c"],
+        item_attributes={"brand": {"a": "x", "b": "y"}, "tags": {"a": ["t1", "t2"], "c": ["t2"]}})
+    table, count, fields = item_attribute_table(ds)
+    assert fields == ("brand", "tags") and count == 4
+    rows = [sorted(r[r > 0].tolist()) for r in table]
+    assert rows == [[], [1, 3, 4], [2], [4]]  # brand ids 1..2, tag ids offset by 2
+    table, count, fields = item_attribute_table(ds, ["tags"])
+    assert count == 2 and [sorted(r[r > 0].tolist()) for r in table] == [[], [1, 2], [], [2]]
+    with pytest.raises(ValueError, match="'color' not in the dataset"):
+        item_attribute_table(ds, ["color"])
+    model = S3Rec(S3RecConfig(num_items=3, num_attributes=4, attribute_fields=("brand", "tags")))
+    model.attach_dataset(ds)
+    assert torch.equal(model.item_attributes, item_attribute_table(ds)[0])
+    with pytest.raises(ValueError, match="hold 2 attribute ids, the model num_attributes=4"):
+        S3Rec(S3RecConfig(num_items=3, num_attributes=4, attribute_fields=("tags",))).attach_dataset(ds)
+
+
+def test_build_model_and_compile_smoke():
+    model = build_model("s3rec", num_items=NUM_ITEMS, num_attributes=NUM_ATTR, max_len=MAX_LEN, hidden_size=8)
+    assert isinstance(model, S3Rec)
+    model.eval()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    real = BATCH != 0  # the compiled (padded) path leaves values at padding positions
+    torch.testing.assert_close(compiled(BATCH)[real], model(BATCH)[real])
+
+
+# ---------------------------------------------------------------- loading by name
+
+
+def test_load_pretrained_reports_every_tensor():
+    pre = make_model(dtype=torch.float32)
+    fine = SASRec(SASRecConfig(num_items=NUM_ITEMS, max_len=MAX_LEN, hidden_size=8))
+    report = load_pretrained(fine, pre.state_dict())
+    assert report.complete and set(report.loaded) == set(fine.state_dict())
+    assert report.partial == {"embedding.item.weight": "first 10 of 11 rows"}
+    assert set(report.unused) == {"attribute_embedding.weight", *(f"{h}.{w}" for h in ("aap", "mip", "map", "sp")
+                                                                  for w in ("weight", "bias"))}
+    for name, value in fine.state_dict().items():
+        src = pre.state_dict()[name]
+        assert torch.equal(value, src[: value.size(0)] if name == "embedding.item.weight" else src), name
+
+    other = SASRec(SASRecConfig(num_items=NUM_ITEMS, max_len=MAX_LEN + 2, hidden_size=8, num_layers=3))
+    report = load_pretrained(other, pre.state_dict())
+    assert not report.complete
+    assert "embedding.position.weight" in report.mismatched
+    assert all(n.startswith("encoder.layers.2.") for n in report.missing) and report.missing
+    assert "not loaded (kept at initialisation): encoder.layers.2." in report.describe()
+
+
+# ---------------------------------------------------------------- pretraining loop
+
+
+def tiny_dataset():
+    return synthetic(num_users=120, num_items=60, num_intents=3, mean_length=9, min_length=2, max_length=20,
+                     seed=1)
+
+
+def test_pretrain_samples_are_the_authors_prefixes():
+    ds = tiny_dataset()
+    samples = PretrainSamples(ds, max_len=6, kind="prefixes")
+    expected = []
+    for u in range(ds.num_users):
+        part = ds.sequence(u)[:-2][-6:].tolist()
+        expected += [part[: i + 1] for i in range(len(part))]
+    assert len(samples) == len(expected)
+    batch = samples.batch(torch.arange(len(samples)))
+    assert batch.shape == (len(expected), 6)
+    for row, want in zip(batch.tolist(), expected):
+        assert row == [0] * (6 - len(want)) + want
+    users = PretrainSamples(ds, max_len=6, kind="users")
+    assert len(users) == int((ds.lengths > 2).sum())
+    assert samples.batch(torch.tensor([0])).shape == (1, 1)  # width = the longest row
+
+
+def pretrainer(tmp_path, epochs, ds=None):
+    ds = ds or tiny_dataset()
+    table, count, fields = item_attribute_table(ds)
+    torch.manual_seed(0)
+    model = S3Rec(S3RecConfig(num_items=ds.num_items, num_attributes=count, attribute_fields=fields, max_len=10,
+                              hidden_size=16, num_layers=1))
+    model.attach_dataset(ds)
+    return Pretrainer(model, ds, PretrainConfig(epochs=epochs, batch_size=64, seed=5, progress=False),
+                      out_dir=tmp_path, model_spec={"name": "s3rec"})
+
+
+def test_pretraining_lowers_the_loss_and_resumes_exactly(tmp_path):
+    full = pretrainer(tmp_path / "full", 3)
+    history = full.fit()
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert set(history[0]) >= {"loss", *OBJECTIVES, "seconds", "samples"}
+    lines = (tmp_path / "full" / "pretrain.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    state = load_checkpoint(tmp_path / "full" / "pretrain.pt")
+    assert state["kind"] == "pretrain" and state["epoch"] == 3
+    assert not list((tmp_path / "full").glob(".*.tmp"))  # atomic writes leave nothing behind
+
+    first = pretrainer(tmp_path / "split", 1)
+    first.fit()
+    second = pretrainer(tmp_path / "split", 3)
+    assert second.resume() and second.epoch == 1
+    second.fit()
+    assert [r["loss"] for r in second.history] == [r["loss"] for r in history]
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[name]), name
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_pretrain_then_finetune_loads_by_name(tmp_path, capsys):
+    pre = tmp_path / "pre"
+    assert main(["pretrain", *TINY_CLI, "--epochs", "1", "--hidden-size", "16", "--num-layers", "1",
+                 "--batch-size", "128", "--out", str(pre), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "pretrain epoch   1 loss" in captured.err and "aap" in captured.err
+    assert (pre / "pretrain.pt").exists() and len((pre / "pretrain.jsonl").read_text().splitlines()) == 1
+    state = load_checkpoint(pre / "pretrain.pt")
+    assert state["model_spec"]["config"]["attribute_fields"] == ("category", "brand")
+
+    run = tmp_path / "fine"
+    assert main(["train", "--model", "s3rec", *TINY_CLI, "--epochs", "1", "--init", str(pre), "--out", str(run),
+                 "--sampled-negatives", "20", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"--init {pre / 'pretrain.pt'}:" in err
+    assert "loaded 20 tensors: embedding.item.weight, embedding.position.weight" in err
+    assert "embedding.item.weight: first 81 of 82 rows" in err
+    assert "not loaded (kept at initialisation): none" in err
+    assert "unused from the checkpoint: attribute_embedding.weight, aap.weight" in err
+    result = json.loads((run / "result.json").read_text())
+    assert result["model"]["name"] == "sasrec" and result["model"]["finetune_of"] == "s3rec"
+    assert result["model"]["config"]["hidden_size"] == 16  # architecture from the checkpoint
+    assert result["model"]["init"]["missing"] == [] and result["model"]["init"]["mismatched"] == {}
+    assert main(["evaluate", "--checkpoint", str(run)]) == 0  # the fine-tuned run is a plain SASRec run
+
+
+def test_cli_ablation_switches(tmp_path, capsys):
+    assert main(["pretrain", *TINY_CLI, "--epochs", "1", "--hidden-size", "8", "--num-layers", "1",
+                 "--no-aap", "--no-sp", "--map-weight", "2", "--batch-size", "256", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
+    record = json.loads((tmp_path / "pretrain.jsonl").read_text())
+    assert set(record) & set(OBJECTIVES) == {"mip", "map"}
+    config = load_checkpoint(tmp_path / "pretrain.pt")["model_spec"]["config"]
+    assert (config["aap_weight"], config["sp_weight"], config["map_weight"]) == (0.0, 0.0, 2.0)
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["train", "--model", "s3rec", *TINY_CLI, "--epochs", "1", "--init", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such checkpoint file" in capsys.readouterr().err
+    assert main(["train", "--model", "s3rec", *TINY_CLI, "--epochs", "1", "--init", str(tmp_path)]) == 2
+    assert "no pretrain.pt or checkpoint.pt in this folder" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    assert main(["train", "--model", "s3rec", *TINY_CLI, "--epochs", "1", "--init", str(tmp_path / "junk.pt")]) == 2
+    assert "junk.pt: not a readable checkpoint" in capsys.readouterr().err
+    assert main(["train", "--model", "s3rec", *TINY_CLI, "--epochs", "1"]) == 2
+    assert "--model s3rec fine-tunes a pretrained model: give --init" in capsys.readouterr().err
+    # A pretrained checkpoint of another size does not fit silently.
+    pre = tmp_path / "pre"
+    assert main(["pretrain", *TINY_CLI, "--epochs", "1", "--hidden-size", "8", "--num-layers", "1",
+                 "--max-len", "10", "--batch-size", "256", "--out", str(pre), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--model", "s3rec", *TINY_CLI, "--epochs", "1", "--init", str(pre)]) == 2
+    err = capsys.readouterr().err
+    assert "embedding.position.weight (shape (12, 8) here, (10, 8) in the checkpoint)" in err
+    assert "does not match the pretrained encoder" in err
+    assert main(["evaluate", "--checkpoint", str(pre)]) == 2
+    assert "holds a pretraining checkpoint (pretrain.pt), nothing to evaluate" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(pre / "pretrain.pt")]) == 2
+    assert "a pretraining checkpoint, nothing to evaluate" in capsys.readouterr().err
+    assert main(["pretrain", "--data", "synthetic", "--synthetic-users", "50", "--synthetic-items", "40",
+                 "--mask-p", "1.5", "--out", str(tmp_path / "x")]) == 2
+    assert "mask_prob must be a number in [0, 1]" in capsys.readouterr().err
+
+
+def test_pretrain_then_finetune_on_synthetic_beats_popularity(tmp_path):
+    from seqrec.eval.baselines import popularity_baseline
+    from seqrec.train import TrainConfig, Trainer
+
+    ds = synthetic(num_users=600, num_items=200, seed=0)
+    table, count, fields = item_attribute_table(ds)
+    torch.manual_seed(0)
+    arch = dict(num_items=ds.num_items, max_len=20, hidden_size=32, num_layers=1, num_heads=1,
+                hidden_dropout=0.2, attention_dropout=0.2)
+    pre = S3Rec(S3RecConfig(num_attributes=count, attribute_fields=fields, **arch))
+    pre.attach_dataset(ds)
+    history = Pretrainer(pre, ds, PretrainConfig(epochs=2, batch_size=256, seed=0, progress=False),
+                         out_dir=tmp_path).fit()
+    assert history[1]["loss"] < history[0]["loss"]
+
+    weights, spec, path = read_pretrained_state(tmp_path)
+    assert path.name == "pretrain.pt"
+    fine = SASRec(SASRecConfig(loss="bce", **arch))
+    assert load_pretrained(fine, weights).complete
+    split = ds.leave_one_out(max_len=20)
+    result = Trainer(fine, split, TrainConfig(epochs=12, batch_size=64, lr=3e-3, patience=0, seed=0)).fit()
+    pop = popularity_baseline(split)["metrics"]["rank_topk"]
+    assert result.test_full["NDCG@10"] > 1.5 * pop["NDCG@10"]
