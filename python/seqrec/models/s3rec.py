@@ -301,17 +301,10 @@ class S3Rec(nn.Module):
         if not isinstance(item_seq, Tensor) or item_seq.dtype not in (torch.int64, torch.int32) \
                 or item_seq.dim() != 2:
             raise ValueError("item_seq must be a [B, n] int64 tensor")
-        if torch.compiler.is_compiling() or item_seq.size(0) < _MIN_GROUPED_ROWS:
+        bucket, widths = self._length_groups(item_seq)
+        if bucket is None:
             return self._encode(item_seq)
-        # Rows grouped by length, each group cropped to its longest row: the attention (and
-        # the embedding dropout) then run on [rows, w, w] instead of [B, n, n]. Pretraining
-        # samples are mostly short prefixes (Beauty: 4 items on average in batches 40-50
-        # wide). Exact: positions are right-aligned, so a row's output does not depend on
-        # its left padding; only the dropout draws differ from one padded call.
-        lengths = (item_seq != 0).sum(1)
         n = item_seq.size(1)
-        widths = [w for w in _WIDTHS if w < n] + [n]
-        bucket = torch.bucketize(lengths, torch.tensor(widths[:-1], device=lengths.device))
         weight = self.embedding.item.weight
         out = weight.new_zeros((*item_seq.shape, weight.size(1)))
         for k in torch.unique(bucket).tolist():
@@ -322,6 +315,42 @@ class S3Rec(nn.Module):
 
     def _encode(self, item_seq: Tensor) -> Tensor:
         return self.encoder(self.embedding(item_seq), item_seq != 0, causal=False)
+
+    def _length_groups(self, item_seq: Tensor) -> tuple[Tensor | None, list[int]]:
+        """``(group of each row [B], group widths)``, or ``(None, [n])`` for one padded call.
+
+        Rows are grouped by length and each group cropped to its width: the attention (and
+        the embedding dropout) then run on [rows, w, w] instead of [B, n, n]. Pretraining
+        samples are mostly short prefixes (Beauty: about 6 items in batches 40-50 wide).
+        Exact: positions are right-aligned, so a row's output does not depend on its left
+        padding; only the dropout draws differ from one padded call.
+        """
+        n = item_seq.size(1)
+        if torch.compiler.is_compiling() or item_seq.size(0) < _MIN_GROUPED_ROWS:
+            return None, [n]
+        widths = [w for w in _WIDTHS if w < n] + [n]
+        edges = torch.tensor(widths[:-1], dtype=torch.int64, device=item_seq.device)
+        return torch.bucketize((item_seq != 0).sum(1), edges), widths
+
+    def _hidden_at(self, item_seq: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """Encoder outputs [K, D] at positions ``(rows[k], cols[k])`` of ``item_seq`` [R, n]:
+        only rows holding a requested position are encoded, group by group, and the padded
+        [R, n, D] result is never built."""
+        bucket, widths = self._length_groups(item_seq)
+        if bucket is None:
+            return self._encode(item_seq)[rows, cols]
+        n = item_seq.size(1)
+        weight = self.embedding.item.weight
+        out = weight.new_zeros(rows.numel(), weight.size(1))
+        local = torch.zeros_like(bucket)  # a row's index within its group
+        for k in torch.unique(bucket[rows]).tolist():
+            want = (bucket[rows] == k).nonzero().squeeze(1)  # requests in group k
+            group = torch.unique(rows[want])
+            local[group] = torch.arange(group.numel(), device=group.device)
+            w = widths[k]
+            hidden = self._encode(item_seq[group, n - w:])  # [rows of group, w, D]
+            out = out.index_put((want,), hidden[local[rows[want]], cols[want] - (n - w)])
+        return out
 
     def corrupt(self, item_seq: Tensor, *, seed: int) -> SeqMaskOutput:
         """One :func:`seqrec.ops.seq_mask` call on the batch (p = ``config.mask_prob``,
@@ -349,28 +378,49 @@ class S3Rec(nn.Module):
             raise ValueError("AAP/MAP need the item attribute table: call "
                              "model.attach_dataset(dataset) or set_item_attributes(table) first")
         items = masked.masked_items
-        batch = items.size(0)
-        need_items = "mip" in on or "map" in on or ("aap" in on and cfg.aap_input == "sequence")
-        inputs = []
-        if need_items:
-            inputs.append(items)
-        if "sp" in on:
-            inputs += [masked.masked_segment_seq, masked.pos_segment, masked.neg_segment]
-        hidden = self(torch.cat(inputs)) if inputs else None  # [kB, n, D]
+        batch, n = items.shape
         mean = cfg.reduction == "mean"
         losses: dict[str, Tensor] = {}
         attr_weight = self.attribute_embedding.weight[1:]  # [num_attributes, D]
+        keep = (items != 0) & (items != self.mask_token)  # unmasked real positions (AAP)
+        where = items == self.mask_token  # masked positions (MIP, MAP)
+
+        # One encoder call for every hidden state needed: the masked (and, for AAP on the
+        # sequence, unmasked) positions of the item-masked rows, and the last position of
+        # the segment-masked, positive- and negative-segment rows of rows with a segment.
+        inputs, rows, cols, sizes = [], [], [], {}
+        if "mip" in on or "map" in on or ("aap" in on and cfg.aap_input == "sequence"):
+            inputs.append(items)
+            for name, sel in (("masked", where), ("kept", keep)):
+                if name == "masked" and not ("mip" in on or "map" in on):
+                    continue
+                if name == "kept" and not ("aap" in on and cfg.aap_input == "sequence"):
+                    continue
+                r, c = sel.nonzero(as_tuple=True)
+                rows.append(r)
+                cols.append(c)
+                sizes[name] = r.numel()
+        if "sp" in on:
+            offset = len(inputs) * batch
+            inputs += [masked.masked_segment_seq, masked.pos_segment, masked.neg_segment]
+            has = (masked.segment_len > 0).nonzero().squeeze(1)
+            for j, name in enumerate(("context", "pos_segment", "neg_segment")):
+                rows.append(has + offset + j * batch)
+                cols.append(torch.full_like(has, n - 1))
+                sizes[name] = has.numel()
+        states: dict[str, Tensor] = {}
+        if inputs:
+            hidden = self._hidden_at(torch.cat(inputs), torch.cat(rows), torch.cat(cols))
+            states = dict(zip(sizes, hidden.split(list(sizes.values()))))
 
         if "aap" in on:
-            keep = (items != 0) & (items != self.mask_token)  # unmasked real positions
             kept_items = items[keep]
-            x = self.embedding.item(kept_items) if cfg.aap_input == "item" else hidden[:batch][keep]
+            x = self.embedding.item(kept_items) if cfg.aap_input == "item" else states["kept"]
             per_position = _attribute_bce(self.aap(x) @ attr_weight.t(),
                                           self.item_attributes[kept_items])
             losses["aap"] = _reduce(per_position, mean)
         if "mip" in on or "map" in on:
-            where = items == self.mask_token
-            h = hidden[:batch][where]  # [M, D]
+            h = states["masked"]  # [M, D]
             targets = masked.pos_items[where]
             if "mip" in on:
                 hm = self.mip(h)
@@ -382,11 +432,9 @@ class S3Rec(nn.Module):
                                               self.item_attributes[targets])
                 losses["map"] = _reduce(per_position, mean)
         if "sp" in on:
-            last = hidden[-3 * batch:, -1].unflatten(0, (3, batch))  # [3, B, D]
-            has = masked.segment_len > 0
-            context = self.sp(last[0][has])
-            pos = torch.sigmoid((context * last[1][has]).sum(-1))
-            neg = torch.sigmoid((context * last[2][has]).sum(-1))
+            context = self.sp(states["context"])
+            pos = torch.sigmoid((context * states["pos_segment"]).sum(-1))
+            neg = torch.sigmoid((context * states["neg_segment"]).sum(-1))
             losses["sp"] = _reduce(F.softplus(neg - pos), mean)
         return {o: losses[o] for o in OBJECTIVES if o in losses}
 
