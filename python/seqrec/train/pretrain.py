@@ -82,7 +82,7 @@ class PretrainSamples:
             raise ValueError(f"samples must be one of {SAMPLE_KINDS}, got {kind!r}")
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
-        self.items = torch.from_numpy(dataset.items)
+        self.items = dataset.items
         self.max_len = int(max_len)
         part = np.clip(dataset.lengths - 2, 0, max_len)  # training part length per user
         begin = dataset.indptr[1:] - 2 - part  # first item of the part
@@ -96,30 +96,37 @@ class PretrainSamples:
         if len(starts) == 0:
             raise ValueError(f"{dataset.name}: no user has the 3 interactions a pretraining sample "
                              "needs (two are held out for validation and test)")
-        self.starts = torch.from_numpy(np.ascontiguousarray(starts, dtype=np.int64))
-        self.lengths = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64))
+        self.starts = np.ascontiguousarray(starts, dtype=np.int64)  # [S] first item of each sample
+        self.lengths = np.ascontiguousarray(lengths, dtype=np.int64)  # [S] its length
 
     def __len__(self) -> int:
         return len(self.starts)
 
-    def batch(self, index: torch.Tensor) -> torch.Tensor:
-        """Samples ``index`` [B] as a [B, n] int64 batch, LEFT-padded with 0, n = the longest.
-
-        Positions are right-aligned in the models, so the width does not change outputs.
-        """
+    def batch(self, index) -> torch.Tensor:
+        """Samples ``index`` [B] (ints) as a [B, n] int64 batch, LEFT-padded with 0, n = the
+        longest. Positions are right-aligned in the models, so the width changes no output.
+        (NumPy: a few small array ops cost less than as many torch dispatches.)"""
+        index = np.asarray(index, dtype=np.int64)
         starts, lengths = self.starts[index], self.lengths[index]
         n = max(int(lengths.max()), 1) if len(index) else 1
-        cols = torch.arange(n)
-        pad = (n - lengths).unsqueeze(1)  # [B, 1]
-        src = starts.unsqueeze(1) + cols - pad  # [B, n]
-        real = cols >= pad
-        return torch.where(real, self.items[src.clamp_min(0)], 0)
+        cols = np.arange(n)
+        pad = (n - lengths)[:, None]  # [B, 1]
+        src = starts[:, None] + cols - pad  # [B, n]
+        return torch.from_numpy(np.where(cols >= pad, self.items[np.maximum(src, 0)], 0))
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:  # splitmix64's finaliser
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 def batch_seed(seed: int, epoch: int, batch: int) -> int:
     """The ``seq_mask`` seed of one batch: a 64-bit hash of (seed, epoch, batch)."""
-    return int(np.random.SeedSequence([int(seed) % 2**64, int(epoch), int(batch)])
-               .generate_state(1, np.uint64)[0])
+    return _mix64(_mix64(_mix64(int(seed) & _MASK64) ^ int(epoch)) ^ int(batch))
 
 
 class Pretrainer:
@@ -147,10 +154,10 @@ class Pretrainer:
     def num_batches(self) -> int:
         return -(-len(self.samples) // self.config.batch_size)
 
-    def epoch_order(self, epoch: int) -> torch.Tensor:
+    def epoch_order(self, epoch: int) -> np.ndarray:
         """The sample order of ``epoch``: a pure function of (seed, epoch)."""
         rng = np.random.default_rng([int(self.config.seed) % 2**64, int(epoch)])
-        return torch.from_numpy(rng.permutation(len(self.samples)))
+        return rng.permutation(len(self.samples))
 
     def batches(self, epoch: int):
         """Yield ``(batch_index, item_seq [B, n] on the CPU)`` of ``epoch``."""
