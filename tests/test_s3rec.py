@@ -187,20 +187,19 @@ def test_objectives_switch_off(off):
 
 
 def test_encoder_runs_once_per_batch_and_skips_unneeded_passes():
-    calls = []
-
-    def count(module, args):
-        calls.append(args[0].shape[0])
-
-    for weights, expected in [({}, [4 * 6]), ({"sp_weight": 0.0}, [6]),
-                              ({"mip_weight": 0.0, "map_weight": 0.0}, [3 * 6]),
-                              ({"mip_weight": 0.0, "map_weight": 0.0, "sp_weight": 0.0}, [])]:
+    rows = []
+    for weights, expected in [
+        ({}, [5 + 3 * 4]),  # item-masked rows with an item (5), 3 segment passes of the 4 rows with a segment
+        ({"sp_weight": 0.0}, [6]),  # under 16 rows: one plain padded call
+        ({"mip_weight": 0.0, "map_weight": 0.0}, [3 * 4]),  # AAP on the item embedding needs no encoder
+        ({"mip_weight": 0.0, "map_weight": 0.0, "sp_weight": 0.0}, []),
+    ]:
         model = make_model(**weights)
-        handle = model.register_forward_pre_hook(count)
-        calls.clear()
+        handle = model.encoder.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+        rows.clear()
         model.pretrain_losses(corrupted(model))
         handle.remove()
-        assert calls == expected, weights
+        assert rows == expected, weights
 
 
 def test_gradient_reaches_every_parameter():
@@ -227,6 +226,10 @@ def test_length_grouped_forward_equals_one_padded_call():
     real = seq != 0
     torch.testing.assert_close(grouped[real], plain[real], rtol=1e-12, atol=1e-12)
     assert bool((grouped[~real] == 0).all())
+    r, c = real.nonzero(as_tuple=True)
+    pick = torch.randperm(r.numel(), generator=gen)[:50]  # any order, repeats of a row
+    torch.testing.assert_close(model._hidden_at(seq, r[pick], c[pick]), plain[r[pick], c[pick]],
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_bidirectional():
@@ -348,13 +351,13 @@ def test_pretrain_samples_are_the_authors_prefixes():
         part = ds.sequence(u)[:-2][-6:].tolist()
         expected += [part[: i + 1] for i in range(len(part))]
     assert len(samples) == len(expected)
-    batch = samples.batch(torch.arange(len(samples)))
+    batch = samples.batch(np.arange(len(samples)))
     assert batch.shape == (len(expected), 6)
     for row, want in zip(batch.tolist(), expected):
         assert row == [0] * (6 - len(want)) + want
     users = PretrainSamples(ds, max_len=6, kind="users")
     assert len(users) == int((ds.lengths > 2).sum())
-    assert samples.batch(torch.tensor([0])).shape == (1, 1)  # width = the longest row
+    assert samples.batch([0]).shape == (1, 1)  # width = the longest row
 
 
 def pretrainer(tmp_path, epochs, ds=None):
