@@ -224,8 +224,9 @@ class S3Rec(nn.Module):
     - MAP targets are gathered from the attached item table at the masked positions
       (``seq_mask`` is called without ``item_attributes``): its dense [B, n, W] copy
       would cost W values per position (LastFM: W = 625 tags) for the ~20% masked.
-    - Attribute id 0 (padding) is not scored; the four encoder passes (item-masked,
-      segment-masked, positive and negative segment) run as one [4B, n] batch.
+    - Attribute id 0 (padding) is not scored. The four encoder passes (item-masked,
+      segment-masked, positive and negative segment) run as one call over the rows that
+      hold a position some objective reads, grouped by length (see ``_length_groups``).
 
     Args:
         config: :class:`S3RecConfig`.
