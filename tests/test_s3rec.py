@@ -2,7 +2,6 @@
 checkpoint -> fine-tune by name, CLI."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
