@@ -6,6 +6,7 @@ them, and ``backend="reference"`` runs whole models on them.
 """
 from __future__ import annotations
 
+from .intent_cluster import intent_cluster
 from .rank_topk import rank_sampled, rank_topk
 
-__all__ = ["rank_sampled", "rank_topk"]
+__all__ = ["intent_cluster", "rank_sampled", "rank_topk"]
