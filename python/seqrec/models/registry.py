@@ -12,12 +12,14 @@ import dataclasses
 from torch import nn
 
 from .sasrec import SASRec, SASRecConfig
+from .sine import SINE, SINEConfig
 
 __all__ = ["MODELS", "build_model", "available_models"]
 
 # name -> (config dataclass, model class); a model is built as model_cls(config, backend=...).
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "sasrec": (SASRecConfig, SASRec),
+    "sine": (SINEConfig, SINE),
 }
 
 
