@@ -61,6 +61,7 @@ def make_batch(lengths, n=MAX_LEN, m=4, seed=0):
         (dict(dropout=1.0), r"dropout must be a number >= 0 below 1"),
         (dict(max_prefixes=0), r"max_prefixes must be >= 1"),
         (dict(merge="mean"), r"merge must be one of \('aggregate', 'max'\)"),
+        (dict(intent_attention="x"), r"intent_attention must be one of \('paper', 'assigned'\)"),
         (dict(hidden_size=2.5), r"hidden_size must be an int"),
     ],
 )
@@ -98,6 +99,47 @@ def test_shapes_and_probabilities():
     # Activated concepts: distinct, the top-K of C z_u, best first; scale = sigmoid(score).
     assert all(len(set(row.tolist())) == K for row in out.concepts)
     torch.testing.assert_close(out.user, (out.interest_weights.unsqueeze(-1) * out.interests).sum(1))
+
+
+def encode_by_the_equations(model, seq):
+    """SINE's equations for ONE unpadded sequence [n], written out in plain PyTorch."""
+    cfg = model.config
+    n, d, k = len(seq), cfg.hidden_size, cfg.num_interests
+    X = model.item(seq)  # [n, D]
+    P = model.position.weight[cfg.max_len - n :]
+    a = torch.softmax(model.concept_query(torch.tanh(model.concept_key(X))).squeeze(-1), 0)
+    z = a @ X
+    s = model.prototypes @ z
+    top, idx = s.topk(k)
+    Cu = model.prototypes[idx] * torch.sigmoid(top).unsqueeze(-1)  # [K, D]
+
+    def N(u):
+        return F.normalize(F.layer_norm(u, (d,), eps=cfg.layer_norm_eps), dim=-1)
+
+    p_kt = torch.softmax(N(model.assign_proj(X)) @ N(Cu).t() / cfg.assign_temperature, dim=1)  # [n, K]
+    h = torch.tanh(model.intent_key(X + P)).view(n, k, d)
+    logits = (h * model.intent_query).sum(-1).t()  # [K, n]
+    if cfg.intent_attention == "assigned":
+        logits = logits * p_kt.t()
+    p_tk = torch.softmax(logits, dim=1)  # [K, n]
+    phi = model.interest_norm((p_kt.t() * p_tk) @ X)  # [K, D]
+    xhat = p_kt @ Cu  # [n, D]
+    g = torch.softmax(model.next_query(torch.tanh(model.next_key(xhat + P))).squeeze(-1), 0)
+    c_apt = model.next_norm(g @ xhat)
+    e = torch.softmax(phi @ c_apt / cfg.temperature, 0)
+    return e @ phi, phi, idx
+
+
+@pytest.mark.parametrize("attention", ["paper", "assigned"])
+def test_encode_follows_the_equations(attention):
+    model = make_model(intent_attention=attention).eval()
+    inputs, _, _, lengths = make_batch([9, 4, 6], seed=5)
+    out = model.encode(inputs, lengths)
+    for b in range(3):
+        user, phi, idx = encode_by_the_equations(model, inputs[b, MAX_LEN - int(lengths[b]) :])
+        assert torch.equal(out.concepts[b], idx)
+        torch.testing.assert_close(out.interests[b], phi, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out.user[b], user, atol=1e-5, rtol=1e-4)
 
 
 def test_interests_are_distinct_and_finite():
@@ -210,8 +252,9 @@ def test_covariance_regularizer():
         covariance_regularizer(torch.randn(3))
 
 
-def test_gradient_reaches_every_parameter():
-    model = make_model()
+@pytest.mark.parametrize("attention", ["paper", "assigned"])
+def test_gradient_reaches_every_parameter(attention):
+    model = make_model(intent_attention=attention)
     inputs, targets, negatives, _ = make_batch([9, 5, 3, 7])
     model.loss(inputs, targets, negatives).backward()
     for name, p in model.named_parameters():
@@ -219,8 +262,9 @@ def test_gradient_reaches_every_parameter():
         assert p.grad.abs().sum() > 0, name
 
 
-def test_reference_backend_matches():
-    model = make_model()
+@pytest.mark.parametrize("attention", ["paper", "assigned"])
+def test_reference_backend_matches(attention):
+    model = make_model(intent_attention=attention)
     ref = copy.deepcopy(model)
     ref.backend = "reference"
     inputs, targets, negatives, _ = make_batch([9, 5, 0, 7])
@@ -324,6 +368,7 @@ def test_trained_sine_beats_popularity_on_synthetic():
 def test_cli_train_and_evaluate(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--model", "sine", "--preset", "small", "--num-interests", "2", "--num-prototypes", "12",
+            "--intent-attention", "assigned",
             "--reg-weight", "0.5", "--temperature", "0.2", "--merge", "max", "--num-negatives", "5",
             "--data", "synthetic", "--synthetic-users", "150", "--synthetic-items", "80", "--hidden-size", "8",
             "--max-len", "12", "--batch-size", "64", "--epochs", "1", "--sampled-negatives", "10", "--out", str(out)]
@@ -338,7 +383,7 @@ def test_cli_train_and_evaluate(tmp_path):
     cfg = saved["model"]["config"]
     assert (cfg["num_interests"], cfg["num_prototypes"], cfg["reg_weight"], cfg["temperature"], cfg["merge"]) == (
         2, 12, 0.5, 0.2, "max")
-    assert saved["train"]["num_negatives"] == 5
+    assert saved["train"]["num_negatives"] == 5 and cfg["intent_attention"] == "assigned"
     buf2 = io.StringIO()
     with redirect_stdout(buf2):
         assert main(["evaluate", "--checkpoint", str(out)]) == 0

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--merge", choices=["aggregate", "max"], default=None,
                    help="how scores use the K interests: the paper's aggregated user vector (default) or "
                         "the max over interests")
+    g.add_argument("--intent-attention", choices=["paper", "assigned"], default=None,
+                   help="per-intention attention: the paper's (default) or the authors' code's, scaled by the "
+                        "assignment (more distinct interests)")
     g.add_argument("--max-prefixes", type=int, default=None,
                    help="training prefixes per sequence, most recent first (default: all)")
     t.add_argument("--epochs", type=int, default=200)
@@ -133,7 +136,7 @@ def _model_config(args, num_items: int) -> tuple[str, dict]:
         config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
                       dropout=pick("dropout"), **SINE_PRESETS.get(args.preset, {}))
         for name in ("num_prototypes", "num_interests", "temperature", "assign_temperature", "reg_weight",
-                     "merge", "max_prefixes"):
+                     "merge", "intent_attention", "max_prefixes"):
             if getattr(args, name) is not None:
                 config[name] = getattr(args, name)
         return args.model, config

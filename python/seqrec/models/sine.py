@@ -21,9 +21,11 @@ from ..ops.backend import get_backend
 from .layers import PackedPositions, padding_mask
 from .sasrec import SASRec, _check_ids
 
-__all__ = ["SINEConfig", "SINE", "SINEOutput", "SINE_PRESETS", "MERGES", "covariance_regularizer"]
+__all__ = ["SINEConfig", "SINE", "SINEOutput", "SINE_PRESETS", "MERGES", "INTENT_ATTENTIONS",
+           "covariance_regularizer"]
 
 MERGES = ("aggregate", "max")
+INTENT_ATTENTIONS = ("paper", "assigned")
 
 # Named settings, selectable with ``seqrec train --model sine --preset <name>``.
 SINE_PRESETS: dict[str, dict] = {
@@ -68,6 +70,9 @@ class SINEConfig:
             training sequence (each real target position); P = its P most recent.
         merge: how ``score`` / ``recommend`` use the K interests: ``"aggregate"`` (the
             paper's user vector, default) or ``"max"`` (max over interests).
+        intent_attention: ``"paper"`` (P_{t|k} from per-intention attention alone) or
+            ``"assigned"`` (the authors' code: attention logits scaled by P_{k|t} before
+            the softmax over positions). See the model docstring.
         initializer_range: std of the normal init, 0.02.
         layer_norm_eps: epsilon of every layer norm, 1e-5.
     """
@@ -83,6 +88,7 @@ class SINEConfig:
     dropout: float = 0.0
     max_prefixes: int | None = None
     merge: str = "aggregate"
+    intent_attention: str = "paper"
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
 
@@ -103,6 +109,11 @@ class SINEConfig:
         _check_number("dropout", self.dropout, below_one=True)
         if self.max_prefixes is not None:
             _check_int("max_prefixes", self.max_prefixes, 1)
+        if self.intent_attention not in INTENT_ATTENTIONS:
+            raise ValueError(
+                f"SINEConfig.intent_attention must be one of {INTENT_ATTENTIONS}, "
+                f"got {self.intent_attention!r}"
+            )
         if self.merge not in MERGES:
             raise ValueError(f"SINEConfig.merge must be one of {MERGES}, got {self.merge!r}")
         _check_number("initializer_range", self.initializer_range, positive=True)
@@ -200,6 +211,15 @@ class SINE(nn.Module):
       intention is the k-th best activated concept. Position embeddings enter the
       attention keys (P_{t|k} and C_apt's pooling), as in the authors' code; values
       are the raw item embeddings X.
+    - ``intent_attention="paper"`` (default) computes P_{t|k} without looking at the
+      assignment, so nothing stops all K attentions from settling on the same
+      positions: on the synthetic data (where the last item predicts the next one)
+      every P_{t|k} ends up ~99% on the most recent item and the K interests become
+      near copies (mean cosine ~0.9). ``"assigned"`` follows the authors' code,
+      ``P_{t|k} = softmax_t(P_{k|t} * tanh((X_t + P_t) W_{k,1}) w_{k,2})``: each
+      intention attends to its own positions and the interests stay distinct, at
+      some cost in accuracy there (``notebooks/interests.ipynb``). It runs the
+      assignment twice (one more ``intent_cluster`` call).
     - Fully padded rows (length 0) give zero interests before LN_3 and a finite user
       vector, never NaN.
 
@@ -315,15 +335,19 @@ class SINE(nn.Module):
             return (h * self.intent_query).sum(-1)  # [.., K]
 
         att = positionwise(intent_logits, x_real + pos_real).transpose(1, 2)  # [B, K, n]
+        xw = positionwise(self.assign_proj, x_real)  # [B, n, D]
+        cluster = dict(active=concepts, active_scale=scale, values=x, eps=cfg.layer_norm_eps,
+                       backend=self.backend)
+        if cfg.intent_attention == "assigned":
+            # The authors' code: attention logits scaled by P_{k|t} before the softmax
+            # over positions, so each intention attends to the positions assigned to it.
+            _, p_kt = intent_cluster(xw, mask, self.prototypes, cfg.assign_temperature, **cluster)
+            att = att * p_kt.transpose(1, 2)
         att = _masked_softmax(att, mask.unsqueeze(1).expand(b, k, n))
 
         # Intention assignment and aggregation into K interests: one fused op.
-        xw = positionwise(self.assign_proj, x_real)  # [B, n, D]
-        raw, assignment = intent_cluster(
-            xw, mask, self.prototypes, cfg.assign_temperature, active=concepts,
-            active_scale=scale, weights=att, values=x, eps=cfg.layer_norm_eps,
-            backend=self.backend,
-        )
+        raw, assignment = intent_cluster(xw, mask, self.prototypes, cfg.assign_temperature,
+                                         weights=att, **cluster)
         interests = self.interest_norm(raw)  # [B, K, D]
 
         # Interest aggregation: predict the next intention from the intention sequence.
