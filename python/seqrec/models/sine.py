@@ -298,8 +298,9 @@ class SINE(nn.Module):
         d, k = cfg.hidden_size, cfg.num_interests
         pos = self.position.weight[cfg.max_len - n :]  # [n, D], most recent at max_len - 1
 
-        # Position-wise work (embedding lookups, projections, tanh) runs on the N real
-        # positions only (Beauty: ~7 of 50); `positionwise` returns the padded layout.
+        # Position-wise work (embedding lookups, projections, tanh, weighted sums) runs
+        # on the N real positions only (Beauty: ~7 of 50); `positionwise` returns the
+        # padded [B, n, *] layout, `pool(w, t)` = sum_t w[b, t] t[b, t] for w [B, n].
         if torch.compiler.is_compiling():  # PackedPositions has a data-dependent size
             x_real = self.dropout(self.item(item_seq))  # [B, n, D]; padding rows are 0
             pos_real, x = pos, x_real
@@ -307,10 +308,11 @@ class SINE(nn.Module):
             def positionwise(fn, t: Tensor) -> Tensor:
                 return fn(t)
 
-            def real(t: Tensor) -> Tensor:
-                return t
+            def pool(w: Tensor, t: Tensor) -> Tensor:
+                return (w.unsqueeze(-1) * t).sum(1)
         else:
             packed = PackedPositions(mask)
+            row = packed.index // n  # [N] batch row of each real position
             x_real = self.dropout(self.item(item_seq.reshape(-1)[packed.index]))  # [N, D]
             pos_real = pos[packed.index % n]  # [N, D]
             x = packed.unpack(x_real)  # [B, n, D]
@@ -318,21 +320,26 @@ class SINE(nn.Module):
             def positionwise(fn, t: Tensor) -> Tensor:
                 return packed.unpack(fn(t))
 
-            real = packed.pack
+            def pool(w: Tensor, t: Tensor) -> Tensor:
+                w_real = w.reshape(-1).index_select(0, packed.index).unsqueeze(-1)
+                return t.new_zeros(b, t.size(-1)).index_add(0, row, w_real * t)
 
-        # Concept activation. (Weighted sums over positions as multiply + sum: CPU bmm
-        # with a single row per batch is several times slower.)
+        # Concept activation.
         a = positionwise(lambda t: self.concept_query(torch.tanh(self.concept_key(t))), x_real)
         a = _masked_softmax(a.squeeze(-1), mask)  # [B, n]
-        z = (a.unsqueeze(-1) * x).sum(1)  # [B, D]
+        z = pool(a, x_real)  # [B, D]
         s = z @ self.prototypes.t()  # [B, L]
         top_s, concepts = s.topk(k, dim=1)  # [B, K]
         scale = torch.sigmoid(top_s)
 
         # Per-intention attention over positions, P_{t|k}.
+        # sum_d h[.., k, d] w_{k,2}[d] as ONE matmul of h [.., K*D] with the block-diagonal
+        # [K*D, K] matrix of the w_{k,2} (a multiply + sum makes 3 passes over h, and
+        # CPU bmm of matrix-vector products is slower still).
+        w_k2 = torch.block_diag(*self.intent_query.unbind(0))  # [K, K*D]
+
         def intent_logits(t: Tensor) -> Tensor:
-            h = torch.tanh(self.intent_key(t)).unflatten(-1, (k, d))  # [.., K, D]
-            return (h * self.intent_query).sum(-1)  # [.., K]
+            return torch.tanh(self.intent_key(t)) @ w_k2.t()  # [.., K]
 
         att = positionwise(intent_logits, x_real + pos_real).transpose(1, 2)  # [B, K, n]
         xw = positionwise(self.assign_proj, x_real)  # [B, n, D]
@@ -350,13 +357,15 @@ class SINE(nn.Module):
                                          weights=att, **cluster)
         interests = self.interest_norm(raw)  # [B, K, D]
 
-        # Interest aggregation: predict the next intention from the intention sequence.
+        # Interest aggregation: predict the next intention from the intention sequence
+        # Xhat = P^u C^u. Its pooling g^T Xhat is computed as (g^T P^u) C^u ([B, K] first).
         active_c = self.prototypes[concepts] * scale.unsqueeze(-1)  # C^u [B, K, D]
         xhat = torch.bmm(assignment, active_c)  # [B, n, D]; 0 at padding
-        g = positionwise(lambda t: self.next_query(torch.tanh(self.next_key(t))),
-                         real(xhat) + pos_real)
+        xhat_real = xhat if torch.compiler.is_compiling() else packed.pack(xhat)
+        g = positionwise(lambda t: self.next_query(torch.tanh(self.next_key(t))), xhat_real + pos_real)
         g = _masked_softmax(g.squeeze(-1), mask)  # [B, n]
-        c_apt = self.next_norm((g.unsqueeze(-1) * xhat).sum(1))  # [B, D]
+        mix = (g.unsqueeze(-1) * assignment).sum(1)  # [B, K]
+        c_apt = self.next_norm((mix.unsqueeze(-1) * active_c).sum(1))  # [B, D]
         logits = (interests * c_apt.unsqueeze(1)).sum(-1) / cfg.temperature  # [B, K]
         weights = torch.softmax(logits, dim=-1)
         user = (weights.unsqueeze(-1) * interests).sum(1)  # [B, D]
