@@ -18,6 +18,7 @@
 #include "data/sampling.h"
 #include "data/sequences.h"
 
+#include "ops/intent_cluster/intent_cluster.h"
 #include "ops/rank_topk/rank_topk.h"
 #include "ops/seq_mask/seq_mask.h"
 
@@ -176,6 +177,15 @@ void bind_data_engine(py::module_& m) {
 TORCH_LIBRARY(seqrec, m) {
   m.def("rank_topk(Tensor scores, Tensor history_indptr, Tensor history_items, Tensor target, int k, bool exclude_history=True) -> (Tensor topk_items, Tensor rank)");
   m.def("rank_sampled(Tensor scores) -> Tensor rank");
+  m.def(
+      "intent_cluster(Tensor x, Tensor mask, Tensor prototypes, float tau, Tensor? active=None, "
+      "Tensor? active_scale=None, Tensor? weights=None, Tensor? values=None, float eps=1e-05) "
+      "-> (Tensor intents, Tensor probs)");
+  m.def(
+      "intent_cluster_backward(Tensor grad_intents, Tensor grad_probs, Tensor x, Tensor mask, "
+      "Tensor prototypes, Tensor probs, float tau, Tensor? active, Tensor? active_scale, "
+      "Tensor? weights, Tensor? values, float eps, bool[5] output_mask) -> (Tensor grad_x, "
+      "Tensor grad_prototypes, Tensor grad_active_scale, Tensor grad_weights, Tensor grad_values)");
   m.def("seq_mask(Tensor item_seq, Tensor? item_attributes, *, int num_items, int mask_token, "
         "float mask_prob, int seed, bool mask_last=True) -> (Tensor masked_items, "
         "Tensor pos_items, Tensor neg_items, Tensor masked_segment_seq, Tensor pos_segment, "
@@ -185,6 +195,8 @@ TORCH_LIBRARY(seqrec, m) {
 TORCH_LIBRARY_IMPL(seqrec, CPU, m) {
   m.impl("rank_topk", &seqrec::ops::rank_topk_cpu);
   m.impl("rank_sampled", &seqrec::ops::rank_sampled_cpu);
+  m.impl("intent_cluster", &seqrec::ops::intent_cluster_cpu);
+  m.impl("intent_cluster_backward", &seqrec::ops::intent_cluster_backward_cpu);
   m.impl("seq_mask", &seqrec::ops::seq_mask_cpu);
 }
 

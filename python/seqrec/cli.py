@@ -23,11 +23,13 @@ from .data import DataError, load_dataset
 # Defaults of each model's paper, applied when the option is not given.
 MODEL_DEFAULTS = {
     "sasrec": dict(hidden_size=64, num_layers=2, num_heads=2, dropout=0.5, loss="bce", lr=1e-3,
-                   batch_size=256),
+                   batch_size=256, num_negatives=1),
     # Fine-tuning a pretrained S3-Rec: a causal SASRec (pairwise BCE, one negative) whose
     # weights come from --init; architecture defaults come from the checkpoint.
     "s3rec": dict(hidden_size=64, num_layers=2, num_heads=2, dropout=0.5, loss="bce", lr=1e-3,
-                  batch_size=256),
+                  batch_size=256, num_negatives=1),
+    # SINE: the concept pool, K, tau and lambda come from SINEConfig / --preset.
+    "sine": dict(hidden_size=64, dropout=0.0, lr=1e-3, batch_size=256, num_negatives=100),
 }
 # Models `seqrec pretrain` knows, and the fine-tune model `seqrec train` builds for them.
 PRETRAIN_MODELS = {"s3rec": "sasrec"}
@@ -60,6 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-layers", type=int, default=None)
     t.add_argument("--num-heads", type=int, default=None)
     t.add_argument("--dropout", type=float, default=None, help="hidden and attention dropout")
+    t.add_argument("--preset", default=None,
+                   help="named settings of the model (sine: " + ", ".join(_sine_presets()) + "); "
+                        "explicit flags override them")
+    t.add_argument("--num-negatives", type=int, default=None,
+                   help="sampled negatives per training position (default: the model's; sasrec 1, sine 100)")
+    g = t.add_argument_group("SINE (--model sine)")
+    g.add_argument("--num-prototypes", type=int, default=None, help="L, size of the concept pool (default 500)")
+    g.add_argument("--num-interests", type=int, default=None, help="K, concepts activated per user (default 4)")
+    g.add_argument("--temperature", type=float, default=None, help="tau of the interest aggregation (default 0.1)")
+    g.add_argument("--assign-temperature", type=float, default=None,
+                   help="temperature of the intention assignment softmax (default 0.1)")
+    g.add_argument("--reg-weight", type=float, default=None,
+                   help="lambda of the covariance regulariser on the prototypes (default 0.1)")
+    g.add_argument("--merge", choices=["aggregate", "max"], default=None,
+                   help="how scores use the K interests: the paper's aggregated user vector (default) or "
+                        "the max over interests")
+    g.add_argument("--intent-attention", choices=["paper", "assigned"], default=None,
+                   help="per-intention attention: the paper's (default) or the authors' code's, scaled by the "
+                        "assignment (more distinct interests)")
+    g.add_argument("--max-prefixes", type=int, default=None,
+                   help="training prefixes per sequence, most recent first (default: all)")
     t.add_argument("--epochs", type=int, default=200)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -149,7 +172,8 @@ def _add_pretrain_parser(sub) -> None:
                    help="categorical item fields used as attributes (default: all)")
     p.add_argument("--samples", choices=["prefixes", "users"], default="prefixes",
                    help="every prefix of each training sequence (the authors', default) or one sample per user")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named model settings (paper: the S3-Rec paper's; explicit options override it)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="named model settings (paper: the S3-Rec paper's; explicit options override it)")
     p.add_argument("--hidden-size", type=int, default=None, help=f"(default: {defaults.hidden_size})")
     p.add_argument("--num-layers", type=int, default=None, help=f"(default: {defaults.num_layers})")
     p.add_argument("--num-heads", type=int, default=None, help=f"(default: {defaults.num_heads})")
@@ -173,12 +197,32 @@ def format_table(title: str, metrics: dict, protocol: str) -> str:
     return "\n".join(lines)
 
 
+def _sine_presets() -> list[str]:
+    from .models.sine import SINE_PRESETS
+
+    return sorted(SINE_PRESETS)
+
+
 def _model_config(args, num_items: int, init_config: dict | None = None) -> tuple[str, dict]:
     defaults = MODEL_DEFAULTS[args.model]
     if init_config:  # architecture of the --init checkpoint, unless given on the command line
         defaults = {**defaults, **{k: init_config[k] for k in ("hidden_size", "num_layers", "num_heads")
                                    if k in init_config}}
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
+    if args.model == "sine":
+        from .models.sine import SINE_PRESETS
+
+        if args.preset is not None and args.preset not in SINE_PRESETS:
+            raise ValueError(f"unknown sine preset {args.preset!r}; available: {sorted(SINE_PRESETS)}")
+        config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
+                      dropout=pick("dropout"), **SINE_PRESETS.get(args.preset, {}))
+        for name in ("num_prototypes", "num_interests", "temperature", "assign_temperature", "reg_weight",
+                     "merge", "intent_attention", "max_prefixes"):
+            if getattr(args, name) is not None:
+                config[name] = getattr(args, name)
+        return args.model, config
+    if args.preset is not None:
+        raise ValueError(f"--preset: model {args.model!r} has no presets")
     dropout = pick("dropout")
     config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
                   num_layers=pick("num_layers"), num_heads=pick("num_heads"), hidden_dropout=dropout,
@@ -215,6 +259,8 @@ def cmd_train(args) -> int:
 
     from .models import read_pretrained_state
 
+    if args.num_negatives is not None and args.num_negatives < 1:
+        raise ValueError(f"--num-negatives must be >= 1, got {args.num_negatives}")
     if args.model in PRETRAIN_MODELS and args.init is None:
         raise ValueError(f"--model {args.model} fine-tunes a pretrained model: give --init <folder or "
                          f"pretrain.pt of `seqrec pretrain --model {args.model}`> (without pretraining it is "
@@ -228,7 +274,9 @@ def cmd_train(args) -> int:
     defaults = MODEL_DEFAULTS[args.model]
     train_config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size or defaults["batch_size"], lr=args.lr or defaults["lr"],
-        weight_decay=args.weight_decay, patience=args.patience, eval_every=args.eval_every, metric=args.metric,
+        weight_decay=args.weight_decay,
+        num_negatives=defaults["num_negatives"] if args.num_negatives is None else args.num_negatives,
+        patience=args.patience, eval_every=args.eval_every, metric=args.metric,
         ks=tuple(args.ks), sampled_negatives=args.sampled_negatives, exclude_history=not args.no_exclude_history,
         seed=args.seed, device=args.device, progress=args.progress)
     torch.manual_seed(args.seed)  # parameter initialisation

@@ -15,6 +15,7 @@ from .pretrained import LoadReport, load_pretrained, read_pretrained_state
 from .registry import available_models, build_model
 from .s3rec import S3Rec, S3RecConfig
 from .sasrec import SASRec, SASRecConfig
+from .sine import SINE, SINEConfig
 
 __all__ = [
     "FeedForward",
@@ -27,6 +28,8 @@ __all__ = [
     "scaled_dot_attention",
     "SASRec",
     "SASRecConfig",
+    "SINE",
+    "SINEConfig",
     "S3Rec",
     "S3RecConfig",
     "LoadReport",

@@ -13,12 +13,14 @@ from torch import nn
 
 from .s3rec import S3Rec, S3RecConfig
 from .sasrec import SASRec, SASRecConfig
+from .sine import SINE, SINEConfig
 
 __all__ = ["MODELS", "build_model", "available_models"]
 
 # name -> (config dataclass, model class); a model is built as model_cls(config, backend=...).
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "sasrec": (SASRecConfig, SASRec),
+    "sine": (SINEConfig, SINE),
     "s3rec": (S3RecConfig, S3Rec),  # pretraining; fine-tuning is SASRec (seqrec train --init)
 }
 

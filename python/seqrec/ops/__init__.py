@@ -7,8 +7,9 @@ operator with the same signature, selectable with ``backend="reference"``.
 from __future__ import annotations
 
 from .backend import get_backend, set_backend, use_backend
+from .intent_cluster import intent_cluster
 from .rank_topk import rank_sampled, rank_topk
 from .seq_mask import SeqMaskOutput, seq_mask
 
-__all__ = ["get_backend", "set_backend", "use_backend", "rank_sampled", "rank_topk",
+__all__ = ["get_backend", "set_backend", "use_backend", "intent_cluster", "rank_sampled", "rank_topk",
            "SeqMaskOutput", "seq_mask"]

@@ -6,7 +6,8 @@ them, and ``backend="reference"`` runs whole models on them.
 """
 from __future__ import annotations
 
+from .intent_cluster import intent_cluster
 from .rank_topk import rank_sampled, rank_topk
 from .seq_mask import seq_mask
 
-__all__ = ["rank_sampled", "rank_topk", "seq_mask"]
+__all__ = ["intent_cluster", "rank_sampled", "rank_topk", "seq_mask"]

@@ -1,0 +1,158 @@
+"""``intent_cluster``: soft assignment of positions to intention prototypes, and the
+weighted aggregation of positions into one vector per prototype (SINE, DSS).
+
+Python face of ``torch.ops.seqrec.intent_cluster`` (contract:
+``csrc/ops/intent_cluster/intent_cluster.h``): fake kernel for ``torch.compile``,
+autograd formula calling ``torch.ops.seqrec.intent_cluster_backward``, and the typed
+wrapper :func:`intent_cluster`.
+"""
+from __future__ import annotations
+
+import torch
+
+import seqrec._loader  # noqa: F401  (registers torch.ops.seqrec.*)
+
+from . import reference
+from .backend import get_backend
+
+__all__ = ["intent_cluster"]
+
+
+def intent_cluster(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    prototypes: torch.Tensor,
+    tau: float,
+    *,
+    active: torch.Tensor | None = None,
+    active_scale: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    values: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Assign positions to prototypes and aggregate them into K intention vectors.
+
+    With ``N(u) = F.normalize(F.layer_norm(u, (D,), eps=eps))`` (layer norm *without*
+    affine parameters: a model that wants them, or a projection such as SINE's
+    ``W_3``, applies them to ``x`` before the call)::
+
+        c_k           = active_scale[b, k] * prototypes[active[b, k]]   (or prototypes[k])
+        probs[b,i,k]  = softmax_k(<N(x[b,i]), N(c_k)> / tau)   on real positions, 0 on padding
+        intents[b,k]  = sum_i probs[b,i,k] * w[b,(k),i] * values[b,i]
+
+    Args:
+        x: ``[B, n, D]`` float32/float64 position representations (SINE: ``X W_3``;
+            DSS: the encoder outputs ``z_i``). Any padding layout (seqrec pads on the
+            left).
+        mask: ``[B, n]`` bool, True at real positions. Padded positions get
+            probability 0, contribute nothing and receive zero gradient; a fully
+            padded row gives zero intents and zero probabilities (never NaN).
+        prototypes: ``[L, D]`` prototype table (SINE's concept pool C, DSS's c_k).
+        tau: softmax temperature, > 0.
+        active: optional ``[B, K]`` int64 indices into the L prototypes, e.g. SINE's
+            per-user top-K concepts. Without it the softmax runs over all L prototypes
+            (K = L; DSS).
+        active_scale: optional ``[B, K]`` factor multiplying the selected prototypes
+            before the normalisation (SINE's ``sigmoid(s[idx])``); needs ``active``.
+            Note that layer norm followed by L2 normalisation is invariant to a
+            positive rescaling, so a positive ``active_scale`` does not change the
+            outputs and its gradient is zero up to rounding. It is accepted so that
+            SINE's equation can be written literally; SINE's top-K choice stays
+            differentiable through the model's other use of the scaled prototypes
+            (``probs @ C_u`` in the interest-aggregation module).
+        weights: optional per-position weights, ``[B, n]`` shared by all prototypes
+            (DSS's ``p(i)``) or ``[B, K, n]`` per prototype (SINE's ``P_{t|k}``).
+            Absent means all ones (plain soft-cluster sums).
+        values: optional ``[B, n, Dv]`` vectors to aggregate; absent means ``x``
+            itself (DSS). SINE aggregates the raw item embeddings ``X`` while it
+            assigns ``X W_3``: pass ``x = X @ W_3``, ``values = X``.
+        eps: layer-norm epsilon, > 0.
+        backend: ``"seqrec"`` (the fused C++ kernel) or ``"reference"`` (plain
+            PyTorch); None uses the process-wide default.
+
+    Returns:
+        ``(intents [B, K, Dv], probs [B, n, K])``. The model applies its own bias /
+        layer norm to ``intents`` (SINE's LN_3, DSS's ``LN(beta_k + ...)``).
+
+    Differentiable w.r.t. ``x``, ``prototypes``, ``active_scale``, ``weights`` and
+    ``values``. The backward recomputes the normalised vectors instead of saving
+    them: autograd keeps only the inputs and ``probs`` (``[B, n, K]``, never
+    ``[B, n, L]`` when ``active`` is given).
+    """
+    if get_backend(backend) == "reference":
+        return reference.intent_cluster(
+            x, mask, prototypes, tau, active=active, active_scale=active_scale,
+            weights=weights, values=values, eps=eps,
+        )
+    return torch.ops.seqrec.intent_cluster.default(
+        x, mask, prototypes, tau, active, active_scale, weights, values, eps
+    )
+
+
+@torch.library.register_fake("seqrec::intent_cluster")
+def _intent_cluster_fake(x, mask, prototypes, tau, active=None, active_scale=None,
+                         weights=None, values=None, eps=1e-5):
+    torch._check(x.dim() == 3, lambda: "intent_cluster: argument 'x' must be [B, n, D]")
+    torch._check(prototypes.dim() == 2, lambda: "intent_cluster: argument 'prototypes' must be [L, D]")
+    b, n, d = x.shape
+    k = active.shape[1] if active is not None else prototypes.shape[0]
+    dv = values.shape[2] if values is not None else d
+    return x.new_empty((b, k, dv)), x.new_empty((b, n, k))
+
+
+@torch.library.register_fake("seqrec::intent_cluster_backward")
+def _intent_cluster_backward_fake(grad_intents, grad_probs, x, mask, prototypes, probs, tau,
+                                  active, active_scale, weights, values, eps, output_mask):
+    def pick(wanted: bool, like: torch.Tensor | None) -> torch.Tensor:
+        return x.new_empty(like.shape) if wanted and like is not None else x.new_empty((0,))
+
+    return (
+        pick(output_mask[0], x),
+        pick(output_mask[1], prototypes),
+        pick(output_mask[2], active_scale),
+        pick(output_mask[3], weights),
+        pick(output_mask[4], values),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, mask, prototypes, tau, active, active_scale, weights, values, eps = inputs
+    _, probs = output
+    # Only the inputs and probs [B, n, K]: the normalised vectors are recomputed.
+    ctx.save_for_backward(x, mask, prototypes, probs, active, active_scale, weights, values)
+    ctx.tau = tau
+    ctx.eps = eps
+
+
+def _backward(ctx, grad_intents, grad_probs):
+    x, mask, prototypes, probs, active, active_scale, weights, values = ctx.saved_tensors
+    # The dispatcher drops trailing arguments left at their defaults; pad to all nine.
+    need = tuple(ctx.needs_input_grad) + (False,) * (9 - len(ctx.needs_input_grad))
+    output_mask = [need[0], need[2], need[5], need[6], need[7]]
+    if grad_intents is None:
+        k = probs.shape[2]
+        dv = x.shape[2] if values is None else values.shape[2]
+        grad_intents = x.new_zeros((x.shape[0], k, dv))
+    if grad_probs is None:
+        grad_probs = torch.zeros_like(probs)
+    gx, gproto, gscale, gw, gv = torch.ops.seqrec.intent_cluster_backward.default(
+        grad_intents, grad_probs, x, mask, prototypes, probs, ctx.tau, active, active_scale,
+        weights, values, ctx.eps, output_mask,
+    )
+    return (
+        gx if need[0] else None,
+        None,
+        gproto if need[2] else None,
+        None,
+        None,
+        gscale if need[5] else None,
+        gw if need[6] else None,
+        gv if need[7] else None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "seqrec::intent_cluster", _backward, setup_context=_setup_context
+)
