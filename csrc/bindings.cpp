@@ -18,6 +18,7 @@
 #include "data/sampling.h"
 #include "data/sequences.h"
 
+#include "ops/dif_attention/dif_attention.h"
 #include "ops/rank_topk/rank_topk.h"
 
 namespace py = pybind11;
@@ -175,11 +176,15 @@ void bind_data_engine(py::module_& m) {
 TORCH_LIBRARY(seqrec, m) {
   m.def("rank_topk(Tensor scores, Tensor history_indptr, Tensor history_items, Tensor target, int k, bool exclude_history=True) -> (Tensor topk_items, Tensor rank)");
   m.def("rank_sampled(Tensor scores) -> Tensor rank");
+  m.def("dif_attention(Tensor q, Tensor k, Tensor v, Tensor[] side_q, Tensor[] side_k, Tensor[] fusion_params, Tensor? key_padding_mask, Tensor? seed, *, str fusion=\"sum\", bool causal=True, float? scale=None, bool fusion_sees_masked=False, float dropout_p=0.0) -> (Tensor out, Tensor lse)");
+  m.def("dif_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor[] side_q, Tensor[] side_k, Tensor[] fusion_params, Tensor? key_padding_mask, Tensor? seed, Tensor out, Tensor lse, str fusion, bool causal, float? scale, bool fusion_sees_masked, float dropout_p) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor[] grad_side_q, Tensor[] grad_side_k, Tensor[] grad_fusion_params)");
 }
 
 TORCH_LIBRARY_IMPL(seqrec, CPU, m) {
   m.impl("rank_topk", &seqrec::ops::rank_topk_cpu);
   m.impl("rank_sampled", &seqrec::ops::rank_sampled_cpu);
+  m.impl("dif_attention", &seqrec::ops::dif_attention_cpu);
+  m.impl("dif_attention_backward", &seqrec::ops::dif_attention_backward_cpu);
 }
 
 #ifdef SEQREC_WITH_CUDA

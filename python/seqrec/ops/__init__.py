@@ -7,6 +7,10 @@ operator with the same signature, selectable with ``backend="reference"``.
 from __future__ import annotations
 
 from .backend import get_backend, set_backend, use_backend
+from .dif_attention import dif_attention, init_fusion_params
 from .rank_topk import rank_sampled, rank_topk
 
-__all__ = ["get_backend", "set_backend", "use_backend", "rank_sampled", "rank_topk"]
+__all__ = [
+    "get_backend", "set_backend", "use_backend", "dif_attention", "init_fusion_params", "rank_sampled",
+    "rank_topk",
+]

@@ -6,6 +6,7 @@ them, and ``backend="reference"`` runs whole models on them.
 """
 from __future__ import annotations
 
+from .dif_attention import dif_attention
 from .rank_topk import rank_sampled, rank_topk
 
-__all__ = ["rank_sampled", "rank_topk"]
+__all__ = ["dif_attention", "rank_sampled", "rank_topk"]
