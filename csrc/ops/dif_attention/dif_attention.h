@@ -71,13 +71,15 @@
 //     -> (grad_q, grad_k, grad_v, grad_side_q[S-1], grad_side_k[S-1],
 //         grad_fusion_params[as fusion_params])
 //   grad_out [B, H, nq, dv] any strides; out, lse as returned by the forward.
-//   All gradients are contiguous with the input's shape (an expanded, stride-0 input
-//   gets the full-size gradient; autograd's expand sums it). Fusion-parameter gradients
+//   Every gradient is `empty_like` its input: the input's strides when it is dense (e.g.
+//   the [B, H, n, d] head view of a [B, n, H*d] projection), contiguous otherwise (an
+//   expanded, stride-0 input gets the full-size gradient; autograd's expand sums it). Fusion-parameter gradients
 //   are reduced over (b, h) in a fixed order: bitwise reproducible for any thread count.
 //
-// Memory: the CPU kernel works on one (b, h) block at a time per thread (the S score
-// matrices, the fused matrix, the probabilities: O(S * nq * nk) scratch per thread);
-// nothing of size B*H*nq*nk is allocated.
+// Memory: the CPU kernel works on one batch row (its H blocks) at a time per thread
+// (O(H * S * nq * max(nk, a)) scratch per thread); nothing of size B*H*nq*nk is
+// allocated or saved, the backward recomputes the scores from q/k and the probabilities
+// from lse. A CUDA kernel should tile the same way (one block of queries per CTA).
 #include <ATen/core/Tensor.h>
 
 #include <c10/macros/Macros.h>

@@ -128,13 +128,14 @@ def _dif_attention_backward_fake(grad_out, q, k, v, side_q, side_k, fusion_param
                                      causal, "dif_attention_backward")
     torch._check(tuple(grad_out.shape) == (B, H, nq, dv),
                  lambda: "dif_attention_backward: argument 'grad_out' must be [B, H, nq, dv]")
+    # Gradients are empty_like their inputs (strides kept for dense inputs), as the kernel's.
     return (
-        q.new_empty(q.shape),
-        k.new_empty(k.shape),
-        v.new_empty(v.shape),
-        [q.new_empty(t.shape) for t in side_q],
-        [q.new_empty(t.shape) for t in side_k],
-        [q.new_empty(t.shape) for t in fusion_params],
+        torch.empty_like(q),
+        torch.empty_like(k),
+        torch.empty_like(v),
+        [torch.empty_like(t) for t in side_q],
+        [torch.empty_like(t) for t in side_k],
+        [t.new_empty(t.shape) for t in fusion_params],
     )
 
 
