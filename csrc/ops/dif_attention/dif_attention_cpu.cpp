@@ -547,9 +547,20 @@ struct RowWork {
   }
 };
 
+// Batch rows per task: enough work (~2^18 multiply-adds) that waking a thread pays off.
+// Small problems then run on the calling thread; on a busy machine an OpenMP wake-up can
+// cost milliseconds, far more than a tiny attention.
+int64_t row_grain(const DifAttnProblem& p) {
+  int64_t dq = 0;
+  for (int64_t s = 0; s < p.num_sources; ++s) dq += p.q[s].cols;
+  const int64_t per_row = std::max<int64_t>(
+      1, p.H * p.nq * p.nk * (dq + p.dv + p.num_sources * std::max<int64_t>(p.gate_hidden, 1)));
+  return std::max<int64_t>(1, (int64_t{1} << 18) / per_row);
+}
+
 template <typename T>
 void forward_kernel(const DifAttnProblem& p, T* out, T* lse) {
-  at::parallel_for(0, p.B, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.B, row_grain(p), [&](int64_t begin, int64_t end) {
     RowWork<T> w(p, /*backward=*/false);
     const int64_t H = p.H, nq = p.nq, dv = p.dv;
     const T scale = static_cast<T>(p.scale);
@@ -603,7 +614,9 @@ struct Grads {
 template <typename T>
 void backward_kernel(const DifAttnProblem& p, const DifOperand& grad_out, const T* out, const T* lse,
                      const Grads<T>& g, int64_t num_chunks) {
-  at::parallel_for(0, num_chunks, 1, [&](int64_t cbegin, int64_t cend) {
+  const int64_t rows_per_chunk = std::max<int64_t>(1, p.B / num_chunks);
+  const int64_t chunk_grain = (row_grain(p) + rows_per_chunk - 1) / rows_per_chunk;
+  at::parallel_for(0, num_chunks, chunk_grain, [&](int64_t cbegin, int64_t cend) {
     RowWork<T> w(p, /*backward=*/true);
     const int64_t H = p.H, nq = p.nq, nk = p.nk, dv = p.dv, S = w.S, Dq = w.Dq, a = w.a;
     const T scale = static_cast<T>(p.scale);
