@@ -421,3 +421,26 @@ def test_bad_inputs():
         dif_attention(**{**case, "fusion_params": case["fusion_params"][::-1]}, backend="reference")
     with pytest.raises(ValueError, match="fusion must be one of"):
         init_fusion_params("mean", 7, 2)
+
+
+# ---------------------------------------------------------------- SASRec's attention
+def test_scaled_dot_attention_routes_through_the_op():
+    """The models' single attention function runs dif_attention on backend "seqrec" (its
+    dropout mask is the op's hash of a seed from torch's generator) and the plain math
+    on "reference"; without dropout both agree."""
+    from seqrec.models.layers import scaled_dot_attention
+
+    case = make_case(fusion="sum", padding="left", dtype=torch.float32, layout="heads")
+    q, k, v, kpm = case["q"], case["k"], case["v"], case["key_padding_mask"]
+    kw = dict(causal=True, key_padding_mask=kpm, dropout_p=0.3, training=True)
+    torch.manual_seed(3)
+    a = scaled_dot_attention(q, k, v, backend="seqrec", **kw)
+    torch.manual_seed(3)
+    b = dif_attention(q, k, v, causal=True, key_padding_mask=kpm, dropout_p=0.3, training=True)
+    assert torch.equal(a, b)
+    kw.update(dropout_p=0.0)
+    torch.testing.assert_close(scaled_dot_attention(q, k, v, backend="seqrec", **kw),
+                               scaled_dot_attention(q, k, v, backend="reference", **kw))
+    # no kernel for float16: the plain math runs instead of failing
+    h = scaled_dot_attention(q.detach().half(), k.detach().half(), v.detach().half(), backend="seqrec", **kw)
+    assert h.dtype == torch.float16 and torch.isfinite(h).all()
