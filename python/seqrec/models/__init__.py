@@ -11,6 +11,7 @@ from .layers import (
     padding_mask,
     scaled_dot_attention,
 )
+from .difsr import DIFSR, DIFSRConfig
 from .registry import available_models, build_model
 from .sasrec import SASRec, SASRecConfig
 
@@ -25,6 +26,8 @@ __all__ = [
     "scaled_dot_attention",
     "SASRec",
     "SASRecConfig",
+    "DIFSR",
+    "DIFSRConfig",
     "available_models",
     "build_model",
 ]
