@@ -345,6 +345,9 @@ class DIFSR(nn.Module):
     - Positions are right-aligned (the most recent item has position max_len - 1), as
       in seqrec's SASRec; inputs narrower than max_len are left-padded to max_len so the
       concat / gate maps (length-max_len score rows) always see the same columns.
+    - "Positions only through their own scores" holds for ``fusion="sum"``; the gate /
+      concat maps (DIF-SR's nn.Linear over a length-max_len score row) weigh score
+      columns by key position themselves, as in DIF-SR.
     - A fully padded query row outputs 0 instead of uniform attention over padding.
     - The attribute predictors skip numeric fields (no multi-label target); numeric
       fields are embedded as value * w and pooled like categorical ones.
