@@ -2,6 +2,7 @@
 
     seqrec train --model sasrec --data synthetic
     seqrec train --model sasrec --data ../shared/data/Beauty --loss bce --out runs/beauty
+    seqrec train --model difsr --data ../shared/data/Beauty --attributes attributes --preset difsr-beauty
     seqrec train ... --out runs/beauty --resume        # continue a killed run
     seqrec pretrain --model s3rec --data ../shared/data/Beauty --epochs 150 --out runs/s3rec-pre
     seqrec train --model s3rec --data ../shared/data/Beauty --init runs/s3rec-pre --out runs/s3rec
@@ -16,6 +17,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .data import DataError, load_dataset
@@ -30,9 +32,19 @@ MODEL_DEFAULTS = {
                   batch_size=256, num_negatives=1),
     # SINE: the concept pool, K, tau and lambda come from SINEConfig / --preset.
     "sine": dict(hidden_size=64, dropout=0.0, lr=1e-3, batch_size=256, num_negatives=100),
+    # DIF-SR's Beauty settings (the difsr-beauty preset; see seqrec.models.difsr.PRESETS).
+    "difsr": dict(hidden_size=256, num_layers=4, num_heads=8, dropout=0.5, attention_dropout=0.3, loss="ce",
+                  lr=1e-4, batch_size=256, inner_size=256, num_negatives=1),
 }
 # Models `seqrec pretrain` knows, and the fine-tune model `seqrec train` builds for them.
 PRETRAIN_MODELS = {"s3rec": "sasrec"}
+
+
+def _presets() -> dict:
+    """Named settings: {name: (model, {"model": {...}, "train": {...}})}."""
+    from .models.difsr import PRESETS as DIFSR_PRESETS
+
+    return {name: ("difsr", p) for name, p in DIFSR_PRESETS.items()}
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -61,10 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden-size", type=int, default=None)
     t.add_argument("--num-layers", type=int, default=None)
     t.add_argument("--num-heads", type=int, default=None)
-    t.add_argument("--dropout", type=float, default=None, help="hidden and attention dropout")
+    t.add_argument("--dropout", type=float, default=None,
+                   help="hidden dropout, and attention dropout unless --attention-dropout is given")
+    t.add_argument("--attention-dropout", type=float, default=None, help="dropout on attention probabilities")
+    t.add_argument("--inner-size", type=int, default=None, help="feed-forward width")
     t.add_argument("--preset", default=None,
-                   help="named settings of the model (sine: " + ", ".join(_sine_presets()) + "); "
-                        "explicit flags override them")
+                   help="named settings of a paper; explicit options override them (difsr: "
+                        + ", ".join(sorted(_presets())) + "; sine: " + ", ".join(_sine_presets()) + ")")
     t.add_argument("--num-negatives", type=int, default=None,
                    help="sampled negatives per training position (default: the model's; sasrec 1, sine 100)")
     g = t.add_argument_group("SINE (--model sine)")
@@ -83,6 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "assignment (more distinct interests)")
     g.add_argument("--max-prefixes", type=int, default=None,
                    help="training prefixes per sequence, most recent first (default: all)")
+    dif = t.add_argument_group("DIF-SR (--model difsr)")
+    dif.add_argument("--attributes", nargs="+", default=None, metavar="FIELD",
+                     help="attribute fields of the dataset used as side information (S3-Rec json data: "
+                          "'attributes'; RecBole atomic: the .item columns, e.g. 'class')")
+    dif.add_argument("--attribute-size", type=int, nargs="+", default=None, metavar="D",
+                     help="attribute embedding size, one for all fields or one per field (default 64)")
+    dif.add_argument("--fusion", choices=["sum", "concat", "gate"], default=None,
+                     help="fusion of the score matrices (default gate)")
+    dif.add_argument("--pooling", choices=["sum", "mean", "max"], default=None,
+                     help="pooling of an item's several values of one field (default sum)")
+    dif.add_argument("--attribute-weight", type=float, nargs="+", default=None, metavar="LAMBDA",
+                     help="weight of the attribute prediction loss, one or one per field (default 10)")
+    dif.add_argument("--no-attribute-predictor", action="store_true",
+                     help="train without the auxiliary attribute predictors")
+    dif.add_argument("--no-position-scores", action="store_true",
+                     help="no position score matrix (the model then has no position information)")
+    dif.add_argument("--fusion-sees-masked", action="store_true",
+                     help="DIF-SR's code: fusion maps read masked (future/padding) scores too")
     t.add_argument("--epochs", type=int, default=200)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -203,7 +236,35 @@ def _sine_presets() -> list[str]:
     return sorted(SINE_PRESETS)
 
 
-def _model_config(args, num_items: int, init_config: dict | None = None) -> tuple[str, dict]:
+def _apply_preset(args) -> None:
+    """--preset: its model settings become the defaults that explicit options override."""
+    if args.preset is None:
+        return
+    presets = _presets()
+    if args.preset not in presets:
+        if args.model == "difsr":
+            raise ValueError(f"unknown difsr preset {args.preset!r}; available: {sorted(presets)}")
+        return  # another model's preset (sine): _model_config applies or rejects it
+    model, preset = presets[args.preset]
+    if args.model != model:
+        raise ValueError(f"preset {args.preset!r} is for --model {model}, not {args.model}")
+    m, tr = preset["model"], preset["train"]
+    for key, value in (("hidden_size", m.get("hidden_size")), ("num_layers", m.get("num_layers")),
+                       ("num_heads", m.get("num_heads")), ("inner_size", m.get("inner_size")),
+                       ("dropout", m.get("hidden_dropout")), ("attention_dropout", m.get("attention_dropout")),
+                       ("loss", m.get("loss")), ("fusion", m.get("fusion")), ("pooling", m.get("pooling")),
+                       ("lr", tr.get("lr")), ("batch_size", tr.get("batch_size"))):
+        if value is not None and getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.attribute_size is None and "attribute_sizes" in m:
+        args.attribute_size = list(np.atleast_1d(m["attribute_sizes"]))
+    if args.attribute_weight is None and "attribute_loss_weight" in m:
+        args.attribute_weight = list(np.atleast_1d(m["attribute_loss_weight"]))
+    if m.get("attribute_predictor") is False:
+        args.no_attribute_predictor = True
+
+
+def _model_config(args, dataset, init_config: dict | None = None) -> tuple[str, dict]:
     defaults = MODEL_DEFAULTS[args.model]
     if init_config:  # architecture of the --init checkpoint, unless given on the command line
         defaults = {**defaults, **{k: init_config[k] for k in ("hidden_size", "num_layers", "num_heads")
@@ -214,19 +275,41 @@ def _model_config(args, num_items: int, init_config: dict | None = None) -> tupl
 
         if args.preset is not None and args.preset not in SINE_PRESETS:
             raise ValueError(f"unknown sine preset {args.preset!r}; available: {sorted(SINE_PRESETS)}")
-        config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
+        config = dict(num_items=dataset.num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
                       dropout=pick("dropout"), **SINE_PRESETS.get(args.preset, {}))
         for name in ("num_prototypes", "num_interests", "temperature", "assign_temperature", "reg_weight",
                      "merge", "intent_attention", "max_prefixes"):
             if getattr(args, name) is not None:
                 config[name] = getattr(args, name)
         return args.model, config
-    if args.preset is not None:
+    if args.preset is not None and args.model != "difsr":  # difsr's presets were applied by _apply_preset
         raise ValueError(f"--preset: model {args.model!r} has no presets")
     dropout = pick("dropout")
-    config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
+    attention_dropout = args.attention_dropout if args.attention_dropout is not None else \
+        defaults.get("attention_dropout", dropout) if args.dropout is None else dropout
+    config = dict(num_items=dataset.num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
                   num_layers=pick("num_layers"), num_heads=pick("num_heads"), hidden_dropout=dropout,
-                  attention_dropout=dropout, loss=pick("loss"))
+                  attention_dropout=attention_dropout, loss=pick("loss"))
+    if args.inner_size is not None or "inner_size" in defaults:
+        config["inner_size"] = pick("inner_size")
+    if args.model == "difsr":
+        from .models.difsr import attribute_config
+
+        one_or_list = lambda v: v[0] if len(v) == 1 else tuple(v)  # noqa: E731
+        config.update(attribute_config(dataset, args.attributes or ()))
+        if args.attribute_size is not None:
+            config["attribute_sizes"] = one_or_list([int(v) for v in args.attribute_size])
+        if args.attribute_weight is not None:
+            config["attribute_loss_weight"] = one_or_list([float(v) for v in args.attribute_weight])
+        for key in ("fusion", "pooling"):
+            if getattr(args, key) is not None:
+                config[key] = getattr(args, key)
+        config["attribute_predictor"] = not args.no_attribute_predictor
+        config["position_scores"] = not args.no_position_scores
+        config["fusion_sees_masked"] = args.fusion_sees_masked
+    elif args.attributes or args.fusion or args.pooling or args.attribute_size or args.attribute_weight:
+        raise ValueError(f"--attributes/--fusion/--pooling/--attribute-size/--attribute-weight are DIF-SR "
+                         f"options; --model {args.model} takes none")
     if init_config:
         config.update({k: init_config[k] for k in ("inner_size", "hidden_act", "layer_norm_eps")
                        if k in init_config})
@@ -253,6 +336,12 @@ def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, pat
     return {"path": str(path), **report.to_dict()}
 
 
+def _attach(model, dataset) -> None:
+    """Hand the dataset's side information to a model that uses it."""
+    if hasattr(model, "attach_dataset"):
+        model.attach_dataset(dataset)
+
+
 def cmd_train(args) -> int:
     from .models import build_model
     from .train import TrainConfig, Trainer
@@ -268,9 +357,10 @@ def cmd_train(args) -> int:
     init_state = init_spec = init_path = None
     if args.init is not None:
         init_state, init_spec, init_path = read_pretrained_state(args.init)
+    _apply_preset(args)
     dataset = _load(args)
     split = dataset.leave_one_out(max_len=args.max_len)
-    name, config = _model_config(args, dataset.num_items, (init_spec or {}).get("config"))
+    name, config = _model_config(args, dataset, (init_spec or {}).get("config"))
     defaults = MODEL_DEFAULTS[args.model]
     train_config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size or defaults["batch_size"], lr=args.lr or defaults["lr"],
@@ -281,7 +371,8 @@ def cmd_train(args) -> int:
         seed=args.seed, device=args.device, progress=args.progress)
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(name, backend=args.backend, **config)
-    spec = {"name": name, "config": config, "backend": args.backend,
+    _attach(model, dataset)
+    spec = {"name": name, "config": config, "backend": args.backend, "preset": args.preset,
             "data": {"source": args.data, "format": args.format, "kcore": args.kcore, "max_len": args.max_len,
                      "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items}}
     if init_state is not None:
@@ -325,6 +416,7 @@ def cmd_evaluate(args) -> int:
                            synthetic_size=(data["synthetic_users"], data["synthetic_items"]))
     model = build_model(spec["name"], backend=spec.get("backend"), **spec["config"])
     model.load_state_dict(state["best_state"] or state["model"])
+    _attach(model, dataset)
     cfg = dict(state["train_config"])
     cfg["device"] = args.device
     trainer = Trainer(model, dataset.leave_one_out(max_len=data["max_len"]), TrainConfig(**cfg))

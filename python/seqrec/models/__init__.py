@@ -12,6 +12,7 @@ from .layers import (
     scaled_dot_attention,
 )
 from .pretrained import LoadReport, load_pretrained, read_pretrained_state
+from .difsr import DIFSR, DIFSRConfig
 from .registry import available_models, build_model
 from .s3rec import S3Rec, S3RecConfig
 from .sasrec import SASRec, SASRecConfig
@@ -35,6 +36,8 @@ __all__ = [
     "LoadReport",
     "load_pretrained",
     "read_pretrained_state",
+    "DIFSR",
+    "DIFSRConfig",
     "available_models",
     "build_model",
 ]

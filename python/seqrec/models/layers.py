@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.backend import get_backend
+from ..ops.dif_attention import dif_attention
 
 __all__ = [
     "ACTIVATIONS",
@@ -78,6 +79,16 @@ def padding_mask(item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
     return from_lengths
 
 
+def _op_supports(q: Tensor) -> bool:
+    """Whether ``torch.ops.seqrec.dif_attention`` has a kernel for q's device and dtype."""
+    if q.dtype not in (torch.float32, torch.float64):
+        return False
+    if q.device.type == "cpu":
+        return True
+    key = {"cuda": "CUDA"}.get(q.device.type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("seqrec::dif_attention", key)
+
+
 def scaled_dot_attention(
     q: Tensor,
     k: Tensor,
@@ -107,12 +118,14 @@ def scaled_dot_attention(
         under causal masking with left padding) outputs exactly 0 and passes 0 gradient,
         never NaN. Masked keys get probability exactly 0.
 
-    Both backends currently run this plain-PyTorch computation. Issue "DIF-SR" routes
-    ``backend="seqrec"`` to ``torch.ops.seqrec.dif_attention`` (SASRec's attention is
-    its case with no attribute and no position score matrices) and keeps this code as
-    the ``"reference"`` path; callers do not change.
+    ``backend="seqrec"`` runs ``torch.ops.seqrec.dif_attention`` (SASRec's attention is
+    its case with no attribute and no position score matrices, sum fusion), whose
+    dropout mask is a hash of a seed drawn from torch's generator (reproducible under
+    ``torch.manual_seed``, not the same draws as ``F.dropout``). ``"reference"`` runs
+    the plain-PyTorch math below, as does ``"seqrec"`` for a device or dtype the
+    compiled op has no kernel for (float16 / bfloat16; CUDA until its kernel lands).
     """
-    get_backend(backend)  # validates the name; both names take the path below for now
+    use_op = get_backend(backend) == "seqrec" and _op_supports(q)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             "q, k, v must be [B, H, n, d], got shapes "
@@ -128,15 +141,22 @@ def scaled_dot_attention(
         raise ValueError(f"causal attention needs as many queries as keys, got {nq} vs {nk}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if key_padding_mask is not None and (
+        key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (q.size(0), nk)
+    ):
+        raise ValueError(
+            f"key_padding_mask must be a bool tensor [B={q.size(0)}, n={nk}], got "
+            f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+        )
+    if use_op:
+        return dif_attention(
+            q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
+            training=training, backend="seqrec",
+        )
 
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.size(-1)))  # [B,H,nq,nk]
     allowed: Tensor | None = None  # broadcastable to [B, H, nq, nk], True = may attend
     if key_padding_mask is not None:
-        if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (q.size(0), nk):
-            raise ValueError(
-                f"key_padding_mask must be a bool tensor [B={q.size(0)}, n={nk}], got "
-                f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
-            )
         allowed = key_padding_mask[:, None, None, :]
     if causal:
         tri = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril()

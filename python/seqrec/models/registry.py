@@ -12,6 +12,7 @@ import dataclasses
 from torch import nn
 
 from .s3rec import S3Rec, S3RecConfig
+from .difsr import DIFSR, DIFSRConfig
 from .sasrec import SASRec, SASRecConfig
 from .sine import SINE, SINEConfig
 
@@ -22,6 +23,7 @@ MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "sasrec": (SASRecConfig, SASRec),
     "sine": (SINEConfig, SINE),
     "s3rec": (S3RecConfig, S3Rec),  # pretraining; fine-tuning is SASRec (seqrec train --init)
+    "difsr": (DIFSRConfig, DIFSR),
 }
 
 

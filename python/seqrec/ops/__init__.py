@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from .backend import get_backend, set_backend, use_backend
 from .intent_cluster import intent_cluster
+from .dif_attention import dif_attention, init_fusion_params
 from .rank_topk import rank_sampled, rank_topk
 from .seq_mask import SeqMaskOutput, seq_mask
 
-__all__ = ["get_backend", "set_backend", "use_backend", "intent_cluster", "rank_sampled", "rank_topk",
-           "SeqMaskOutput", "seq_mask"]
+__all__ = [
+    "get_backend", "set_backend", "use_backend", "dif_attention", "init_fusion_params", "intent_cluster",
+    "rank_sampled", "rank_topk", "SeqMaskOutput", "seq_mask",
+]

@@ -1,0 +1,531 @@
+"""DIF-SR: decoupled side-information fusion for sequential recommendation.
+
+Xie et al., "Decoupled Side Information Fusion for Sequential Recommendation", SIGIR
+2022 (code: ``AIM-SE/DIF-SR``, RecBole ``SASRecD``). Attributes and positions enter a
+SASRec-like encoder only through their own attention score matrices, fused per head by
+``seqrec.ops.dif_attention``; the value path stays item-only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.backend import get_backend
+from ..ops.dif_attention import dif_attention, fusion_param_shapes
+from .layers import ACTIVATIONS, FeedForward, PackedPositions, init_transformer_weights, padding_mask
+from .sasrec import SASRec, _check_ids
+
+__all__ = ["DIFSRConfig", "DIFSR", "DIFMultiHeadAttention", "PRESETS", "attribute_config"]
+
+FUSIONS = ("sum", "concat", "gate")
+POOLINGS = ("sum", "mean", "max")
+LOSSES = ("ce", "bce")
+
+# Named settings (``seqrec train --preset NAME``): "model" fields of DIFSRConfig and
+# "train" fields of TrainConfig.
+PRESETS: dict[str, dict[str, dict]] = {
+    # The paper's Amazon Beauty run (REFERENCE.md; DIF-SR's Beauty config): 4 layers,
+    # 8 heads, hidden 256, attribute size 64, inner 256, dropout 0.5 / attention 0.3,
+    # gate fusion, lambda 10, CE loss, lr 1e-4. Batch: the paper's 2048 counts training
+    # PAIRS (RecBole expands every prefix of a sequence into its own sample); a seqrec
+    # batch row is a user and trains every position of its prefix at once (~6-8 on
+    # Beauty), so 256 users is about the paper's 2048 pairs per step.
+    "difsr-beauty": {
+        "model": dict(hidden_size=256, num_layers=4, num_heads=8, inner_size=256, attribute_sizes=64,
+                      hidden_dropout=0.5, attention_dropout=0.3, fusion="gate", pooling="sum",
+                      attribute_predictor=True, attribute_loss_weight=10.0, loss="ce", max_len=50),
+        "train": dict(lr=1e-4, batch_size=256),
+    },
+}
+
+
+def _err(name: str, msg: str) -> ValueError:
+    return ValueError(f"DIFSRConfig.{name} {msg}")
+
+
+def _int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise _err(name, f"must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _prob(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise _err(name, f"must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _per_field(name: str, value: object, count: int, convert) -> tuple:
+    """A scalar (same for every field) or one value per field, as a tuple."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise _err(name, f"needs one value per attribute field ({count}), got {len(value)}")
+        return tuple(convert(v) for v in value)
+    return tuple(convert(value) for _ in range(count))
+
+
+@dataclasses.dataclass(frozen=True)
+class DIFSRConfig:
+    """DIF-SR hyper-parameters; defaults = the paper's Beauty settings.
+
+    Attributes:
+        num_items: number of real items; ids 1..num_items, 0 is padding.
+        attribute_fields: names of the dataset's attribute fields used as side sources
+            (in order); empty = no attributes (then only position scores are added).
+        attribute_vocab_sizes: per field, its number of attribute values (ids 1..V) for a
+            categorical field, 0 for a numeric one. Filled from the dataset by the CLI /
+            :func:`attribute_config`; it shapes the embedding and predictor tables.
+        attribute_sizes: embedding size of each field (one int for all, or one per
+            field), 64; each must be divisible by ``num_heads`` (head size d_f / H) and
+            may differ from ``hidden_size`` and from each other.
+        max_len: sequence length (positions, and the width of the concat / gate maps), 50.
+        hidden_size: D, 256.  num_layers: 4.  num_heads: H, 8.  inner_size: FFN width, 256.
+        hidden_dropout: 0.5.  attention_dropout: 0.3.
+        fusion: ``"gate"`` (the paper's best), ``"sum"`` or ``"concat"``.
+        position_scores: position information as its own score matrix (DIF-SR); False
+            leaves the model without any position information.
+        pooling: how a multi-valued attribute of one item is pooled, ``"sum"`` (default,
+            DIF-SR's ``pooling_mode``), ``"mean"`` or ``"max"``.
+        attribute_predictor: the auxiliary attribute predictors (AAP).
+        attribute_loss_weight: lambda, one float for all fields or one per field, 10.
+        loss: next-item loss, ``"ce"`` (softmax over all items, the paper's) or ``"bce"``
+            (one sampled negative per position, as SASRec).
+        fusion_sees_masked: False (default): masked scores (future and padding keys) are
+            zeroed before the concat / gate maps, so no position sees its future. True:
+            DIF-SR's code, whose maps read whole raw score rows (see ``dif_attention``).
+        initializer_range: std of the normal init, 0.02.  hidden_act: ``"gelu"``.
+        layer_norm_eps: 1e-12.
+    """
+
+    num_items: int
+    attribute_fields: tuple[str, ...] = ()
+    attribute_vocab_sizes: tuple[int, ...] = ()
+    attribute_sizes: int | tuple[int, ...] = 64
+    max_len: int = 50
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 8
+    inner_size: int = 256
+    hidden_dropout: float = 0.5
+    attention_dropout: float = 0.3
+    fusion: str = "gate"
+    position_scores: bool = True
+    pooling: str = "sum"
+    attribute_predictor: bool = True
+    attribute_loss_weight: float | tuple[float, ...] = 10.0
+    loss: str = "ce"
+    fusion_sees_masked: bool = False
+    initializer_range: float = 0.02
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+
+    def __post_init__(self) -> None:
+        set_ = partial(object.__setattr__, self)
+        _int("num_items", self.num_items, 1)
+        fields = self.attribute_fields
+        if isinstance(fields, str) or not isinstance(fields, (list, tuple)) or not all(
+                isinstance(f, str) and f for f in fields):
+            raise _err("attribute_fields", f"must be a sequence of field names, got {fields!r}")
+        if len(set(fields)) != len(fields):
+            raise _err("attribute_fields", f"has duplicates: {list(fields)}")
+        set_("attribute_fields", tuple(fields))
+        p = len(fields)
+        vocab = self.attribute_vocab_sizes
+        if not isinstance(vocab, (list, tuple)) or len(vocab) != p:
+            raise _err("attribute_vocab_sizes", f"needs one entry per attribute field ({p}), got {vocab!r}")
+        set_("attribute_vocab_sizes", tuple(_int("attribute_vocab_sizes", v, 0) for v in vocab))
+        _int("max_len", self.max_len, 1)
+        _int("hidden_size", self.hidden_size, 1)
+        _int("num_layers", self.num_layers, 1)
+        heads = _int("num_heads", self.num_heads, 1)
+        if self.hidden_size % heads:
+            raise _err("hidden_size", f"(={self.hidden_size}) must be divisible by num_heads={heads}")
+        sizes = _per_field("attribute_sizes", self.attribute_sizes, p, lambda v: _int("attribute_sizes", v, 1))
+        for f, d in zip(fields, sizes):
+            if d % heads:
+                raise _err("attribute_sizes", f"of field {f!r} (={d}) must be divisible by num_heads={heads}")
+        set_("attribute_sizes", sizes if isinstance(self.attribute_sizes, (list, tuple)) else
+             _int("attribute_sizes", self.attribute_sizes, 1))
+        _int("inner_size", self.inner_size, 1)
+        _prob("hidden_dropout", self.hidden_dropout)
+        _prob("attention_dropout", self.attention_dropout)
+        if self.fusion not in FUSIONS:
+            raise _err("fusion", f"must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.pooling not in POOLINGS:
+            raise _err("pooling", f"must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.loss not in LOSSES:
+            raise _err("loss", f"must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("position_scores", "attribute_predictor", "fusion_sees_masked"):
+            if not isinstance(getattr(self, name), bool):
+                raise _err(name, f"must be a bool, got {getattr(self, name)!r}")
+
+        def weight(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise _err("attribute_loss_weight", f"must be a finite number >= 0, got {v!r}")
+            return float(v)
+
+        w = self.attribute_loss_weight
+        _per_field("attribute_loss_weight", w, p, weight)
+        set_("attribute_loss_weight", tuple(weight(v) for v in w) if isinstance(w, (list, tuple)) else weight(w))
+        for name in ("initializer_range", "layer_norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise _err(name, f"must be a positive number, got {v!r}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise _err("hidden_act", f"must be one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}")
+
+    @property
+    def field_sizes(self) -> tuple[int, ...]:
+        """Embedding size of each attribute field."""
+        return _per_field("attribute_sizes", self.attribute_sizes, len(self.attribute_fields), int)
+
+    @property
+    def field_loss_weights(self) -> tuple[float, ...]:
+        """lambda of each attribute field."""
+        return _per_field("attribute_loss_weight", self.attribute_loss_weight, len(self.attribute_fields), float)
+
+    @property
+    def num_sources(self) -> int:
+        """Score matrices fused per head: item, position (if used), one per field."""
+        return 1 + int(self.position_scores) + len(self.attribute_fields)
+
+    @classmethod
+    def from_preset(cls, name: str, **fields: object) -> "DIFSRConfig":
+        """The config of :data:`PRESETS` ``[name]`` with ``fields`` (num_items, attributes...)
+        added or overriding."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown DIF-SR preset {name!r}; available: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name]["model"], **fields})
+
+
+def attribute_config(dataset, fields: Sequence[str]) -> dict:
+    """``attribute_fields`` and ``attribute_vocab_sizes`` for the named fields of a
+    :class:`~seqrec.data.SequenceDataset`; ValueError naming the available fields."""
+    out_fields, vocab = [], []
+    for name in fields:
+        if name not in dataset.attributes:
+            raise ValueError(f"dataset {dataset.name!r} has no attribute field {name!r}; "
+                             f"available: {sorted(dataset.attributes)}")
+        field = dataset.attributes[name]
+        out_fields.append(name)
+        vocab.append(field.num_values if field.kind == "categorical" else 0)
+    return dict(attribute_fields=tuple(out_fields), attribute_vocab_sizes=tuple(vocab))
+
+
+class _NumericFieldEmbedding(nn.Module):
+    """A numeric attribute value x as the vector x * w (RecBole's float-field embedding)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size))
+
+    def forward(self, values: Tensor) -> Tensor:  # [..., m] -> [..., m, d]
+        return values.unsqueeze(-1) * self.weight
+
+
+class DIFMultiHeadAttention(nn.Module):
+    """``LN(Dropout(W_o DIF-Attention(...)) + x)``: DIF-SR's attention sub-layer.
+
+    Per head: item q/k/v from x (head size D/H), position q/k from the position
+    embeddings (head size D/H, shared by the batch), for each attribute field its own
+    q/k from the field's embedding (head size d_f/H); the score matrices are fused by
+    ``fusion`` in :func:`seqrec.ops.dif_attention`, scaled by 1/sqrt(D/H), masked
+    (causal + padding), softmaxed, dropped out and applied to the item values only.
+    """
+
+    def __init__(self, config: DIFSRConfig, backend: str | None = None) -> None:
+        super().__init__()
+        D, H = config.hidden_size, config.num_heads
+        self.num_heads, self.head_size = H, D // H
+        self.fusion = config.fusion
+        self.fusion_sees_masked = config.fusion_sees_masked
+        self.attention_dropout = config.attention_dropout
+        self.backend = backend
+        self.query, self.key, self.value = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
+        self.position_query = nn.Linear(D, D) if config.position_scores else None
+        self.position_key = nn.Linear(D, D) if config.position_scores else None
+        self.attribute_query = nn.ModuleList(nn.Linear(d, d) for d in config.field_sizes)
+        self.attribute_key = nn.ModuleList(nn.Linear(d, d) for d in config.field_sizes)
+        # The fusion maps act on score rows of length max_len (inputs are padded to it).
+        self.fusion_params = nn.ParameterList(
+            nn.Parameter(torch.empty(shape))
+            for shape in fusion_param_shapes(config.fusion, config.max_len, config.num_sources))
+        self.out = nn.Linear(D, D)
+        self.out_dropout = nn.Dropout(config.hidden_dropout)
+        self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+
+    def _heads(self, x: Tensor) -> Tensor:  # [..., n, H*d] -> [..., H, n, d]
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)
+
+    def forward(self, x: Tensor, positions: Tensor, attributes: Sequence[Tensor], key_padding_mask: Tensor,
+                packed: PackedPositions | None = None) -> Tensor:
+        """x [B, n, D] (or [N, D] with ``packed``), positions [n, D], attributes: per field
+        [B, n, d_f] (or [N, d_f]), key_padding_mask [B, n] -> same shape as x."""
+        unpack = (lambda t: t) if packed is None else packed.unpack
+        side_q, side_k = [], []
+        if self.position_query is not None:
+            side_q.append(self._heads(self.position_query(positions)))  # [H, n, D/H]
+            side_k.append(self._heads(self.position_key(positions)))
+        for a, wq, wk in zip(attributes, self.attribute_query, self.attribute_key):
+            side_q.append(self._heads(unpack(wq(a))))  # [B, H, n, d_f/H]
+            side_k.append(self._heads(unpack(wk(a))))
+        attn = dif_attention(
+            self._heads(unpack(self.query(x))), self._heads(unpack(self.key(x))),
+            self._heads(unpack(self.value(x))), side_q, side_k, fusion=self.fusion,
+            fusion_params=list(self.fusion_params), key_padding_mask=key_padding_mask, causal=True,
+            fusion_sees_masked=self.fusion_sees_masked, dropout_p=self.attention_dropout,
+            training=self.training, backend=self.backend)
+        attn = attn.transpose(1, 2).flatten(2)  # [B, n, D]
+        if packed is not None:
+            attn = packed.pack(attn)
+        return self.norm(self.out_dropout(self.out(attn)) + x)
+
+
+class _DIFBlock(nn.Module):
+    def __init__(self, config: DIFSRConfig, backend: str | None) -> None:
+        super().__init__()
+        self.attention = DIFMultiHeadAttention(config, backend)
+        self.feed_forward = FeedForward(config.hidden_size, config.inner_size, config.hidden_dropout,
+                                        config.hidden_act, config.layer_norm_eps)
+
+    def forward(self, x, positions, attributes, key_padding_mask, packed=None):
+        return self.feed_forward(self.attention(x, positions, attributes, key_padding_mask, packed))
+
+
+class _Embeddings(nn.Module):
+    """Item table (``Dropout(LN(.))`` on lookup, no position added), learned positions,
+    and one table per attribute field."""
+
+    def __init__(self, config: DIFSRConfig) -> None:
+        super().__init__()
+        D = config.hidden_size
+        self.item = nn.Embedding(config.num_items + 1, D, padding_idx=0)
+        self.position = nn.Embedding(config.max_len, D)
+        self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.attributes = nn.ModuleList(
+            nn.Embedding(v + 1, d, padding_idx=0) if v > 0 else _NumericFieldEmbedding(d)
+            for v, d in zip(config.attribute_vocab_sizes, config.field_sizes))
+
+
+class DIFSR(nn.Module):
+    """DIF-SR (Xie et al., SIGIR 2022): SASRec whose attention is ``dif_attention``.
+
+    Equations (left padding, ``x`` = item ids [B, n], padded on the left to max_len)::
+
+        R^0 = Dropout(LN(M_I[x]))                  # item only: no position added
+        P   = M_P[0..max_len)                      # positions, only as score matrices
+        A_f = pool_{a in attrs_f(x_t)} M_f[a]      # per field, [B, n, d_f], fixed
+        R^l = FFN(DIF-MHA(R^{l-1}, P, A_1..A_p))   # post-LN blocks, GELU
+        per head: att = fuse(q k^T, q_P k_P^T, q_A1 k_A1^T, ...) / sqrt(D/H),
+                  out = softmax(att + mask) (R W_V)   (values item-only)
+        r_{t,i} = <R^L_t, M_I[i]>
+
+    Loss: ``"ce"`` softmax cross-entropy over all items (the paper's) or ``"bce"`` (one
+    sampled negative), averaged over real target positions; plus, with the attribute
+    predictors, ``sum_f lambda_f * mean BCE(W_f R^L_t + b_f, multi-hot attrs_f(target_t))``
+    over the same positions and the field's attribute values (categorical fields).
+
+    Deviations and open choices:
+
+    - Every position of a training prefix is trained at once (causal attention, next
+      item at each position), the way seqrec trains SASRec; DIF-SR's RecBole pipeline
+      makes each prefix its own sample and predicts at its last position. The attribute
+      predictors therefore act on every position's final representation, each with its
+      own next item's attributes. Under ``fusion_sees_masked=False`` (default) the two
+      give the same per-prefix function: masked scores never reach the gate / concat
+      maps (DIF-SR's code lets those maps read a row's padded and future raw scores).
+    - Positions are right-aligned (the most recent item has position max_len - 1), as
+      in seqrec's SASRec; inputs narrower than max_len are left-padded to max_len so the
+      concat / gate maps (length-max_len score rows) always see the same columns.
+    - "Positions only through their own scores" holds for ``fusion="sum"``; the gate /
+      concat maps (DIF-SR's nn.Linear over a length-max_len score row) weigh score
+      columns by key position themselves, as in DIF-SR.
+    - A fully padded query row outputs 0 instead of uniform attention over padding.
+    - The attribute predictors skip numeric fields (no multi-label target); numeric
+      fields are embedded as value * w and pooled like categorical ones.
+    - Predictor tables have V_f outputs (ids 1..V_f); DIF-SR keeps a padding column and
+      drops it from the loss, which is the same.
+
+    Dataset side information is attached with :meth:`attach_dataset` (the CLI does it);
+    it is not part of the state dict.
+
+    Args:
+        config: :class:`DIFSRConfig`.
+        backend: ``"seqrec"`` / ``"reference"`` for the attention op, None = default.
+    """
+
+    def __init__(self, config: DIFSRConfig, *, backend: str | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, DIFSRConfig):
+            raise ValueError(f"config must be a DIFSRConfig, got {type(config).__name__}")
+        if backend is not None:
+            get_backend(backend)
+        self.config = config
+        self.embedding = _Embeddings(config)
+        self.layers = nn.ModuleList(_DIFBlock(config, backend) for _ in range(config.num_layers))
+        self.predictors = nn.ModuleList(
+            nn.Linear(config.hidden_size, v) if config.attribute_predictor and v > 0 else nn.Identity()
+            for v in config.attribute_vocab_sizes)
+        self.apply(partial(init_transformer_weights, std=config.initializer_range))
+        with torch.no_grad():  # DIF-SR's nn.Linear fusion layers get the same init
+            for layer in self.layers:
+                for t in layer.attention.fusion_params:
+                    t.normal_(0.0, config.initializer_range) if t.dim() == 2 else t.zero_()
+            for emb in self.embedding.attributes:
+                if isinstance(emb, _NumericFieldEmbedding):
+                    emb.weight.normal_(0.0, config.initializer_range)
+        self._attached = not config.attribute_fields
+
+    # ------------------------------------------------------------------ side information
+    def attach_dataset(self, dataset) -> None:
+        """Store the item -> attribute tables of the configured fields of ``dataset`` (a
+        :class:`~seqrec.data.SequenceDataset`) as non-persistent buffers.
+
+        Raises ValueError when a field is missing, covers another item count, changes
+        kind, or has another number of values than the config was built with.
+        """
+        cfg = self.config
+        if dataset.num_items != cfg.num_items:
+            raise ValueError(f"dataset has {dataset.num_items} items, the model {cfg.num_items}")
+        self.attach_attributes({name: dataset.attributes[name] for name in
+                                attribute_config(dataset, cfg.attribute_fields)["attribute_fields"]})
+
+    def attach_attributes(self, fields: Mapping[str, object]) -> None:
+        """Like :meth:`attach_dataset`, from ``{name: AttributeField}``."""
+        cfg = self.config
+        device = self.embedding.item.weight.device
+        for i, (name, vocab) in enumerate(zip(cfg.attribute_fields, cfg.attribute_vocab_sizes)):
+            if name not in fields:
+                raise ValueError(f"attribute field {name!r} is missing; given: {sorted(fields)}")
+            field = fields[name]
+            if field.num_items != cfg.num_items:
+                raise ValueError(f"attribute field {name!r} covers {field.num_items} items, "
+                                 f"the model {cfg.num_items}")
+            kind = "categorical" if vocab > 0 else "numeric"
+            if field.kind != kind:
+                raise ValueError(f"attribute field {name!r} is {field.kind}, the model was built for a {kind} one")
+            if kind == "categorical" and field.num_values != vocab:
+                raise ValueError(f"attribute field {name!r} has {field.num_values} values, the model was "
+                                 f"built with attribute_vocab_sizes[{i}]={vocab}")
+            table = torch.from_numpy(np.ascontiguousarray(field.padded()))
+            if kind == "categorical":
+                self.register_buffer(f"_attr_{i}", table.to(device=device, dtype=torch.int64), persistent=False)
+            else:
+                present = ~torch.isnan(table)
+                self.register_buffer(f"_attr_{i}", torch.nan_to_num(table).to(device=device, dtype=torch.float32),
+                                     persistent=False)
+                self.register_buffer(f"_attr_present_{i}", present.to(device), persistent=False)
+        self._attached = True
+
+    def _field_embeddings(self, item_seq: Tensor) -> list[Tensor]:
+        """Pooled attribute embeddings of every position, per field: [*item_seq.shape, d_f]."""
+        if not self._attached:
+            raise RuntimeError(f"DIFSR uses attribute fields {list(self.config.attribute_fields)}: call "
+                               "model.attach_dataset(dataset) (or attach_attributes) first")
+        out = []
+        for i, emb in enumerate(self.embedding.attributes):
+            table = getattr(self, f"_attr_{i}")
+            if isinstance(emb, _NumericFieldEmbedding):
+                vec = emb(table[item_seq].to(emb.weight.dtype))  # [..., m, d]
+                present = getattr(self, f"_attr_present_{i}")[item_seq]
+            else:
+                ids = table[item_seq]  # [..., m], 0 = none
+                vec, present = emb(ids), ids > 0  # the padding row is 0
+            if self.config.pooling == "max":
+                vec = vec.masked_fill(~present.unsqueeze(-1), float("-inf")).amax(-2)
+                vec = vec.masked_fill(~present.any(-1, keepdim=True), 0.0)
+            else:
+                vec = (vec * present.unsqueeze(-1).to(vec.dtype)).sum(-2)
+                if self.config.pooling == "mean":
+                    vec = vec / present.sum(-1, keepdim=True).clamp_min(1).to(vec.dtype)
+            out.append(vec)
+        return out
+
+    # ------------------------------------------------------------------ encoder
+    def forward(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Hidden states [B, n, D] of every position of a LEFT-padded batch [B, n <= max_len]
+        (row t depends on items <= t only). ``lengths`` as in :meth:`SASRec.forward`."""
+        _check_ids("item_seq", item_seq)
+        n, L = item_seq.size(-1), self.config.max_len
+        if n > L:
+            raise ValueError(f"sequence width {n} exceeds max_len={L}; keep the most recent max_len items "
+                             f"(item_seq[:, -{L}:])")
+        mask = padding_mask(item_seq, lengths)
+        if n < L:  # the fusion maps read length-max_len rows: pad on the left
+            item_seq = F.pad(item_seq, (L - n, 0))
+            mask = F.pad(mask, (L - n, 0))
+        x = self.embedding.dropout(self.embedding.norm(self.embedding.item(item_seq)))
+        positions = self.embedding.position.weight  # [max_len, D]
+        if torch.compiler.is_compiling():  # PackedPositions is data-dependent
+            attributes = self._field_embeddings(item_seq)
+            for layer in self.layers:
+                x = layer(x, positions, attributes, mask)
+            return x[:, L - n:]
+        # Position-wise work (projections, FFN, attribute lookups) on real positions only.
+        packed = PackedPositions(mask)
+        attributes = self._field_embeddings(item_seq.reshape(-1).index_select(0, packed.index))
+        h = packed.pack(x)
+        for layer in self.layers:
+            h = layer(h, positions, attributes, mask, packed)
+        return packed.unpack(h)[:, L - n:]
+
+    # ------------------------------------------------------------------ losses
+    def loss_terms(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None
+                   ) -> dict[str, Tensor]:
+        """The loss terms over the real target positions (``target_ids > 0``):
+        ``{"item": next-item loss, "attr:<field>": attribute BCE (unweighted), ...}``."""
+        _check_ids("item_seq", item_seq)
+        shape = tuple(item_seq.shape)
+        _check_ids("target_ids", target_ids, shape)
+        real = target_ids > 0
+        hidden = self(item_seq)[real]  # [N, D]
+        target = target_ids[real]  # [N]
+        count = max(int(target.numel()), 1)
+        item_weight = self.embedding.item.weight
+        terms = {}
+        if self.config.loss == "bce":
+            if negative_ids is None:
+                raise ValueError('negative_ids is required when config.loss == "bce"')
+            _check_ids("negative_ids", negative_ids, shape)
+            pos = (hidden * self.embedding.item(target)).sum(-1)
+            neg = (hidden * self.embedding.item(negative_ids[real])).sum(-1)
+            terms["item"] = -(F.logsigmoid(pos) + F.logsigmoid(-neg)).sum() / count
+        else:  # items 1..V only: padding never enters the softmax
+            logits = hidden @ item_weight[1:].t()
+            terms["item"] = F.cross_entropy(logits, target - 1, reduction="sum") / count
+        if self.config.attribute_predictor:
+            for i, (name, vocab, head) in enumerate(zip(self.config.attribute_fields,
+                                                        self.config.attribute_vocab_sizes, self.predictors)):
+                if vocab == 0:
+                    continue
+                ids = getattr(self, f"_attr_{i}")[target]  # [N, m]
+                labels = hidden.new_zeros(ids.size(0), vocab + 1).scatter_(1, ids, 1.0)[:, 1:]
+                logits = head(hidden)
+                bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+                terms[f"attr:{name}"] = bce / (count * vocab)
+        return terms
+
+    def loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None) -> Tensor:
+        """Training loss: next-item loss + sum_f lambda_f * attribute loss_f (see
+        :meth:`loss_terms`); 0 for a batch without real targets."""
+        terms = self.loss_terms(item_seq, target_ids, negative_ids)
+        total = terms["item"]
+        for name, weight in zip(self.config.attribute_fields, self.config.field_loss_weights):
+            if f"attr:{name}" in terms:
+                total = total + weight * terms[f"attr:{name}"]
+        return total
+
+    # score / recommend / item_embeddings: exactly SASRec's (dot product of the last
+    # position's state with the item table), reused rather than copied.
+    score = SASRec.score
+    recommend = SASRec.recommend
+    _history_tensor = SASRec._history_tensor
+    item_embeddings = SASRec.item_embeddings

@@ -1,0 +1,334 @@
+"""DIF-SR: config validation, shapes, causality / padding invariance, losses against a
+direct formula, attribute pooling, gradient flow, backends, compile, recommend, a short
+training against the popularity baseline, and the CLI."""
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+from contextlib import redirect_stdout
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqrec.cli import main
+from seqrec.data import SequenceDataset, synthetic
+from seqrec.models import DIFSR, DIFSRConfig, build_model
+from seqrec.models.difsr import PRESETS, attribute_config
+
+FUSIONS = ["sum", "concat", "gate"]
+MAX_LEN = 12
+
+
+def tiny_dataset() -> SequenceDataset:
+    """9 items; field 'tags' multi-valued (0-3 values), 'genre' single-valued, 'price' numeric."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(6), 10)
+    items = rng.integers(1, 10, size=users.size)
+    tags = {i: [f"t{(i * k) % 5}" for k in range(i % 4)] for i in range(1, 10)}
+    genre = {i: f"g{i % 3}" for i in range(1, 10)}
+    price = {i: float(i) / 4 for i in range(1, 10) if i != 5}  # item 5: unknown price
+    return SequenceDataset.from_arrays(users, items, item_attributes={"tags": tags, "genre": genre,
+                                                                         "price": price}, name="tiny")
+
+
+def make_model(ds=None, fields=("tags", "genre"), backend=None, **over) -> DIFSR:
+    ds = ds or tiny_dataset()
+    cfg = dict(num_items=ds.num_items, max_len=MAX_LEN, hidden_size=16, num_heads=2, num_layers=2, inner_size=24,
+               attribute_sizes=(4, 6)[: len(fields)] if len(fields) <= 2 else 4, hidden_dropout=0.0,
+               attention_dropout=0.0, **attribute_config(ds, fields))
+    cfg.update(over)
+    torch.manual_seed(0)
+    model = DIFSR(DIFSRConfig(**cfg), backend=backend)
+    model.attach_dataset(ds)
+    return model
+
+
+def batch(lengths, n=MAX_LEN, num_items=9, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    full = torch.randint(1, num_items + 1, (len(lengths), n + 1), generator=gen)
+    real = (torch.arange(n + 1) >= (n + 1 - torch.tensor(lengths) - 1)[:, None]).long()
+    full = full * real
+    inputs, targets = full[:, :-1], full[:, 1:] * (full[:, :-1] > 0)
+    negatives = torch.randint(1, num_items + 1, inputs.shape, generator=gen) * (targets > 0)
+    return inputs, targets, negatives
+
+
+# ---------------------------------------------------------------- config
+@pytest.mark.parametrize("over, match", [
+    (dict(num_items=0), "num_items must be an int >= 1"),
+    (dict(num_heads=3), "hidden_size \\(=16\\) must be divisible by num_heads=3"),
+    (dict(attribute_sizes=5), "attribute_sizes of field 'tags' \\(=5\\) must be divisible by num_heads=2"),
+    (dict(attribute_sizes=(4, 4, 4)), "attribute_sizes needs one value per attribute field \\(2\\)"),
+    (dict(attribute_vocab_sizes=(3,)), "attribute_vocab_sizes needs one entry per attribute field"),
+    (dict(attribute_fields=("tags", "tags")), "attribute_fields has duplicates"),
+    (dict(attribute_fields="tags"), "attribute_fields must be a sequence of field names"),
+    (dict(fusion="max"), "fusion must be one of"),
+    (dict(pooling="first"), "pooling must be one of"),
+    (dict(loss="bpr"), "loss must be one of"),
+    (dict(attention_dropout=1.0), "attention_dropout must be a number in \\[0, 1\\)"),
+    (dict(attribute_loss_weight=-1.0), "attribute_loss_weight must be a finite number >= 0"),
+    (dict(attribute_loss_weight=(1.0,)), "attribute_loss_weight needs one value per attribute field"),
+    (dict(position_scores=1), "position_scores must be a bool"),
+])
+def test_config_validation(over, match):
+    base = dict(num_items=9, hidden_size=16, num_heads=2, attribute_fields=("tags", "genre"),
+                attribute_vocab_sizes=(5, 3), attribute_sizes=4)
+    with pytest.raises(ValueError, match=match):
+        DIFSRConfig(**{**base, **over})
+
+
+def test_config_defaults_and_preset_are_the_papers():
+    cfg = DIFSRConfig(num_items=5)
+    assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.inner_size) == (256, 4, 8, 256)
+    assert (cfg.attribute_sizes, cfg.hidden_dropout, cfg.attention_dropout) == (64, 0.5, 0.3)
+    assert (cfg.fusion, cfg.attribute_loss_weight, cfg.loss, cfg.pooling) == ("gate", 10.0, "ce", "sum")
+    p = DIFSRConfig.from_preset("difsr-beauty", num_items=5, attribute_fields=["a"], attribute_vocab_sizes=[7])
+    assert p.attribute_fields == ("a",) and p.field_sizes == (64,) and p.num_sources == 3
+    assert PRESETS["difsr-beauty"]["train"]["lr"] == 1e-4
+    with pytest.raises(ValueError, match="unknown DIF-SR preset"):
+        DIFSRConfig.from_preset("nope", num_items=5)
+    # lists (a JSON round trip) become tuples; the config pickles
+    c = DIFSRConfig(num_items=5, attribute_fields=["a", "b"], attribute_vocab_sizes=[2, 0], attribute_sizes=[8, 16])
+    assert c.attribute_sizes == (8, 16) and pickle.loads(pickle.dumps(c)) == c
+
+
+# ---------------------------------------------------------------- forward
+def test_shapes_scores_and_state_dict():
+    model = make_model().eval()
+    x, _, _ = batch([12, 5, 1, 0])
+    h = model(x)
+    assert h.shape == (4, MAX_LEN, 16) and torch.isfinite(h).all()
+    assert torch.equal(h[3], torch.zeros_like(h[3]))  # all-padding row
+    s = model.score(x)
+    assert s.shape == (4, 10) and torch.isinf(s[:, 0]).all()
+    cand = torch.tensor([[1, 2, 0], [3, 4, 5], [9, 8, 7], [1, 1, 1]])
+    torch.testing.assert_close(model.score(x, items=cand)[cand > 0], s.gather(1, cand)[cand > 0])
+    ids, scores = model.recommend([[1, 2, 3], [4]], k=3)
+    assert ids.shape == (2, 3) and not set(ids[0].tolist()) & {1, 2, 3}
+    # attribute tables are not in the state dict; a fresh model + attach reproduces the outputs
+    other = make_model()
+    other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(other.eval()(x), h)
+    assert not any(k.startswith("_attr") for k in model.state_dict())
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_causality_and_left_padding_invariance(fusion):
+    model = make_model(fusion=fusion).eval()
+    x, _, _ = batch([9, 9])
+    h = model(x)
+    y = x.clone()
+    y[:, -3:] = torch.tensor([7, 8, 9])  # change the last three items
+    torch.testing.assert_close(model(y)[:, :-3], h[:, :-3], rtol=1e-5, atol=1e-6)
+    # the same sequence in a narrower batch (less left padding) or next to a longer one
+    torch.testing.assert_close(model(x[:, -9:]), h[:, -9:], rtol=1e-5, atol=1e-6)
+    wide, _, _ = batch([12], seed=3)
+    both = torch.cat([x, wide])
+    torch.testing.assert_close(model(both)[:2, -9:], h[:, -9:], rtol=1e-5, atol=1e-6)
+
+
+def test_attributes_and_positions_change_the_scores():
+    ds = tiny_dataset()
+    model = make_model(ds).eval()
+    x, _, _ = batch([8, 6])
+    h = model(x)
+    no_attr = make_model(ds, fields=())
+    no_attr.load_state_dict({k: v for k, v in model.state_dict().items()
+                             if "attribute" not in k and "predictors" not in k and "fusion" not in k}, strict=False)
+    assert not torch.allclose(no_attr.eval()(x), h)
+    # position information enters only through the position scores: without them the
+    # last state of a one-layer model is invariant to the order of the earlier items
+    # (sum fusion: the gate / concat maps weigh score columns by position themselves;
+    # init std 0.5: at 0.02 position scores and values barely move the output)
+    kw = dict(num_layers=1, initializer_range=0.5, fusion="sum")
+    model = make_model(ds, **kw).eval()
+    no_pos = make_model(ds, position_scores=False, **kw).eval()
+    a = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5]])
+    b = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 3, 1, 4, 2, 5]])
+    torch.testing.assert_close(no_pos(a)[:, -1], no_pos(b)[:, -1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(model(a)[:, -1], model(b)[:, -1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean", "max"])
+def test_multi_valued_attribute_pooling(pooling):
+    ds = tiny_dataset()
+    model = make_model(ds, fields=("tags", "price"), pooling=pooling, attribute_sizes=4)
+    items = torch.arange(10)
+    tags, price = model._field_embeddings(items)
+    tag_field, price_field = ds.attributes["tags"], ds.attributes["price"]
+    emb = model.embedding.attributes[0].weight
+    w = model.embedding.attributes[1].weight
+    for i in range(10):
+        vals = tag_field.values[tag_field.indptr[i]:tag_field.indptr[i + 1]]
+        vecs = emb[torch.as_tensor(vals, dtype=torch.long)]
+        expected = torch.zeros(4) if len(vals) == 0 else {
+            "sum": vecs.sum(0), "mean": vecs.mean(0), "max": vecs.max(0).values}[pooling]
+        torch.testing.assert_close(tags[i], expected)
+        p = price_field.values[price_field.indptr[i]:price_field.indptr[i + 1]]
+        torch.testing.assert_close(price[i], float(p[0]) * w if len(p) else torch.zeros(4))
+    assert (tag_field.counts() > 1).any() and (tag_field.counts() == 0).any()
+
+
+def test_attach_errors():
+    ds = tiny_dataset()
+    cfg = DIFSRConfig(num_items=ds.num_items, hidden_size=16, num_heads=2, attribute_sizes=4,
+                      **attribute_config(ds, ["tags"]))
+    model = DIFSR(cfg)
+    with pytest.raises(RuntimeError, match="call model.attach_dataset"):
+        model(torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match="has no attribute field 'colour'; available"):
+        attribute_config(ds, ["colour"])
+    wrong = DIFSR(DIFSRConfig(**{**cfg.__dict__, "attribute_vocab_sizes": (7,)}))
+    with pytest.raises(ValueError, match="has 5 values, the model was built with attribute_vocab_sizes\\[0\\]=7"):
+        wrong.attach_dataset(ds)
+    numeric = DIFSR(DIFSRConfig(**{**cfg.__dict__, "attribute_vocab_sizes": (0,)}))
+    with pytest.raises(ValueError, match="'tags' is categorical, the model was built for a numeric one"):
+        numeric.attach_dataset(ds)
+    with pytest.raises(ValueError, match="sequence width 13 exceeds max_len=12"):
+        make_model()(torch.ones(1, 13, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- losses
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_loss_matches_direct_formula(loss):
+    ds = tiny_dataset()
+    model = make_model(ds, fields=("tags", "genre", "price"), loss=loss, attribute_loss_weight=(2.0, 0.5, 3.0))
+    x, t, neg = batch([10, 4, 0, 7])
+    total = model.loss(x, t, neg)
+    h = model(x)
+    item_w = model.embedding.item.weight
+    per_pos, attr = [], {"tags": [], "genre": []}
+    for b in range(x.size(0)):
+        for pos in range(x.size(1)):
+            if t[b, pos] == 0:
+                continue
+            r = h[b, pos]
+            if loss == "ce":
+                logits = item_w[1:] @ r
+                per_pos.append(-torch.log_softmax(logits, 0)[t[b, pos] - 1])
+            else:
+                per_pos.append(-F.logsigmoid(r @ item_w[t[b, pos]]) - F.logsigmoid(-(r @ item_w[neg[b, pos]])))
+            for i, name in enumerate(("tags", "genre")):
+                field = ds.attributes[name]
+                item = int(t[b, pos])
+                labels = torch.zeros(field.num_values)
+                labels[torch.as_tensor(field.values[field.indptr[item]:field.indptr[item + 1]]) - 1] = 1.0
+                logit = model.predictors[i](r)
+                attr[name].append(F.binary_cross_entropy_with_logits(logit, labels))
+    expected = torch.stack(per_pos).mean() + 2.0 * torch.stack(attr["tags"]).mean() + \
+        0.5 * torch.stack(attr["genre"]).mean()  # the numeric field has no predictor
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
+    terms = model.loss_terms(x, t, neg)
+    assert set(terms) == {"item", "attr:tags", "attr:genre"}
+    no_pred = make_model(ds, fields=("tags", "genre", "price"), loss=loss, attribute_predictor=False)
+    no_pred.load_state_dict(model.state_dict(), strict=False)
+    assert set(no_pred.loss_terms(x, t, neg)) == {"item"}
+    # no real target: 0, not NaN
+    zero = model.loss(x, torch.zeros_like(t), torch.zeros_like(neg))
+    assert float(zero.detach()) == 0.0
+    if loss == "bce":
+        with pytest.raises(ValueError, match="negative_ids is required"):
+            model.loss(x, t)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_gradient_reaches_every_parameter(fusion):
+    model = make_model(fusion=fusion, hidden_dropout=0.1, attention_dropout=0.1).train()
+    x, t, neg = batch([12, 7, 3])
+    model.loss(x, t, neg).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        if name.endswith("fusion_params.3"):  # gate b2: the same for every source, cancels in the softmax
+            assert p.grad.abs().max() < 1e-5, name
+        else:
+            assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_reference_backend_matches(fusion):
+    model = make_model(fusion=fusion, backend="seqrec").eval()
+    ref = copy.deepcopy(model)
+    for module in ref.modules():
+        if hasattr(module, "backend"):
+            module.backend = "reference"
+    x, t, neg = batch([12, 5, 2, 0])
+    a, b = model.loss(x, t, neg), ref.loss(x, t, neg)
+    torch.testing.assert_close(a, b)
+    a.backward()
+    b.backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_torch_compile_smoke():
+    model = make_model(fusion="gate").eval()
+    x, _, _ = batch([12, 6])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- training and CLI
+@pytest.fixture
+def one_thread():
+    # Tiny batches: on a shared 2-core CI box OpenMP hand-offs cost far more than they
+    # save (seen: 10 s on one thread, minutes on two while other jobs run).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_short_training_beats_popularity(one_thread):
+    from seqrec.eval.baselines import popularity_baseline
+    from seqrec.train import TrainConfig, Trainer
+
+    ds = synthetic(num_users=500, num_items=150, seed=0)
+    split = ds.leave_one_out(max_len=20)
+    model = build_model("difsr", num_items=ds.num_items, max_len=20, hidden_size=32, num_heads=2, num_layers=1,
+                        inner_size=32, attribute_sizes=8, hidden_dropout=0.2, attention_dropout=0.1,
+                        attribute_loss_weight=1.0, **attribute_config(ds, ["category", "brand"]))
+    model.attach_dataset(ds)
+    torch.manual_seed(0)
+    result = Trainer(model, split, TrainConfig(epochs=8, batch_size=64, lr=3e-3, patience=0, seed=0,
+                                               sampled_negatives=20)).fit()
+    pop = popularity_baseline(split)["metrics"]["rank_topk"]
+    assert result.test_full["NDCG@10"] > 1.5 * pop["NDCG@10"], (result.test_full, pop)
+    assert result.test_full["HR@10"] > pop["HR@10"] + 0.05
+
+
+def test_cli_train_and_evaluate(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", "difsr", "--data", "synthetic", "--synthetic-users", "200", "--synthetic-items",
+            "120", "--attributes", "category", "brand", "--attribute-size", "4", "8", "--hidden-size", "16",
+            "--num-heads", "2", "--num-layers", "1", "--inner-size", "16", "--max-len", "15", "--epochs", "1",
+            "--batch-size", "64", "--sampled-negatives", "20", "--fusion", "concat", "--attribute-weight", "3",
+            "--out", str(out)]
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(args) == 0
+    text = buf.getvalue()
+    assert "test, full ranking" in text
+    buf2 = io.StringIO()
+    with redirect_stdout(buf2):
+        assert main(["evaluate", "--checkpoint", str(out)]) == 0
+    assert buf2.getvalue().strip() == text.split("\n", 1)[1].strip()
+    # the preset fills the paper's settings; explicit options still win
+    buf3 = io.StringIO()
+    with redirect_stdout(buf3):
+        assert main(["train", "--model", "difsr", "--preset", "difsr-beauty", "--data", "synthetic",
+                     "--synthetic-users", "100", "--synthetic-items", "120", "--attributes", "category",
+                     "--hidden-size", "16", "--num-heads", "2", "--num-layers", "1", "--attribute-size", "8",
+                     "--max-len", "10", "--epochs", "1", "--sampled-negatives", "20"]) == 0
+
+
+def test_cli_errors(capsys):
+    common = ["--data", "synthetic", "--synthetic-users", "100", "--epochs", "1"]
+    assert main(["train", "--model", "difsr", "--attributes", "colour", *common]) == 2
+    assert "has no attribute field 'colour'; available: ['brand', 'category']" in capsys.readouterr().err
+    assert main(["train", "--model", "sasrec", "--preset", "difsr-beauty", *common]) == 2
+    assert "preset 'difsr-beauty' is for --model difsr" in capsys.readouterr().err
+    assert main(["train", "--model", "sasrec", "--fusion", "gate", *common]) == 2
+    assert "are DIF-SR options" in capsys.readouterr().err
