@@ -1,6 +1,7 @@
 """seqrec.models: thin ``nn.Module`` models and the Transformer layers they share."""
 from __future__ import annotations
 
+from .dss import DSS, DSSConfig, DSSEncoding
 from .layers import (
     FeedForward,
     ItemPositionEmbedding,
@@ -15,6 +16,9 @@ from .registry import available_models, build_model
 from .sasrec import SASRec, SASRecConfig
 
 __all__ = [
+    "DSS",
+    "DSSConfig",
+    "DSSEncoding",
     "FeedForward",
     "ItemPositionEmbedding",
     "MultiHeadSelfAttention",

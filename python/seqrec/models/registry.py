@@ -11,6 +11,7 @@ import dataclasses
 
 from torch import nn
 
+from .dss import DSS, DSSConfig
 from .sasrec import SASRec, SASRecConfig
 
 __all__ = ["MODELS", "build_model", "available_models"]
@@ -18,6 +19,7 @@ __all__ = ["MODELS", "build_model", "available_models"]
 # name -> (config dataclass, model class); a model is built as model_cls(config, backend=...).
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "sasrec": (SASRecConfig, SASRec),
+    "dss": (DSSConfig, DSS),
 }
 
 
