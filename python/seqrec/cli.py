@@ -3,6 +3,7 @@
     seqrec train --model sasrec --data synthetic
     seqrec train --model sasrec --data ../shared/data/Beauty --loss bce --out runs/beauty
     seqrec train ... --out runs/beauty --resume        # continue a killed run
+    seqrec train --model dss --data ../shared/data/Beauty --seq2seq-weight 0   # seq2item-only
     seqrec evaluate --checkpoint runs/beauty
     seqrec data stats --data ../shared/data/ml-100k --baseline
 """
@@ -22,6 +23,9 @@ from .data import DataError, load_dataset
 MODEL_DEFAULTS = {
     "sasrec": dict(hidden_size=64, num_layers=2, num_heads=2, dropout=0.5, loss="bce", lr=1e-3,
                    batch_size=256),
+    # DSS: SASRec's Beauty budget, single head, the paper's softmax seq2item loss.
+    "dss": dict(hidden_size=64, num_layers=2, num_heads=1, dropout=0.5, loss="ce", lr=1e-3,
+                batch_size=256),
 }
 
 
@@ -45,13 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--model", default="sasrec", choices=sorted(MODEL_DEFAULTS), help="model to train")
     _add_data_args(t)
-    t.add_argument("--loss", choices=["bce", "ce"], default=None,
-                   help="bce: pairwise BCE with sampled negatives; ce: softmax cross-entropy over all items "
+    t.add_argument("--loss", choices=["bce", "ce", "sampled"], default=None,
+                   help="bce: pairwise BCE with sampled negatives; ce: softmax cross-entropy over all items; "
+                        "sampled: softmax over the target and --num-negatives sampled items (dss) "
                         "(default: the model paper's)")
+    t.add_argument("--num-negatives", type=int, default=1,
+                   help="negatives sampled per training position (bce uses 1; loss 'sampled' uses them all)")
+    t.add_argument("--preset", default=None,
+                   help="named settings of the model (its PRESETS, e.g. dss: default, seq2item-only); "
+                        "explicit options override them")
     t.add_argument("--hidden-size", type=int, default=None)
     t.add_argument("--num-layers", type=int, default=None)
     t.add_argument("--num-heads", type=int, default=None)
     t.add_argument("--dropout", type=float, default=None, help="hidden and attention dropout")
+    dss = t.add_argument_group("dss", "DSS options (default: DSSConfig's)")
+    dss.add_argument("--num-intentions", type=int, default=None, help="K intention prototypes / vectors")
+    dss.add_argument("--temperature", type=float, default=None, help="clustering temperature tau of p(k|i)")
+    dss.add_argument("--seq2seq-weight", type=float, default=None,
+                     help="weight of the seq2seq InfoNCE term; 0 = the seq2item-only ablation")
+    dss.add_argument("--seq2seq-temperature", type=float, default=None,
+                     help="extra temperature of the seq2seq logits (already divided by sqrt(D))")
+    dss.add_argument("--confidence-lambda", type=float, default=None,
+                     help="fraction in (0, 1] of the intention pairs present on both sides kept by the "
+                          "top-lambda confidence cut")
     t.add_argument("--epochs", type=int, default=200)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -96,13 +116,37 @@ def format_table(title: str, metrics: dict, protocol: str) -> str:
     return "\n".join(lines)
 
 
+def _preset(args) -> dict:
+    from .models.registry import MODELS
+
+    presets = getattr(MODELS[args.model][1], "PRESETS", {})
+    if args.preset is None:
+        return {}
+    if args.preset not in presets:
+        raise ValueError(f"--preset {args.preset!r}: {args.model} has presets {sorted(presets) or 'none'}")
+    return dict(presets[args.preset])
+
+
 def _model_config(args, num_items: int) -> tuple[str, dict]:
-    defaults = MODEL_DEFAULTS[args.model]
+    defaults = {**MODEL_DEFAULTS[args.model], **_preset(args)}
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
     dropout = pick("dropout")
     config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
-                  num_layers=pick("num_layers"), num_heads=pick("num_heads"), hidden_dropout=dropout,
-                  attention_dropout=dropout, loss=pick("loss"))
+                  num_layers=pick("num_layers"), hidden_dropout=dropout, attention_dropout=dropout,
+                  loss=pick("loss"))
+    if args.model != "dss":
+        config["num_heads"] = pick("num_heads")
+        return args.model, config
+    if pick("num_heads") != 1:
+        raise ValueError("--num-heads: dss uses a single-head encoder (1)")
+    for field, flag in (("num_intentions", "num_intentions"), ("tau", "temperature"),
+                        ("seq2seq_weight", "seq2seq_weight"), ("seq2seq_temperature", "seq2seq_temperature"),
+                        ("confidence_lambda", "confidence_lambda")):
+        value = getattr(args, flag)
+        if value is not None:
+            config[field] = value
+        elif field in defaults:
+            config[field] = defaults[field]
     return args.model, config
 
 
@@ -118,7 +162,7 @@ def cmd_train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size or defaults["batch_size"], lr=args.lr or defaults["lr"],
         weight_decay=args.weight_decay, patience=args.patience, eval_every=args.eval_every, metric=args.metric,
         ks=tuple(args.ks), sampled_negatives=args.sampled_negatives, exclude_history=not args.no_exclude_history,
-        seed=args.seed, device=args.device, progress=args.progress)
+        seed=args.seed, device=args.device, progress=args.progress, num_negatives=args.num_negatives)
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(name, backend=args.backend, **config)
     spec = {"name": name, "config": config, "backend": args.backend,
