@@ -113,13 +113,14 @@ def test_mixture_nll_blocked_equals_reference_and_gradcheck():
     weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 11, (7,))
     ref = mixture_nll(phi, weight, target, backend="reference")
-    grad = torch.randn(7, dtype=torch.float64)
-    g_ref = torch.autograd.grad(ref, (phi, weight), grad)
-    for chunk in (1, 4, 11, 64):
-        out = mixture_nll(phi, weight, target, backend="seqrec", chunk=chunk)
-        torch.testing.assert_close(out, ref)
-        for a, b in zip(torch.autograd.grad(out, (phi, weight), grad), g_ref):
-            torch.testing.assert_close(a, b)
+    # Mixed-sign upstream gradients take the general path, positive ones the shifted-GEMM one.
+    for grad in (torch.randn(7, dtype=torch.float64), torch.rand(7, dtype=torch.float64) + 0.1):
+        g_ref = torch.autograd.grad(ref, (phi, weight), grad, retain_graph=True)
+        for chunk in (1, 4, 11, 64):
+            out = mixture_nll(phi, weight, target, backend="seqrec", chunk=chunk)
+            torch.testing.assert_close(out, ref)
+            for a, b in zip(torch.autograd.grad(out, (phi, weight), grad), g_ref):
+                torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda p, w: mixture_nll(p, w, target, chunk=4), (phi, weight))
     # Repeated targets accumulate into the same item row.
     same = torch.zeros(7, dtype=torch.long)

@@ -629,11 +629,8 @@ class _MixtureNLL(torch.autograd.Function):
     def forward(ctx, phi: Tensor, weight: Tensor, target: Tensor, chunk: int) -> Tensor:
         r, k, d = phi.shape
         rows = phi.reshape(r * k, d)
-        lse_blocks = []
-        for start in range(0, weight.size(0), chunk):
-            s = rows @ weight[start : start + chunk].t()  # [RK, C]
-            top = s.amax(1, keepdim=True)
-            lse_blocks.append(s.sub_(top).exp_().sum(1).log_().add_(top.squeeze(1)))
+        lse_blocks = [torch.logsumexp(rows @ weight[start : start + chunk].t(), 1)  # [RK] per block
+                      for start in range(0, weight.size(0), chunk)]
         if lse_blocks:
             lse_rows = torch.stack(lse_blocks, 1).logsumexp(1)
         else:  # no item at all: every likelihood is empty
@@ -652,12 +649,18 @@ class _MixtureNLL(torch.autograd.Function):
         need_phi, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         lse_rows = lse.repeat_interleave(k)[:, None]  # [RK, 1]
         g_rows = grad.repeat_interleave(k)[:, None]
+        # d nll / d logit = g * softmax over (k, j) of the row's logits. With g > 0 (a
+        # mean or a sum of the losses) it is exp(logit - lse + log g): the GEMM adds the
+        # shift and one in-place exp finishes the block.
+        positive_grad = bool((grad > 0).all())
+        shift = (g_rows.log() - lse_rows) if positive_grad else -lse_rows
         g_phi = torch.zeros_like(rows) if need_phi else None
         g_weight = torch.empty_like(weight) if need_weight else None
         for start in range(0, weight.size(0), ctx.chunk):
             block = weight[start : start + ctx.chunk]
-            # d nll / d logit = g * softmax over (k, j) of the row's logits.
-            p = (rows @ block.t()).sub_(lse_rows).exp_().mul_(g_rows)  # [RK, C]
+            p = torch.addmm(shift, rows, block.t()).exp_()  # [RK, C]
+            if not positive_grad:
+                p.mul_(g_rows)
             if need_phi:
                 g_phi.addmm_(p, block)
             if need_weight:
