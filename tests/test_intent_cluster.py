@@ -144,22 +144,30 @@ def test_values_and_grads_match_reference(name, dtype):
         torch.testing.assert_close(g1[key], g2[key], **grad_tol, msg=lambda m, k=key: f"grad {k}: {m}")
 
 
-def test_padding_gives_zeros_and_no_nan():
-    x, mask, protos, tau, kw = make_sample("active_w3")
-    # Padded rows of x hold garbage (even inf): nothing of it may leak.
+@pytest.mark.parametrize("name", ["active_w3", "blas_dense"])
+def test_padding_gives_zeros_and_no_nan(name):
+    x, mask, protos, tau, kw = make_sample(name)
+    # Padded rows of x, values and weights hold garbage (even inf / NaN): nothing of it
+    # may leak, also on the BLAS path (blas_dense: 40 prototypes, values given).
     with torch.no_grad():
         x[~mask] = float("inf")
-        kw["weights"][~mask[:, None, :].expand_as(kw["weights"])] = float("nan")
+        if "values" in kw:
+            kw["values"][~mask] = float("nan")
+        w = kw["weights"]
+        w[~mask.view(mask.shape[0], *([1] * (w.dim() - 2)), -1).expand_as(w)] = float("nan")
     intents, probs, grads = run_both(intent_cluster, (x, mask, protos, tau, kw))
-    assert not mask[2].any()
-    assert torch.all(intents[2] == 0) and torch.all(probs[2] == 0)
+    empty = (~mask).all(dim=1)
+    assert empty.any()
+    assert torch.all(intents[empty] == 0) and torch.all(probs[empty] == 0)
+    assert torch.isfinite(intents).all()
     assert torch.all(probs[~mask] == 0)
     real = probs[mask]
     torch.testing.assert_close(real.sum(-1), torch.ones(len(real), dtype=real.dtype))
     for key, g in grads.items():
         assert torch.isfinite(g).all(), key
     assert torch.all(grads["x"][~mask] == 0)
-    assert torch.all(grads["weights"][~mask[:, None, :].expand_as(grads["weights"])] == 0)
+    gw = grads["weights"]
+    assert torch.all(gw[~mask.view(mask.shape[0], *([1] * (gw.dim() - 2)), -1).expand_as(gw)] == 0)
 
 
 def test_k_equal_l_active_equals_dense():

@@ -22,10 +22,13 @@ from .data import DataError, load_dataset
 # Defaults of each model's paper, applied when the option is not given.
 MODEL_DEFAULTS = {
     "sasrec": dict(hidden_size=64, num_layers=2, num_heads=2, dropout=0.5, loss="bce", lr=1e-3,
-                   batch_size=256),
-    # DSS: SASRec's Beauty budget, single head, the paper's softmax seq2item loss.
+                   batch_size=256, num_negatives=1),
+    # SINE: the concept pool, K, tau and lambda come from SINEConfig / --preset.
+    "sine": dict(hidden_size=64, dropout=0.0, lr=1e-3, batch_size=256, num_negatives=100),
+    # DSS: SASRec's Beauty budget, single head, the paper's softmax seq2item loss (no
+    # negatives; --loss sampled draws 100 unless --num-negatives says otherwise).
     "dss": dict(hidden_size=64, num_layers=2, num_heads=1, dropout=0.5, loss="ce", lr=1e-3,
-                batch_size=256),
+                batch_size=256, num_negatives=1),
 }
 
 
@@ -53,25 +56,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bce: pairwise BCE with sampled negatives; ce: softmax cross-entropy over all items; "
                         "sampled: softmax over the target and --num-negatives sampled items (dss) "
                         "(default: the model paper's)")
-    t.add_argument("--num-negatives", type=int, default=1,
-                   help="negatives sampled per training position (bce uses 1; loss 'sampled' uses them all)")
-    t.add_argument("--preset", default=None,
-                   help="named settings of the model (its PRESETS, e.g. dss: default, seq2item-only); "
-                        "explicit options override them")
     t.add_argument("--hidden-size", type=int, default=None)
     t.add_argument("--num-layers", type=int, default=None)
     t.add_argument("--num-heads", type=int, default=None)
     t.add_argument("--dropout", type=float, default=None, help="hidden and attention dropout")
-    dss = t.add_argument_group("dss", "DSS options (default: DSSConfig's)")
-    dss.add_argument("--num-intentions", type=int, default=None, help="K intention prototypes / vectors")
-    dss.add_argument("--temperature", type=float, default=None, help="clustering temperature tau of p(k|i)")
+    t.add_argument("--preset", default=None,
+                   help="named settings of the model (sine: " + ", ".join(_sine_presets()) + "; dss: "
+                        + ", ".join(_dss_presets()) + "); explicit flags override them")
+    t.add_argument("--num-negatives", type=int, default=None,
+                   help="sampled negatives per training position (default: the model's; sasrec 1, sine 100, "
+                        "dss 100 with --loss sampled)")
+    t.add_argument("--temperature", type=float, default=None,
+                   help="sine: tau of the interest aggregation (default 0.1); dss: clustering temperature tau "
+                        "of p(k|i) (default 0.5)")
+    dss = t.add_argument_group("DSS (--model dss; defaults: DSSConfig's)")
+    dss.add_argument("--num-intentions", type=int, default=None, help="K intention prototypes / vectors (default 4)")
     dss.add_argument("--seq2seq-weight", type=float, default=None,
-                     help="weight of the seq2seq InfoNCE term; 0 = the seq2item-only ablation")
+                     help="weight of the seq2seq InfoNCE term; 0 = the seq2item-only ablation (default 0.1)")
     dss.add_argument("--seq2seq-temperature", type=float, default=None,
                      help="extra temperature of the seq2seq logits (already divided by sqrt(D))")
     dss.add_argument("--confidence-lambda", type=float, default=None,
                      help="fraction in (0, 1] of the intention pairs present on both sides kept by the "
-                          "top-lambda confidence cut")
+                          "top-lambda confidence cut (default 0.5)")
+    g = t.add_argument_group("SINE (--model sine)")
+    g.add_argument("--num-prototypes", type=int, default=None, help="L, size of the concept pool (default 500)")
+    g.add_argument("--num-interests", type=int, default=None, help="K, concepts activated per user (default 4)")
+    g.add_argument("--assign-temperature", type=float, default=None,
+                   help="temperature of the intention assignment softmax (default 0.1)")
+    g.add_argument("--reg-weight", type=float, default=None,
+                   help="lambda of the covariance regulariser on the prototypes (default 0.1)")
+    g.add_argument("--merge", choices=["aggregate", "max"], default=None,
+                   help="how scores use the K interests: the paper's aggregated user vector (default) or "
+                        "the max over interests")
+    g.add_argument("--intent-attention", choices=["paper", "assigned"], default=None,
+                   help="per-intention attention: the paper's (default) or the authors' code's, scaled by the "
+                        "assignment (more distinct interests)")
+    g.add_argument("--max-prefixes", type=int, default=None,
+                   help="training prefixes per sequence, most recent first (default: all)")
     t.add_argument("--epochs", type=int, default=200)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -116,29 +137,31 @@ def format_table(title: str, metrics: dict, protocol: str) -> str:
     return "\n".join(lines)
 
 
-def _preset(args) -> dict:
-    from .models.registry import MODELS
+def _sine_presets() -> list[str]:
+    from .models.sine import SINE_PRESETS
 
-    presets = getattr(MODELS[args.model][1], "PRESETS", {})
-    if args.preset is None:
-        return {}
-    if args.preset not in presets:
-        raise ValueError(f"--preset {args.preset!r}: {args.model} has presets {sorted(presets) or 'none'}")
-    return dict(presets[args.preset])
+    return sorted(SINE_PRESETS)
 
 
-def _model_config(args, num_items: int) -> tuple[str, dict]:
-    defaults = {**MODEL_DEFAULTS[args.model], **_preset(args)}
+def _dss_presets() -> list[str]:
+    from .models.dss import PRESETS
+
+    return sorted(PRESETS)
+
+
+def _dss_config(args, num_items: int) -> dict:
+    from .models.dss import PRESETS
+
+    if args.preset is not None and args.preset not in PRESETS:
+        raise ValueError(f"--preset {args.preset!r}: dss has presets {sorted(PRESETS)}")
+    defaults = {**MODEL_DEFAULTS["dss"], **PRESETS.get(args.preset, {})}
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
+    if pick("num_heads") != 1:
+        raise ValueError("--num-heads: dss uses a single-head encoder (1)")
     dropout = pick("dropout")
     config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
                   num_layers=pick("num_layers"), hidden_dropout=dropout, attention_dropout=dropout,
                   loss=pick("loss"))
-    if args.model != "dss":
-        config["num_heads"] = pick("num_heads")
-        return args.model, config
-    if pick("num_heads") != 1:
-        raise ValueError("--num-heads: dss uses a single-head encoder (1)")
     for field, flag in (("num_intentions", "num_intentions"), ("tau", "temperature"),
                         ("seq2seq_weight", "seq2seq_weight"), ("seq2seq_temperature", "seq2seq_temperature"),
                         ("confidence_lambda", "confidence_lambda")):
@@ -147,6 +170,32 @@ def _model_config(args, num_items: int) -> tuple[str, dict]:
             config[field] = value
         elif field in defaults:
             config[field] = defaults[field]
+    return config
+
+
+def _model_config(args, num_items: int) -> tuple[str, dict]:
+    defaults = MODEL_DEFAULTS[args.model]
+    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
+    if args.model == "sine":
+        from .models.sine import SINE_PRESETS
+
+        if args.preset is not None and args.preset not in SINE_PRESETS:
+            raise ValueError(f"unknown sine preset {args.preset!r}; available: {sorted(SINE_PRESETS)}")
+        config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
+                      dropout=pick("dropout"), **SINE_PRESETS.get(args.preset, {}))
+        for name in ("num_prototypes", "num_interests", "temperature", "assign_temperature", "reg_weight",
+                     "merge", "intent_attention", "max_prefixes"):
+            if getattr(args, name) is not None:
+                config[name] = getattr(args, name)
+        return args.model, config
+    if args.model == "dss":
+        return args.model, _dss_config(args, num_items)
+    if args.preset is not None:
+        raise ValueError(f"--preset: model {args.model!r} has no presets")
+    dropout = pick("dropout")
+    config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
+                  num_layers=pick("num_layers"), num_heads=pick("num_heads"), hidden_dropout=dropout,
+                  attention_dropout=dropout, loss=pick("loss"))
     return args.model, config
 
 
@@ -154,15 +203,22 @@ def cmd_train(args) -> int:
     from .models import build_model
     from .train import TrainConfig, Trainer
 
+    if args.num_negatives is not None and args.num_negatives < 1:
+        raise ValueError(f"--num-negatives must be >= 1, got {args.num_negatives}")
     dataset = _load(args)
     split = dataset.leave_one_out(max_len=args.max_len)
     name, config = _model_config(args, dataset.num_items)
     defaults = MODEL_DEFAULTS[args.model]
+    num_negatives = args.num_negatives
+    if num_negatives is None:
+        num_negatives = 100 if config.get("loss") == "sampled" else defaults["num_negatives"]
     train_config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size or defaults["batch_size"], lr=args.lr or defaults["lr"],
-        weight_decay=args.weight_decay, patience=args.patience, eval_every=args.eval_every, metric=args.metric,
+        weight_decay=args.weight_decay,
+        num_negatives=num_negatives,
+        patience=args.patience, eval_every=args.eval_every, metric=args.metric,
         ks=tuple(args.ks), sampled_negatives=args.sampled_negatives, exclude_history=not args.no_exclude_history,
-        seed=args.seed, device=args.device, progress=args.progress, num_negatives=args.num_negatives)
+        seed=args.seed, device=args.device, progress=args.progress)
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(name, backend=args.backend, **config)
     spec = {"name": name, "config": config, "backend": args.backend,

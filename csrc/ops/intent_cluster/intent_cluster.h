@@ -18,7 +18,7 @@
 //                             prototypes (DSS p(i)) or per prototype (SINE P_{t|k});
 //                             absent = all ones
 //   values        [B, n, Dv], optional: what is aggregated; absent = x itself
-//   eps           float >= 0  layer-norm epsilon
+//   eps           float > 0   layer-norm epsilon
 // Math (N(u) = normalize(LN(u)), LN without affine, normalize as F.normalize with its
 // 1e-12 floor):
 //   c_k          = active_scale[b,k] * prototypes[active[b,k]]   (or prototypes[k])
@@ -37,7 +37,7 @@
 // (deterministic for a given thread count).
 //
 // Checks (RuntimeError naming the argument): dtypes, ranks, matching sizes, same
-// device, tau > 0 and finite, eps >= 0, active indices in range, active_scale only
+// device, tau > 0 and finite, eps > 0 and finite, active indices in range, active_scale only
 // with active.
 #include <ATen/core/Tensor.h>
 

@@ -118,8 +118,9 @@ inline at::Tensor wrap(const T* p, int64_t rows, int64_t cols) {
 
 // ---------------------------------------------------------------------------------
 // Row-major products on contiguous buffers. `rows` (may be null) marks the rows of
-// the n-sized operand that are real; padded rows are skipped by the loops and must
-// hold zeros for the BLAS path, which ignores `rows`.
+// the n-sized operand that are real; padded rows are skipped by the loops. The BLAS
+// paths of prod_nt / prod_nn compute padded output rows too (the callers overwrite or
+// ignore them); prod_tn_acc, which sums over the rows, drops padded ones.
 
 // C[M, N] = A[M, Kd] * B[N, Kd]^T; N is the prototype count.
 template <typename T>
@@ -163,7 +164,22 @@ template <typename T>
 void prod_tn_acc(const T* A, const T* Bm, T* C, int64_t R, int64_t M, int64_t N, const bool* rows) {
   if (M > kBlasMinProtos) {
     auto c = wrap(C, M, N);
-    c.addmm_(wrap(A, R, M).t(), wrap(Bm, R, N));
+    const int64_t real = rows ? std::count(rows, rows + R, true) : R;
+    if (real == R) {
+      c.addmm_(wrap(A, R, M).t(), wrap(Bm, R, N));
+      return;
+    }
+    // BLAS reads every row, and a padded row of B may hold anything (even inf, and
+    // 0 * inf is NaN): only the real rows go in.
+    if (real == 0) return;
+    std::vector<T> a(real * M), bb(real * N);
+    for (int64_t r = 0, j = 0; r < R; ++r) {
+      if (!rows[r]) continue;
+      std::copy(A + r * M, A + (r + 1) * M, a.data() + j * M);
+      std::copy(Bm + r * N, Bm + (r + 1) * N, bb.data() + j * N);
+      ++j;
+    }
+    c.addmm_(wrap(a.data(), real, M).t(), wrap(bb.data(), real, N));
     return;
   }
   for (int64_t r = 0; r < R; ++r) {

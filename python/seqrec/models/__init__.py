@@ -14,6 +14,7 @@ from .layers import (
 )
 from .registry import available_models, build_model
 from .sasrec import SASRec, SASRecConfig
+from .sine import SINE, SINEConfig
 
 __all__ = [
     "DSS",
@@ -29,6 +30,8 @@ __all__ = [
     "scaled_dot_attention",
     "SASRec",
     "SASRecConfig",
+    "SINE",
+    "SINEConfig",
     "available_models",
     "build_model",
 ]

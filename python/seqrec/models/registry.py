@@ -13,6 +13,7 @@ from torch import nn
 
 from .dss import DSS, DSSConfig
 from .sasrec import SASRec, SASRecConfig
+from .sine import SINE, SINEConfig
 
 __all__ = ["MODELS", "build_model", "available_models"]
 
@@ -20,6 +21,7 @@ __all__ = ["MODELS", "build_model", "available_models"]
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "sasrec": (SASRecConfig, SASRec),
     "dss": (DSSConfig, DSS),
+    "sine": (SINEConfig, SINE),
 }
 
 

@@ -1,0 +1,538 @@
+"""SINE: sparse-interest network for sequential recommendation.
+
+Tan et al., "Sparse-Interest Network for Sequential Recommendation", WSDM 2021
+(notes: ``shared/papers/sine-sparse-interest-network.md``). The intention assignment
+and the weighted aggregation into K interests run in one call of the fused
+``intent_cluster`` operator (:func:`seqrec.ops.intent_cluster`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import intent_cluster
+from ..ops.backend import get_backend
+from .layers import PackedPositions, padding_mask
+from .sasrec import SASRec, _check_ids
+
+__all__ = ["SINEConfig", "SINE", "SINEOutput", "SINE_PRESETS", "MERGES", "INTENT_ATTENTIONS",
+           "covariance_regularizer"]
+
+MERGES = ("aggregate", "max")
+INTENT_ATTENTIONS = ("paper", "assigned")
+
+# Named settings, selectable with ``seqrec train --model sine --preset <name>``.
+SINE_PRESETS: dict[str, dict] = {
+    # The paper's defaults (these are also SINEConfig's defaults).
+    "paper": dict(num_prototypes=500, num_interests=4, temperature=0.1, reg_weight=0.1),
+    # A small concept pool, for small catalogues and quick looks (the synthetic data).
+    "small": dict(num_prototypes=50, num_interests=4, temperature=0.1, reg_weight=0.1),
+}
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"SINEConfig.{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"SINEConfig.{name} must be >= {minimum}, got {value}")
+
+
+def _check_number(name: str, value: object, *, positive: bool = False, below_one: bool = False) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (value > 0 if positive else value >= 0) and (not below_one or value < 1)
+    if not ok:
+        want = "a positive number" if positive else "a number >= 0"
+        raise ValueError(f"SINEConfig.{name} must be {want}{' below 1' if below_one else ''}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SINEConfig:
+    """SINE hyper-parameters (plain numbers; defaults = the paper's where it gives them).
+
+    Attributes:
+        num_items: number of real items; ids are 1..num_items, 0 is padding.
+        max_len: longest input (learned positions), 50.
+        hidden_size: D, 64 (the size of our SASRec, for same-budget comparisons).
+        num_prototypes: L, the concept pool, 500 (paper).
+        num_interests: K, concepts activated per user = interest vectors, 4 (paper).
+        temperature: tau of the interest aggregation softmax, 0.1 (paper).
+        assign_temperature: temperature of the intention-assignment softmax over the K
+            activated concepts (cosine similarities), 0.1. See the model docstring.
+        reg_weight: lambda of the covariance regulariser on the prototypes, 0.1.
+        dropout: dropout on the item embeddings during training, 0.0 (paper: none).
+        max_prefixes: training examples per sequence: None = every prefix of the
+            training sequence (each real target position); P = its P most recent.
+        merge: how ``score`` / ``recommend`` use the K interests: ``"aggregate"`` (the
+            paper's user vector, default) or ``"max"`` (max over interests).
+        intent_attention: ``"paper"`` (P_{t|k} from per-intention attention alone) or
+            ``"assigned"`` (the authors' code: attention logits scaled by P_{k|t} before
+            the softmax over positions). See the model docstring.
+        initializer_range: std of the normal init, 0.02.
+        layer_norm_eps: epsilon of every layer norm, 1e-5.
+    """
+
+    num_items: int
+    max_len: int = 50
+    hidden_size: int = 64
+    num_prototypes: int = 500
+    num_interests: int = 4
+    temperature: float = 0.1
+    assign_temperature: float = 0.1
+    reg_weight: float = 0.1
+    dropout: float = 0.0
+    max_prefixes: int | None = None
+    merge: str = "aggregate"
+    intent_attention: str = "paper"
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _check_int("num_items", self.num_items, 1)
+        _check_int("max_len", self.max_len, 1)
+        _check_int("hidden_size", self.hidden_size, 1)
+        _check_int("num_prototypes", self.num_prototypes, 1)
+        _check_int("num_interests", self.num_interests, 1)
+        if self.num_interests > self.num_prototypes:
+            raise ValueError(
+                f"SINEConfig.num_interests={self.num_interests} must be <= "
+                f"num_prototypes={self.num_prototypes} (top-K of the L concepts)"
+            )
+        _check_number("temperature", self.temperature, positive=True)
+        _check_number("assign_temperature", self.assign_temperature, positive=True)
+        _check_number("reg_weight", self.reg_weight)
+        _check_number("dropout", self.dropout, below_one=True)
+        if self.max_prefixes is not None:
+            _check_int("max_prefixes", self.max_prefixes, 1)
+        if self.intent_attention not in INTENT_ATTENTIONS:
+            raise ValueError(
+                f"SINEConfig.intent_attention must be one of {INTENT_ATTENTIONS}, "
+                f"got {self.intent_attention!r}"
+            )
+        if self.merge not in MERGES:
+            raise ValueError(f"SINEConfig.merge must be one of {MERGES}, got {self.merge!r}")
+        _check_number("initializer_range", self.initializer_range, positive=True)
+        _check_number("layer_norm_eps", self.layer_norm_eps, positive=True)
+
+
+class SINEOutput(NamedTuple):
+    """Everything SINE computes for a batch of sequences (B rows, n positions)."""
+
+    user: Tensor  # [B, D] aggregated user vector v_u
+    interests: Tensor  # [B, K, D] phi^k, the K interest vectors (after LN_3)
+    interest_weights: Tensor  # [B, K] e_k, softmax(<C_apt, phi^k> / tau)
+    concepts: Tensor  # [B, K] int64 indices of the activated prototypes (top-K, best first)
+    concept_scale: Tensor  # [B, K] sigmoid(s[idx])
+    assignment: Tensor  # [B, n, K] P_{k|t} (0 at padding)
+    position_weights: Tensor  # [B, K, n] P_{t|k} (0 at padding)
+
+
+def covariance_regularizer(prototypes: Tensor) -> Tensor:
+    """SINE's covariance regulariser on the concept prototypes C [L, D]::
+
+        M   = (C - mean_d C)(C - mean_d C)^T / D       # [L, L], prototype covariances
+        L_c = (||M||_F^2 - ||diag(M)||^2) / 2
+
+    Each prototype is centred over its D coordinates (the DeCov form, with prototypes
+    as the variables and coordinates as the observations); L_c is 0 exactly when the
+    centred prototypes are pairwise orthogonal.
+    """
+    if prototypes.dim() != 2:
+        raise ValueError(f"prototypes must be [L, D], got shape {tuple(prototypes.shape)}")
+    centred = prototypes - prototypes.mean(dim=1, keepdim=True)
+    m = centred @ centred.t() / prototypes.size(1)
+    return 0.5 * (m.square().sum() - torch.diagonal(m).square().sum())
+
+
+def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
+    """Softmax over the last dim at True entries of ``mask``; an all-False row gives 0."""
+    logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+    return torch.softmax(logits, dim=-1) * mask.any(dim=-1, keepdim=True).to(logits.dtype)
+
+
+class SINE(nn.Module):
+    """Sparse-interest network (Tan et al., WSDM 2021).
+
+    For a LEFT-padded sequence with item embeddings X [n, D] (real positions only,
+    position embeddings P right-aligned as in :class:`layers.ItemPositionEmbedding`)::
+
+        a        = softmax_t(tanh(X W_1) w_2)                     # self-attentive pooling
+        z_u      = a^T X;   s = C z_u                             # scores of the L concepts
+        idx      = top-K(s);   C^u = C[idx] * sigmoid(s[idx])     # activated concepts
+        P_{k|t}  = softmax_k(<N(X_t W_3), N(C^u_k)> / tau_a)      # intention assignment
+        P_{t|k}  = softmax_t(tanh((X_t + P_t) W_{k,1}) w_{k,2})   # per-intention attention
+        phi^k    = LN_3(sum_t P_{k|t} P_{t|k} X_t)                # K interest vectors
+        Xhat     = P^u C^u                                        # [n, D] intention sequence
+        C_apt    = LN_4(softmax_t(tanh((Xhat + P) W_5) w_6)^T Xhat)  # predicted next intention
+        e        = softmax_k(<C_apt, phi^k> / tau);  v_u = sum_k e_k phi^k
+
+    with ``N(u) = normalize(LN(u))`` (layer norm without affine, then L2: cosine of
+    layer-normed vectors). ``P_{k|t}``, ``P_{t|k}`` and ``phi^k`` (before LN_3) are one
+    call of :func:`seqrec.ops.intent_cluster` (``x = X W_3``, ``values = X``,
+    ``active = idx``, ``active_scale = sigmoid(s[idx])``, ``weights = P_{t|k}``).
+
+    Loss: sampled softmax of the next item against ``m`` sampled negatives,
+    ``-log softmax([<v_u, e_pos>, <v_u, e_neg_1..m>])[0]`` averaged over training
+    examples, plus ``reg_weight`` times :func:`covariance_regularizer` of C. Items are
+    scored with the (shared) item embedding table.
+
+    Retrieval / merge rule (``config.merge``):
+
+    - ``"aggregate"`` (default): score(i) = <v_u, e_i>, the paper's user vector, i.e.
+      the K interests weighted by the predicted next intention; exactly the quantity
+      the loss trains. The K interests enter through e.
+    - ``"max"``: score(i) = max_k <phi^k, e_i>. Its top-k list equals merging the K
+      per-interest top-k retrievals by score with duplicates removed (ComiRec-style).
+
+    Deviations and open choices (each documented here, none silent):
+
+    - Training examples: every prefix of a training sequence is one example (the
+      next-item target at each real position, like SASRec's per-position loss), each
+      encoded on its own, right-aligned, so training and evaluation inputs look alike.
+      The authors sample one random prefix per user and step. ``max_prefixes`` keeps
+      the P most recent prefixes per sequence.
+    - Negatives: the trainer's ``num_negatives`` items per example, uniform over the
+      items the user never interacted with (no log-Q correction is needed for a
+      uniform proposal); the authors use TF's sampled softmax with shared negatives.
+    - LN_1 / LN_2 of the intention assignment have no affine parameters (the fused op
+      computes cosine similarity of standardised vectors). A positive
+      ``active_scale`` therefore does not change P_{k|t}; the top-K choice stays
+      differentiable through ``Xhat = P^u C^u`` in the aggregation module, as in the
+      paper.
+    - The assignment softmax has its own temperature ``assign_temperature`` (0.1): the
+      paper writes it without one, but a softmax of cosines in [-1, 1] is then nearly
+      uniform; the authors' code divides by 0.07.
+    - P_{t|k} uses per-intention W_{k,1} (D x D) and w_{k,2} as in the paper; the k-th
+      intention is the k-th best activated concept. Position embeddings enter the
+      attention keys (P_{t|k} and C_apt's pooling), as in the authors' code; values
+      are the raw item embeddings X.
+    - ``intent_attention="paper"`` (default) computes P_{t|k} without looking at the
+      assignment, so nothing stops all K attentions from settling on the same
+      positions: on the synthetic data (where the last item predicts the next one)
+      every P_{t|k} ends up ~99% on the most recent item and the K interests become
+      near copies (mean cosine ~0.9). ``"assigned"`` follows the authors' code,
+      ``P_{t|k} = softmax_t(P_{k|t} * tanh((X_t + P_t) W_{k,1}) w_{k,2})``: each
+      intention attends to its own positions and the interests stay distinct, at
+      some cost in accuracy there (``notebooks/interests.ipynb``). It runs the
+      assignment twice (one more ``intent_cluster`` call).
+    - Fully padded rows (length 0) give zero interests before LN_3 and a finite user
+      vector, never NaN.
+
+    Args:
+        config: :class:`SINEConfig`.
+        backend: ``"seqrec"`` (fused ``intent_cluster`` kernel) or ``"reference"``
+            (plain PyTorch); None = process default (:func:`seqrec.ops.get_backend`).
+    """
+
+    def __init__(self, config: SINEConfig, *, backend: str | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, SINEConfig):
+            raise ValueError(f"config must be a SINEConfig, got {type(config).__name__}")
+        if backend is not None:
+            get_backend(backend)
+        self.config = config
+        self.backend = backend
+        d, k = config.hidden_size, config.num_interests
+        self.item = nn.Embedding(config.num_items + 1, d, padding_idx=0)
+        self.position = nn.Embedding(config.max_len, d)
+        self.prototypes = nn.Parameter(torch.empty(config.num_prototypes, d))  # C [L, D]
+        self.dropout = nn.Dropout(config.dropout)
+        # Concept activation: a = softmax(tanh(X W_1) w_2).
+        self.concept_key = nn.Linear(d, d)  # W_1
+        self.concept_query = nn.Linear(d, 1, bias=False)  # w_2
+        # Intention assignment projection W_3.
+        self.assign_proj = nn.Linear(d, d, bias=False)
+        # Per-intention attention: W_{k,1} for all k in one [D, K*D] map, w_{k,2} [K, D].
+        self.intent_key = nn.Linear(d, k * d)
+        self.intent_query = nn.Parameter(torch.empty(k, d))
+        self.interest_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)  # LN_3
+        # Interest aggregation: pooling of the intention sequence, LN_4.
+        self.next_key = nn.Linear(d, d)  # W_5
+        self.next_query = nn.Linear(d, 1, bias=False)  # w_6
+        self.next_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)  # LN_4
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, initializer_range) weights, zero biases, unit layer norms, zero padding row."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+            if isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+        self.item.weight[0].zero_()
+        self.prototypes.normal_(0.0, std)
+        self.intent_query.normal_(0.0, std)
+
+    # ------------------------------------------------------------------ encoder
+    def encode(self, item_seq: Tensor, lengths: Tensor | None = None) -> SINEOutput:
+        """Run SINE on LEFT-padded sequences.
+
+        Args:
+            item_seq: [B, n] int64 item ids in [0, num_items], left-padded with 0,
+                n <= max_len.
+            lengths: optional [B] real lengths (checked against ``item_seq``).
+
+        Returns:
+            :class:`SINEOutput` (user vector, K interests, their weights, activated
+            concepts, assignment and attention probabilities).
+        """
+        _check_ids("item_seq", item_seq)
+        cfg = self.config
+        mask = padding_mask(item_seq, lengths)  # [B, n]
+        b, n = item_seq.shape
+        if n > cfg.max_len:
+            raise ValueError(
+                f"sequence width {n} exceeds max_len={cfg.max_len}; keep the most recent "
+                f"max_len items (item_seq[:, -{cfg.max_len}:])"
+            )
+        d, k = cfg.hidden_size, cfg.num_interests
+        pos = self.position.weight[cfg.max_len - n :]  # [n, D], most recent at max_len - 1
+
+        # Position-wise work (embedding lookups, projections, tanh, weighted sums) runs
+        # on the N real positions only (Beauty: ~7 of 50); `positionwise` returns the
+        # padded [B, n, *] layout, `pool(w, t)` = sum_t w[b, t] t[b, t] for w [B, n].
+        if torch.compiler.is_compiling():  # PackedPositions has a data-dependent size
+            x_real = self.dropout(self.item(item_seq))  # [B, n, D]; padding rows are 0
+            pos_real, x = pos, x_real
+
+            def positionwise(fn, t: Tensor) -> Tensor:
+                return fn(t)
+
+            def pool(w: Tensor, t: Tensor) -> Tensor:
+                return (w.unsqueeze(-1) * t).sum(1)
+        else:
+            packed = PackedPositions(mask)
+            row = packed.index // n  # [N] batch row of each real position
+            x_real = self.dropout(self.item(item_seq.reshape(-1)[packed.index]))  # [N, D]
+            pos_real = pos[packed.index % n]  # [N, D]
+            x = packed.unpack(x_real)  # [B, n, D]
+
+            def positionwise(fn, t: Tensor) -> Tensor:
+                return packed.unpack(fn(t))
+
+            def pool(w: Tensor, t: Tensor) -> Tensor:
+                w_real = w.reshape(-1).index_select(0, packed.index).unsqueeze(-1)
+                return t.new_zeros(b, t.size(-1)).index_add(0, row, w_real * t)
+
+        # Concept activation.
+        a = positionwise(lambda t: self.concept_query(torch.tanh(self.concept_key(t))), x_real)
+        a = _masked_softmax(a.squeeze(-1), mask)  # [B, n]
+        z = pool(a, x_real)  # [B, D]
+        s = z @ self.prototypes.t()  # [B, L]
+        top_s, concepts = s.topk(k, dim=1)  # [B, K]
+        scale = torch.sigmoid(top_s)
+
+        # Per-intention attention over positions, P_{t|k}.
+        # sum_d h[.., k, d] w_{k,2}[d] as ONE matmul of h [.., K*D] with the block-diagonal
+        # [K*D, K] matrix of the w_{k,2} (a multiply + sum makes 3 passes over h, and
+        # CPU bmm of matrix-vector products is slower still).
+        w_k2 = torch.block_diag(*self.intent_query.unbind(0))  # [K, K*D]
+
+        def intent_logits(t: Tensor) -> Tensor:
+            return torch.tanh(self.intent_key(t)) @ w_k2.t()  # [.., K]
+
+        att = positionwise(intent_logits, x_real + pos_real).transpose(1, 2)  # [B, K, n]
+        xw = positionwise(self.assign_proj, x_real)  # [B, n, D]
+        cluster = dict(active=concepts, active_scale=scale, values=x, eps=cfg.layer_norm_eps,
+                       backend=self.backend)
+        if cfg.intent_attention == "assigned":
+            # The authors' code: attention logits scaled by P_{k|t} before the softmax
+            # over positions, so each intention attends to the positions assigned to it.
+            _, p_kt = intent_cluster(xw, mask, self.prototypes, cfg.assign_temperature, **cluster)
+            att = att * p_kt.transpose(1, 2)
+        att = _masked_softmax(att, mask.unsqueeze(1).expand(b, k, n))
+
+        # Intention assignment and aggregation into K interests: one fused op.
+        raw, assignment = intent_cluster(xw, mask, self.prototypes, cfg.assign_temperature,
+                                         weights=att, **cluster)
+        interests = self.interest_norm(raw)  # [B, K, D]
+
+        # Interest aggregation: predict the next intention from the intention sequence
+        # Xhat = P^u C^u. Its pooling g^T Xhat is computed as (g^T P^u) C^u ([B, K] first).
+        active_c = self.prototypes[concepts] * scale.unsqueeze(-1)  # C^u [B, K, D]
+        xhat = torch.bmm(assignment, active_c)  # [B, n, D]; 0 at padding
+        xhat_real = xhat if torch.compiler.is_compiling() else packed.pack(xhat)
+        g = positionwise(lambda t: self.next_query(torch.tanh(self.next_key(t))), xhat_real + pos_real)
+        g = _masked_softmax(g.squeeze(-1), mask)  # [B, n]
+        mix = (g.unsqueeze(-1) * assignment).sum(1)  # [B, K]
+        c_apt = self.next_norm((mix.unsqueeze(-1) * active_c).sum(1))  # [B, D]
+        logits = (interests * c_apt.unsqueeze(1)).sum(-1) / cfg.temperature  # [B, K]
+        weights = torch.softmax(logits, dim=-1)
+        user = (weights.unsqueeze(-1) * interests).sum(1)  # [B, D]
+        return SINEOutput(user, interests, weights, concepts, scale, assignment, att)
+
+    def forward(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """User vectors v_u [B, D] (see :meth:`encode`)."""
+        return self.encode(item_seq, lengths).user
+
+    def interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The K interest vectors phi^k [B, K, D] of each sequence (see :meth:`encode`)."""
+        return self.encode(item_seq, lengths).interests
+
+    # ------------------------------------------------------------------ scoring
+    def score(
+        self, item_seq: Tensor, lengths: Tensor | None = None, items: Tensor | None = None
+    ) -> Tensor:
+        """Next-item scores under ``config.merge`` (see the class docstring).
+
+        Args:
+            item_seq: [B, n] left-padded item ids.
+            lengths: optional [B] real lengths.
+            items: optional [B, C] candidate ids; None scores every item.
+
+        Returns:
+            [B, num_items + 1] with column 0 (padding) = -inf, or [B, C] with -inf where
+            a candidate is 0. Call ``eval()`` first (dropout).
+        """
+        out = self.encode(item_seq, lengths)
+        weight = self.item.weight  # [V+1, D]
+        if items is None:
+            if self.config.merge == "aggregate":
+                scores = out.user @ weight.t()  # [B, V+1]
+            else:
+                scores = (out.interests @ weight.t()).amax(dim=1)  # [B, K, V+1] -> [B, V+1]
+            pad = torch.arange(scores.size(1), device=scores.device) == 0
+            return scores.masked_fill(pad, float("-inf"))
+        _check_ids("items", items)
+        if items.dim() != 2 or items.size(0) != item_seq.size(0):
+            raise ValueError(
+                f"items must be [B={item_seq.size(0)}, C], got shape {tuple(items.shape)}"
+            )
+        cand = self.item(items)  # [B, C, D]
+        if self.config.merge == "aggregate":
+            scores = torch.bmm(cand, out.user.unsqueeze(-1)).squeeze(-1)
+        else:
+            scores = torch.bmm(cand, out.interests.transpose(1, 2)).amax(dim=-1)
+        return scores.masked_fill(items == 0, float("-inf"))
+
+    # ------------------------------------------------------------------ training
+    def training_prefixes(self, item_seq: Tensor, target_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The training examples of a batch: one right-aligned prefix per real target.
+
+        Args:
+            item_seq: [B, n] left-padded inputs; target_ids: [B, n] next items (0 = none).
+
+        Returns:
+            ``(rows [R], cols [R], prefixes [R, W])``: example r is the prefix of row
+            ``rows[r]`` ending at column ``cols[r]`` (its target is
+            ``target_ids[rows[r], cols[r]]``), left-padded to the longest one, W <= n.
+            With ``max_prefixes = P`` only the P most recent targets of a row are kept.
+        """
+        real = target_ids > 0
+        if self.config.max_prefixes is not None:
+            # Rank of each target from the end of its row; keep the P most recent.
+            from_end = real.flip(1).cumsum(1).flip(1)
+            real = real & (from_end <= self.config.max_prefixes)
+        rows, cols = real.nonzero(as_tuple=True)
+        n = item_seq.size(1)
+        first = n - (item_seq != 0).sum(1)  # first real column of each row
+        width = int((cols - first[rows] + 1).max()) if rows.numel() else 1
+        src = cols.unsqueeze(1) - torch.arange(width - 1, -1, -1, device=cols.device)  # [R, W]
+        prefixes = item_seq[rows.unsqueeze(1), src.clamp_min(0)] * (src >= 0)
+        return rows, cols, prefixes
+
+    def loss(
+        self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None
+    ) -> Tensor:
+        """Sampled-softmax loss over every training prefix + covariance regulariser.
+
+        Args:
+            item_seq: [B, n] left-padded input ids.
+            target_ids: [B, n] next item at each position, 0 where there is none.
+            negative_ids: [B, n, m] (or [B, n] for m = 1) sampled negatives per
+                position (``TrainConfig.num_negatives`` = m); required.
+
+        Returns:
+            Scalar: mean over examples of ``-log softmax([pos, negs])[0]`` plus
+            ``reg_weight * covariance_regularizer(C)``.
+        """
+        _check_ids("item_seq", item_seq)
+        shape = tuple(item_seq.shape)
+        _check_ids("target_ids", target_ids, shape)
+        if negative_ids is None:
+            raise ValueError("SINE's sampled softmax needs negative_ids [B, n, m]")
+        _check_ids("negative_ids", negative_ids)
+        if negative_ids.dim() == 2:
+            negative_ids = negative_ids.unsqueeze(-1)
+        if negative_ids.dim() != 3 or tuple(negative_ids.shape[:2]) != shape:
+            raise ValueError(
+                f"negative_ids must be [B, n, m] or [B, n] with [B, n] = {list(shape)}, "
+                f"got {tuple(negative_ids.shape)}"
+            )
+        reg = self.config.reg_weight * covariance_regularizer(self.prototypes)
+        rows, cols, prefixes = self.training_prefixes(item_seq, target_ids)
+        if rows.numel() == 0:
+            return reg
+        user = self(prefixes)  # [R, D]
+        cand = torch.cat([target_ids[rows, cols].unsqueeze(1), negative_ids[rows, cols]], dim=1)
+        logits = (self.item(cand) * user.unsqueeze(1)).sum(-1)  # [R, 1 + m]
+        labels = torch.zeros(len(logits), dtype=torch.int64, device=logits.device)
+        return F.cross_entropy(logits, labels) + reg
+
+    # ------------------------------------------------------------------ retrieval
+    @torch.no_grad()
+    def recommend(
+        self,
+        sequences: Tensor | Sequence[Sequence[int]],
+        k: int = 10,
+        exclude_history: bool = True,
+        batch_size: int = 1024,
+    ) -> tuple[Tensor, Tensor]:
+        """Top-k next items for new sequences under ``config.merge``, eval mode, batched.
+
+        Args:
+            sequences: a list of variable-length lists of DENSE item ids (1..num_items,
+                oldest first), or a [B, L] int tensor left-padded with 0. Only the most
+                recent ``max_len`` items are encoded.
+            k: 1 <= k <= num_items.
+            exclude_history: drop every item of the whole given sequence from the
+                candidates.
+            batch_size: rows encoded at once.
+
+        Returns:
+            ``(item_ids [B, k] int64, scores [B, k])``, best first; id 0 / -inf where
+            fewer than k items are admissible. With ``merge="max"`` this is the merge of
+            the K per-interest top-k lists (by score, duplicates removed).
+        """
+        num_items = self.config.num_items
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_items:
+            raise ValueError(f"k must be an int in [1, num_items={num_items}], got {k!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        weight = self.item.weight
+        history = self._history_tensor(sequences).to(weight.device)
+        ids = torch.zeros(history.size(0), k, dtype=torch.int64, device=weight.device)
+        scores = torch.full((history.size(0), k), float("-inf"), dtype=weight.dtype,
+                            device=weight.device)
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, history.size(0), batch_size):
+                rows = history[start : start + batch_size]
+                batch_scores = self.score(rows[:, -self.config.max_len :])
+                if exclude_history:
+                    batch_scores.scatter_(1, rows, float("-inf"))
+                top_scores, top_ids = batch_scores.topk(k, dim=1)
+                scores[start : start + batch_size] = top_scores
+                ids[start : start + batch_size] = top_ids.masked_fill(top_scores == float("-inf"), 0)
+        finally:
+            self.train(was_training)
+        return ids, scores
+
+    def _history_tensor(self, sequences: Tensor | Sequence[Sequence[int]]) -> Tensor:
+        # SASRec's validation of user-given sequences; it reads only config.num_items.
+        return SASRec._history_tensor(self, sequences)
+
+    def item_embeddings(self) -> Tensor:
+        """Item embedding table [num_items + 1, D] (row 0 = padding), detached."""
+        return self.item.weight.detach()
