@@ -6,6 +6,7 @@
     seqrec train ... --out runs/beauty --resume        # continue a killed run
     seqrec pretrain --model s3rec --data ../shared/data/Beauty --epochs 150 --out runs/s3rec-pre
     seqrec train --model s3rec --data ../shared/data/Beauty --init runs/s3rec-pre --out runs/s3rec
+    seqrec train --model dss --data ../shared/data/Beauty --seq2seq-weight 0   # seq2item-only
     seqrec evaluate --checkpoint runs/beauty
     seqrec data stats --data ../shared/data/ml-100k --baseline
 """
@@ -35,6 +36,10 @@ MODEL_DEFAULTS = {
     # DIF-SR's Beauty settings (the difsr-beauty preset; see seqrec.models.difsr.PRESETS).
     "difsr": dict(hidden_size=256, num_layers=4, num_heads=8, dropout=0.5, attention_dropout=0.3, loss="ce",
                   lr=1e-4, batch_size=256, inner_size=256, num_negatives=1),
+    # DSS: SASRec's Beauty budget, single head, the paper's softmax seq2item loss (no
+    # negatives; --loss sampled draws 100 unless --num-negatives says otherwise).
+    "dss": dict(hidden_size=64, num_layers=2, num_heads=1, dropout=0.5, loss="ce", lr=1e-3,
+                batch_size=256, num_negatives=1),
 }
 # Models `seqrec pretrain` knows, and the fine-tune model `seqrec train` builds for them.
 PRETRAIN_MODELS = {"s3rec": "sasrec"}
@@ -67,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--model", default="sasrec", choices=sorted(MODEL_DEFAULTS), help="model to train")
     _add_data_args(t)
-    t.add_argument("--loss", choices=["bce", "ce"], default=None,
-                   help="bce: pairwise BCE with sampled negatives; ce: softmax cross-entropy over all items "
+    t.add_argument("--loss", choices=["bce", "ce", "sampled"], default=None,
+                   help="bce: pairwise BCE with sampled negatives; ce: softmax cross-entropy over all items; "
+                        "sampled: softmax over the target and --num-negatives sampled items (dss) "
                         "(default: the model paper's)")
     t.add_argument("--hidden-size", type=int, default=None)
     t.add_argument("--num-layers", type=int, default=None)
@@ -79,13 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--inner-size", type=int, default=None, help="feed-forward width")
     t.add_argument("--preset", default=None,
                    help="named settings of a paper; explicit options override them (difsr: "
-                        + ", ".join(sorted(_presets())) + "; sine: " + ", ".join(_sine_presets()) + ")")
+                        + ", ".join(sorted(_presets())) + "; sine: " + ", ".join(_sine_presets()) + "; dss: "
+                        + ", ".join(_dss_presets()) + ")")
     t.add_argument("--num-negatives", type=int, default=None,
-                   help="sampled negatives per training position (default: the model's; sasrec 1, sine 100)")
+                   help="sampled negatives per training position (default: the model's; sasrec 1, sine 100, "
+                        "dss 100 with --loss sampled)")
+    t.add_argument("--temperature", type=float, default=None,
+                   help="sine: tau of the interest aggregation (default 0.1); dss: clustering temperature tau "
+                        "of p(k|i) (default 0.5)")
+    dss = t.add_argument_group("DSS (--model dss; defaults: DSSConfig's)")
+    dss.add_argument("--num-intentions", type=int, default=None, help="K intention prototypes / vectors (default 4)")
+    dss.add_argument("--seq2seq-weight", type=float, default=None,
+                     help="weight of the seq2seq InfoNCE term; 0 = the seq2item-only ablation (default 0.1)")
+    dss.add_argument("--seq2seq-temperature", type=float, default=None,
+                     help="extra temperature of the seq2seq logits (already divided by sqrt(D))")
+    dss.add_argument("--confidence-lambda", type=float, default=None,
+                     help="fraction in (0, 1] of the intention pairs present on both sides kept by the "
+                          "top-lambda confidence cut (default 0.5)")
     g = t.add_argument_group("SINE (--model sine)")
     g.add_argument("--num-prototypes", type=int, default=None, help="L, size of the concept pool (default 500)")
     g.add_argument("--num-interests", type=int, default=None, help="K, concepts activated per user (default 4)")
-    g.add_argument("--temperature", type=float, default=None, help="tau of the interest aggregation (default 0.1)")
     g.add_argument("--assign-temperature", type=float, default=None,
                    help="temperature of the intention assignment softmax (default 0.1)")
     g.add_argument("--reg-weight", type=float, default=None,
@@ -244,7 +263,7 @@ def _apply_preset(args) -> None:
     if args.preset not in presets:
         if args.model == "difsr":
             raise ValueError(f"unknown difsr preset {args.preset!r}; available: {sorted(presets)}")
-        return  # another model's preset (sine): _model_config applies or rejects it
+        return  # another model's preset (sine, dss): _model_config applies or rejects it
     model, preset = presets[args.preset]
     if args.model != model:
         raise ValueError(f"preset {args.preset!r} is for --model {model}, not {args.model}")
@@ -262,6 +281,36 @@ def _apply_preset(args) -> None:
         args.attribute_weight = list(np.atleast_1d(m["attribute_loss_weight"]))
     if m.get("attribute_predictor") is False:
         args.no_attribute_predictor = True
+
+
+def _dss_presets() -> list[str]:
+    from .models.dss import PRESETS
+
+    return sorted(PRESETS)
+
+
+def _dss_config(args, num_items: int) -> dict:
+    from .models.dss import PRESETS
+
+    if args.preset is not None and args.preset not in PRESETS:
+        raise ValueError(f"--preset {args.preset!r}: dss has presets {sorted(PRESETS)}")
+    defaults = {**MODEL_DEFAULTS["dss"], **PRESETS.get(args.preset, {})}
+    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
+    if pick("num_heads") != 1:
+        raise ValueError("--num-heads: dss uses a single-head encoder (1)")
+    dropout = pick("dropout")
+    config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
+                  num_layers=pick("num_layers"), hidden_dropout=dropout, attention_dropout=dropout,
+                  loss=pick("loss"))
+    for field, flag in (("num_intentions", "num_intentions"), ("tau", "temperature"),
+                        ("seq2seq_weight", "seq2seq_weight"), ("seq2seq_temperature", "seq2seq_temperature"),
+                        ("confidence_lambda", "confidence_lambda")):
+        value = getattr(args, flag)
+        if value is not None:
+            config[field] = value
+        elif field in defaults:
+            config[field] = defaults[field]
+    return config
 
 
 def _model_config(args, dataset, init_config: dict | None = None) -> tuple[str, dict]:
@@ -282,6 +331,8 @@ def _model_config(args, dataset, init_config: dict | None = None) -> tuple[str, 
             if getattr(args, name) is not None:
                 config[name] = getattr(args, name)
         return args.model, config
+    if args.model == "dss":
+        return args.model, _dss_config(args, dataset.num_items)
     if args.preset is not None and args.model != "difsr":  # difsr's presets were applied by _apply_preset
         raise ValueError(f"--preset: model {args.model!r} has no presets")
     dropout = pick("dropout")
@@ -362,10 +413,13 @@ def cmd_train(args) -> int:
     split = dataset.leave_one_out(max_len=args.max_len)
     name, config = _model_config(args, dataset, (init_spec or {}).get("config"))
     defaults = MODEL_DEFAULTS[args.model]
+    num_negatives = args.num_negatives
+    if num_negatives is None:
+        num_negatives = 100 if config.get("loss") == "sampled" else defaults["num_negatives"]
     train_config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size or defaults["batch_size"], lr=args.lr or defaults["lr"],
         weight_decay=args.weight_decay,
-        num_negatives=defaults["num_negatives"] if args.num_negatives is None else args.num_negatives,
+        num_negatives=num_negatives,
         patience=args.patience, eval_every=args.eval_every, metric=args.metric,
         ks=tuple(args.ks), sampled_negatives=args.sampled_negatives, exclude_history=not args.no_exclude_history,
         seed=args.seed, device=args.device, progress=args.progress)

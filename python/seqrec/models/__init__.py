@@ -1,6 +1,7 @@
 """seqrec.models: thin ``nn.Module`` models and the Transformer layers they share."""
 from __future__ import annotations
 
+from .dss import DSS, DSSConfig, DSSEncoding
 from .layers import (
     FeedForward,
     ItemPositionEmbedding,
@@ -19,6 +20,9 @@ from .sasrec import SASRec, SASRecConfig
 from .sine import SINE, SINEConfig
 
 __all__ = [
+    "DSS",
+    "DSSConfig",
+    "DSSEncoding",
     "FeedForward",
     "ItemPositionEmbedding",
     "MultiHeadSelfAttention",

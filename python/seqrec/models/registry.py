@@ -13,6 +13,7 @@ from torch import nn
 
 from .s3rec import S3Rec, S3RecConfig
 from .difsr import DIFSR, DIFSRConfig
+from .dss import DSS, DSSConfig
 from .sasrec import SASRec, SASRecConfig
 from .sine import SINE, SINEConfig
 
@@ -21,6 +22,7 @@ __all__ = ["MODELS", "build_model", "available_models"]
 # name -> (config dataclass, model class); a model is built as model_cls(config, backend=...).
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "sasrec": (SASRecConfig, SASRec),
+    "dss": (DSSConfig, DSS),
     "sine": (SINEConfig, SINE),
     "s3rec": (S3RecConfig, S3Rec),  # pretraining; fine-tuning is SASRec (seqrec train --init)
     "difsr": (DIFSRConfig, DIFSR),

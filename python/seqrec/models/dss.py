@@ -1,0 +1,674 @@
+"""DSS: disentangled encoder trained with sequence-to-sequence self-supervision.
+
+Ma, Zhou, Yang, Cui, Wang, Zhu, "Disentangled Self-Supervision in Sequential
+Recommenders", KDD 2020. The authors released no code; this module is seqrec's
+reference implementation. Our notes (``papers/dss-disentangled-self-supervision.md``)
+lack the equations, so everything below that is not in DESIGN.md's contract is a
+choice of ours, listed under "Open choices". (An unofficial third-party port,
+github.com/abis330/DSSRec, reads the weighting and the confidence cut the way we do in
+choices 3 and 10; it trains on one split per user and scores with a max over K.)
+
+Model (``B`` users, ``n`` positions, ``D`` hidden size, ``K`` intentions)::
+
+    z_i        = single-head causal SASRec state at position i      (layers.py)
+    p(k|i)     = softmax_k( cos(LN(z_i), LN(c_k)) / tau )            (intent_cluster op)
+    p_t(i)     = softmax_{i<=t}( q_t . (key_i + alpha_{t-i}) / sqrt(D) )
+                 q_t = LN_q(z_t + b'),  key_i = LN_k(z_i) + ReLU(W LN_k(z_i) + b)
+    phi_k(x_1..t) = LN(beta_k + sum_{i<=t} p(k|i) p_t(i) z_i)        K vectors [K, D]
+
+Losses, on a training batch (input ``x_1..x_m`` and next items ``x_2..x_{m+1}``):
+
+* seq2item, at every position t with a target: the next item is scored from the K
+  vectors, ``s_k(j) = <phi_k(x_1..t), h_j>``, as a mixture softmax over intentions and
+  items, ``-log sum_k exp s_k(x_{t+1}) + log sum_k sum_j exp s_k(j)`` (``loss="ce"``: j
+  over all items; ``loss="sampled"``: j over the target and the trainer's m negatives).
+* seq2seq, at one split point t per user: ``phi^past_k = phi_k(x_1..t)`` (beta_past)
+  against ``phi^fut_k = phi_k(x_{m+1}, x_m, ..., x_{t+1})``, the reversed future encoded
+  by the same encoder with its own beta_future. InfoNCE with logits
+  ``<phi^past_{u,k}, phi^fut_{u',k'}> / (sqrt(D) * seq2seq_temperature)``: the positive
+  is (u, k), the negatives are every other (u', k') of the batch (other intentions of the
+  same user and every intention of the other users). Only pairs (u, k) where intention
+  k is present on both sides count, and of those only the top ``confidence_lambda``
+  fraction by confidence.
+  With ``backend="seqrec"`` the all-item mixture NLL streams over blocks of items
+  (:func:`mixture_nll`: never holds the [N, K, V] logits); ``"reference"``
+  materialises them.
+* ``loss = seq2item + seq2seq_weight * seq2seq``; ``seq2seq_weight = 0`` is the
+  seq2item-only ablation (no future pass, no random draw).
+
+Evaluation (``score``, ``recommend``): the K vectors of the whole input, items scored by
+``logsumexp_k <phi_k, h_j>``, the log of the mixture the seq2item loss trains (a smooth
+max over intentions; order-equivalent to the training likelihood).
+
+Open choices (the paper, as we have it, does not fix these):
+
+1. Encoder: our SASRec layers (post-LN, GELU, ``layers.py``) with one head; item and
+   position embeddings as SASRec (right-aligned positions). The past and future
+   encoders share every parameter except beta. Like SASRec training, the prefixes
+   x_1..t of a training row are read off one causal pass over the row, so their z_i
+   carry the row's position embeddings (not those of x_1..t encoded alone).
+2. Clustering: cosine after a layer norm without affine parameters on both z_i and
+   c_k (the ``intent_cluster`` op), prototypes ``c_k`` learned, temperature ``tau``
+   (default 0.5, see :class:`DSSConfig`). Padding positions get p(k|i) = 0.
+3. Intention weighting: the notes name ``alpha`` (position embeddings) and ``W, b, b'``
+   without the equation. Ours is above: alpha is indexed by the distance t - i to the
+   latest position (so the weights of a prefix x_1..t are the same whether it is a
+   training prefix or a whole evaluated sequence, and one [B, n, n] causal attention
+   gives every prefix at once); alpha is added to the keys after the affine map.
+4. beta_past, beta_future: learned [K, D] parameters, initialised N(0, 1/D) (the
+   notes' "(0, 1/sqrt(D)) normal"). An intention absent from a sequence (mass ~0)
+   gives ``LN(beta_k)``: a fixed random-looking vector, different for the past and the
+   future side, so an absent intention never matches trivially. Not resampled noise
+   (that would make evaluation random).
+5. One output LayerNorm (with affine) shared by past and future.
+6. seq2item scoring from K vectors: mixture softmax (log-sum-exp over intentions),
+   dot products without scaling (as our SASRec; the LN'd phi has norm ~sqrt(D)).
+   Default ``loss="ce"`` over all items (the paper's softmax); ``"sampled"`` uses the
+   trainer's uniform negatives without a log-Q correction.
+7. seq2seq logits are scaled by 1/sqrt(D) (both sides end in a LayerNorm), times
+   ``1 / seq2seq_temperature`` (default 1).
+8. Split point: per user and batch, the past length t is uniform in 1..m, where m is
+   the number of real input items; the future is ``x_{t+1}..x_{m+1}`` (length 1..m).
+   The user's whole visible sequence is ``input_ids`` plus the last target. Drawn
+   with ``torch.rand`` from torch's default CPU generator (seeded and checkpointed by
+   the trainer), so CPU runs are reproducible; a fixed ``split`` can be passed.
+   The future sequence is reversed (x_{t+1}, nearest to the split, is its latest item)
+   and left-padded like any input.
+9. "Present": intention k is present in a sequence when it is the arg-max intention
+   of at least one real position (``argmax_k p(k|i) = k``); parameter-free.
+10. Top-lambda cut: among the pairs present on both sides, keep the
+    ``ceil(confidence_lambda * count)`` pairs the model is most confident about, i.e.
+    with the highest InfoNCE probability of the positive (lowest loss); the selection
+    is not differentiated. ``confidence_lambda = 1`` keeps every present pair.
+11. Negatives of the InfoNCE: all K future vectors of every user of the batch (absent
+    intentions included: they are easy negatives). Users without a split (no input)
+    are neither anchors nor negatives.
+12. Reductions: seq2item is the mean over target positions; seq2seq is the mean over
+    the kept pairs (0 when none is kept).
+13. seq2seq weight 0.1 by default (see :class:`DSSConfig`); the paper's value is not in
+    our notes.
+14. Dropout (``hidden_dropout``/``attention_dropout``) as SASRec, on both passes;
+    default 0.5 / 0.5 (the S3-Rec authors' SASRec budget on Beauty).
+15. No extra disentanglement regulariser (DESIGN.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.backend import get_backend
+from ..ops.intent_cluster import intent_cluster
+from .layers import (
+    ACTIVATIONS,
+    ItemPositionEmbedding,
+    TransformerEncoder,
+    init_transformer_weights,
+    padding_mask,
+)
+from .sasrec import SASRec, _check_ids
+
+__all__ = ["DSSConfig", "DSS", "DSSEncoding", "PRESETS", "info_nce_pairs", "mixture_nll"]
+
+LOSSES = ("ce", "sampled")
+
+# Named settings selectable with ``seqrec train --model dss --preset NAME``.
+PRESETS: dict[str, dict] = {
+    # Our defaults: SASRec's Beauty budget (S3-Rec authors) with K = 4 intentions.
+    "default": {},
+    # The paper's ablation: the same encoder trained by seq2item alone.
+    "seq2item-only": {"seq2seq_weight": 0.0},
+}
+
+
+def _fail(name: str, what: str, value: object) -> None:
+    raise ValueError(f"DSSConfig.{name} must be {what}, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class DSSConfig:
+    """DSS hyper-parameters (plain numbers).
+
+    Attributes:
+        num_items: number of real items; ids are 1..num_items, 0 is padding.
+        max_len: longest input (learned positions), 50.
+        hidden_size: D, 64.
+        num_layers: single-head Transformer blocks of the SASRec encoder, 2.
+        inner_size: feed-forward width; None means 4 * hidden_size.
+        hidden_dropout, attention_dropout: as SASRec, 0.5.
+        num_intentions: K prototypes / output vectors, 4.
+        tau: clustering temperature of p(k|i), 0.5 (ours: on the synthetic data, K = 8,
+            0.1 left p(k|i) far from the planted intents, NMI 0.31 vs 0.55 at 0.5, with
+            no better NDCG; see ``seqrec.eval.dss_intents``).
+        seq2seq_weight: weight of the seq2seq InfoNCE term; 0 = seq2item only. 0.1
+            (not the paper's, which we do not know: on the synthetic data, 600 users,
+            K 4, 15 epochs, 3 seeds, 0.1 beat seq2item-only, test NDCG@20 0.7064 vs
+            0.7022 (every seed above every seed), while 0.3-1.0 slowed the seq2item
+            term down and lost 3-20%; it also raises the NMI of p(k|i) with the
+            planted intents, see notebooks/dss_intents.ipynb).
+        seq2seq_temperature: extra temperature of the InfoNCE logits (which are already
+            divided by sqrt(D)), 1.0.
+        confidence_lambda: fraction in (0, 1] of the present intention pairs kept by
+            the top-lambda confidence cut, 0.5.
+        loss: seq2item over all items (``"ce"``) or over the target and the trainer's
+            sampled negatives (``"sampled"``).
+        initializer_range: std of the normal init of Linear/Embedding weights, 0.02.
+        hidden_act: ``"gelu"`` or ``"relu"``.
+        layer_norm_eps: 1e-12 (SASRec's); cluster_eps: 1e-5, the layer-norm epsilon
+            inside the cosine of p(k|i).
+    """
+
+    num_items: int
+    max_len: int = 50
+    hidden_size: int = 64
+    num_layers: int = 2
+    inner_size: int | None = None
+    hidden_dropout: float = 0.5
+    attention_dropout: float = 0.5
+    num_intentions: int = 4
+    tau: float = 0.5
+    seq2seq_weight: float = 0.1
+    seq2seq_temperature: float = 1.0
+    confidence_lambda: float = 0.5
+    loss: str = "ce"
+    initializer_range: float = 0.02
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    cluster_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("num_items", 1), ("max_len", 1), ("hidden_size", 1),
+                              ("num_layers", 1), ("num_intentions", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                _fail(name, f"an int >= {minimum}", value)
+        if self.inner_size is not None and (
+            isinstance(self.inner_size, bool) or not isinstance(self.inner_size, int)
+            or self.inner_size < 1
+        ):
+            _fail("inner_size", "None or an int >= 1", self.inner_size)
+        for name in ("hidden_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value < 1.0:
+                _fail(name, "a number in [0, 1)", value)
+        for name in ("tau", "seq2seq_temperature", "initializer_range", "layer_norm_eps",
+                     "cluster_eps"):
+            value = getattr(self, name)
+            if not _is_number(value) or value <= 0:
+                _fail(name, "a positive number", value)
+        if not _is_number(self.seq2seq_weight) or self.seq2seq_weight < 0:
+            _fail("seq2seq_weight", "a number >= 0", self.seq2seq_weight)
+        if not _is_number(self.confidence_lambda) or not 0.0 < self.confidence_lambda <= 1.0:
+            _fail("confidence_lambda", "a number in (0, 1]", self.confidence_lambda)
+        if self.loss not in LOSSES:
+            _fail("loss", f"one of {LOSSES}", self.loss)
+        if self.hidden_act not in ACTIVATIONS:
+            _fail("hidden_act", f"one of {sorted(ACTIVATIONS)}", self.hidden_act)
+
+    @property
+    def ffn_size(self) -> int:
+        """The feed-forward width actually used."""
+        return 4 * self.hidden_size if self.inner_size is None else self.inner_size
+
+
+class DSSEncoding(NamedTuple):
+    """What the encoder says about one batch of sequences (their latest position).
+
+    interests: ``[B, K, D]`` the K intention vectors phi_k.
+    assignments: ``[B, n, K]`` p(k|i), 0 at padding.
+    weights: ``[B, n]`` p(i) of the latest position, 0 at padding.
+    """
+
+    interests: Tensor
+    assignments: Tensor
+    weights: Tensor
+
+
+class DSS(nn.Module):
+    """DSS (Ma et al., KDD 2020); see the module docstring for the equations and every
+    choice the paper leaves open.
+
+    Args:
+        config: :class:`DSSConfig`.
+        backend: ``"seqrec"`` (compiled ``intent_cluster``) or ``"reference"`` (its
+            plain-PyTorch reference, and the reference path of every other op);
+            None = process default.
+
+    Parameters: ``embedding.*`` and ``encoder.*`` as SASRec (checkpoints of a
+    single-head SASRec load into them by name), ``prototypes`` [K, D], the weighting
+    ``key_norm``, ``key_map`` (W, b), ``query_norm``, ``query_bias`` (b'),
+    ``distance`` (alpha), and ``beta_past``, ``beta_future`` [K, D], ``out_norm``.
+    """
+
+    PRESETS = PRESETS
+
+    def __init__(self, config: DSSConfig, *, backend: str | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, DSSConfig):
+            raise ValueError(f"config must be a DSSConfig, got {type(config).__name__}")
+        if backend is not None:
+            get_backend(backend)
+        self.config = config
+        self.backend = backend
+        d, k = config.hidden_size, config.num_intentions
+        self.embedding = ItemPositionEmbedding(
+            config.num_items + 1, config.max_len, d, config.hidden_dropout, config.layer_norm_eps
+        )
+        self.encoder = TransformerEncoder(
+            config.num_layers, d, 1, config.ffn_size, config.hidden_dropout,
+            config.attention_dropout, config.hidden_act, config.layer_norm_eps,
+            causal=True, backend=backend,
+        )
+        self.prototypes = nn.Parameter(torch.empty(k, d))
+        self.key_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.key_map = nn.Linear(d, d)
+        self.query_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.query_bias = nn.Parameter(torch.zeros(d))
+        self.distance = nn.Embedding(config.max_len, d)
+        self.beta_past = nn.Parameter(torch.empty(k, d))
+        self.beta_future = nn.Parameter(torch.empty(k, d))
+        self.out_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.apply(partial(init_transformer_weights, std=config.initializer_range))
+        with torch.no_grad():
+            # Prototypes: any scale (they are layer-normed); betas: N(0, 1/D).
+            self.prototypes.normal_(0.0, 1.0)
+            self.beta_past.normal_(0.0, d ** -0.5)
+            self.beta_future.normal_(0.0, d ** -0.5)
+
+    # ------------------------------------------------------------------ encoder pieces
+    def states(self, item_seq: Tensor, mask: Tensor) -> Tensor:
+        """z_i: single-head causal SASRec states [B, n, D] (0 at padding)."""
+        return self.encoder(self.embedding(item_seq), mask)
+
+    def _keys_query(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        zk = self.key_norm(z)
+        keys = zk + F.relu(self.key_map(zk))  # [B, n, D]
+        query = self.query_norm(z + self.query_bias)  # [B, n, D]
+        return keys, query
+
+    def intention_weights(self, z: Tensor, mask: Tensor) -> Tensor:
+        """p(i) of the latest position (column n - 1) over the real positions: [B, n]."""
+        n = z.size(1)
+        keys, query = self._keys_query(z)
+        q = query[:, -1]  # [B, D]
+        dist = torch.arange(n - 1, -1, -1, device=z.device)  # distance of column i to n - 1
+        logits = torch.einsum("bd,bnd->bn", q, keys) + q @ self.distance(dist).t()
+        logits = logits * (1.0 / math.sqrt(z.size(-1)))
+        logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+        # A fully padded row gives a uniform softmax over padding; zero it.
+        return torch.softmax(logits, dim=-1) * mask
+
+    def prefix_weights(self, z: Tensor, mask: Tensor) -> Tensor:
+        """p_t(i) for every prefix end t at once: [B, n(t), n(i)], causal, 0 at padding."""
+        n = z.size(1)
+        keys, query = self._keys_query(z)
+        pos = torch.arange(n, device=z.device)
+        dist = (pos[:, None] - pos[None, :]).clamp_min(0)  # [n, n], t - i
+        qa = query @ self.distance.weight[:n].t()  # [B, n, n]: q_t . alpha_d
+        logits = query @ keys.transpose(1, 2) + qa.gather(2, dist.expand(z.size(0), n, n))
+        logits = logits * (1.0 / math.sqrt(z.size(-1)))
+        allowed = (pos[:, None] >= pos[None, :]) & mask[:, None, :] & mask[:, :, None]
+        logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+        return torch.softmax(logits, dim=-1) * allowed
+
+    def _cluster(self, z: Tensor, mask: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+        return intent_cluster(z, mask, self.prototypes, self.config.tau, weights=weights,
+                              eps=self.config.cluster_eps, backend=self.backend)
+
+    def _aggregate(self, raw: Tensor, beta: Tensor) -> Tensor:
+        return self.out_norm(raw + beta)
+
+    # ------------------------------------------------------------------ public encoder
+    def encode(self, item_seq: Tensor, lengths: Tensor | None = None, *,
+               future: bool = False) -> DSSEncoding:
+        """K intention vectors of each whole sequence (its latest item is column n - 1).
+
+        Args:
+            item_seq: [B, n] int64 item ids, LEFT-padded with 0, n <= max_len.
+            lengths: optional [B] real lengths (checked against ``item_seq``).
+            future: use beta_future (a reversed future sequence) instead of beta_past.
+
+        Returns:
+            :class:`DSSEncoding` (interests [B, K, D], assignments [B, n, K],
+            weights [B, n]). A fully padded row gives ``LN(beta)`` vectors.
+        """
+        _check_ids("item_seq", item_seq)
+        mask = padding_mask(item_seq, lengths)
+        z = self.states(item_seq, mask)
+        weights = self.intention_weights(z, mask)
+        raw, probs = self._cluster(z, mask, weights)
+        beta = self.beta_future if future else self.beta_past
+        return DSSEncoding(self._aggregate(raw, beta), probs, weights)
+
+    def interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The K intention vectors ``phi_k(x)`` of each sequence: [B, K, D]."""
+        return self.encode(item_seq, lengths).interests
+
+    def prefix_interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``phi_k(x_1..t)`` for every prefix end t: [B, n, K, D] (past encoder).
+
+        Row t depends on items at columns <= t only (causal); its last row equals
+        :meth:`interests`. Rows at padding hold ``LN(beta_past)``.
+        """
+        _check_ids("item_seq", item_seq)
+        mask = padding_mask(item_seq, lengths)
+        raw = self._prefix_raw(*self._past(item_seq, mask))
+        return self._aggregate(raw, self.beta_past)
+
+    def _past(self, item_seq: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """States, p(k|i) and p_t(i) of the past encoder on a whole batch."""
+        z = self.states(item_seq, mask)
+        _, probs = self._cluster(z, mask, None)  # [B, n, K]
+        return z, probs, self.prefix_weights(z, mask)
+
+    @staticmethod
+    def _prefix_raw(z: Tensor, probs: Tensor, prefix_w: Tensor) -> Tensor:
+        """sum_i p(k|i) p_t(i) z_i for every t: [B, n, K, D] (one batched matmul)."""
+        b, n, d = z.shape
+        k = probs.size(-1)
+        per_position = (probs.unsqueeze(-1) * z.unsqueeze(2)).reshape(b, n, k * d)
+        return torch.bmm(prefix_w, per_position).view(b, n, k, d)
+
+    # ------------------------------------------------------------------ scoring
+    def _item_logits(self, phi: Tensor, items: Tensor | None) -> Tensor:
+        """<phi_k, h_j>: [R, K, V + 1] for all items or [R, K, C] for candidates [R, C]."""
+        if items is None:
+            return phi @ self.embedding.item.weight.t()
+        return torch.einsum("rkd,rcd->rkc", phi, self.embedding.item(items))
+
+    def score(self, item_seq: Tensor, lengths: Tensor | None = None,
+              items: Tensor | None = None) -> Tensor:
+        """Next-item scores ``logsumexp_k <phi_k(x), h_j>`` from the K vectors.
+
+        Args:
+            item_seq: [B, n] left-padded item ids.
+            lengths: optional [B] real lengths.
+            items: optional [B, C] candidate ids; None scores every item.
+
+        Returns:
+            [B, num_items + 1] with column 0 (padding) = -inf, or [B, C] with -inf where
+            a candidate is 0. Dropout follows the module mode: call ``eval()`` first.
+        """
+        if items is not None:
+            _check_ids("items", items)
+            if items.dim() != 2 or items.size(0) != item_seq.size(0):
+                raise ValueError(
+                    f"items must be [B={item_seq.size(0)}, C], got shape {tuple(items.shape)}"
+                )
+        phi = self.interests(item_seq, lengths)
+        scores = self._item_logits(phi, items).logsumexp(dim=1)
+        if items is None:
+            pad = torch.arange(scores.size(1), device=scores.device) == 0
+            return scores.masked_fill(pad, float("-inf"))
+        return scores.masked_fill(items == 0, float("-inf"))
+
+    # The SASRec helpers only use config.num_items / max_len, the item table and score.
+    recommend = SASRec.recommend
+    _history_tensor = SASRec._history_tensor
+    item_embeddings = SASRec.item_embeddings
+
+    # ------------------------------------------------------------------ training
+    def sample_split(self, lengths: Tensor) -> Tensor:
+        """Past length t per row, uniform in 1..lengths[b] (1 where lengths is 0): [B].
+
+        Draws ``torch.rand`` from torch's default CPU generator (then moves to the
+        device), so a seeded CPU or GPU run draws the same split points.
+        """
+        u = torch.rand(lengths.shape, dtype=torch.float64).to(lengths.device)
+        m = lengths.clamp_min(1)
+        return (u * m).floor().to(torch.int64).clamp(max=m - 1) + 1
+
+    @staticmethod
+    def reversed_future(input_ids: Tensor, target_ids: Tensor, split: Tensor) -> Tensor:
+        """``x_{m+1}, x_m, ..., x_{t+1}`` of each row, LEFT-padded (x_{t+1} last): [B, f].
+
+        Args:
+            input_ids: [B, n] left-padded inputs x_1..x_m (the training batch).
+            target_ids: [B, n] next items; column n - 1 holds x_{m+1}.
+            split: [B] past length t in 1..m.
+
+        The width f is the longest future of the batch (m + 1 - t).
+        """
+        b, n = input_ids.shape
+        m = (input_ids != 0).sum(1)
+        full = torch.cat([input_ids, target_ids[:, -1:]], dim=1)  # [B, n + 1], x_{m+1} last
+        future_len = (m + 1 - split).clamp_min(0)
+        width = max(int(future_len.max()), 1) if b else 1
+        col_t = n - m + split - 1  # column of x_t in input_ids / full
+        j = torch.arange(width, device=input_ids.device)
+        index = col_t[:, None] + width - j[None, :]  # x_{t+1} at j = width - 1
+        real = j[None, :] >= (width - future_len)[:, None]
+        return full.gather(1, index.clamp(0, n)) * real
+
+    def loss_terms(self, input_ids: Tensor, target_ids: Tensor,
+                   negative_ids: Tensor | None = None, *, split: Tensor | None = None
+                   ) -> dict[str, Tensor]:
+        """Both loss terms and what went into them (see the module docstring).
+
+        Args:
+            input_ids: [B, n] left-padded inputs x_1..x_m.
+            target_ids: [B, n] next items (0 where none); column n - 1 must hold x_{m+1}
+                for the seq2seq term (as the trainer's batches do).
+            negative_ids: [B, n] or [B, n, m] sampled negatives (``loss="sampled"``).
+            split: optional [B] past lengths t in 1..m (default: :meth:`sample_split`).
+
+        Returns:
+            dict with ``loss`` (the total), ``seq2item``, ``seq2seq`` (0 when
+            ``seq2seq_weight == 0``: then nothing of the future is computed and no random
+            number drawn), ``pairs`` (number of kept intention pairs) and ``present``
+            (pairs present on both sides).
+        """
+        cfg = self.config
+        _check_ids("input_ids", input_ids)
+        shape = tuple(input_ids.shape)
+        _check_ids("target_ids", target_ids, shape)
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, n], got shape {shape}")
+        # Columns that are padding in every row change nothing (right-aligned positions).
+        mask = input_ids != 0
+        width = int(mask.any(0).to(torch.int64).sum()) if input_ids.numel() else 0
+        keep = slice(shape[1] - max(width, 1), shape[1])
+        inputs, targets, mask = input_ids[:, keep], target_ids[:, keep], mask[:, keep]
+
+        z, probs, prefix_w = self._past(inputs, mask)
+        raw = self._prefix_raw(z, probs, prefix_w)  # [B, n, K, D]
+        real = targets > 0
+        count = real.sum().clamp_min(1)
+        phi = self._aggregate(raw[real], self.beta_past)  # [N, K, D]
+        tgt = targets[real]
+        if cfg.loss == "ce":
+            # Items 1..V only: padding never enters the softmax.
+            per_position = mixture_nll(phi, self.embedding.item.weight[1:], tgt - 1,
+                                       backend=self.backend)
+        else:
+            if negative_ids is None:
+                raise ValueError('negative_ids is required when config.loss == "sampled"')
+            _check_ids("negative_ids", negative_ids)
+            if tuple(negative_ids.shape[:2]) != shape:
+                raise ValueError(
+                    f"negative_ids must be [B, n] or [B, n, m] with [B, n] = {shape}, got "
+                    f"{tuple(negative_ids.shape)}"
+                )
+            neg = negative_ids[:, keep]
+            neg = neg.unsqueeze(-1) if neg.dim() == 2 else neg
+            candidates = torch.cat([tgt[:, None], neg[real]], dim=1)  # [N, 1 + m]
+            logits = self._item_logits(phi, candidates)  # [N, K, 1 + m]
+            per_position = logits.flatten(1).logsumexp(1) - logits[:, :, 0].logsumexp(1)
+        seq2item = per_position.sum() / count
+
+        zero = seq2item.new_zeros(())
+        out = {"seq2item": seq2item, "seq2seq": zero, "pairs": zero.long(), "present": zero.long()}
+        if cfg.seq2seq_weight == 0:
+            out["loss"] = seq2item
+            return out
+        m = mask.sum(1)
+        if split is None:
+            split = self.sample_split(m)
+        else:
+            _check_ids("split", split, (shape[0],))
+            if bool(((split < 1) | (split > m.clamp_min(1))).any()):
+                raise ValueError("split must lie in 1..m (the real input length) for every row")
+        rows = torch.arange(shape[0], device=inputs.device)
+        col_t = inputs.size(1) - m.clamp_min(1) + split - 1
+        phi_past = self._aggregate(raw[rows, col_t], self.beta_past)  # [B, K, D]
+        future = self.reversed_future(inputs, targets, split)
+        fut_mask = future != 0
+        z_f = self.states(future, fut_mask)
+        raw_f, probs_f = self._cluster(z_f, fut_mask, self.intention_weights(z_f, fut_mask))
+        phi_future = self._aggregate(raw_f, self.beta_future)  # [B, K, D]
+
+        k = cfg.num_intentions
+        hard = F.one_hot(probs.argmax(-1), k).bool()  # [B, n, K]
+        upto = torch.arange(inputs.size(1), device=inputs.device)[None, :] <= col_t[:, None]
+        present_past = (hard & (mask & upto).unsqueeze(-1)).any(1)  # [B, K]
+        present_future = (F.one_hot(probs_f.argmax(-1), k).bool() & fut_mask.unsqueeze(-1)).any(1)
+        valid_row = (m > 0) & (targets[:, -1] > 0)  # [B]
+        seq2seq, kept, present = info_nce_pairs(
+            phi_past, phi_future, present_past & present_future & valid_row[:, None],
+            valid_row, scale=1.0 / (math.sqrt(cfg.hidden_size) * cfg.seq2seq_temperature),
+            confidence_lambda=cfg.confidence_lambda,
+        )
+        out.update(seq2seq=seq2seq, pairs=kept, present=present,
+                   loss=seq2item + cfg.seq2seq_weight * seq2seq)
+        return out
+
+    def loss(self, input_ids: Tensor, target_ids: Tensor,
+             negative_ids: Tensor | None = None) -> Tensor:
+        """Training loss ``seq2item + seq2seq_weight * seq2seq`` (scalar); the Trainer's
+        interface. See :meth:`loss_terms`."""
+        return self.loss_terms(input_ids, target_ids, negative_ids)["loss"]
+
+
+def info_nce_pairs(past: Tensor, future: Tensor, eligible: Tensor, valid_row: Tensor, *,
+                   scale: float, confidence_lambda: float) -> tuple[Tensor, Tensor, Tensor]:
+    """DSS's seq2seq InfoNCE over intention pairs with the top-lambda confidence cut.
+
+    Args:
+        past: [B, K, D] anchors phi^past_{u,k}.
+        future: [B, K, D] phi^fut_{u,k}; (u, k) is the positive of anchor (u, k), every
+            other (u', k') of a valid row a negative.
+        eligible: [B, K] bool, anchors that may count (present on both sides).
+        valid_row: [B] bool, rows whose future vectors enter the softmax at all.
+        scale: multiplies the dot products (1 / (sqrt(D) * temperature)).
+        confidence_lambda: fraction in (0, 1] of the eligible anchors kept, those with
+            the lowest loss (highest probability of the positive); not differentiated.
+
+    Returns:
+        (mean loss over kept anchors (0 when none), kept count, eligible count).
+    """
+    b, k, d = past.shape
+    logits = (past.reshape(b * k, d) @ future.reshape(b * k, d).t()) * scale  # [BK, BK]
+    column_ok = valid_row.repeat_interleave(k)
+    logits = logits.masked_fill(~column_ok[None, :], float("-inf"))
+    # Anchors of invalid rows have only -inf logits in the worst case; only eligible
+    # anchors (valid rows) are ever counted, so their NaN-free value is all that matters.
+    denom = torch.where(column_ok.any(), logits.logsumexp(1), logits.new_zeros(b * k))
+    per_pair = denom - logits.diagonal()  # [BK]
+    ok = eligible.reshape(-1)
+    per_pair = torch.where(ok, per_pair, per_pair.new_zeros(()))
+    count = ok.sum()
+    with torch.no_grad():
+        ranked = per_pair.masked_fill(~ok, float("inf")).argsort(stable=True).argsort()
+        budget = torch.ceil(count.to(torch.float64) * confidence_lambda).to(torch.int64)
+        keep = ok & (ranked < budget)
+    kept = keep.sum()
+    loss = (per_pair * keep).sum() / kept.clamp_min(1)
+    return loss, kept, count
+
+
+def mixture_nll(phi: Tensor, weight: Tensor, target: Tensor, *, backend: str | None = None,
+                chunk: int | None = None) -> Tensor:
+    """Negative log-likelihood of a mixture softmax over K vectors and all items.
+
+    ``nll[r] = logsumexp_{k,j} <phi[r,k], weight[j]> - logsumexp_k <phi[r,k], weight[target[r]]>``
+
+    Args:
+        phi: [R, K, D] the K vectors of each of R rows.
+        weight: [V, D] the item table (without the padding row).
+        target: [R] int64 indices into ``weight``.
+        backend: ``"reference"`` materialises the [R, K, V] logits and lets autograd
+            differentiate them (what one writes in plain PyTorch); ``"seqrec"`` streams
+            over blocks of items: forward keeps only per-row log-sum-exps, backward
+            recomputes each block's logits and turns them in place into the gradient
+            (two matrix products per block), so nothing of size [R, K, V] is ever held.
+        chunk: items per block for ``"seqrec"`` (default: about 2^20 logits per block,
+            which stays in cache).
+
+    Returns:
+        [R] per-row NLL; differentiable w.r.t. ``phi`` and ``weight``.
+    """
+    if phi.dim() != 3 or weight.dim() != 2 or phi.size(2) != weight.size(1):
+        raise ValueError(
+            f"mixture_nll: phi must be [R, K, D] and weight [V, D], got {tuple(phi.shape)} "
+            f"and {tuple(weight.shape)}"
+        )
+    if target.shape != phi.shape[:1]:
+        raise ValueError(f"mixture_nll: target must be [R={phi.size(0)}], got {tuple(target.shape)}")
+    if get_backend(backend) == "reference":
+        logits = phi @ weight.t()  # [R, K, V]
+        positive = logits.gather(2, target[:, None, None].expand(-1, logits.size(1), 1))
+        return logits.flatten(1).logsumexp(1) - positive.squeeze(2).logsumexp(1)
+    if chunk is None:
+        chunk = max(64, (1 << 20) // max(phi.size(0) * phi.size(1), 1))
+    return _MixtureNLL.apply(phi, weight, target, int(chunk))
+
+
+class _MixtureNLL(torch.autograd.Function):
+    """Blocked forward/backward of :func:`mixture_nll` (see its docstring)."""
+
+    @staticmethod
+    def forward(ctx, phi: Tensor, weight: Tensor, target: Tensor, chunk: int) -> Tensor:
+        r, k, d = phi.shape
+        rows = phi.reshape(r * k, d)
+        lse_blocks = [torch.logsumexp(rows @ weight[start : start + chunk].t(), 1)  # [RK] per block
+                      for start in range(0, weight.size(0), chunk)]
+        if lse_blocks:
+            lse_rows = torch.stack(lse_blocks, 1).logsumexp(1)
+        else:  # no item at all: every likelihood is empty
+            lse_rows = rows.new_full((r * k,), float("-inf"))
+        lse = lse_rows.view(r, k).logsumexp(1)  # [R]
+        positive = torch.einsum("rkd,rd->rk", phi, weight[target])  # [R, K]
+        ctx.save_for_backward(phi, weight, target, lse, torch.softmax(positive, 1))
+        ctx.chunk = chunk
+        return lse - positive.logsumexp(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        phi, weight, target, lse, resp = ctx.saved_tensors
+        r, k, d = phi.shape
+        rows = phi.reshape(r * k, d)
+        need_phi, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        lse_rows = lse.repeat_interleave(k)[:, None]  # [RK, 1]
+        g_rows = grad.repeat_interleave(k)[:, None]
+        # d nll / d logit = g * softmax over (k, j) of the row's logits. With g > 0 (a
+        # mean or a sum of the losses) it is exp(logit - lse + log g): the GEMM adds the
+        # shift and one in-place exp finishes the block.
+        positive_grad = bool((grad > 0).all())
+        shift = (g_rows.log() - lse_rows) if positive_grad else -lse_rows
+        g_phi = torch.zeros_like(rows) if need_phi else None
+        g_weight = torch.empty_like(weight) if need_weight else None
+        for start in range(0, weight.size(0), ctx.chunk):
+            block = weight[start : start + ctx.chunk]
+            p = torch.addmm(shift, rows, block.t()).exp_()  # [RK, C]
+            if not positive_grad:
+                p.mul_(g_rows)
+            if need_phi:
+                g_phi.addmm_(p, block)
+            if need_weight:
+                torch.mm(p.t(), rows, out=g_weight[start : start + ctx.chunk])
+        # The positive term: - g * resp_k at the target item of each row.
+        coef = (grad[:, None] * resp).unsqueeze(-1)  # [R, K, 1]
+        if need_phi:
+            g_phi = g_phi.view(r, k, d) - coef * weight[target][:, None, :]
+        if need_weight:
+            g_weight.index_add_(0, target, -(coef * phi).sum(1))
+        return g_phi, g_weight, None, None
