@@ -290,7 +290,7 @@ def _dss_presets() -> list[str]:
 
 
 def _dss_config(args, num_items: int) -> dict:
-    from .models.dss import PRESETS
+    from .models.dss import PRESETS, DSSConfig
 
     if args.preset is not None and args.preset not in PRESETS:
         raise ValueError(f"--preset {args.preset!r}: dss has presets {sorted(PRESETS)}")
@@ -306,10 +306,9 @@ def _dss_config(args, num_items: int) -> dict:
                         ("seq2seq_weight", "seq2seq_weight"), ("seq2seq_temperature", "seq2seq_temperature"),
                         ("confidence_lambda", "confidence_lambda")):
         value = getattr(args, flag)
-        if value is not None:
-            config[field] = value
-        elif field in defaults:
-            config[field] = defaults[field]
+        # Every DSS field is written out, so the run's spec does not depend on later defaults.
+        config[field] = value if value is not None else defaults.get(
+            field, DSSConfig.__dataclass_fields__[field].default)
     return config
 
 
