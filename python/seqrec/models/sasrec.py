@@ -269,11 +269,11 @@ class SASRec(nn.Module):
             neg = (hidden * self.embedding.item(negative_ids)).sum(-1)
             per_position = -(F.logsigmoid(pos) + F.logsigmoid(-neg))
             return (per_position * real).sum() / count
+        # Only positions with a target are scored: under left padding most of a batch is
+        # padding (Beauty: 8.9 of 50), and the [positions, V] logits dominate the step.
         # Scoring items 1..V only (shift ids by one) keeps padding out of the softmax.
-        logits = hidden @ self.embedding.item.weight[1:].t()  # [B, n, V]
-        total = F.cross_entropy(
-            logits.flatten(0, 1), (target_ids - 1).flatten(), ignore_index=-1, reduction="sum"
-        )
+        logits = hidden[real] @ self.embedding.item.weight[1:].t()  # [N, V]
+        total = F.cross_entropy(logits, target_ids[real] - 1, reduction="sum")
         return total / count
 
     @torch.no_grad()
