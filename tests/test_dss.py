@@ -433,24 +433,6 @@ def test_cli_smoke(tmp_path, capsys):
 # ---------------------------------------------------------------- intent recovery (eval)
 
 
-def test_normalized_mutual_info():
-    from seqrec.eval.dss_intents import normalized_mutual_info
-
-    a = [0, 0, 1, 1, 2, 2]
-    assert normalized_mutual_info(a, a) == pytest.approx(1.0)
-    assert normalized_mutual_info(a, [5, 5, 3, 3, 9, 9]) == pytest.approx(1.0)  # relabelled
-    assert normalized_mutual_info([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0, abs=1e-12)
-    # By hand: A = {0,0,1,1}, B = {0,0,0,1}: H(A) = ln 2, H(B) = -(3/4 ln 3/4 + 1/4 ln 1/4),
-    # I = sum p(a,b) ln p(a,b)/(p(a)p(b)) over (0,0): 1/2, (1,0): 1/4, (1,1): 1/4.
-    ha = math.log(2)
-    hb = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
-    mi = 0.5 * math.log(0.5 / (0.5 * 0.75)) + 0.25 * math.log(0.25 / (0.5 * 0.75)) \
-        + 0.25 * math.log(0.25 / (0.5 * 0.25))
-    assert normalized_mutual_info([0, 0, 1, 1], [0, 0, 0, 1]) == pytest.approx(mi / ((ha + hb) / 2))
-    with pytest.raises(ValueError, match="differ in size"):
-        normalized_mutual_info([0, 1], [0])
-
-
 def test_intention_recovery_scores_a_perfect_and_an_untrained_model():
     from seqrec.eval.dss_intents import intention_recovery
 

@@ -12,33 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .interests import normalized_mutual_info  # one NMI for SINE and DSS
+
 __all__ = ["normalized_mutual_info", "intention_recovery"]
-
-
-def normalized_mutual_info(labels_true, labels_pred) -> float:
-    """NMI of two labelings of the same items: ``I(A; B) / ((H(A) + H(B)) / 2)``.
-
-    Entropies in nats from the empirical joint distribution. 1.0 when both labelings
-    are constant (identical partitions), 0.0 when only one of them is.
-    """
-    a = np.asarray(labels_true).ravel()
-    b = np.asarray(labels_pred).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"labelings differ in size: {a.shape} vs {b.shape}")
-    if a.size == 0:
-        raise ValueError("empty labelings")
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    joint = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(joint, (ai, bi), 1.0)
-    joint /= a.size
-    pa, pb = joint.sum(1), joint.sum(0)
-    ha, hb = -np.sum(pa * np.log(pa)), -np.sum(pb * np.log(pb))
-    if ha == 0.0 and hb == 0.0:
-        return 1.0
-    nz = joint > 0
-    mi = np.sum(joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz]))
-    return float(max(mi, 0.0) / ((ha + hb) / 2))
 
 
 @torch.no_grad()
