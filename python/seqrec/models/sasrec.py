@@ -306,7 +306,8 @@ class SASRec(nn.Module):
             raise ValueError(f"k must be an int in [1, num_items={num_items}], got {k!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        weight = self.embedding.item.weight
+        # item_embeddings(): every model that borrows this method (DIFSR, SINE, DSS) has it.
+        weight = self.item_embeddings()
         history = self._history_tensor(sequences).to(weight.device)  # [B, L] left-padded
         ids = torch.zeros(history.size(0), k, dtype=torch.int64, device=weight.device)
         scores = torch.full((history.size(0), k), float("-inf"), dtype=weight.dtype,

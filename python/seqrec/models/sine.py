@@ -504,30 +504,8 @@ class SINE(nn.Module):
             fewer than k items are admissible. With ``merge="max"`` this is the merge of
             the K per-interest top-k lists (by score, duplicates removed).
         """
-        num_items = self.config.num_items
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_items:
-            raise ValueError(f"k must be an int in [1, num_items={num_items}], got {k!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        weight = self.item.weight
-        history = self._history_tensor(sequences).to(weight.device)
-        ids = torch.zeros(history.size(0), k, dtype=torch.int64, device=weight.device)
-        scores = torch.full((history.size(0), k), float("-inf"), dtype=weight.dtype,
-                            device=weight.device)
-        was_training = self.training
-        self.eval()
-        try:
-            for start in range(0, history.size(0), batch_size):
-                rows = history[start : start + batch_size]
-                batch_scores = self.score(rows[:, -self.config.max_len :])
-                if exclude_history:
-                    batch_scores.scatter_(1, rows, float("-inf"))
-                top_scores, top_ids = batch_scores.topk(k, dim=1)
-                scores[start : start + batch_size] = top_scores
-                ids[start : start + batch_size] = top_ids.masked_fill(top_scores == float("-inf"), 0)
-        finally:
-            self.train(was_training)
-        return ids, scores
+        # The retrieval loop is SASRec's: it only calls self.score, which applies the merge rule.
+        return SASRec.recommend(self, sequences, k, exclude_history, batch_size)
 
     def _history_tensor(self, sequences: Tensor | Sequence[Sequence[int]]) -> Tensor:
         # SASRec's validation of user-given sequences; it reads only config.num_items.
