@@ -38,7 +38,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 from common import median_seconds, print_table
 

@@ -1,7 +1,6 @@
 """Execute the notebooks (small sizes) so they never rot."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

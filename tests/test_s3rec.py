@@ -93,7 +93,6 @@ def nce_one_negative(f_pos, f_neg):
 
 def direct_losses(model, m: SeqMaskOutput) -> dict[str, float]:
     """Every objective from the paper's formulas, one position at a time."""
-    cfg = model.config
     item_emb = model.embedding.item.weight
     attr_emb = model.attribute_embedding.weight
     mask = model.mask_token

@@ -388,5 +388,10 @@ def test_cli_train_and_evaluate(tmp_path):
     with redirect_stdout(buf2):
         assert main(["evaluate", "--checkpoint", str(out)]) == 0
     assert buf2.getvalue().strip() == text.split("\n", 1)[1].strip()
+    # both print how distinct the K interests are (mean pairwise cosine, in [-1, 1])
+    line = [ln for ln in text.splitlines() if ln.startswith("interests (test inputs, 150 users)")]
+    assert len(line) == 1, text
+    cosine = float(line[0].split("K interests ")[1].split()[0])
+    assert -1.0 <= cosine <= 1.0
     assert main(["train", "--model", "sine", "--preset", "nope", "--synthetic-users", "50", "--epochs", "1"]) == 2
     assert main(["train", "--model", "sine", "--num-negatives", "0", "--epochs", "1"]) == 2

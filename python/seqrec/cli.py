@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -393,10 +391,8 @@ def _attach(model, dataset) -> None:
 
 
 def cmd_train(args) -> int:
-    from .models import build_model
+    from .models import build_model, read_pretrained_state
     from .train import TrainConfig, Trainer
-
-    from .models import read_pretrained_state
 
     if args.num_negatives is not None and args.num_negatives < 1:
         raise ValueError(f"--num-negatives must be >= 1, got {args.num_negatives}")
@@ -448,6 +444,8 @@ def cmd_train(args) -> int:
     print(f"best epoch {result.best_epoch} by valid {args.metric}")
     print(format_table("test, full ranking", result.test_full, result.protocol_full))
     print(format_table("test, sampled", result.test_sampled, result.protocol_sampled))
+    if hasattr(model, "interests"):
+        _print_interest_distinctness(model, split, args.device)
     return 0
 
 
@@ -475,7 +473,21 @@ def cmd_evaluate(args) -> int:
     trainer = Trainer(model, dataset.leave_one_out(max_len=data["max_len"]), TrainConfig(**cfg))
     print(format_table("test, full ranking", trainer.evaluate("test", "full"), trainer.protocol("full").describe()))
     print(format_table("test, sampled", trainer.evaluate("test", "sampled"), trainer.protocol("sampled").describe()))
+    if hasattr(model, "interests"):
+        _print_interest_distinctness(model, trainer.split, args.device)
     return 0
+
+
+def _print_interest_distinctness(model, split, device: str) -> None:
+    """Multi-interest models (SINE, DSS): how distinct a user's K interests are on the test inputs."""
+    from .eval.interests import interest_distinctness
+
+    batch = split.eval_batch("test")
+    result = interest_distinctness(model.to(device), batch.input_ids, batch.lengths)
+    per_user = result["per_user"]
+    quartiles = ", ".join(f"{q:.3f}" for q in np.quantile(per_user, [0.25, 0.5, 0.75])) if len(per_user) else "-"
+    print(f"interests (test inputs, {len(per_user)} users): mean pairwise cosine between a user's "
+          f"K interests {result['mean_cosine']:.4f} (quartiles {quartiles}; 1 = identical, 0 = orthogonal)")
 
 
 def cmd_pretrain(args) -> int:

@@ -295,7 +295,7 @@ class SINE(nn.Module):
                 f"sequence width {n} exceeds max_len={cfg.max_len}; keep the most recent "
                 f"max_len items (item_seq[:, -{cfg.max_len}:])"
             )
-        d, k = cfg.hidden_size, cfg.num_interests
+        k = cfg.num_interests
         pos = self.position.weight[cfg.max_len - n :]  # [n, D], most recent at max_len - 1
 
         # Position-wise work (embedding lookups, projections, tanh, weighted sums) runs

@@ -7,7 +7,6 @@ identical to the kernel's. Keep the two in sync: the stream layout below is the 
 """
 from __future__ import annotations
 
-import bisect
 
 import torch
 from torch import Tensor
