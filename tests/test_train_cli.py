@@ -121,9 +121,31 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_selection_by_sampled_validation():
+    """valid_ranking="sampled": the epoch log holds sampled validation metrics and the best
+    epoch is the argmax of the chosen one among them."""
+    ds = synthetic(num_users=200, num_items=120, seed=1)
+    split = ds.leave_one_out(max_len=15)
+    torch.manual_seed(0)
+    model = build_model("sasrec", num_items=ds.num_items, max_len=15, hidden_size=16, num_layers=1, num_heads=1,
+                        loss="bce")
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=3e-3, patience=0, seed=0, valid_ranking="sampled",
+                      metric="HR@1", sampled_negatives=20)
+    trainer = Trainer(model, split, cfg)
+    result = trainer.fit()
+    valids = [r["valid"] for r in result.history]
+    assert all("HR@1" in v for v in valids)  # the sampled protocol's report (full ranking has no @1 here)
+    assert result.best_epoch == 1 + max(range(len(valids)), key=lambda i: (valids[i]["HR@1"], -i))
+    assert trainer.evaluate("valid", "sampled") == result.best_valid  # the best state was restored
+    with pytest.raises(ValueError, match="one of"):
+        TrainConfig(metric="HR@1")  # full-ranking validation reports no @1 by default
+
+
 def test_train_config_validation():
     with pytest.raises(ValueError, match="TrainConfig.metric must be one of"):
         TrainConfig(metric="AUC")
+    with pytest.raises(ValueError, match="valid_ranking must be 'full' or 'sampled'"):
+        TrainConfig(valid_ranking="popularity")
     with pytest.raises(ValueError, match="TrainConfig.batch_size must be >= 1"):
         TrainConfig(batch_size=0)
 

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=10, help="evaluations without improvement before stopping (0: never)")
     t.add_argument("--eval-every", type=int, default=1, help="validate every N epochs")
     t.add_argument("--metric", default="NDCG@20", help="validation metric for early stopping and model selection")
+    t.add_argument("--valid-ranking", choices=["full", "sampled"], default="full",
+                   help="protocol of the validation that selects the epoch: full ranking, or sampled (target vs "
+                        "--sampled-negatives; the S3-Rec authors' sampled-protocol runs select by its MRR)")
     t.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="cut-offs reported")
     t.add_argument("--sampled-negatives", type=int, default=99, help="negatives per user in the sampled protocol")
     t.add_argument("--no-exclude-history", action="store_true",
@@ -415,7 +418,7 @@ def cmd_train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size or defaults["batch_size"], lr=args.lr or defaults["lr"],
         weight_decay=args.weight_decay,
         num_negatives=num_negatives,
-        patience=args.patience, eval_every=args.eval_every, metric=args.metric,
+        patience=args.patience, eval_every=args.eval_every, metric=args.metric, valid_ranking=args.valid_ranking,
         ks=tuple(args.ks), sampled_negatives=args.sampled_negatives, exclude_history=not args.no_exclude_history,
         seed=args.seed, device=args.device, progress=args.progress)
     torch.manual_seed(args.seed)  # parameter initialisation
@@ -441,7 +444,7 @@ def cmd_train(args) -> int:
         print(f"epoch {rec['epoch']:3d} loss {rec['loss']:.4f}{extra} ({rec['train_seconds']:.1f}s)", file=sys.stderr)
 
     result = trainer.fit(on_epoch=on_epoch)
-    print(f"best epoch {result.best_epoch} by valid {args.metric}")
+    print(f"best epoch {result.best_epoch} by valid {args.metric} ({args.valid_ranking} ranking)")
     print(format_table("test, full ranking", result.test_full, result.protocol_full))
     print(format_table("test, sampled", result.test_sampled, result.protocol_sampled))
     if hasattr(model, "interests"):

@@ -47,6 +47,10 @@ class TrainConfig:
     num_negatives: int = 1
     eval_every: int = 1
     metric: str = "NDCG@20"
+    # Protocol of the validation runs that pick the best epoch: "full" ranking, or
+    # "sampled" (target vs sampled_negatives), as the S3-Rec authors' sampled-protocol
+    # runs do (they select by sampled validation MRR).
+    valid_ranking: str = "full"
     patience: int = 10
     ks: tuple[int, ...] = (5, 10, 20)
     eval_chunk_size: int = 1024
@@ -67,7 +71,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.patience must be >= 0, got {self.patience}")
         self.betas = tuple(self.betas)
         self.ks = tuple(int(k) for k in self.ks)
-        valid_metrics = {f"{m}@{k}" for m in ("HR", "NDCG") for k in self.ks} | {"MRR"}
+        if self.valid_ranking not in ("full", "sampled"):
+            raise ValueError(f"TrainConfig.valid_ranking must be 'full' or 'sampled', got {self.valid_ranking!r}")
+        ks = self.ks + ((1,) if self.valid_ranking == "sampled" else ())  # sampled runs also report @1
+        valid_metrics = {f"{m}@{k}" for m in ("HR", "NDCG") for k in ks} | {"MRR"}
         if self.metric not in valid_metrics:
             raise ValueError(f"TrainConfig.metric must be one of {sorted(valid_metrics)}, got {self.metric!r}")
 
@@ -183,7 +190,7 @@ class Trainer:
             record = {"epoch": self.epoch + 1, "loss": loss, "train_seconds": time.perf_counter() - start}
             if (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs:
                 t0 = time.perf_counter()
-                valid = self.evaluate("valid")
+                valid = self.evaluate("valid", cfg.valid_ranking)
                 record["valid"] = valid
                 record["eval_seconds"] = time.perf_counter() - t0
                 if valid[cfg.metric] > self.best_metric:
