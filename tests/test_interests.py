@@ -106,6 +106,15 @@ def test_interest_distinctness_on_trained_model(trained):
     other = torch.stack([phi[:, 0], phi.roll(1, dims=0)[:, 1]], dim=1)
     assert res["mean_cosine"] < 0.99
     assert interest_cosine(other).mean() < res["mean_cosine"]
+    # The cross-user baseline: slot k of each user against slot k of a partner (never itself).
+    assert res["cross_user_cosine"] < res["mean_cosine"]
+    unit = torch.nn.functional.normalize(phi, dim=-1)
+    order = torch.randperm(400, generator=torch.Generator().manual_seed(0))
+    partner = torch.empty_like(order)
+    partner[order] = order.roll(1)
+    assert bool((partner != torch.arange(400)).all())
+    assert res["cross_user_cosine"] == pytest.approx(float((unit * unit[partner]).sum(-1).mean()), rel=1e-5)
+    assert math.isnan(interest_distinctness(model, seq[:1], lengths[:1])["cross_user_cosine"])  # one user
 
 
 def test_agreement_needs_planted_intents():

@@ -490,7 +490,8 @@ def _print_interest_distinctness(model, split, device: str) -> None:
     per_user = result["per_user"]
     quartiles = ", ".join(f"{q:.3f}" for q in np.quantile(per_user, [0.25, 0.5, 0.75])) if len(per_user) else "-"
     print(f"interests (test inputs, {len(per_user)} users): mean pairwise cosine between a user's "
-          f"K interests {result['mean_cosine']:.4f} (quartiles {quartiles}; 1 = identical, 0 = orthogonal)")
+          f"K interests {result['mean_cosine']:.4f} (quartiles {quartiles}; 1 = identical, 0 = orthogonal); "
+          f"between two users' interests {result['cross_user_cosine']:.4f}")
 
 
 def cmd_pretrain(args) -> int:

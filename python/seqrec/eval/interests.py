@@ -73,30 +73,42 @@ def last_items(dataset: SequenceDataset, max_len: int, users: np.ndarray | None 
 
 @torch.no_grad()
 def interest_distinctness(model: torch.nn.Module, item_seq: Tensor, lengths: Tensor | None = None,
-                          batch_size: int = 1024) -> dict:
+                          batch_size: int = 1024, seed: int = 0) -> dict:
     """Interest distinctness of ``model`` (anything with ``interests(item_seq, lengths)
     -> [B, K, D]``) on the given LEFT-padded sequences, in eval mode.
 
+    The within-user cosine alone is hard to read (embedding spaces are anisotropic), so
+    a baseline comes with it: the mean cosine between interest k of a user and interest
+    k of another user (a fixed random pairing drawn with ``seed``).
+
     Returns:
-        ``{"mean_cosine": float, "per_user": np.ndarray [B]}``; rows of length 0 are
-        left out (their interests carry no information).
+        ``{"mean_cosine": float, "per_user": np.ndarray [U], "cross_user_cosine": float}``
+        over the U rows of length > 0 (an empty row's interests carry no information);
+        ``cross_user_cosine`` is NaN with fewer than 2 such rows.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        values = []
+        units = []
         for start in range(0, item_seq.size(0), batch_size):
             rows = item_seq[start : start + batch_size].to(device)
             lens = None if lengths is None else lengths[start : start + batch_size].to(device)
-            values.append(interest_cosine(model.interests(rows, lens)).cpu())
+            units.append(F.normalize(model.interests(rows, lens).float(), dim=-1).cpu())
     finally:
         model.train(was_training)
-    per_user = torch.cat(values).numpy() if values else np.zeros(0, np.float32)
-    keep = (item_seq != 0).any(dim=1).numpy()
-    per_user = per_user[keep]
+    keep = (item_seq != 0).any(dim=1)
+    unit = torch.cat(units)[keep] if units else torch.zeros(0, 2, 1)
+    per_user = interest_cosine(unit).numpy() if len(unit) else np.zeros(0, np.float32)
+    cross = float("nan")
+    if len(unit) >= 2:
+        # A derangement: user i is paired with user (i + shift) of a random order.
+        order = torch.randperm(len(unit), generator=torch.Generator().manual_seed(seed))
+        partner = torch.empty_like(order)
+        partner[order] = order.roll(1)
+        cross = float((unit * unit[partner]).sum(-1).mean())
     return {"mean_cosine": float(per_user.mean()) if len(per_user) else float("nan"),
-            "per_user": per_user}
+            "per_user": per_user, "cross_user_cosine": cross}
 
 
 def normalized_mutual_info(labels_a, labels_b) -> float:
