@@ -113,6 +113,29 @@ def test_trained_sasrec_beats_popularity_on_synthetic():
     assert result.test_full["HR@10"] > pop["HR@10"] + 0.05
 
 
+def test_resume_refuses_a_different_run(tmp_path):
+    ds = synthetic(num_users=120, num_items=60, seed=2)
+    split = ds.leave_one_out(max_len=10)
+
+    def trainer(config: TrainConfig, hidden: int = 8) -> Trainer:
+        torch.manual_seed(0)
+        model = build_model("sasrec", num_items=ds.num_items, max_len=10, hidden_size=hidden, num_layers=1,
+                            num_heads=1)
+        spec = {"name": "sasrec", "config": {"hidden_size": hidden}}
+        return Trainer(model, split, config, out_dir=tmp_path, model_spec=spec)
+
+    base = dict(batch_size=64, patience=0, sampled_negatives=10)
+    trainer(TrainConfig(epochs=1, **base)).fit()
+    longer = trainer(TrainConfig(epochs=3, **{**base, "patience": 5}))  # length and patience may change
+    assert longer.resume() and longer.epoch == 1
+    with pytest.raises(ValueError, match=r"differs in metric, valid_ranking \(metric: 'NDCG@20' in the checkpoint"):
+        trainer(TrainConfig(epochs=3, **base, metric="HR@1", valid_ranking="sampled")).resume()
+    with pytest.raises(ValueError, match="differs in lr"):
+        trainer(TrainConfig(epochs=3, **base, lr=0.01)).resume()
+    with pytest.raises(ValueError, match="differs in model config"):
+        trainer(TrainConfig(epochs=3, **base), hidden=16).resume()
+
+
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         load_checkpoint(tmp_path)

@@ -265,12 +265,42 @@ class Trainer:
         with atomic_write(self.out_dir / CHECKPOINT_NAME, "wb") as fh:
             torch.save(self.state_dict(), fh)
 
+    # Settings a resumed run may change: how long it goes on, and where it runs.
+    RESUME_MAY_CHANGE = frozenset({"epochs", "patience", "eval_every", "eval_chunk_size", "device", "progress"})
+
     def resume(self) -> bool:
-        """Load ``out_dir/checkpoint.pt`` if it exists; True when a run was resumed."""
+        """Load ``out_dir/checkpoint.pt`` if it exists; True when a run was resumed.
+
+        Raises:
+            ValueError: the checkpoint was trained with another model configuration or
+                with other training settings than those outside ``RESUME_MAY_CHANGE``
+                (resuming would mix two runs' optimisation or compare different
+                validation metrics); the message names the differing settings.
+        """
         if self.out_dir is None or not (self.out_dir / CHECKPOINT_NAME).exists():
             return False
-        self.load_state_dict(load_checkpoint(self.out_dir / CHECKPOINT_NAME))
+        path = self.out_dir / CHECKPOINT_NAME
+        state = load_checkpoint(path)
+        saved, current = state.get("train_config", {}), asdict(self.config)
+        differ = sorted(k for k in current.keys() - self.RESUME_MAY_CHANGE
+                        if k in saved and _plain(saved[k]) != _plain(current[k]))
+        saved_model, current_model = state.get("model_spec", {}), self.model_spec
+        for key in ("name", "config"):
+            if key in saved_model and key in current_model and saved_model[key] != current_model[key]:
+                differ.append(f"model {key}")
+        if differ:
+            detail = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+                               for k in differ if not k.startswith("model "))
+            raise ValueError(f"{path}: cannot resume, the run differs in {', '.join(differ)}"
+                             + (f" ({detail})" if detail else "")
+                             + "; only " + ", ".join(sorted(self.RESUME_MAY_CHANGE)) + " may change")
+        self.load_state_dict(state)
         return True
+
+
+def _plain(value):
+    """Tuples and lists compare equal (a config read back from a checkpoint)."""
+    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def load_checkpoint(path: str | Path) -> dict:
