@@ -31,8 +31,9 @@ run: build
 test: build
 	$(PY) -m pytest -q
 
+# Every benchmark with its defaults (long: minutes each on 2 CPU cores).
 bench: build
-	$(PY) benchmarks/run_all.py
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf build $(VENV)
