@@ -102,7 +102,7 @@ def interest_distinctness(model: torch.nn.Module, item_seq: Tensor, lengths: Ten
     per_user = interest_cosine(unit).numpy() if len(unit) else np.zeros(0, np.float32)
     cross = float("nan")
     if len(unit) >= 2:
-        # A derangement: user i is paired with user (i + shift) of a random order.
+        # A derangement: each user is paired with its predecessor in a random order.
         order = torch.randperm(len(unit), generator=torch.Generator().manual_seed(seed))
         partner = torch.empty_like(order)
         partner[order] = order.roll(1)
