@@ -444,3 +444,20 @@ def test_scaled_dot_attention_routes_through_the_op():
     # no kernel for float16: the plain math runs instead of failing
     h = scaled_dot_attention(q.detach().half(), k.detach().half(), v.detach().half(), backend="seqrec", **kw)
     assert h.dtype == torch.float16 and torch.isfinite(h).all()
+
+
+def test_matches_reference_through_at_mm():
+    """The kernel's products go straight to torch's BLAS (sgemm_/dgemm_) when it exports
+    one, else through at::mm; SEQREC_DIRECT_BLAS=0 forces the latter (read once per
+    process), so the reference comparisons run again in a subprocess that way."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, SEQREC_DIRECT_BLAS="0", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "test_matches_reference and (gate or concat) and left", "-x"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout

@@ -24,9 +24,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "ops/common/check.h"
 
@@ -204,6 +206,58 @@ namespace {
 // (and so the result) does not depend on the number of threads.
 constexpr int64_t kMaxChunks = 64;
 
+}  // namespace
+
+// The Fortran BLAS entry points of the BLAS torch was built with (MKL in the x86 wheels,
+// exported by libtorch_cpu). Declared weak: where torch exports none they are null and
+// gemm() below goes through at::mm instead. Calling them directly matters here: a worker
+// runs thousands of tiny products per batch (n <= 50, head size 32), and at::mm's
+// per-call cost (three from_blob tensors, dispatch) is as large as the arithmetic.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc) __attribute__((weak));
+}
+
+namespace {
+
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: pass B first.
+template <typename T>
+bool blas_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+               const T* B, int64_t ldb, bool accumulate, T* C, int64_t ldc) {
+  // SEQREC_DIRECT_BLAS=0 forces the at::mm path (the tests run both).
+  static const bool enabled = [] {
+    const char* env = std::getenv("SEQREC_DIRECT_BLAS");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  if (!enabled) return false;
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  if (std::max({M, N, K, lda, ldb, ldc}) > kIntMax) return false;
+  // BLAS rejects (and then skips the product) leading dimensions below the row length;
+  // at::mm takes any stride, so such calls go there.
+  if (ldb < std::max<int64_t>(1, trans_b ? K : N) || lda < std::max<int64_t>(1, trans_a ? M : K) ||
+      ldc < std::max<int64_t>(1, N)) {
+    return false;
+  }
+  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  const T alpha = 1, beta = accumulate ? 1 : 0;
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_ == nullptr) return false;
+    sgemm_(&ta, &tb, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+    return true;
+  } else if constexpr (std::is_same_v<T, double>) {
+    if (dgemm_ == nullptr) return false;
+    dgemm_(&ta, &tb, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+    return true;
+  }
+  return false;
+}
+
 // Row-major C[M, N] (leading dim ldc) = op(A) op(B), or += when `accumulate`.
 // op(A) is [M, K]: A itself (row stride lda) or, when trans_a, the transpose of an
 // A stored [K, M] (row stride lda). Same for B ([K, N]).
@@ -217,6 +271,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
     }
     return;
   }
+  if (blas_gemm<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc)) return;
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   at::Tensor a = trans_a ? at::from_blob(const_cast<T*>(A), {M, K}, {1, lda}, opts)
                          : at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
