@@ -387,6 +387,10 @@ def test_pretraining_lowers_the_loss_and_resumes_exactly(tmp_path):
     assert second.resume() and second.epoch == 1
     second.fit()
     assert [r["loss"] for r in second.history] == [r["loss"] for r in history]
+    other = pretrainer(tmp_path / "split", 4)
+    other.config.lr = 0.01  # another run's settings: refused, naming the difference
+    with pytest.raises(ValueError, match=r"cannot resume, the run differs in lr \(lr: 0.001"):
+        other.resume()
     for name, value in full.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[name]), name
 

@@ -240,15 +240,25 @@ class Pretrainer:
             for record in self.history:
                 fh.write(json.dumps(record) + "\n")
 
+    # Settings a resumed pretraining run may change.
+    RESUME_MAY_CHANGE = frozenset({"epochs", "device", "progress"})
+
     def resume(self) -> bool:
-        """Continue from ``out_dir/pretrain.pt`` if it exists; True when resumed."""
+        """Continue from ``out_dir/pretrain.pt`` if it exists; True when resumed.
+
+        Raises:
+            ValueError: not a pretraining checkpoint, or one of another model
+                configuration or other settings than ``RESUME_MAY_CHANGE``."""
         if self.out_dir is None or not (self.out_dir / PRETRAIN_CHECKPOINT).exists():
             return False
-        from .trainer import load_checkpoint
+        from .trainer import check_resumable, load_checkpoint
 
-        state = load_checkpoint(self.out_dir / PRETRAIN_CHECKPOINT)
+        path = self.out_dir / PRETRAIN_CHECKPOINT
+        state = load_checkpoint(path)
         if state.get("kind") != CHECKPOINT_KIND:
-            raise ValueError(f"{self.out_dir / PRETRAIN_CHECKPOINT}: not a pretraining checkpoint")
+            raise ValueError(f"{path}: not a pretraining checkpoint")
+        check_resumable(path, state.get("pretrain_config", {}), asdict(self.config), state.get("model_spec", {}),
+                        self.model_spec, self.RESUME_MAY_CHANGE)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]

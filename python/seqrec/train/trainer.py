@@ -281,26 +281,28 @@ class Trainer:
             return False
         path = self.out_dir / CHECKPOINT_NAME
         state = load_checkpoint(path)
-        saved, current = state.get("train_config", {}), asdict(self.config)
-        differ = sorted(k for k in current.keys() - self.RESUME_MAY_CHANGE
-                        if k in saved and _plain(saved[k]) != _plain(current[k]))
-        saved_model, current_model = state.get("model_spec", {}), self.model_spec
-        for key in ("name", "config"):
-            if key in saved_model and key in current_model and saved_model[key] != current_model[key]:
-                differ.append(f"model {key}")
-        if differ:
-            detail = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
-                               for k in differ if not k.startswith("model "))
-            raise ValueError(f"{path}: cannot resume, the run differs in {', '.join(differ)}"
-                             + (f" ({detail})" if detail else "")
-                             + "; only " + ", ".join(sorted(self.RESUME_MAY_CHANGE)) + " may change")
+        check_resumable(path, state.get("train_config", {}), asdict(self.config), state.get("model_spec", {}),
+                        self.model_spec, self.RESUME_MAY_CHANGE)
         self.load_state_dict(state)
         return True
 
 
-def _plain(value):
-    """Tuples and lists compare equal (a config read back from a checkpoint)."""
-    return list(value) if isinstance(value, (tuple, list)) else value
+def check_resumable(path, saved: dict, current: dict, saved_spec: dict, current_spec: dict,
+                    may_change: frozenset) -> None:
+    """Raise ValueError naming every setting (outside ``may_change``) and model field
+    (``name``, ``config``) in which a checkpoint's run differs from the one resuming it."""
+    def plain(value):  # tuples and lists compare equal (a config read back from a file)
+        return list(value) if isinstance(value, (tuple, list)) else value
+
+    differ = sorted(k for k in current.keys() - may_change if k in saved and plain(saved[k]) != plain(current[k]))
+    detail = "; ".join(f"{k}: {saved[k]!r} in the checkpoint, {current[k]!r} now" for k in differ)
+    for key in ("name", "config"):
+        if key in saved_spec and key in current_spec and saved_spec[key] != current_spec[key]:
+            differ.append(f"model {key}")
+    if differ:
+        raise ValueError(f"{path}: cannot resume, the run differs in {', '.join(differ)}"
+                         + (f" ({detail})" if detail else "")
+                         + "; only " + ", ".join(sorted(may_change)) + " may change")
 
 
 def load_checkpoint(path: str | Path) -> dict:
