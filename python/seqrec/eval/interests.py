@@ -71,6 +71,24 @@ def last_items(dataset: SequenceDataset, max_len: int, users: np.ndarray | None 
     return torch.from_numpy(item_seq), torch.from_numpy(lengths.astype(np.int64)), flat
 
 
+def _in_eval_batches(model: torch.nn.Module, item_seq: Tensor, lengths: Tensor | None, batch_size: int,
+                     fn) -> list[Tensor]:
+    """``fn(rows, lengths)`` on the model's device for each batch of rows, in eval mode (the
+    mode is restored afterwards); the outputs come back on the CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = []
+        for start in range(0, item_seq.size(0), batch_size):
+            rows = item_seq[start : start + batch_size].to(device)
+            lens = None if lengths is None else lengths[start : start + batch_size].to(device)
+            outputs.append(fn(rows, lens).cpu())
+    finally:
+        model.train(was_training)
+    return outputs
+
+
 @torch.no_grad()
 def interest_distinctness(model: torch.nn.Module, item_seq: Tensor, lengths: Tensor | None = None,
                           batch_size: int = 1024, seed: int = 0) -> dict:
@@ -86,17 +104,8 @@ def interest_distinctness(model: torch.nn.Module, item_seq: Tensor, lengths: Ten
         over the U rows of length > 0 (an empty row's interests carry no information);
         ``cross_user_cosine`` is NaN with fewer than 2 such rows.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        units = []
-        for start in range(0, item_seq.size(0), batch_size):
-            rows = item_seq[start : start + batch_size].to(device)
-            lens = None if lengths is None else lengths[start : start + batch_size].to(device)
-            units.append(F.normalize(model.interests(rows, lens).float(), dim=-1).cpu())
-    finally:
-        model.train(was_training)
+    units = _in_eval_batches(model, item_seq, lengths, batch_size,
+                             lambda rows, lens: F.normalize(model.interests(rows, lens).float(), dim=-1))
     keep = (item_seq != 0).any(dim=1)
     unit = torch.cat(units)[keep] if units else torch.zeros(0, 2, 1)
     per_user = interest_cosine(unit).numpy() if len(unit) else np.zeros(0, np.float32)
@@ -177,37 +186,28 @@ def concept_intent_agreement(model: torch.nn.Module, dataset: SequenceDataset, m
         raise ValueError("metadata 'position_intents' does not match the interactions (was the dataset filtered?)")
     max_len = max_len or getattr(getattr(model, "config", None), "max_len", 50)
     item_seq, lengths, flat = last_items(dataset, max_len, users)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        predicted = []
-        for start in range(0, item_seq.size(0), batch_size):
-            rows = item_seq[start : start + batch_size].to(device)
-            out = model.encode(rows, lengths[start : start + batch_size].to(device))
-            best = out.assignment.argmax(dim=-1)  # [b, n] column of the best concept
-            concepts = getattr(out, "concepts", None)
-            if concepts is not None:
-                best = torch.gather(concepts, 1, best)
-            predicted.append(best.cpu())
-        predicted = torch.cat(predicted).numpy()
-        real = flat >= 0
-        concept_of_position = predicted[real]
-        planted = position_intents[flat[real]]
-        result = {
-            "position_nmi": normalized_mutual_info(concept_of_position, planted),
-            "concepts_used": int(len(np.unique(concept_of_position))),
-            "positions": int(real.sum()),
-            "item_nmi": None,
-        }
-        if hasattr(model, "prototypes") and hasattr(model, "assign_proj"):
-            eps = getattr(model.config, "layer_norm_eps", 1e-5)
-            d = model.prototypes.size(1)
-            emb = model.item_embeddings()[1:]  # [V, D]
-            xn = F.normalize(F.layer_norm(model.assign_proj(emb), (d,), eps=eps), dim=-1)
-            cn = F.normalize(F.layer_norm(model.prototypes, (d,), eps=eps), dim=-1)
-            nearest = (xn @ cn.t()).argmax(dim=1).cpu().numpy()
-            result["item_nmi"] = normalized_mutual_info(nearest, np.asarray(meta["item_intent"])[1:])
-    finally:
-        model.train(was_training)
+    def best_concept(rows: Tensor, lens: Tensor) -> Tensor:
+        out = model.encode(rows, lens)
+        best = out.assignment.argmax(dim=-1)  # [b, n] column of the best concept
+        concepts = getattr(out, "concepts", None)
+        return best if concepts is None else torch.gather(concepts, 1, best)
+
+    predicted = torch.cat(_in_eval_batches(model, item_seq, lengths, batch_size, best_concept)).numpy()
+    real = flat >= 0
+    concept_of_position = predicted[real]
+    planted = position_intents[flat[real]]
+    result = {
+        "position_nmi": normalized_mutual_info(concept_of_position, planted),
+        "concepts_used": int(len(np.unique(concept_of_position))),
+        "positions": int(real.sum()),
+        "item_nmi": None,
+    }
+    if hasattr(model, "prototypes") and hasattr(model, "assign_proj"):  # (no dropout on this path)
+        eps = getattr(model.config, "layer_norm_eps", 1e-5)
+        d = model.prototypes.size(1)
+        emb = model.item_embeddings()[1:]  # [V, D]
+        xn = F.normalize(F.layer_norm(model.assign_proj(emb), (d,), eps=eps), dim=-1)
+        cn = F.normalize(F.layer_norm(model.prototypes, (d,), eps=eps), dim=-1)
+        nearest = (xn @ cn.t()).argmax(dim=1).cpu().numpy()
+        result["item_nmi"] = normalized_mutual_info(nearest, np.asarray(meta["item_intent"])[1:])
     return result
