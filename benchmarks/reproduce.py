@@ -1,0 +1,293 @@
+"""The quality experiments behind our published tables, as named suites of ``seqrec``
+runs: run them (resumably, a few at a time) and report them (mean +- sd over seeds).
+
+    python benchmarks/reproduce.py list
+    python benchmarks/reproduce.py commands dss            # what `run` would execute
+    python benchmarks/reproduce.py run dss --jobs 2 --threads 1 [--only beauty_dss_s1 ...]
+    python benchmarks/reproduce.py report dss [--root runs]
+
+Every run is one ``seqrec train`` (or ``seqrec pretrain``) call writing into
+``ROOT/<run name>/`` with its log beside it (``ROOT/<run name>.log``). ``run`` skips the
+runs that finished (``result.json``; for pretraining, one line per epoch in
+``pretrain.jsonl``), continues the killed ones with ``--resume`` (exact: see
+``Trainer.resume``) and starts the rest, so a suite longer than one sitting is simply run
+again. A run that needs another (fine-tuning after pretraining) waits for it.
+
+Data: ``$SEQREC_SHARED_DATA`` (else ``../shared/data``), as the other benchmarks. These
+are long: one Beauty run is 10 minutes to several hours on a 2-core CPU (see the README's
+reproduction section); the test suite never runs them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import REPO_ROOT, SHARED_DATA
+
+METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str  # folder under the root; also the log's name
+    group: str  # row of the report: runs of one group differ only in their seed
+    args: tuple[str, ...]  # after `seqrec <command>`, without --out / --resume
+    command: str = "train"  # or "pretrain"
+    needs: str | None = None  # a run that must have finished first
+
+    def folder(self, root: Path) -> Path:
+        return root / self.name
+
+    def finished(self, root: Path) -> bool:
+        out = self.folder(root)
+        if self.command == "train":
+            return (out / "result.json").exists()
+        epochs = int(self.args[self.args.index("--epochs") + 1])
+        log = out / "pretrain.jsonl"
+        return log.exists() and sum(1 for line in log.open() if line.strip()) >= epochs
+
+    def started(self, root: Path) -> bool:
+        return (self.folder(root) / ("checkpoint.pt" if self.command == "train" else "pretrain.pt")).exists()
+
+    def argv(self, root: Path) -> list[str]:
+        argv = [self.command, *self.args, "--out", str(self.folder(root)), "--no-progress"]
+        return argv + ["--resume"] if self.started(root) else argv
+
+
+def _data(name: str) -> str:
+    return str(SHARED_DATA / name)
+
+
+# The settings every table of the S3-Rec family shares (the CLI's SASRec defaults).
+SMALL = ("--hidden-size", "64", "--num-layers", "2", "--num-heads", "2", "--inner-size", "256",
+         "--dropout", "0.5", "--attention-dropout", "0.5", "--lr", "1e-3", "--batch-size", "256")
+
+
+def _sasrec() -> list[Run]:
+    return [
+        Run("beauty_bce", "Beauty SASRec BCE", ("--model", "sasrec", "--data", _data("Beauty"),
+                                                "--epochs", "200", "--patience", "0")),
+        Run("beauty_sasrec_ce", "Beauty SASRec CE", ("--model", "sasrec", "--loss", "ce", "--data", _data("Beauty"),
+                                                     "--epochs", "200", "--patience", "10")),
+        # The folder's name is historical: the run was extended to 400 epochs, patience 30.
+        Run("lastfm_bce200", "LastFM SASRec BCE", ("--model", "sasrec", "--data", _data("LastFM"),
+                                                   "--epochs", "400", "--patience", "30")),
+    ]
+
+
+def _sine() -> list[Run]:
+    runs = []
+    for ds in ("Beauty", "LastFM"):
+        key, budget = ds.lower(), ("--data", _data(ds), "--epochs", "200", "--patience", "10")
+        runs.append(Run(f"{key}_sine", f"{ds} SINE", ("--model", "sine", *budget)))
+        if ds == "Beauty":
+            runs.append(Run(f"{key}_sine_assigned", f"{ds} SINE --intent-attention assigned",
+                            ("--model", "sine", "--intent-attention", "assigned", *budget)))
+        runs.append(Run(f"{key}_sasrec_ce", f"{ds} SASRec CE", ("--model", "sasrec", "--loss", "ce", *budget)))
+    return runs
+
+
+def _difsr_paper() -> list[Run]:
+    # RecBole's DIF-SR run evaluates every 2 epochs and stops after 10 evaluations
+    # without improvement; so does this one.
+    return [Run("beauty_difsr", "Beauty DIF-SR (difsr-beauty preset: paper settings)",
+                ("--model", "difsr", "--data", _data("Beauty"), "--attributes", "attributes",
+                 "--preset", "difsr-beauty", "--epochs", "200", "--patience", "10", "--eval-every", "2"))]
+
+
+def _difsr_ablation() -> list[Run]:
+    """DIF-SR against SASRec CE at one shared (small) setting: fusion, attribute predictors."""
+    runs = []
+    for ds in ("Beauty", "LastFM"):
+        budget = ("--data", _data(ds), "--epochs", "200", "--patience", "10")
+        key = ds.lower()
+        runs.append(Run(f"{key}_sasrec_ce", f"{ds} SASRec CE", ("--model", "sasrec", "--loss", "ce", *budget)))
+        difsr = ("--model", "difsr", "--attributes", "attributes", *SMALL, "--loss", "ce", *budget)
+        for fusion in ("gate", "sum", "concat"):
+            runs.append(Run(f"{key}_difsr64_{fusion}", f"{ds} DIF-SR {fusion}", (*difsr, "--fusion", fusion)))
+        runs.append(Run(f"{key}_difsr64_gate_nopred", f"{ds} DIF-SR gate, no attribute predictor",
+                        (*difsr, "--fusion", "gate", "--no-attribute-predictor")))
+    return runs
+
+
+def _dss() -> list[Run]:
+    """DSS vs its seq2item-only ablation vs SASRec CE, three seeds each, same budget."""
+    runs = []
+    for ds, budget in (("LastFM", ("--epochs", "100", "--patience", "0")),
+                       ("Beauty", ("--epochs", "200", "--patience", "10"))):
+        key = ds.lower()
+        for seed in (1, 2, 3):
+            common = ("--data", _data(ds), *budget, "--seed", str(seed))
+            runs += [
+                Run(f"{key}_dss_s{seed}", f"{ds} DSS (seq2item + seq2seq)", ("--model", "dss", *common)),
+                Run(f"{key}_dss0_s{seed}", f"{ds} DSS seq2item only",
+                    ("--model", "dss", "--preset", "seq2item-only", *common)),
+                Run(f"{key}_sasce_s{seed}", f"{ds} SASRec CE", ("--model", "sasrec", "--loss", "ce", *common)),
+            ]
+    return runs
+
+
+def _s3rec() -> list[Run]:
+    """Pretraining (150 epochs) then fine-tuning, with each objective removed in turn;
+    the same model without pretraining is the ``sasrec`` suite's Beauty BCE run."""
+    runs = []
+    for label, off in (("all objectives", ()), ("no AAP", ("--no-aap",)), ("no MIP", ("--no-mip",)),
+                       ("no MAP", ("--no-map",)), ("no SP", ("--no-sp",))):
+        key = "s3rec" + "".join(o.replace("--no-", "_no") for o in off)
+        runs.append(Run(f"beauty_{key}_pre", f"Beauty S3-Rec pretraining, {label}",
+                        ("--model", "s3rec", "--data", _data("Beauty"), "--epochs", "150", *off),
+                        command="pretrain"))
+        runs.append(Run(f"beauty_{key}", f"Beauty S3-Rec, {label}",
+                        ("--model", "s3rec", "--data", _data("Beauty"), "--init", f"{{root}}/beauty_{key}_pre",
+                         "--valid-ranking", "sampled", "--metric", "MRR", "--epochs", "200", "--patience", "10"),
+                        needs=f"beauty_{key}_pre"))
+    return runs
+
+
+SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
+          "dss": _dss, "s3rec": _s3rec}
+
+
+def suite_runs(name: str, root: Path) -> list[Run]:
+    runs = SUITES[name]()
+    # The root is known only now: fill it into arguments that name another run's folder.
+    return [Run(r.name, r.group, tuple(a.replace("{root}", str(root)) for a in r.args), r.command, r.needs)
+            for r in runs]
+
+
+def seqrec_executable() -> list[str]:
+    found = shutil.which("seqrec", path=str(Path(sys.executable).parent)) or shutil.which("seqrec")
+    return [found] if found else [sys.executable, "-m", "seqrec.cli"]
+
+
+# ---------------------------------------------------------------------------- run
+def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads: int | None) -> int:
+    """Runs the unfinished ``runs`` (a selection of ``suite``), ``jobs`` at a time."""
+    root.mkdir(parents=True, exist_ok=True)
+    by_name = {r.name: r for r in suite}
+    pending = [r for r in runs if not r.finished(root)]
+    print(f"{len(runs) - len(pending)} of {len(runs)} runs finished; {len(pending)} to go ({jobs} at a time)")
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    active: dict[str, tuple[subprocess.Popen, float]] = {}
+    failed: set[str] = set()
+    while pending or active:
+        for name, (proc, start) in list(active.items()):
+            if proc.poll() is None:
+                continue
+            del active[name]
+            status = "finished" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+            print(f"  {name}: {status} after {(time.time() - start) / 60:.1f} min; log {root / name}.log")
+            if proc.returncode != 0:
+                failed.add(name)
+        for r in [r for r in pending if r.needs in failed]:
+            print(f"  {r.name}: skipped, it needs {r.needs}, which failed")
+            failed.add(r.name)
+            pending.remove(r)
+        ready = [r for r in pending if r.needs is None or by_name[r.needs].finished(root)]
+        for r in ready[:max(jobs - len(active), 0)]:
+            pending.remove(r)
+            argv = r.argv(root)
+            print(f"  {'resuming' if '--resume' in argv else 'starting'} {r.name}: seqrec {' '.join(argv)}")
+            with open(root / f"{r.name}.log", "a") as log:  # the child keeps its own handle
+                proc = subprocess.Popen(seqrec_executable() + argv, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=env)
+            active[r.name] = (proc, time.time())
+        if not active and pending:
+            waiting = ", ".join(f"{r.name} (needs {r.needs}, not finished and not selected)" for r in pending)
+            print(f"  cannot start: {waiting}")
+            return 1
+        time.sleep(2)
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------- report
+def _result(run: Run, root: Path) -> dict | None:
+    path = run.folder(root) / "result.json"
+    return json.loads(path.read_text()) if run.command == "train" and path.exists() else None
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
+
+
+def report(runs: list[Run], root: Path) -> str:
+    """A markdown table of the test metrics, one row per group (mean +- sd over seeds)."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.command == "train":
+            groups.setdefault(r.group, []).append(r)
+    lines = [f"test, full ranking; mean +- sd over the finished runs of a row (root {root})", "",
+             "| model | runs | best epoch | " + " | ".join(METRICS) + " |",
+             "|---|---|---|" + "---|" * len(METRICS)]
+    missing = []
+    for group, members in groups.items():
+        results = [(r, _result(r, root)) for r in members]
+        got = [res for _, res in results if res is not None]
+        missing += [r.name for r, res in results if res is None]
+        epochs = ", ".join(str(res["best_epoch"]) for res in got) or "-"
+        cells = [_cell([res["test_full"][m] for res in got if m in res["test_full"]]) for m in METRICS]
+        lines.append(f"| {group} | {len(got)}/{len(members)} | {epochs} | " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", "not finished: " + ", ".join(missing)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="the suites and their runs")
+    for action in ("commands", "run", "report"):
+        p = sub.add_parser(action)
+        p.add_argument("suite", choices=sorted(SUITES))
+        p.add_argument("--root", type=Path, default=REPO_ROOT / "runs", help="folder of the runs (default: runs/)")
+        p.add_argument("--only", nargs="+", default=None, metavar="RUN", help="these runs of the suite only")
+        if action == "run":
+            p.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
+            p.add_argument("--threads", type=int, default=None,
+                           help="OMP_NUM_THREADS of each run (default: inherited)")
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        for name in SUITES:
+            runs = suite_runs(name, Path("ROOT"))
+            print(f"{name}: {len(runs)} runs: " + ", ".join(r.name for r in runs))
+        return 0
+    root = args.root.resolve()
+    suite = runs = suite_runs(args.suite, root)
+    if args.only:
+        unknown = sorted(set(args.only) - {r.name for r in runs})
+        if unknown:
+            parser.error(f"not runs of suite {args.suite}: {', '.join(unknown)}")
+        runs = [r for r in runs if r.name in args.only]
+    if args.action == "commands":
+        for r in runs:
+            state = "finished" if r.finished(root) else "resume" if r.started(root) else "new"
+            print(f"[{state}] seqrec {' '.join(r.argv(root))}")
+        return 0
+    if args.action == "report":
+        print(report(runs, root))
+        return 0
+    if not (SHARED_DATA / "Beauty").exists():
+        print(f"data not found at {SHARED_DATA} (set SEQREC_SHARED_DATA)", file=sys.stderr)
+        return 1
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    return run_suite(runs, suite, root, args.jobs, args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

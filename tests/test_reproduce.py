@@ -1,0 +1,105 @@
+"""benchmarks/reproduce.py: the suites are well formed, and the runner skips finished runs,
+resumes started ones, waits for a run's dependency and reports mean +- sd."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import reproduce  # noqa: E402
+from reproduce import Run  # noqa: E402
+
+
+def _without_seed(args: tuple[str, ...]) -> tuple[str, ...]:
+    if "--seed" not in args:
+        return args
+    i = args.index("--seed")
+    return args[:i] + args[i + 2:]
+
+
+@pytest.mark.parametrize("suite", sorted(reproduce.SUITES))
+def test_suites_are_well_formed(suite, tmp_path):
+    runs = reproduce.suite_runs(suite, tmp_path)
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)), "two runs of a suite share a folder"
+    groups: dict[str, tuple] = {}
+    for r in runs:
+        assert "--out" not in r.args and "--resume" not in r.args
+        assert "{root}" not in " ".join(r.args)
+        # The runs of one row of the report differ only in their seed.
+        assert groups.setdefault(r.group, _without_seed(r.args)) == _without_seed(r.args), r.name
+        if r.needs is not None:
+            assert r.needs in names and names.index(r.needs) < names.index(r.name)
+    # A run shared between suites (e.g. SASRec CE) must mean the same run in each.
+    for other in reproduce.SUITES:
+        for o in reproduce.suite_runs(other, tmp_path):
+            same = [r for r in runs if r.name == o.name]
+            assert not same or same[0].args == o.args, f"{o.name} differs between {suite} and {other}"
+
+
+def _tiny(name: str, seed: int, **kw) -> Run:
+    return Run(name, "tiny SASRec", ("--model", "sasrec", "--data", "synthetic", "--synthetic-users", "120",
+                                     "--synthetic-items", "200", "--epochs", "2", "--patience", "0",
+                                     "--hidden-size", "16", "--seed", str(seed)), **kw)
+
+
+def test_runner_skips_finished_resumes_started_and_reports(tmp_path, capsys):
+    first, second = _tiny("a", 1), _tiny("b", 2)
+    # Run "a" partly: one epoch of two, as a killed run leaves it.
+    from seqrec.cli import main as seqrec_main
+    one_epoch = list(first.args)
+    one_epoch[one_epoch.index("--epochs") + 1] = "1"
+    assert seqrec_main(["train", *one_epoch, "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    (tmp_path / "a" / "result.json").unlink()  # started, not finished
+    assert first.started(tmp_path) and not first.finished(tmp_path)
+    assert first.argv(tmp_path)[-1] == "--resume" and "--resume" not in second.argv(tmp_path)
+
+    suite = [first, second]
+    assert reproduce.run_suite(suite, suite, tmp_path, jobs=2, threads=1) == 0
+    out = capsys.readouterr().out
+    assert "resuming a" in out and "starting b" in out
+    assert "resumed" in (tmp_path / "a.log").read_text()
+    history = [json.loads(line) for line in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+    # Everything finished: nothing is started again.
+    assert reproduce.run_suite(suite, suite, tmp_path, jobs=1, threads=1) == 0
+    assert "2 of 2 runs finished; 0 to go" in capsys.readouterr().out
+
+    table = reproduce.report(suite, tmp_path)
+    results = [json.loads((tmp_path / n / "result.json").read_text())["test_full"]["NDCG@20"] for n in "ab"]
+    mean = sum(results) / 2
+    sd = abs(results[0] - results[1]) / 2 ** 0.5
+    assert f"| tiny SASRec | 2/2 |" in table
+    assert f"{mean:.4f} +- {sd:.4f} |" in table.splitlines()[-1]
+
+
+def test_runner_waits_for_dependency_and_stops_on_failure(tmp_path, capsys):
+    broken = Run("broken", "broken", ("--model", "sasrec", "--data", str(tmp_path / "no-such-data"),
+                                      "--epochs", "1"))
+    after = _tiny("after", 1, needs="broken")
+    assert reproduce.run_suite([broken, after], [broken, after], tmp_path, jobs=2, threads=1) == 1
+    out = capsys.readouterr().out
+    assert "broken: FAILED" in out and "after: skipped, it needs broken" in out
+    assert not (tmp_path / "after").exists()
+    # Selected alone, a run whose dependency is unfinished cannot start.
+    assert reproduce.run_suite([after], [broken, after], tmp_path, jobs=1, threads=1) == 1
+    assert "cannot start: after (needs broken" in capsys.readouterr().out
+
+
+def test_report_lists_unfinished_runs(tmp_path):
+    table = reproduce.report([_tiny("x", 1)], tmp_path)
+    assert "| tiny SASRec | 0/1 | - |" in table and "not finished: x" in table
+
+
+def test_cli_list_and_unknown_run(capsys):
+    assert reproduce.main(["list"]) == 0
+    assert "dss: 18 runs" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        reproduce.main(["commands", "dss", "--only", "no_such_run"])
+    assert "not runs of suite dss: no_such_run" in capsys.readouterr().err
