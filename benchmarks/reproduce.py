@@ -9,7 +9,8 @@ runs: run them (resumably, a few at a time) and report them (mean +- sd over see
 Every run is one ``seqrec train`` (or ``seqrec pretrain``) call writing into
 ``ROOT/<run name>/`` with its log beside it (``ROOT/<run name>.log``). ``run`` skips the
 runs that finished (``result.json``; for pretraining, one line per epoch in
-``pretrain.jsonl``), continues the killed ones with ``--resume`` (exact: see
+``pretrain.jsonl``), waits for those another process is training (``seqrec`` locks its
+``--out`` folder), continues the killed ones with ``--resume`` (exact: see
 ``Trainer.resume``) and starts the rest, so a suite longer than one sitting is simply run
 again. A run that needs another (fine-tuning after pretraining) waits for it.
 
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import REPO_ROOT, SHARED_DATA
+
+from seqrec.utils import run_folder_in_use
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
@@ -180,6 +183,7 @@ def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads:
         env["OMP_NUM_THREADS"] = str(threads)
     active: dict[str, tuple[subprocess.Popen, float]] = {}
     failed: set[str] = set()
+    announced: set[str] = set()  # runs found being trained by another process
     while pending or active:
         for name, (proc, start) in list(active.items()):
             if proc.poll() is None:
@@ -193,7 +197,16 @@ def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads:
             print(f"  {r.name}: skipped, it needs {r.needs}, which failed")
             failed.add(r.name)
             pending.remove(r)
-        ready = [r for r in pending if r.needs is None or by_name[r.needs].finished(root)]
+        for r in [r for r in pending if r.finished(root)]:  # by another process, meanwhile
+            print(f"  {r.name}: finished by another process")
+            pending.remove(r)
+        # A folder another process is training (seqrec locks its --out) is waited for,
+        # never resumed a second time.
+        busy = {r.name for r in pending if run_folder_in_use(r.folder(root))}
+        for name in sorted(busy - announced):
+            print(f"  {name}: another process is training it; waiting for it to end")
+        announced |= busy
+        ready = [r for r in pending if r.name not in busy and (r.needs is None or by_name[r.needs].finished(root))]
         for r in ready[:max(jobs - len(active), 0)]:
             pending.remove(r)
             argv = r.argv(root)
@@ -202,7 +215,9 @@ def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads:
                 proc = subprocess.Popen(seqrec_executable() + argv, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=env)
             active[r.name] = (proc, time.time())
-        if not active and pending:
+        elsewhere = busy or any(r.needs is not None and run_folder_in_use(by_name[r.needs].folder(root))
+                                for r in pending)
+        if not active and pending and not elsewhere:
             waiting = ", ".join(f"{r.name} (needs {r.needs}, not finished and not selected)" for r in pending)
             print(f"  cannot start: {waiting}")
             return 1

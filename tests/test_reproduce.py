@@ -103,3 +103,47 @@ def test_cli_list_and_unknown_run(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["commands", "dss", "--only", "no_such_run"])
     assert "not runs of suite dss: no_such_run" in capsys.readouterr().err
+
+
+def test_runner_waits_for_a_folder_another_process_is_training(tmp_path, capsys):
+    import threading
+
+    from seqrec.utils import lock_run_folder
+
+    run = _tiny("shared", 3)
+    held = lock_run_folder(tmp_path / "shared")  # as a `seqrec train --out` elsewhere would
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(reproduce.run_suite([run], [run], tmp_path, 1, 1)))
+    worker.start()
+    try:
+        for _ in range(100):
+            if "another process is training it" in capsys.readouterr().out:
+                break
+            worker.join(0.1)
+        else:
+            pytest.fail("the runner did not report the busy folder")
+        assert not run.started(tmp_path) and worker.is_alive()
+    finally:
+        held.close()
+    worker.join(300)
+    assert codes == [0] and run.finished(tmp_path)
+
+
+def test_seqrec_train_refuses_a_folder_in_use(tmp_path, capsys):
+    from seqrec.cli import main as seqrec_main
+    from seqrec.utils import RunFolderBusy, lock_run_folder, run_folder_in_use
+
+    assert not run_folder_in_use(tmp_path / "run") and not (tmp_path / "run").exists()
+    held = lock_run_folder(tmp_path / "run")
+    try:
+        assert run_folder_in_use(tmp_path / "run")
+        with pytest.raises(RunFolderBusy, match="in use by another seqrec process"):
+            lock_run_folder(tmp_path / "run")
+        for command in (["train", "--model", "sasrec"], ["pretrain", "--model", "s3rec"]):
+            code = seqrec_main([*command, "--data", "synthetic", "--epochs", "1", "--out", str(tmp_path / "run")])
+            assert code == 2
+            assert f"run folder {tmp_path / 'run'} is in use" in capsys.readouterr().err
+        assert [p.name for p in (tmp_path / "run").iterdir()] == [".seqrec.lock"]  # nothing written
+    finally:
+        held.close()
+    assert not run_folder_in_use(tmp_path / "run")

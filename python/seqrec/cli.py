@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from .data import DataError, load_dataset
+from .utils import lock_run_folder
 
 # Defaults of each model's paper, applied when the option is not given.
 MODEL_DEFAULTS = {
@@ -560,15 +562,18 @@ def cmd_data_stats(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # train / pretrain hold their --out folder until they return: one writer per run folder.
+    writes_folder = args.command in ("train", "pretrain") and args.out is not None
     try:
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "evaluate":
-            return cmd_evaluate(args)
-        if args.command == "pretrain":
-            return cmd_pretrain(args)
-        if args.command == "data" and args.data_command == "stats":
-            return cmd_data_stats(args)
+        with lock_run_folder(args.out) if writes_folder else contextlib.nullcontext():
+            if args.command == "train":
+                return cmd_train(args)
+            if args.command == "evaluate":
+                return cmd_evaluate(args)
+            if args.command == "pretrain":
+                return cmd_pretrain(args)
+            if args.command == "data" and args.data_command == "stats":
+                return cmd_data_stats(args)
     except (DataError, FileNotFoundError, ValueError) as exc:
         print(f"seqrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
