@@ -411,7 +411,9 @@ class TransformerEncoder(nn.Module):
         if key_padding_mask is None or not self.skip_padding or torch.compiler.is_compiling():
             for layer in self.layers:
                 x = layer(x, key_padding_mask, causal)
-            return x
+            # Padding positions output 0 on this path too (the packed path never computes
+            # them), so eager, compiled and skip_padding=False give the same tensor.
+            return x if key_padding_mask is None else x.masked_fill(~key_padding_mask.unsqueeze(-1), 0.0)
         packed = PackedPositions(key_padding_mask)
         h = packed.pack(x)
         for layer in self.layers:
