@@ -222,10 +222,11 @@ def test_loss_matches_direct_formula(loss):
         0.5 * torch.stack(attr["genre"]).mean()  # the numeric field has no predictor
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
     terms = model.loss_terms(x, t, neg)
-    assert set(terms) == {"item", "attr:tags", "attr:genre"}
+    assert set(terms) == {"loss", "item", "attr:tags", "attr:genre"}
+    torch.testing.assert_close(terms["loss"], total)
     no_pred = make_model(ds, fields=("tags", "genre", "price"), loss=loss, attribute_predictor=False)
     no_pred.load_state_dict(model.state_dict(), strict=False)
-    assert set(no_pred.loss_terms(x, t, neg)) == {"item"}
+    assert set(no_pred.loss_terms(x, t, neg)) == {"loss", "item"}
     # no real target: 0, not NaN
     zero = model.loss(x, torch.zeros_like(t), torch.zeros_like(neg))
     assert float(zero.detach()) == 0.0

@@ -181,3 +181,20 @@ def test_popularity_baseline_on_beauty_matches_numpy():
     res = popularity_baseline(split)
     assert res["ranks_equal"]
     assert res["metrics"]["rank_topk"] == res["metrics"]["NumPy reference"]
+
+
+@pytest.mark.parametrize("model, extra, weights", [
+    ("dss", ["--num-heads", "1"], {"seq2item": 1.0, "seq2seq": 0.1}),
+    ("difsr", ["--attributes", "category", "--num-heads", "2", "--attribute-weight", "3"],
+     {"item": 1.0, "attr:category": 3.0}),
+])
+def test_history_records_the_mean_of_each_loss_term(tmp_path, capsys, model, extra, weights):
+    out = tmp_path / model
+    assert main(["train", "--model", model, *TINY, *extra, "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
+    assert "epoch   2 loss" in capsys.readouterr().err
+    for record in (json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()):
+        terms = record["loss_terms"]
+        assert set(weights) <= set(terms) and "loss" not in terms
+        # Means of a weighted sum: the epoch loss is the same weighted sum of the term means.
+        expected = sum(w * terms[name] for name, w in weights.items())
+        assert record["loss"] == pytest.approx(expected, rel=1e-5)

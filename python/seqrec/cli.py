@@ -443,7 +443,10 @@ def cmd_train(args) -> int:
     def on_epoch(rec):
         valid = rec.get("valid")
         extra = f" valid {args.metric} {valid[args.metric]:.4f}" if valid else ""
-        print(f"epoch {rec['epoch']:3d} loss {rec['loss']:.4f}{extra} ({rec['train_seconds']:.1f}s)", file=sys.stderr)
+        terms = "".join(f", {k} {v:.4g}" for k, v in rec.get("loss_terms", {}).items())
+        terms = f" ({terms[2:]})" if terms else ""
+        print(f"epoch {rec['epoch']:3d} loss {rec['loss']:.4f}{terms}{extra} ({rec['train_seconds']:.1f}s)",
+              file=sys.stderr)
 
     result = trainer.fit(on_epoch=on_epoch)
     print(f"best epoch {result.best_epoch} by valid {args.metric} ({args.valid_ranking} ranking)")

@@ -481,7 +481,8 @@ class DIFSR(nn.Module):
     def loss_terms(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None
                    ) -> dict[str, Tensor]:
         """The loss terms over the real target positions (``target_ids > 0``):
-        ``{"item": next-item loss, "attr:<field>": attribute BCE (unweighted), ...}``."""
+        ``{"loss": the total (see :meth:`loss`), "item": next-item loss,
+        "attr:<field>": attribute BCE (unweighted), ...}``."""
         _check_ids("item_seq", item_seq)
         shape = tuple(item_seq.shape)
         _check_ids("target_ids", target_ids, shape)
@@ -511,17 +512,16 @@ class DIFSR(nn.Module):
                 logits = head(hidden)
                 bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
                 terms[f"attr:{name}"] = bce / (count * vocab)
-        return terms
-
-    def loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None) -> Tensor:
-        """Training loss: next-item loss + sum_f lambda_f * attribute loss_f (see
-        :meth:`loss_terms`); 0 for a batch without real targets."""
-        terms = self.loss_terms(item_seq, target_ids, negative_ids)
         total = terms["item"]
         for name, weight in zip(self.config.attribute_fields, self.config.field_loss_weights):
             if f"attr:{name}" in terms:
                 total = total + weight * terms[f"attr:{name}"]
-        return total
+        return {"loss": total, **terms}
+
+    def loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None) -> Tensor:
+        """Training loss: next-item loss + sum_f lambda_f * attribute loss_f (see
+        :meth:`loss_terms`); 0 for a batch without real targets."""
+        return self.loss_terms(item_seq, target_ids, negative_ids)["loss"]
 
     # score / recommend / item_embeddings: exactly SASRec's (dot product of the last
     # position's state with the item table), reused rather than copied.

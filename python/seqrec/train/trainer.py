@@ -154,17 +154,29 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ training
-    def _train_epoch(self, epoch: int) -> float:
+    def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
+        """One pass over the training batches: ``(mean loss, mean of each other scalar
+        term)``. Models with a ``loss_terms`` method returning the total under ``"loss"``
+        (DIF-SR, DSS) have their terms averaged too (``{}`` for the others)."""
         cfg, model = self.config, self.model
         model.train()
         total, count = 0.0, 0
+        loss_terms = getattr(model, "loss_terms", None)
+        term_sums: dict[str, torch.Tensor] = {}  # summed on the device: no sync per term
         batches = self.split.train_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                            num_negatives=cfg.num_negatives)
         bar = tqdm(batches, total=self.split.num_train_batches(cfg.batch_size), desc=f"epoch {epoch + 1}",
                    disable=None if cfg.progress is None else not cfg.progress, leave=False)
         for batch in bar:
             batch = batch.to(cfg.device)
-            loss = model.loss(batch.input_ids, batch.target_ids, batch.negative_ids)
+            if loss_terms is None:
+                loss = model.loss(batch.input_ids, batch.target_ids, batch.negative_ids)
+            else:
+                terms = loss_terms(batch.input_ids, batch.target_ids, batch.negative_ids)
+                loss = terms["loss"]
+                for name, value in terms.items():
+                    if name != "loss" and value.dim() == 0:
+                        term_sums[name] = term_sums.get(name, 0) + value.detach().double()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch + 1}: the loss became {loss.item()} "
                                          "(lower the learning rate or check the data)")
@@ -176,7 +188,7 @@ class Trainer:
             total += loss.item()
             count += 1
             bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-        return total / max(count, 1)
+        return total / max(count, 1), {name: float(v) / max(count, 1) for name, v in term_sums.items()}
 
     def fit(self, *, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
         """Train until ``epochs`` or early stopping, restore the best model (by the
@@ -186,8 +198,10 @@ class Trainer:
             _seed_everything(cfg.seed)
         while self.epoch < cfg.epochs and (cfg.patience == 0 or self.bad_evals < cfg.patience):
             start = time.perf_counter()
-            loss = self._train_epoch(self.epoch)
+            loss, terms = self._train_epoch(self.epoch)
             record = {"epoch": self.epoch + 1, "loss": loss, "train_seconds": time.perf_counter() - start}
+            if terms:
+                record["loss_terms"] = terms
             if (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs:
                 t0 = time.perf_counter()
                 valid = self.evaluate("valid", cfg.valid_ranking)
