@@ -188,7 +188,7 @@ def test_encoder_runs_once_per_batch_and_skips_unneeded_passes():
     rows = []
     for weights, expected in [
         ({}, [5 + 3 * 4]),  # item-masked rows with an item (5), 3 segment passes of the 4 rows with a segment
-        ({"sp_weight": 0.0}, [6]),  # under 16 rows: one plain padded call
+        ({"sp_weight": 0.0}, [5]),  # under 16 rows: one call, on the rows with a masked item
         ({"mip_weight": 0.0, "map_weight": 0.0}, [3 * 4]),  # AAP on the item embedding needs no encoder
         ({"mip_weight": 0.0, "map_weight": 0.0, "sp_weight": 0.0}, []),
     ]:

@@ -406,6 +406,36 @@ def test_torch_compile_smoke():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("skip_padding", [True, False])
+def test_encoder_select_returns_the_selected_outputs_and_their_gradients(causal, skip_padding):
+    torch.manual_seed(0)
+    model = make_model(hidden_dropout=0.0, attention_dropout=0.0).double()
+    model.encoder.skip_padding = skip_padding
+    input_ids, _, _, _ = make_batch([12, 6, 1, 0, 3])
+    real = input_ids != 0
+    select = real & (torch.rand(real.shape, generator=torch.Generator().manual_seed(1)) < 0.4)
+    select[0, -1] = True
+    x = model.embedding(input_ids)
+    full = model.encoder(x, real, causal=causal)
+    picked = model.encoder(x, real, causal=causal, select=select)
+    assert picked.shape == (int(select.sum()), 16)
+    torch.testing.assert_close(picked, full[select])
+    weights = torch.randn_like(picked)
+    grads_full = torch.autograd.grad((full[select] * weights).sum(), list(model.parameters()), allow_unused=True,
+                                     retain_graph=True)
+    grads_picked = torch.autograd.grad((picked * weights).sum(), list(model.parameters()), allow_unused=True)
+    for (name, _), a, b in zip(model.named_parameters(), grads_full, grads_picked):
+        if a is None or b is None:
+            assert a is None and b is None, name
+        else:
+            torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(ValueError, match="select marks padding positions"):
+        model.encoder(x, real, select=select | ~real)
+    with pytest.raises(ValueError, match="select must be a bool tensor of shape"):
+        model.encoder(x, real, select=select[:, 1:])
+
+
 def test_skipping_padding_positions_changes_no_real_output():
     torch.manual_seed(0)
     model = make_model(hidden_dropout=0.0, attention_dropout=0.0)

@@ -281,12 +281,16 @@ class MultiHeadSelfAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_size)).transpose(1, 2)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None, causal: bool,
-                packed: PackedPositions | None = None) -> Tensor:
+                packed: PackedPositions | None = None, keep: Tensor | None = None) -> Tensor:
         """x [B, n, D], key_padding_mask [B, n] bool (True = real) -> [B, n, D].
 
         With ``packed``, ``x`` is [N, D]: only the real positions (see
         :class:`PackedPositions`); the projections run on those alone and only the
         attention itself sees the padded [B, n] layout.
+
+        With ``keep`` (int64 indices into the rows of ``x`` flattened to [-1, D]), only
+        those rows are returned, [K, D]: every position still serves as a key and value,
+        but the output projection, residual and norm run on the kept rows alone.
         """
         unpack = (lambda t: t) if packed is None else packed.unpack
         attn = scaled_dot_attention(
@@ -302,6 +306,9 @@ class MultiHeadSelfAttention(nn.Module):
         attn = attn.transpose(1, 2).flatten(2)  # [B,n,D]
         if packed is not None:
             attn = packed.pack(attn)  # [N,D]
+        if keep is not None:
+            attn = attn.reshape(-1, attn.size(-1)).index_select(0, keep)
+            x = x.reshape(-1, x.size(-1)).index_select(0, keep)
         return self.norm(self.out_dropout(self.out(attn)) + x)
 
 
@@ -354,9 +361,10 @@ class TransformerBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None, causal: bool,
-                packed: PackedPositions | None = None) -> Tensor:
-        """x [B, n, D] (or [N, D] with ``packed``) -> same shape."""
-        return self.feed_forward(self.attention(x, key_padding_mask, causal, packed))
+                packed: PackedPositions | None = None, keep: Tensor | None = None) -> Tensor:
+        """x [B, n, D] (or [N, D] with ``packed``) -> same shape, or [K, D] with ``keep``
+        (see :meth:`MultiHeadSelfAttention.forward`)."""
+        return self.feed_forward(self.attention(x, key_padding_mask, causal, packed, keep))
 
 
 class TransformerEncoder(nn.Module):
@@ -404,21 +412,46 @@ class TransformerEncoder(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, key_padding_mask: Tensor | None, *, causal: bool | None = None
+        self, x: Tensor, key_padding_mask: Tensor | None, *, causal: bool | None = None,
+        select: Tensor | None = None,
     ) -> Tensor:
-        """x [B, n, D], key_padding_mask [B, n] bool (True = real) -> [B, n, D]."""
+        """x [B, n, D], key_padding_mask [B, n] bool (True = real) -> [B, n, D].
+
+        ``select``: optional [B, n] bool marking the (real) positions whose outputs are
+        wanted; the result is then [K, D], those positions in row-major order. The last
+        block computes only them after its attention (the other positions still give it
+        their keys and values), which is most of that block's work when few positions
+        are wanted (S3-Rec pretraining reads the masked positions and the last one).
+        The selected outputs equal those of the full call (dropout aside: it is drawn for
+        fewer elements).
+        """
         causal = self.causal if causal is None else causal
+        if select is not None:
+            if select.dtype != torch.bool or select.shape != x.shape[:2]:
+                raise ValueError(f"select must be a bool tensor of shape {tuple(x.shape[:2])}, got "
+                                 f"{select.dtype} {tuple(select.shape)}")
+            if key_padding_mask is not None and bool((select & ~key_padding_mask).any()):
+                raise ValueError("select marks padding positions; only real positions have outputs")
+            if len(self.layers) == 0:
+                return x[select]
+        last = len(self.layers) - 1
         if key_padding_mask is None or not self.skip_padding or torch.compiler.is_compiling():
-            for layer in self.layers:
-                x = layer(x, key_padding_mask, causal)
+            for i, layer in enumerate(self.layers):
+                keep = select.reshape(-1).nonzero().squeeze(1) if select is not None and i == last else None
+                x = layer(x, key_padding_mask, causal, keep=keep)
+            if select is not None or key_padding_mask is None:
+                return x
             # Padding positions output 0 on this path too (the packed path never computes
             # them), so eager, compiled and skip_padding=False give the same tensor.
-            return x if key_padding_mask is None else x.masked_fill(~key_padding_mask.unsqueeze(-1), 0.0)
+            return x.masked_fill(~key_padding_mask.unsqueeze(-1), 0.0)
         packed = PackedPositions(key_padding_mask)
         h = packed.pack(x)
-        for layer in self.layers:
-            h = layer(h, key_padding_mask, causal, packed)
-        return packed.unpack(h)
+        for i, layer in enumerate(self.layers):
+            keep = None
+            if select is not None and i == last:  # packed rows that are selected
+                keep = select.reshape(-1).index_select(0, packed.index).nonzero().squeeze(1)
+            h = layer(h, key_padding_mask, causal, packed, keep)
+        return h if select is not None else packed.unpack(h)
 
 
 @torch.no_grad()

@@ -314,8 +314,8 @@ class S3Rec(nn.Module):
             out[rows, n - w:] = self._encode(item_seq[rows, n - w:])
         return out
 
-    def _encode(self, item_seq: Tensor) -> Tensor:
-        return self.encoder(self.embedding(item_seq), item_seq != 0, causal=False)
+    def _encode(self, item_seq: Tensor, select: Tensor | None = None) -> Tensor:
+        return self.encoder(self.embedding(item_seq), item_seq != 0, causal=False, select=select)
 
     def _length_groups(self, item_seq: Tensor) -> tuple[Tensor | None, list[int]]:
         """``(group of each row [B], group widths)``, or ``(None, [n])`` for one padded call.
@@ -334,12 +334,16 @@ class S3Rec(nn.Module):
         return torch.bucketize((item_seq != 0).sum(1), edges), widths
 
     def _hidden_at(self, item_seq: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-        """Encoder outputs [K, D] at positions ``(rows[k], cols[k])`` of ``item_seq`` [R, n]:
-        only rows holding a requested position are encoded, group by group, and the padded
-        [R, n, D] result is never built."""
-        bucket, widths = self._length_groups(item_seq)
-        if bucket is None:
+        """Encoder outputs [K, D] at positions ``(rows[k], cols[k])`` of ``item_seq`` [R, n]
+        (real positions): only rows holding a requested position are encoded, group by
+        group, the last block computes only the requested positions (see
+        ``TransformerEncoder.forward``'s ``select``), and the padded [R, n, D] result is
+        never built."""
+        if torch.compiler.is_compiling():  # data-dependent selection: one full call
             return self._encode(item_seq)[rows, cols]
+        bucket, widths = self._length_groups(item_seq)
+        if bucket is None:  # too few rows to group: one group as wide as the batch
+            bucket = torch.zeros(item_seq.size(0), dtype=torch.int64, device=item_seq.device)
         n = item_seq.size(1)
         weight = self.embedding.item.weight
         out = weight.new_zeros(rows.numel(), weight.size(1))
@@ -349,8 +353,14 @@ class S3Rec(nn.Module):
             group = torch.unique(rows[want])
             local[group] = torch.arange(group.numel(), device=group.device)
             w = widths[k]
-            hidden = self._encode(item_seq[group, n - w:])  # [rows of group, w, D]
-            out = out.index_put((want,), hidden[local[rows[want]], cols[want] - (n - w)])
+            # Only the requested positions leave the encoder ([K, D], row-major); a
+            # request's place among them is the running count of selected positions.
+            flat = local[rows[want]] * w + (cols[want] - (n - w))
+            select = torch.zeros(group.numel() * w, dtype=torch.bool, device=item_seq.device)
+            select[flat] = True
+            order = select.cumsum(0) - 1
+            hidden = self._encode(item_seq[group, n - w:], select.view(group.numel(), w))
+            out = out.index_put((want,), hidden[order[flat]])
         return out
 
     def corrupt(self, item_seq: Tensor, *, seed: int) -> SeqMaskOutput:
