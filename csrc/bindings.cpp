@@ -20,6 +20,7 @@
 
 #include "ops/intent_cluster/intent_cluster.h"
 #include "ops/dif_attention/dif_attention.h"
+#include "ops/dropout/dropout.h"
 #include "ops/rank_topk/rank_topk.h"
 #include "ops/seq_mask/seq_mask.h"
 
@@ -193,6 +194,7 @@ TORCH_LIBRARY(seqrec, m) {
         "Tensor neg_segment, Tensor segment_start, Tensor segment_len, Tensor attribute_targets)");
   m.def("dif_attention(Tensor q, Tensor k, Tensor v, Tensor[] side_q, Tensor[] side_k, Tensor[] fusion_params, Tensor? key_padding_mask, Tensor? seed, *, str fusion=\"sum\", bool causal=True, float? scale=None, bool fusion_sees_masked=False, float dropout_p=0.0) -> (Tensor out, Tensor lse)");
   m.def("dif_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor[] side_q, Tensor[] side_k, Tensor[] fusion_params, Tensor? key_padding_mask, Tensor? seed, Tensor out, Tensor lse, str fusion, bool causal, float? scale, bool fusion_sees_masked, float dropout_p) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor[] grad_side_q, Tensor[] grad_side_k, Tensor[] grad_fusion_params)");
+  m.def("dropout(Tensor x, Tensor seed, float p) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(seqrec, CPU, m) {
@@ -203,6 +205,7 @@ TORCH_LIBRARY_IMPL(seqrec, CPU, m) {
   m.impl("seq_mask", &seqrec::ops::seq_mask_cpu);
   m.impl("dif_attention", &seqrec::ops::dif_attention_cpu);
   m.impl("dif_attention_backward", &seqrec::ops::dif_attention_backward_cpu);
+  m.impl("dropout", &seqrec::ops::dropout_cpu);
 }
 
 #ifdef SEQREC_WITH_CUDA

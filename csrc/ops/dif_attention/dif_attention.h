@@ -61,7 +61,7 @@
 //   For "sum" both settings give the same result.
 //
 // Dropout mask: keep(b, h, i, j) is a pure function of (seed, t, p) with
-//   t = ((b * H + h) * nq + i) * nk + j  (see dropout_keep below), so the backward
+//   t = ((b * H + h) * nq + i) * nk + j  (dropout_keep, ops/common/hash_dropout.h), so the backward
 //   regenerates it and every backend draws the same mask. Nothing of size B*H*nq*nk is
 //   stored.
 //
@@ -85,6 +85,8 @@
 #include <c10/macros/Macros.h>
 #include <optional>
 
+#include "ops/common/hash_dropout.h"
+
 #include <cstdint>
 #include <string_view>
 #include <tuple>
@@ -93,24 +95,6 @@
 namespace seqrec::ops {
 
 enum class DifFusion : int { kSum = 0, kConcat = 1, kGate = 2 };
-
-// splitmix64's finalizer.
-C10_HOST_DEVICE inline uint64_t dif_mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ULL;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBULL;
-  x ^= x >> 31;
-  return x;
-}
-
-// Dropout keep decision of element t (flat index in [B, H, nq, nk]): the t-th output of
-// a splitmix64 stream seeded with mix64(seed), upper 32 bits compared with
-// threshold = round(p * 2^32). `mixed_seed` = dif_mix64(seed), computed once per call.
-C10_HOST_DEVICE inline bool dif_dropout_keep(uint64_t mixed_seed, uint64_t t, uint64_t threshold) {
-  const uint64_t h = dif_mix64(mixed_seed + (t + 1) * 0x9E3779B97F4A7C15ULL);
-  return (h >> 32) >= threshold;
-}
 
 // Maximum number of sources (item + side) a kernel accepts.
 constexpr int64_t kDifMaxSources = 16;
@@ -140,7 +124,7 @@ struct DifAttnProblem {
   bool fusion_sees_masked = false;
   double scale = 1.0;
   double dropout_p = 0.0;
-  uint64_t mixed_seed = 0;               // dif_mix64(seed)
+  uint64_t mixed_seed = 0;               // mix64(seed)
   uint64_t dropout_threshold = 0;        // round(p * 2^32); 0 = no dropout
 };
 

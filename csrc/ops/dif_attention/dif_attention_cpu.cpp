@@ -191,8 +191,8 @@ DifAttnProblem dif_attention_check(const at::Tensor& q, const at::Tensor& k, con
                 seed->sizes());
     TORCH_CHECK(seed->device().is_cpu(), op, ": argument 'seed' must be a CPU tensor, got ",
                 seed->device());
-    p.mixed_seed = dif_mix64(static_cast<uint64_t>(seed->item<int64_t>()));
-    p.dropout_threshold = static_cast<uint64_t>(std::llround(dropout_p * 4294967296.0));
+    p.mixed_seed = mix64(static_cast<uint64_t>(seed->item<int64_t>()));
+    p.dropout_threshold = dropout_threshold(dropout_p);
   }
   return p;
 }
@@ -598,7 +598,7 @@ struct RowWork {
 
   // Dropout factor of element t: keep / (1 - p) or 0.
   T drop_factor(uint64_t t) const {
-    return dif_dropout_keep(p.mixed_seed, t, p.dropout_threshold) ? T(1.0 / (1.0 - p.dropout_p)) : T(0);
+    return dropout_keep(p.mixed_seed, t, p.dropout_threshold) ? T(1.0 / (1.0 - p.dropout_p)) : T(0);
   }
 };
 

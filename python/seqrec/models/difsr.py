@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..ops.backend import get_backend
 from ..ops.dif_attention import dif_attention, fusion_param_shapes
-from .layers import ACTIVATIONS, FeedForward, PackedPositions, init_transformer_weights, padding_mask
+from .layers import ACTIVATIONS, Dropout, FeedForward, PackedPositions, init_transformer_weights, padding_mask
 from .sasrec import SASRec, _check_ids
 
 __all__ = ["DIFSRConfig", "DIFSR", "DIFMultiHeadAttention", "PRESETS", "attribute_config"]
@@ -258,7 +258,7 @@ class DIFMultiHeadAttention(nn.Module):
             nn.Parameter(torch.empty(shape))
             for shape in fusion_param_shapes(config.fusion, config.max_len, config.num_sources))
         self.out = nn.Linear(D, D)
-        self.out_dropout = nn.Dropout(config.hidden_dropout)
+        self.out_dropout = Dropout(config.hidden_dropout)
         self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
 
     def _heads(self, x: Tensor) -> Tensor:  # [..., n, H*d] -> [..., H, n, d]
@@ -309,7 +309,7 @@ class _Embeddings(nn.Module):
         self.item = nn.Embedding(config.num_items + 1, D, padding_idx=0)
         self.position = nn.Embedding(config.max_len, D)
         self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
         self.attributes = nn.ModuleList(
             nn.Embedding(v + 1, d, padding_idx=0) if v > 0 else _NumericFieldEmbedding(d)
             for v, d in zip(config.attribute_vocab_sizes, config.field_sizes))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..ops import intent_cluster
 from ..ops.backend import get_backend
-from .layers import PackedPositions, padding_mask
+from .layers import Dropout, PackedPositions, padding_mask
 from .sasrec import SASRec, _check_ids
 
 __all__ = ["SINEConfig", "SINE", "SINEOutput", "SINE_PRESETS", "MERGES", "INTENT_ATTENTIONS",
@@ -241,7 +241,7 @@ class SINE(nn.Module):
         self.item = nn.Embedding(config.num_items + 1, d, padding_idx=0)
         self.position = nn.Embedding(config.max_len, d)
         self.prototypes = nn.Parameter(torch.empty(config.num_prototypes, d))  # C [L, D]
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         # Concept activation: a = softmax(tanh(X W_1) w_2).
         self.concept_key = nn.Linear(d, d)  # W_1
         self.concept_query = nn.Linear(d, 1, bias=False)  # w_2

@@ -17,6 +17,7 @@ from torch import Tensor
 import seqrec._loader  # noqa: F401  (registers torch.ops.seqrec.*)
 
 from . import reference
+from ._random import seed_tensor
 from .backend import get_backend
 from .reference.dif_attention import FUSIONS
 
@@ -281,14 +282,7 @@ def dif_attention(
         raise ValueError(f"dif_attention: dropout_p must be in [0, 1), got {dropout_p}")
     p = float(dropout_p) if training else 0.0
 
-    seed_t: Tensor | None = None
-    if p > 0.0:
-        if seed is None:
-            seed_t = torch.randint(-(2 ** 63), 2 ** 63 - 1, (1,), dtype=torch.int64, generator=generator)
-        elif isinstance(seed, Tensor):
-            seed_t = seed.reshape(1).to(device="cpu", dtype=torch.int64)
-        else:
-            seed_t = torch.tensor([int(seed)], dtype=torch.int64)
+    seed_t = seed_tensor(seed, generator) if p > 0.0 else None
 
     if get_backend(backend) == "reference":
         return reference.dif_attention(

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .intent_cluster import intent_cluster
 from .dif_attention import dif_attention
+from .dropout import dropout
 from .rank_topk import rank_sampled, rank_topk
 from .seq_mask import seq_mask
 
-__all__ = ["dif_attention", "intent_cluster", "rank_sampled", "rank_topk", "seq_mask"]
+__all__ = ["dif_attention", "dropout", "intent_cluster", "rank_sampled", "rank_topk", "seq_mask"]
