@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -75,7 +74,7 @@ def test_runner_skips_finished_resumes_started_and_reports(tmp_path, capsys):
     results = [json.loads((tmp_path / n / "result.json").read_text())["test_full"]["NDCG@20"] for n in "ab"]
     mean = sum(results) / 2
     sd = abs(results[0] - results[1]) / 2 ** 0.5
-    assert f"| tiny SASRec | 2/2 |" in table
+    assert "| tiny SASRec | 2/2 |" in table
     assert f"{mean:.4f} +- {sd:.4f} |" in table.splitlines()[-1]
 
 

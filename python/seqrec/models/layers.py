@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.backend import get_backend
+from ..ops.backend import get_backend, has_kernel
 from ..ops.dif_attention import dif_attention
 from ..ops.dropout import dropout
 
@@ -102,12 +102,7 @@ def padding_mask(item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
 
 def _op_supports(q: Tensor) -> bool:
     """Whether ``torch.ops.seqrec.dif_attention`` has a kernel for q's device and dtype."""
-    if q.dtype not in (torch.float32, torch.float64):
-        return False
-    if q.device.type == "cpu":
-        return True
-    key = {"cuda": "CUDA"}.get(q.device.type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("seqrec::dif_attention", key)
+    return q.dtype in (torch.float32, torch.float64) and has_kernel("dif_attention", q)
 
 
 def scaled_dot_attention(

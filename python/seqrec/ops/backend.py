@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import torch
+
 BACKENDS = ("seqrec", "reference")
 _default = "seqrec"
 
@@ -40,3 +42,12 @@ def use_backend(backend: str) -> Iterator[None]:
         yield
     finally:
         _default = previous
+
+
+def has_kernel(op: str, x: torch.Tensor) -> bool:
+    """Whether ``torch.ops.seqrec.<op>`` has a compiled kernel for ``x``'s device (the CPU
+    always; CUDA where this build has one). Wrappers run the reference math elsewhere."""
+    if x.device.type == "cpu":
+        return True
+    key = {"cuda": "CUDA"}.get(x.device.type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"seqrec::{op}", key)

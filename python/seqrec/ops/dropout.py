@@ -19,17 +19,9 @@ import seqrec._loader  # noqa: F401  (registers torch.ops.seqrec.*)
 
 from . import reference
 from ._random import seed_tensor
-from .backend import get_backend
+from .backend import get_backend, has_kernel
 
 __all__ = ["dropout"]
-
-
-def _op_supports(x: Tensor) -> bool:
-    """Whether ``torch.ops.seqrec.dropout`` has a kernel for x's device."""
-    if x.device.type == "cpu":
-        return True
-    key = {"cuda": "CUDA"}.get(x.device.type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("seqrec::dropout", key)
 
 
 def dropout(
@@ -72,7 +64,7 @@ def dropout(
     if not training or p == 0.0:
         return x
     seed_t = seed_tensor(seed, generator)
-    if get_backend(backend) == "reference" or not _op_supports(x):
+    if get_backend(backend) == "reference" or not has_kernel("dropout", x):
         return reference.dropout(x, seed_t, float(p))
     return torch.ops.seqrec.dropout.default(x, seed_t, float(p))
 
