@@ -138,6 +138,18 @@ def _dss() -> list[Run]:
     return runs
 
 
+def _dss_weight() -> list[Run]:
+    """Sensitivity of DSS to the seq2seq weight on LastFM (0.1, the default, is the
+    ``dss`` suite's row): three seeds each, the same budget; pick by validation."""
+    runs = []
+    for weight in ("0.3", "1.0"):
+        for seed in (1, 2, 3):
+            runs.append(Run(f"lastfm_dss_w{weight.replace('.', '')}_s{seed}", f"LastFM DSS, seq2seq weight {weight}",
+                            ("--model", "dss", "--data", _data("LastFM"), "--epochs", "100", "--patience", "0",
+                             "--seed", str(seed), "--seq2seq-weight", weight)))
+    return runs
+
+
 def _s3rec() -> list[Run]:
     """Pretraining (150 epochs) then fine-tuning, with each objective removed in turn;
     the same model without pretraining is the ``sasrec`` suite's Beauty BCE run."""
@@ -156,7 +168,7 @@ def _s3rec() -> list[Run]:
 
 
 SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
-          "dss": _dss, "s3rec": _s3rec}
+          "dss": _dss, "dss-weight": _dss_weight, "s3rec": _s3rec}
 
 
 def suite_runs(name: str, root: Path) -> list[Run]:
