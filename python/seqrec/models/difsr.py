@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..ops.backend import get_backend
 from ..ops.dif_attention import dif_attention, fusion_param_shapes
 from .layers import ACTIVATIONS, Dropout, FeedForward, PackedPositions, init_transformer_weights, padding_mask
+from .losses import softmax_nll
 from .sasrec import SASRec, _check_ids
 
 __all__ = ["DIFSRConfig", "DIFSR", "DIFMultiHeadAttention", "PRESETS", "attribute_config"]
@@ -500,8 +501,7 @@ class DIFSR(nn.Module):
             neg = (hidden * self.embedding.item(negative_ids[real])).sum(-1)
             terms["item"] = -(F.logsigmoid(pos) + F.logsigmoid(-neg)).sum() / count
         else:  # items 1..V only: padding never enters the softmax
-            logits = hidden @ item_weight[1:].t()
-            terms["item"] = F.cross_entropy(logits, target - 1, reduction="sum") / count
+            terms["item"] = softmax_nll(hidden, item_weight[1:], target - 1).sum() / count
         if self.config.attribute_predictor:
             for i, (name, vocab, head) in enumerate(zip(self.config.attribute_fields,
                                                         self.config.attribute_vocab_sizes, self.predictors)):

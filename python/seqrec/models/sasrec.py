@@ -25,6 +25,7 @@ from .layers import (
     init_transformer_weights,
     padding_mask,
 )
+from .losses import softmax_nll
 
 __all__ = ["SASRecConfig", "SASRec"]
 
@@ -270,10 +271,10 @@ class SASRec(nn.Module):
             per_position = -(F.logsigmoid(pos) + F.logsigmoid(-neg))
             return (per_position * real).sum() / count
         # Only positions with a target are scored: under left padding most of a batch is
-        # padding (Beauty: 8.9 of 50), and the [positions, V] logits dominate the step.
+        # padding (Beauty: 8.9 of 50), and the [positions, V] logits dominate the step
+        # (hence softmax_nll, which makes fewer passes over them than F.cross_entropy).
         # Scoring items 1..V only (shift ids by one) keeps padding out of the softmax.
-        logits = hidden[real] @ self.embedding.item.weight[1:].t()  # [N, V]
-        total = F.cross_entropy(logits, target_ids[real] - 1, reduction="sum")
+        total = softmax_nll(hidden[real], self.embedding.item.weight[1:], target_ids[real] - 1).sum()
         return total / count
 
     @torch.no_grad()
