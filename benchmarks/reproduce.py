@@ -251,22 +251,29 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
-def report(runs: list[Run], root: Path) -> str:
-    """A markdown table of the test metrics, one row per group (mean +- sd over seeds)."""
+def _metric(result: dict, name: str) -> float | None:
+    """``HR@10`` reads the full-ranking test metrics, ``sampled:HR@10`` the sampled ones."""
+    table, key = ("test_sampled", name[8:]) if name.startswith("sampled:") else ("test_full", name)
+    return result.get(table, {}).get(key)
+
+
+def report(runs: list[Run], root: Path, metrics: tuple[str, ...] = METRICS) -> str:
+    """A markdown table of test metrics, one row per group (mean +- sd over seeds)."""
     groups: dict[str, list[Run]] = {}
     for r in runs:
         if r.command == "train":
             groups.setdefault(r.group, []).append(r)
-    lines = [f"test, full ranking; mean +- sd over the finished runs of a row (root {root})", "",
-             "| model | runs | best epoch | " + " | ".join(METRICS) + " |",
-             "|---|---|---|" + "---|" * len(METRICS)]
+    lines = [f"test metrics (full ranking unless marked sampled:); mean +- sd over the finished runs of a row "
+             f"(root {root})", "",
+             "| model | runs | best epoch | " + " | ".join(metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]
     missing = []
     for group, members in groups.items():
         results = [(r, _result(r, root)) for r in members]
         got = [res for _, res in results if res is not None]
         missing += [r.name for r, res in results if res is None]
         epochs = ", ".join(str(res["best_epoch"]) for res in got) or "-"
-        cells = [_cell([res["test_full"][m] for res in got if m in res["test_full"]]) for m in METRICS]
+        cells = [_cell([v for v in (_metric(res, m) for res in got) if v is not None]) for m in metrics]
         lines.append(f"| {group} | {len(got)}/{len(members)} | {epochs} | " + " | ".join(cells) + " |")
     if missing:
         lines += ["", "not finished: " + ", ".join(missing)]
@@ -283,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("suite", choices=sorted(SUITES))
         p.add_argument("--root", type=Path, default=REPO_ROOT / "runs", help="folder of the runs (default: runs/)")
         p.add_argument("--only", nargs="+", default=None, metavar="RUN", help="these runs of the suite only")
+        if action == "report":
+            p.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="METRIC",
+                           help="columns: HR@K, NDCG@K, MRR (full ranking) or sampled:HR@K ... "
+                                f"(default: {' '.join(METRICS)})")
         if action == "run":
             p.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
             p.add_argument("--threads", type=int, default=None,
@@ -306,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{state}] seqrec {' '.join(r.argv(root))}")
         return 0
     if args.action == "report":
-        print(report(runs, root))
+        print(report(runs, root, tuple(args.metrics)))
         return 0
     if not (SHARED_DATA / "Beauty").exists():
         print(f"data not found at {SHARED_DATA} (set SEQREC_SHARED_DATA)", file=sys.stderr)

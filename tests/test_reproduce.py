@@ -76,6 +76,10 @@ def test_runner_skips_finished_resumes_started_and_reports(tmp_path, capsys):
     sd = abs(results[0] - results[1]) / 2 ** 0.5
     assert "| tiny SASRec | 2/2 |" in table
     assert f"{mean:.4f} +- {sd:.4f} |" in table.splitlines()[-1]
+    sampled = [json.loads((tmp_path / n / "result.json").read_text())["test_sampled"]["HR@10"] for n in "ab"]
+    table = reproduce.report(suite, tmp_path, ("sampled:HR@10", "MRR"))
+    assert "| sampled:HR@10 | MRR |" in table.splitlines()[2]
+    assert f"| {sum(sampled) / 2:.4f} +- {abs(sampled[0] - sampled[1]) / 2 ** 0.5:.4f} |" in table.splitlines()[-1]
 
 
 def test_runner_waits_for_dependency_and_stops_on_failure(tmp_path, capsys):
