@@ -78,7 +78,31 @@ def test_cli_train_prints_tables_and_evaluate_reproduces_them(tmp_path):
     buf2 = io.StringIO()
     with redirect_stdout(buf2):
         assert main(["evaluate", "--checkpoint", str(out)]) == 0
-    assert buf2.getvalue().strip() == text.split("\n", 1)[1].strip()
+    header, tables = buf2.getvalue().split("\n", 1)
+    assert header == "sasrec after 2 of 2 epochs: weights of the best epoch " \
+        f"{json.loads((out / 'result.json').read_text())['best_epoch']} by valid NDCG@20"
+    assert tables.strip() == text.split("\n", 1)[1].strip()
+
+
+def test_evaluate_says_when_the_run_is_unfinished(tmp_path, capsys, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(record):
+        raise Stop
+
+    # A run killed after its first epoch of three: what a still-running run looks like.
+    fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, on_epoch=None: fit(self, on_epoch=stop_after_first))
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        main(["train", *TINY, "--epochs", "3", "--out", str(out), "--no-progress"])
+    monkeypatch.undo()
+    assert not (out / "result.json").exists()
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(
+        "sasrec after 1 of 3 epochs (unfinished run): weights of the best epoch 1 by valid NDCG@20\n")
 
 
 def test_cli_reports_bad_input_clearly(tmp_path, capsys):

@@ -479,6 +479,13 @@ def cmd_evaluate(args) -> int:
     cfg = dict(state["train_config"])
     cfg["device"] = args.device
     trainer = Trainer(model, dataset.leave_one_out(max_len=data["max_len"]), TrainConfig(**cfg))
+    # Say which weights these are: an unfinished run (killed, or still training) is
+    # evaluated at its best epoch so far.
+    finished = state["epoch"] >= cfg["epochs"] or (cfg["patience"] and state["bad_evals"] >= cfg["patience"])
+    which = (f"best epoch {state['best_epoch']} by valid {cfg['metric']}" if state["best_state"] is not None
+             else "last epoch (no validation yet)")
+    print(f"{spec['name']} after {state['epoch']} of {cfg['epochs']} epochs"
+          f"{'' if finished else ' (unfinished run)'}: weights of the {which}")
     print(format_table("test, full ranking", trainer.evaluate("test", "full"), trainer.protocol("full").describe()))
     print(format_table("test, sampled", trainer.evaluate("test", "sampled"), trainer.protocol("sampled").describe()))
     if hasattr(model, "interests"):
