@@ -222,3 +222,19 @@ def test_history_records_the_mean_of_each_loss_term(tmp_path, capsys, model, ext
         # Means of a weighted sum: the epoch loss is the same weighted sum of the term means.
         expected = sum(w * terms[name] for name, w in weights.items())
         assert record["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_terms_without_the_total_is_a_clear_error():
+    class NoTotal(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = build_model("sasrec", num_items=ds.num_items, max_len=10, hidden_size=8, num_layers=1,
+                                     num_heads=1, loss="ce")
+
+        def loss_terms(self, input_ids, target_ids, negative_ids=None):
+            return {"item": self.inner.loss(input_ids, target_ids, negative_ids)}
+
+    ds = synthetic(num_users=50, num_items=30, seed=0)
+    trainer = Trainer(NoTotal(), ds.leave_one_out(max_len=10), TrainConfig(epochs=1, batch_size=16))
+    with pytest.raises(TypeError, match="NoTotal.loss_terms must return the total training loss under 'loss'"):
+        trainer.fit()

@@ -173,6 +173,9 @@ class Trainer:
                 loss = model.loss(batch.input_ids, batch.target_ids, batch.negative_ids)
             else:
                 terms = loss_terms(batch.input_ids, batch.target_ids, batch.negative_ids)
+                if "loss" not in terms:
+                    raise TypeError(f"{type(model).__name__}.loss_terms must return the total training loss "
+                                    f"under 'loss' (got {sorted(terms)})")
                 loss = terms["loss"]
                 for name, value in terms.items():
                     if name != "loss" and value.dim() == 0:

@@ -21,6 +21,7 @@ __all__ = ["dif_attention", "dropout_keep_mask", "FUSIONS"]  # dropout_keep_mask
 
 FUSIONS = ("sum", "concat", "gate")
 
+
 def _check_fusion_params(fusion: str, params: Sequence[Tensor], nk: int, num_sources: int) -> None:
     if fusion not in FUSIONS:
         raise ValueError(f"dif_attention: fusion must be one of {FUSIONS}, got {fusion!r}")
