@@ -2,6 +2,7 @@
 runs: run them (resumably, a few at a time) and report them (mean +- sd over seeds).
 
     python benchmarks/reproduce.py list
+    python benchmarks/reproduce.py status dss              # each run: state, epochs, best valid so far
     python benchmarks/reproduce.py commands dss            # what `run` would execute
     python benchmarks/reproduce.py run dss --jobs 2 --threads 1 [--only beauty_dss_s1 ...]
     python benchmarks/reproduce.py report dss [--root runs]
@@ -251,6 +252,31 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
+def status_line(run: Run, root: Path) -> str:
+    """One line on a run: state (finished / running / killed / new), epochs done of its
+    budget, the best validation value so far and the last epoch's seconds."""
+    if run.finished(root):
+        state = "finished"
+    elif run_folder_in_use(run.folder(root)):
+        state = "running"
+    else:
+        state = "killed" if run.started(root) else "new"
+    log = run.folder(root) / ("history.jsonl" if run.command == "train" else "pretrain.jsonl")
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    budget = run.args[run.args.index("--epochs") + 1] if "--epochs" in run.args else "?"
+    line = f"{run.name:28s} {state:8s} epoch {len(records)}/{budget}"
+    valid = [(r["epoch"], r["valid"]) for r in records if "valid" in r]
+    if valid:
+        metric = run.args[run.args.index("--metric") + 1] if "--metric" in run.args else "NDCG@20"
+        epoch, best = max(valid, key=lambda v: v[1].get(metric, float("-inf")))
+        line += f", best valid {metric} {best.get(metric, float('nan')):.4f} (epoch {epoch})"
+    if records:
+        seconds = records[-1].get("train_seconds", records[-1].get("seconds"))
+        if seconds is not None:
+            line += f", last epoch {seconds:.0f} s"
+    return line
+
+
 def _metric(result: dict, name: str) -> float | None:
     """``HR@10`` reads the full-ranking test metrics, ``sampled:HR@10`` the sampled ones."""
     table, key = ("test_sampled", name[8:]) if name.startswith("sampled:") else ("test_full", name)
@@ -285,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="the suites and their runs")
-    for action in ("commands", "run", "report"):
+    for action in ("status", "commands", "run", "report"):
         p = sub.add_parser(action)
         p.add_argument("suite", choices=sorted(SUITES))
         p.add_argument("--root", type=Path, default=REPO_ROOT / "runs", help="folder of the runs (default: runs/)")
@@ -311,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"not runs of suite {args.suite}: {', '.join(unknown)}")
         runs = [r for r in runs if r.name in args.only]
+    if args.action == "status":
+        for r in runs:
+            print(status_line(r, root))
+        return 0
     if args.action == "commands":
         for r in runs:
             state = "finished" if r.finished(root) else "resume" if r.started(root) else "new"

@@ -56,6 +56,7 @@ def test_runner_skips_finished_resumes_started_and_reports(tmp_path, capsys):
     assert seqrec_main(["train", *one_epoch, "--out", str(tmp_path / "a"), "--no-progress"]) == 0
     (tmp_path / "a" / "result.json").unlink()  # started, not finished
     assert first.started(tmp_path) and not first.finished(tmp_path)
+    assert "killed   epoch 1/2" in reproduce.status_line(first, tmp_path)
     assert first.argv(tmp_path)[-1] == "--resume" and "--resume" not in second.argv(tmp_path)
 
     suite = [first, second]
@@ -66,6 +67,9 @@ def test_runner_skips_finished_resumes_started_and_reports(tmp_path, capsys):
     history = [json.loads(line) for line in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
 
+    line = reproduce.status_line(first, tmp_path)
+    assert line.startswith("a ") and "finished epoch 2/2, best valid NDCG@20 " in line and "last epoch" in line
+    assert "new      epoch 0/2" in reproduce.status_line(_tiny("c", 3), tmp_path)
     # Everything finished: nothing is started again.
     assert reproduce.run_suite(suite, suite, tmp_path, jobs=1, threads=1) == 0
     assert "2 of 2 runs finished; 0 to go" in capsys.readouterr().out
@@ -119,6 +123,7 @@ def test_runner_waits_for_a_folder_another_process_is_training(tmp_path, capsys)
     worker = threading.Thread(target=lambda: codes.append(reproduce.run_suite([run], [run], tmp_path, 1, 1)))
     worker.start()
     try:
+        assert "running  epoch 0/2" in reproduce.status_line(run, tmp_path)
         for _ in range(100):
             if "another process is training it" in capsys.readouterr().out:
                 break
