@@ -7,7 +7,7 @@ size ([2000, 256]), and one large tensor ([256 * 50, 256]).
 Timing: one step = forward, backward of a random gradient, in float32. Median over
 --repeats steps after warm-up; the providers alternate within each repeat so load
 changes on a shared machine hit both. "saved" is what autograd keeps between forward and
-backward (saved_tensors_hooks: the mask for torch, the seed for seqrec).
+backward (distinct storages: the mask for torch, the seed for seqrec).
 
     python benchmarks/bench_dropout.py [--repeats 50] [--threads 1] [--device cpu|cuda]
 """
@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import print_table
+from common import print_table, saved_bytes
 
 CASES = {"sasrec-beauty": (2000, 64), "difsr-paper": (2000, 256), "large": (256 * 50, 256)}
 P = 0.5
@@ -31,14 +31,6 @@ def _step(fn, x, grad):
     out = fn(x)
     out.backward(grad)
     x.grad = None
-
-
-def _saved_bytes(fn, x) -> int:
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = fn(x)
-    del out
-    return sum(t.numel() * t.element_size() for t in saved)
 
 
 def main(argv=None) -> int:
@@ -75,7 +67,7 @@ def main(argv=None) -> int:
                 sync()
                 times[name].append(time.perf_counter() - start)
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
-        saved = {name: _saved_bytes(fn, x) for name, fn in providers.items()}
+        saved = {name: saved_bytes(lambda: fn(x)) for name, fn in providers.items()}
         rows.append([case, "x".join(map(str, shape)), med["seqrec"], med["torch"],
                      f"{med['torch'] / med['seqrec']:.1f}x", saved["seqrec"], saved["torch"]])
     print_table("forward+backward (ms) and bytes saved for the backward",

@@ -39,7 +39,7 @@ import resource
 import subprocess
 import sys
 
-from common import median_seconds, print_table
+from common import median_seconds, print_table, saved_bytes
 
 CASES = {
     "sine": dict(L=500, K=4, active=True, weights="per_prototype"),
@@ -131,19 +131,7 @@ def run_provider(args) -> dict:
     result.pop("out")
     step(fingerprint=True)
 
-    seen, saved = set(), 0
-
-    def pack(t):
-        nonlocal saved
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            saved += st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        intents, probs = fn()
-    del intents, probs
+    saved = saved_bytes(fn)
     return {"provider": args.provider, "case": args.case, "median_s": med, "fwd_s": fwd_med,
             "times": times, "peak_bytes": peak, "saved_bytes": saved,
             "fingerprint": result["fingerprint"], "threads": torch.get_num_threads(),

@@ -18,19 +18,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import print_table
+from common import print_table, saved_bytes
 
 N, V = 2000, 12101
-
-
-def _saved_bytes(fn) -> int:
-    saved = {}
-    with torch.autograd.graph.saved_tensors_hooks(
-            lambda t: saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) and t,
-            lambda t: t):
-        out = fn()
-    del out
-    return sum(saved.values())
 
 
 def main(argv=None) -> int:
@@ -63,7 +53,7 @@ def main(argv=None) -> int:
                 if r >= 2:
                     times[name].append(elapsed)
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
-        saved = {name: _saved_bytes(fn) / 2**20 for name, fn in providers.items()}
+        saved = {name: saved_bytes(fn) / 2**20 for name, fn in providers.items()}
         rows.append([d, med["seqrec"], med["torch"], f"{med['torch'] / med['seqrec']:.2f}x", saved["seqrec"],
                      saved["torch"]])
     print_table("forward+backward (ms) and MiB saved for the backward",

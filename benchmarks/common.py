@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SEQREC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -35,3 +37,19 @@ def _fmt(x) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return str(x)
+
+
+def saved_bytes(fn: Callable[[], object]) -> int:
+    """Bytes autograd keeps between the forward ``fn()`` and its backward: the distinct
+    storages of the saved tensors (saved_tensors_hooks), inputs included."""
+    sizes: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        sizes.setdefault(storage.data_ptr(), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(sizes.values())
