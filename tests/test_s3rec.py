@@ -213,6 +213,28 @@ def test_gradient_reaches_every_parameter():
         assert float(model.embedding.item.weight.grad[0].abs().sum()) == 0
 
 
+@pytest.mark.parametrize("aap_input", ["item", "sequence"])
+def test_gradients_equal_one_plain_padded_pass(monkeypatch, aap_input):
+    """Length groups, ``select`` and the single item-table lookup (``lookup_rows``) change
+    no gradient: the plain path (taken under torch.compile) runs the encoder once on the
+    padded batch and looks every table up separately."""
+    model = make_model(aap_input=aap_input).eval()
+    m = seq_mask(BATCH.repeat(3, 1), num_items=NUM_ITEMS, mask_token=model.mask_token, mask_prob=0.5, seed=3)
+    assert m.masked_items.size(0) >= 16  # enough rows for the length groups
+
+    def gradients():
+        params = list(model.parameters())
+        return torch.autograd.grad(model.weighted_loss(model.pretrain_losses(m)), params, allow_unused=True)
+
+    fast = gradients()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    plain = gradients()
+    for (name, _), a, b in zip(model.named_parameters(), fast, plain):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_length_grouped_forward_equals_one_padded_call():
     model = make_model().eval()
     gen = torch.Generator().manual_seed(1)
@@ -226,8 +248,10 @@ def test_length_grouped_forward_equals_one_padded_call():
     assert bool((grouped[~real] == 0).all())
     r, c = real.nonzero(as_tuple=True)
     pick = torch.randperm(r.numel(), generator=gen)[:50]  # any order, repeats of a row
-    torch.testing.assert_close(model._hidden_at(seq, r[pick], c[pick]), plain[r[pick], c[pick]],
-                               rtol=1e-12, atol=1e-12)
+    extra_ids = torch.tensor([3, 0, NUM_ITEMS + 1, 3])
+    hidden, extra = model._hidden_at(seq, r[pick], c[pick], extra_ids)
+    torch.testing.assert_close(hidden, plain[r[pick], c[pick]], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(extra, model.embedding.item.weight[extra_ids], rtol=0, atol=0)
 
 
 def test_bidirectional():

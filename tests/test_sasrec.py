@@ -16,6 +16,7 @@ from seqrec.models import (
     SASRecConfig,
     TransformerEncoder,
     build_model,
+    lookup_rows,
     padding_mask,
     scaled_dot_attention,
 )
@@ -206,7 +207,14 @@ def test_losses_match_the_authors_formulas():
     expected = torch.sum(
         -torch.log(torch.sigmoid(pos) + 1e-24) * real - torch.log(1 - torch.sigmoid(neg) + 1e-24) * real
     ) / real.sum()
-    torch.testing.assert_close(model.loss(input_ids, target_ids, negative_ids), expected)
+    got = model.loss(input_ids, target_ids, negative_ids)
+    torch.testing.assert_close(got, expected)
+    # Gradients too: the loss looks the item table up once for inputs, targets and
+    # negatives (layers.lookup_rows), the formula three times.
+    params = list(model.parameters())
+    for g_got, g_want, (name, _) in zip(torch.autograd.grad(got, params), torch.autograd.grad(expected, params),
+                                        model.named_parameters()):
+        torch.testing.assert_close(g_got, g_want, msg=name)
 
     model_ce = make_model(loss="ce").eval()
     model_ce.load_state_dict(model.state_dict())
@@ -434,6 +442,29 @@ def test_encoder_select_returns_the_selected_outputs_and_their_gradients(causal,
         model.encoder(x, real, select=select | ~real)
     with pytest.raises(ValueError, match="select must be a bool tensor of shape"):
         model.encoder(x, real, select=select[:, 1:])
+
+
+def test_lookup_rows_is_the_separate_lookups_with_one_table_gradient():
+    table = torch.nn.Embedding(9, 4, padding_idx=0).double()
+    ids = [torch.tensor([[0, 3, 8], [1, 1, 0]]), torch.tensor([5]), torch.zeros(0, dtype=torch.long),
+           torch.tensor([[[2]], [[3]]])]
+    together = lookup_rows(table, *ids)
+    weights = [torch.randn(*i.shape, 4, dtype=torch.float64) for i in ids]
+    separate = [table(i) for i in ids]
+    for got, want in zip(together, separate):
+        assert got.shape == want.shape
+        assert torch.equal(got, want)
+    (grad_together,) = torch.autograd.grad(sum((g * w).sum() for g, w in zip(together, weights)), table.weight)
+    (grad_separate,) = torch.autograd.grad(sum((s * w).sum() for s, w in zip(separate, weights)), table.weight)
+    torch.testing.assert_close(grad_together, grad_separate)
+    assert float(grad_together[0].abs().sum()) == 0  # padding_idx kept
+    assert lookup_rows(table) == []
+
+    embedding = make_model().embedding.eval()
+    input_ids = make_batch([12, 3])[0]
+    torch.testing.assert_close(embedding(input_ids, embedding.item(input_ids)), embedding(input_ids))
+    with pytest.raises(ValueError, match="item_vectors must be"):
+        embedding(input_ids, embedding.item(input_ids[:, 1:]))
 
 
 def test_skipping_padding_positions_changes_no_real_output():

@@ -9,6 +9,7 @@ from .layers import (
     TransformerBlock,
     TransformerEncoder,
     init_transformer_weights,
+    lookup_rows,
     padding_mask,
     scaled_dot_attention,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerEncoder",
     "init_transformer_weights",
+    "lookup_rows",
     "padding_mask",
     "scaled_dot_attention",
     "SASRec",

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..ops.backend import get_backend
 from ..ops.seq_mask import SeqMaskOutput, seq_mask
-from .layers import ACTIVATIONS, ItemPositionEmbedding, TransformerEncoder, init_transformer_weights
+from .layers import ACTIVATIONS, ItemPositionEmbedding, TransformerEncoder, init_transformer_weights, lookup_rows
 
 if TYPE_CHECKING:
     from ..data import SequenceDataset
@@ -333,21 +333,24 @@ class S3Rec(nn.Module):
         edges = torch.tensor(widths[:-1], dtype=torch.int64, device=item_seq.device)
         return torch.bucketize((item_seq != 0).sum(1), edges), widths
 
-    def _hidden_at(self, item_seq: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    def _hidden_at(self, item_seq: Tensor, rows: Tensor, cols: Tensor, extra_ids: Tensor
+                   ) -> tuple[Tensor, Tensor]:
         """Encoder outputs [K, D] at positions ``(rows[k], cols[k])`` of ``item_seq`` [R, n]
-        (real positions): only rows holding a requested position are encoded, group by
-        group, the last block computes only the requested positions (see
-        ``TransformerEncoder.forward``'s ``select``), and the padded [R, n, D] result is
-        never built."""
+        (real positions), and the item vectors of ``extra_ids`` (the objectives' own
+        lookups: :func:`~seqrec.models.layers.lookup_rows` does all of them and the
+        encoder's in one call).
+
+        Only rows holding a requested position are encoded, group by group, the last
+        block computes only the requested positions (see ``TransformerEncoder.forward``'s
+        ``select``), and the padded [R, n, D] result is never built."""
         if torch.compiler.is_compiling():  # data-dependent selection: one full call
-            return self._encode(item_seq)[rows, cols]
+            return self._encode(item_seq)[rows, cols], self.embedding.item(extra_ids)
         bucket, widths = self._length_groups(item_seq)
         if bucket is None:  # too few rows to group: one group as wide as the batch
             bucket = torch.zeros(item_seq.size(0), dtype=torch.int64, device=item_seq.device)
         n = item_seq.size(1)
-        weight = self.embedding.item.weight
-        out = weight.new_zeros(rows.numel(), weight.size(1))
         local = torch.zeros_like(bucket)  # a row's index within its group
+        groups = []  # (requests in the group, its input crop, positions it outputs)
         for k in torch.unique(bucket[rows]).tolist():
             want = (bucket[rows] == k).nonzero().squeeze(1)  # requests in group k
             group = torch.unique(rows[want])
@@ -358,10 +361,16 @@ class S3Rec(nn.Module):
             flat = local[rows[want]] * w + (cols[want] - (n - w))
             select = torch.zeros(group.numel() * w, dtype=torch.bool, device=item_seq.device)
             select[flat] = True
+            groups.append((want, item_seq[group, n - w:], select, flat))
+        *crop_vectors, extra = lookup_rows(self.embedding.item, *(g[1] for g in groups), extra_ids)
+        weight = self.embedding.item.weight
+        out = weight.new_zeros(rows.numel(), weight.size(1))
+        for (want, crop, select, flat), vectors in zip(groups, crop_vectors):
             order = select.cumsum(0) - 1
-            hidden = self._encode(item_seq[group, n - w:], select.view(group.numel(), w))
+            hidden = self.encoder(self.embedding(crop, vectors), crop != 0, causal=False,
+                                  select=select.view(crop.shape))
             out = out.index_put((want,), hidden[order[flat]])
-        return out
+        return out, extra
 
     def corrupt(self, item_seq: Tensor, *, seed: int) -> SeqMaskOutput:
         """One :func:`seqrec.ops.seq_mask` call on the batch (p = ``config.mask_prob``,
@@ -419,24 +428,34 @@ class S3Rec(nn.Module):
                 rows.append(has + offset + j * batch)
                 cols.append(torch.full_like(has, n - 1))
                 sizes[name] = has.numel()
-        states: dict[str, Tensor] = {}
+        # The item vectors the objectives read directly, looked up with the encoder's.
+        kept_items = items[keep]
+        targets = masked.pos_items[where]
+        lookups = {}
+        if "aap" in on and cfg.aap_input == "item":
+            lookups["kept"] = kept_items
+        if "mip" in on:
+            lookups["target"] = targets
+            lookups["negative"] = masked.neg_items[where]
+        extra_ids = torch.cat(list(lookups.values())) if lookups else items.new_zeros(0)
         if inputs:
-            hidden = self._hidden_at(torch.cat(inputs), torch.cat(rows), torch.cat(cols))
+            hidden, extra = self._hidden_at(torch.cat(inputs), torch.cat(rows), torch.cat(cols), extra_ids)
             states = dict(zip(sizes, hidden.split(list(sizes.values()))))
+        else:
+            states, extra = {}, self.embedding.item(extra_ids)
+        vectors = dict(zip(lookups, extra.split([i.numel() for i in lookups.values()])))
 
         if "aap" in on:
-            kept_items = items[keep]
-            x = self.embedding.item(kept_items) if cfg.aap_input == "item" else states["kept"]
+            x = vectors["kept"] if cfg.aap_input == "item" else states["kept"]
             per_position = _attribute_bce(self.aap(x) @ attr_weight.t(),
                                           self.item_attributes[kept_items])
             losses["aap"] = _reduce(per_position, mean)
         if "mip" in on or "map" in on:
             h = states["masked"]  # [M, D]
-            targets = masked.pos_items[where]
             if "mip" in on:
                 hm = self.mip(h)
-                pos = torch.sigmoid((hm * self.embedding.item(targets)).sum(-1))
-                neg = torch.sigmoid((hm * self.embedding.item(masked.neg_items[where])).sum(-1))
+                pos = torch.sigmoid((hm * vectors["target"]).sum(-1))
+                neg = torch.sigmoid((hm * vectors["negative"]).sum(-1))
                 losses["mip"] = _reduce(F.softplus(neg - pos), mean)
             if "map" in on:
                 per_position = _attribute_bce(self.map(h) @ attr_weight.t(),

@@ -23,6 +23,7 @@ from .layers import (
     ItemPositionEmbedding,
     TransformerEncoder,
     init_transformer_weights,
+    lookup_rows,
     padding_mask,
 )
 from .losses import softmax_nll
@@ -259,17 +260,21 @@ class SASRec(nn.Module):
         _check_ids("item_seq", item_seq)
         shape = tuple(item_seq.shape)
         _check_ids("target_ids", target_ids, shape)
-        hidden = self(item_seq)  # [B, n, D]
         real = target_ids > 0
         count = real.sum().clamp_min(1)
         if self.config.loss == "bce":
             if negative_ids is None:
                 raise ValueError('negative_ids is required when config.loss == "bce"')
             _check_ids("negative_ids", negative_ids, shape)
-            pos = (hidden * self.embedding.item(target_ids)).sum(-1)  # [B, n]
-            neg = (hidden * self.embedding.item(negative_ids)).sum(-1)
+            # One lookup of the item table for inputs, targets and negatives: one dense
+            # table gradient instead of three (see layers.lookup_rows).
+            inputs, targets, negatives = lookup_rows(self.embedding.item, item_seq, target_ids, negative_ids)
+            hidden = self.encoder(self.embedding(item_seq, inputs), padding_mask(item_seq))
+            pos = (hidden * targets).sum(-1)  # [B, n]
+            neg = (hidden * negatives).sum(-1)
             per_position = -(F.logsigmoid(pos) + F.logsigmoid(-neg))
             return (per_position * real).sum() / count
+        hidden = self(item_seq)  # [B, n, D]
         # Only positions with a target are scored: under left padding most of a batch is
         # padding (Beauty: 8.9 of 50), and the [positions, V] logits dominate the step
         # (hence softmax_nll, which makes fewer passes over them than F.cross_entropy).
