@@ -152,19 +152,25 @@ def _dss_weight() -> list[Run]:
 
 
 def _s3rec() -> list[Run]:
-    """Pretraining (150 epochs) then fine-tuning, with each objective removed in turn;
-    the same model without pretraining is the ``sasrec`` suite's Beauty BCE run."""
+    """Pretraining (150 epochs) then fine-tuning; on Beauty also with each objective
+    removed in turn. The same model without pretraining (SASRec BCE, the fine-tuning's
+    budget and model selection) is each dataset's ``nopre`` row."""
     runs = []
-    for label, off in (("all objectives", ()), ("no AAP", ("--no-aap",)), ("no MIP", ("--no-mip",)),
-                       ("no MAP", ("--no-map",)), ("no SP", ("--no-sp",))):
-        key = "s3rec" + "".join(o.replace("--no-", "_no") for o in off)
-        runs.append(Run(f"beauty_{key}_pre", f"Beauty S3-Rec pretraining, {label}",
-                        ("--model", "s3rec", "--data", _data("Beauty"), "--epochs", "150", *off),
-                        command="pretrain"))
-        runs.append(Run(f"beauty_{key}", f"Beauty S3-Rec, {label}",
-                        ("--model", "s3rec", "--data", _data("Beauty"), "--init", f"{{root}}/beauty_{key}_pre",
-                         "--valid-ranking", "sampled", "--metric", "MRR", "--epochs", "200", "--patience", "10"),
-                        needs=f"beauty_{key}_pre"))
+    finetune = ("--valid-ranking", "sampled", "--metric", "MRR", "--epochs", "200", "--patience", "10")
+    ablations = (("all objectives", ()), ("no AAP", ("--no-aap",)), ("no MIP", ("--no-mip",)),
+                 ("no MAP", ("--no-map",)), ("no SP", ("--no-sp",)))
+    for ds in ("Beauty", "LastFM"):
+        key = ds.lower()
+        runs.append(Run(f"{key}_s3rec_nopre", f"{ds} SASRec BCE, no pretraining",
+                        ("--model", "sasrec", "--data", _data(ds), *finetune)))
+        for label, off in ablations if ds == "Beauty" else ablations[:1]:
+            name = f"{key}_s3rec" + "".join(o.replace("--no-", "_no") for o in off)
+            runs.append(Run(f"{name}_pre", f"{ds} S3-Rec pretraining, {label}",
+                            ("--model", "s3rec", "--data", _data(ds), "--epochs", "150", *off),
+                            command="pretrain"))
+            runs.append(Run(name, f"{ds} S3-Rec, {label}",
+                            ("--model", "s3rec", "--data", _data(ds), "--init", f"{{root}}/{name}_pre", *finetune),
+                            needs=f"{name}_pre"))
     return runs
 
 
