@@ -116,6 +116,22 @@ def test_shapes_scores_and_state_dict():
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
+def test_score_reads_the_last_column_computed_alone(fusion):
+    """score() runs the last block on the last column only; it equals the full forward's
+    last column (an empty row gives 0), for full-width and narrower batches."""
+    model = make_model(fusion=fusion).eval()
+    x, _, _ = batch([12, 5, 1, 0, 7])
+    weight = model.embedding.item.weight
+    for inputs in (x, x[:, -7:]):
+        full = model(inputs)[:, -1]
+        last = model._last_hidden(inputs)
+        torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-6)
+        assert torch.equal(last[3], torch.zeros(16))
+        want = (full @ weight.t())[:, 1:]
+        torch.testing.assert_close(model.score(inputs)[:, 1:], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_causality_and_left_padding_invariance(fusion):
     model = make_model(fusion=fusion).eval()
     x, _, _ = batch([9, 9])

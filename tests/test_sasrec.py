@@ -243,6 +243,23 @@ def test_overfits_a_tiny_batch(loss_name):
         assert losses[0] == pytest.approx(math.log(NUM_ITEMS), rel=0.05)  # near uniform at init
 
 
+@pytest.mark.parametrize("skip_padding", [True, False])
+def test_score_reads_the_last_column_computed_alone(skip_padding):
+    """score() runs the last block on the last column only (``select``); it equals the
+    full forward's last column (an empty row gives 0), lengths given or not."""
+    model = make_model().eval()
+    model.encoder.skip_padding = skip_padding
+    input_ids, _, _, lengths = make_batch([12, 5, 0, 1])
+    for args in ((input_ids,), (input_ids, lengths), (input_ids[:, -6:],)):
+        full = model(*args)[:, -1]
+        last = model._last_hidden(*args)
+        torch.testing.assert_close(last, full)
+        assert torch.equal(last[2], torch.zeros(16))
+        torch.testing.assert_close(model.score(*args)[:, 1:], (full @ model.embedding.item.weight.t())[:, 1:])
+    with pytest.raises(ValueError, match="lengths"):
+        model._last_hidden(input_ids, lengths + 1)
+
+
 def test_score_candidates_equal_gather_of_full_scores():
     model = make_model().eval()
     input_ids, *_ = make_batch([12, 5, 0])

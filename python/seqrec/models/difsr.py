@@ -266,9 +266,11 @@ class DIFMultiHeadAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)
 
     def forward(self, x: Tensor, positions: Tensor, attributes: Sequence[Tensor], key_padding_mask: Tensor,
-                packed: PackedPositions | None = None) -> Tensor:
+                packed: PackedPositions | None = None, keep: Tensor | None = None) -> Tensor:
         """x [B, n, D] (or [N, D] with ``packed``), positions [n, D], attributes: per field
-        [B, n, d_f] (or [N, d_f]), key_padding_mask [B, n] -> same shape as x."""
+        [B, n, d_f] (or [N, d_f]), key_padding_mask [B, n] -> same shape as x; or only the
+        rows ``keep`` of x flattened to [-1, D], [K, D] (every position still gives its
+        keys and values; the output map, residual and norm run on the kept rows)."""
         unpack = (lambda t: t) if packed is None else packed.unpack
         side_q, side_k = [], []
         if self.position_query is not None:
@@ -286,6 +288,9 @@ class DIFMultiHeadAttention(nn.Module):
         attn = attn.transpose(1, 2).flatten(2)  # [B, n, D]
         if packed is not None:
             attn = packed.pack(attn)
+        if keep is not None:
+            attn = attn.reshape(-1, attn.size(-1)).index_select(0, keep)
+            x = x.reshape(-1, x.size(-1)).index_select(0, keep)
         return self.norm(self.out_dropout(self.out(attn)) + x)
 
 
@@ -296,8 +301,8 @@ class _DIFBlock(nn.Module):
         self.feed_forward = FeedForward(config.hidden_size, config.inner_size, config.hidden_dropout,
                                         config.hidden_act, config.layer_norm_eps)
 
-    def forward(self, x, positions, attributes, key_padding_mask, packed=None):
-        return self.feed_forward(self.attention(x, positions, attributes, key_padding_mask, packed))
+    def forward(self, x, positions, attributes, key_padding_mask, packed=None, keep=None):
+        return self.feed_forward(self.attention(x, positions, attributes, key_padding_mask, packed, keep))
 
 
 class _Embeddings(nn.Module):
@@ -454,6 +459,14 @@ class DIFSR(nn.Module):
     def forward(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Hidden states [B, n, D] of every position of a LEFT-padded batch [B, n <= max_len]
         (row t depends on items <= t only). ``lengths`` as in :meth:`SASRec.forward`."""
+        return self._encode(item_seq, lengths, last_only=False)
+
+    def _last_hidden(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``self(item_seq, lengths)[:, -1]`` [B, D] (what :meth:`score` reads), with the
+        last block computing only that column after its attention."""
+        return self._encode(item_seq, lengths, last_only=True)
+
+    def _encode(self, item_seq: Tensor, lengths: Tensor | None, last_only: bool) -> Tensor:
         _check_ids("item_seq", item_seq)
         n, L = item_seq.size(-1), self.config.max_len
         if n > L:
@@ -469,14 +482,21 @@ class DIFSR(nn.Module):
             attributes = self._field_embeddings(item_seq)
             for layer in self.layers:
                 x = layer(x, positions, attributes, mask)
-            return x[:, L - n:]
+            return x[:, -1] if last_only else x[:, L - n:]
         # Position-wise work (projections, FFN, attribute lookups) on real positions only.
         packed = PackedPositions(mask)
         attributes = self._field_embeddings(item_seq.reshape(-1).index_select(0, packed.index))
         h = packed.pack(x)
-        for layer in self.layers:
-            h = layer(h, positions, attributes, mask, packed)
-        return packed.unpack(h)[:, L - n:]
+        last = len(self.layers) - 1
+        # With last_only, the last block keeps the packed rows at column L - 1 (the rows
+        # whose last position is real; the others output 0 there).
+        keep = (packed.index % L == L - 1).nonzero().squeeze(1) if last_only else None
+        for i, layer in enumerate(self.layers):
+            h = layer(h, positions, attributes, mask, packed, keep if i == last else None)
+        if not last_only:
+            return packed.unpack(h)[:, L - n:]
+        rows = mask[:, -1].nonzero().squeeze(1)
+        return h.new_zeros(mask.size(0), h.size(-1)).index_copy_(0, rows, h)
 
     # ------------------------------------------------------------------ losses
     def loss_terms(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None

@@ -208,7 +208,7 @@ class PackedPositions:
 
     def unpack(self, x: Tensor) -> Tensor:  # [N, D] -> [B, n, D]
         out = x.new_zeros(self.shape[0] * self.shape[1], x.size(-1))
-        return out.index_copy(0, self.index, x).view(*self.shape, x.size(-1))
+        return out.index_copy_(0, self.index, x).view(*self.shape, x.size(-1))
 
 
 class ItemPositionEmbedding(nn.Module):

@@ -215,6 +215,19 @@ class SASRec(nn.Module):
         mask = padding_mask(item_seq, lengths)
         return self.encoder(self.embedding(item_seq), mask)
 
+    def _last_hidden(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``self(item_seq, lengths)[:, -1]`` [B, D] (0 for an empty row), with the last
+        block computing only that column after its attention (``select``)."""
+        if torch.compiler.is_compiling():  # select is data-dependent
+            return self(item_seq, lengths)[:, -1]
+        _check_ids("item_seq", item_seq)
+        mask = padding_mask(item_seq, lengths)
+        select = torch.zeros_like(mask)
+        select[:, -1] = mask[:, -1]
+        picked = self.encoder(self.embedding(item_seq), mask, select=select)  # [rows with an item, D]
+        rows = mask[:, -1].nonzero().squeeze(1)
+        return picked.new_zeros(mask.size(0), picked.size(-1)).index_copy_(0, rows, picked)
+
     def score(
         self, item_seq: Tensor, lengths: Tensor | None = None, items: Tensor | None = None
     ) -> Tensor:
@@ -229,7 +242,7 @@ class SASRec(nn.Module):
             [B, num_items + 1] with column 0 (padding) = -inf, or [B, C] with -inf where
             a candidate is 0. Dropout follows the module mode: call ``eval()`` first.
         """
-        last = self(item_seq, lengths)[:, -1]  # [B, D]
+        last = self._last_hidden(item_seq, lengths)  # [B, D]
         weight = self.embedding.item.weight  # [V+1, D]
         if items is None:
             scores = last @ weight.t()  # [B, V+1]
