@@ -116,6 +116,36 @@ def test_shapes_scores_and_state_dict():
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("sees_masked", [False, True])
+def test_length_groups_equal_one_batch_padded_to_max_len(monkeypatch, fusion, sees_masked):
+    """Rows are encoded in length groups cropped on the left (widths 8/16/32/max_len),
+    the fusion maps cut to the group's key columns. Outputs and every gradient of the
+    loss equal one batch padded to max_len (the torch.compile path)."""
+    model = make_model(fusion=fusion, max_len=40, fusion_sees_masked=sees_masked).double().eval()
+    x, t, neg = batch([40, 33, 17, 16, 9, 8, 3, 1, 0], n=40)
+    for inputs in (x, x[:, -20:]):  # full width, and narrower than some group widths
+        padded = model._encode_padded(inputs, inputs != 0)
+        torch.testing.assert_close(model(inputs), padded, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(model._last_hidden(inputs), padded[:, -1], rtol=1e-10, atol=1e-12)
+    params = [p for _, p in model.named_parameters()]
+    grouped = torch.autograd.grad(model.loss(x, t, neg), params, allow_unused=True)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    plain = torch.autograd.grad(model.loss(x, t, neg), params, allow_unused=True)
+    for (name, _), a, b in zip(model.named_parameters(), grouped, plain):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_loss_rejects_targets_at_padding():
+    model = make_model()
+    x, t, neg = batch([5, 3])
+    t[1, 0] = 4  # row 1's first column is padding
+    with pytest.raises(ValueError, match="targets at padding positions"):
+        model.loss(x, t, neg)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_score_reads_the_last_column_computed_alone(fusion):
     """score() runs the last block on the last column only; it equals the full forward's
     last column (an empty row gives 0), for full-width and narrower batches."""

@@ -100,7 +100,8 @@ class DIFSRConfig:
             (one sampled negative per position, as SASRec).
         fusion_sees_masked: False (default): masked scores (future and padding keys) are
             zeroed before the concat / gate maps, so no position sees its future. True:
-            DIF-SR's code, whose maps read whole raw score rows (see ``dif_attention``).
+            DIF-SR's code, whose maps read whole raw score rows (see ``dif_attention``);
+            every batch is then padded to max_len (slower: see ``DIFSR._encode``).
         initializer_range: std of the normal init, 0.02.  hidden_act: ``"gelu"``.
         layer_norm_eps: 1e-12.
     """
@@ -231,6 +232,10 @@ class _NumericFieldEmbedding(nn.Module):
         return values.unsqueeze(-1) * self.weight
 
 
+# DIFSR._encode: the widths rows are cropped to, by their length (max_len is the last).
+_GROUP_WIDTHS = (8, 16, 32)
+
+
 class DIFMultiHeadAttention(nn.Module):
     """``LN(Dropout(W_o DIF-Attention(...)) + x)``: DIF-SR's attention sub-layer.
 
@@ -247,6 +252,7 @@ class DIFMultiHeadAttention(nn.Module):
         self.num_heads, self.head_size = H, D // H
         self.fusion = config.fusion
         self.fusion_sees_masked = config.fusion_sees_masked
+        self.max_len = config.max_len
         self.attention_dropout = config.attention_dropout
         self.backend = backend
         self.query, self.key, self.value = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
@@ -265,12 +271,36 @@ class DIFMultiHeadAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:  # [..., n, H*d] -> [..., H, n, d]
         return x.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)
 
+    def _fusion_params(self, n: int) -> list[Tensor]:
+        """The fusion maps for key rows of the last ``n`` of max_len columns.
+
+        A batch cropped on the left (every row's first max_len - n keys are padding) has
+        those columns masked; with ``fusion_sees_masked=False`` they enter the maps as 0,
+        so the maps restricted to the last n columns give the same fused scores."""
+        params = list(self.fusion_params)
+        L = self.max_len
+        if n == L or not params:
+            return params
+        if self.fusion == "concat":  # W [L, S*L] (row: output key; column: source s, key j)
+            w, b = params
+            w = w.view(L, -1, L)[L - n:, :, L - n:].reshape(n, -1)
+            return [w, b[L - n:]]
+        w1, b1, w2, b2 = params  # gate: W1 [a, L] reads the key columns
+        return [w1[:, L - n:].contiguous(), b1, w2, b2]
+
     def forward(self, x: Tensor, positions: Tensor, attributes: Sequence[Tensor], key_padding_mask: Tensor,
                 packed: PackedPositions | None = None, keep: Tensor | None = None) -> Tensor:
         """x [B, n, D] (or [N, D] with ``packed``), positions [n, D], attributes: per field
         [B, n, d_f] (or [N, d_f]), key_padding_mask [B, n] -> same shape as x; or only the
         rows ``keep`` of x flattened to [-1, D], [K, D] (every position still gives its
-        keys and values; the output map, residual and norm run on the kept rows)."""
+        keys and values; the output map, residual and norm run on the kept rows).
+
+        ``n`` is max_len, or less for a batch cropped on the left (the last n of the
+        max_len right-aligned columns), which needs ``fusion_sees_masked=False``."""
+        n = key_padding_mask.size(1)
+        if n != self.max_len and self.fusion_sees_masked and self.fusion != "sum":
+            raise ValueError(f"a batch {n} wide (max_len {self.max_len}) needs fusion_sees_masked=False: "
+                             "the fusion maps would read the cropped columns")
         unpack = (lambda t: t) if packed is None else packed.unpack
         side_q, side_k = [], []
         if self.position_query is not None:
@@ -282,7 +312,7 @@ class DIFMultiHeadAttention(nn.Module):
         attn = dif_attention(
             self._heads(unpack(self.query(x))), self._heads(unpack(self.key(x))),
             self._heads(unpack(self.value(x))), side_q, side_k, fusion=self.fusion,
-            fusion_params=list(self.fusion_params), key_padding_mask=key_padding_mask, causal=True,
+            fusion_params=self._fusion_params(n), key_padding_mask=key_padding_mask, causal=True,
             fusion_sees_masked=self.fusion_sees_masked, dropout_p=self.attention_dropout,
             training=self.training, backend=self.backend)
         attn = attn.transpose(1, 2).flatten(2)  # [B, n, D]
@@ -458,45 +488,100 @@ class DIFSR(nn.Module):
     # ------------------------------------------------------------------ encoder
     def forward(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Hidden states [B, n, D] of every position of a LEFT-padded batch [B, n <= max_len]
-        (row t depends on items <= t only). ``lengths`` as in :meth:`SASRec.forward`."""
-        return self._encode(item_seq, lengths, last_only=False)
+        (row t depends on items <= t only; padding positions give 0). ``lengths`` as in
+        :meth:`SASRec.forward`."""
+        mask = self._mask(item_seq, lengths)
+        if self._takes_padded_path():
+            return self._encode_padded(item_seq, mask)
+        h = self._encode(item_seq, mask, mask)
+        return h.new_zeros(mask.numel(), h.size(-1)).index_copy_(
+            0, mask.reshape(-1).nonzero().squeeze(1), h).view(*mask.shape, h.size(-1))
 
     def _last_hidden(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``self(item_seq, lengths)[:, -1]`` [B, D] (what :meth:`score` reads), with the
         last block computing only that column after its attention."""
-        return self._encode(item_seq, lengths, last_only=True)
+        mask = self._mask(item_seq, lengths)
+        if self._takes_padded_path():
+            return self._encode_padded(item_seq, mask)[:, -1]
+        select = torch.zeros_like(mask)
+        select[:, -1] = mask[:, -1]
+        h = self._encode(item_seq, mask, select)
+        return h.new_zeros(mask.size(0), h.size(-1)).index_copy_(0, mask[:, -1].nonzero().squeeze(1), h)
 
-    def _encode(self, item_seq: Tensor, lengths: Tensor | None, last_only: bool) -> Tensor:
+    def _takes_padded_path(self) -> bool:
+        """True under torch.compile (grouping and packing depend on the data) and when
+        the fusion maps read masked scores (``fusion_sees_masked`` with gate/concat, the
+        reproduction of DIF-SR's leak): those scores include padding keys, whose
+        projections of LN(embedding of id 0) only the padded batch has."""
+        return torch.compiler.is_compiling() or (self.config.fusion_sees_masked and self.config.fusion != "sum")
+
+    def _mask(self, item_seq: Tensor, lengths: Tensor | None) -> Tensor:
         _check_ids("item_seq", item_seq)
         n, L = item_seq.size(-1), self.config.max_len
         if n > L:
             raise ValueError(f"sequence width {n} exceeds max_len={L}; keep the most recent max_len items "
                              f"(item_seq[:, -{L}:])")
-        mask = padding_mask(item_seq, lengths)
-        if n < L:  # the fusion maps read length-max_len rows: pad on the left
-            item_seq = F.pad(item_seq, (L - n, 0))
-            mask = F.pad(mask, (L - n, 0))
-        x = self.embedding.dropout(self.embedding.norm(self.embedding.item(item_seq)))
-        positions = self.embedding.position.weight  # [max_len, D]
-        if torch.compiler.is_compiling():  # PackedPositions is data-dependent
-            attributes = self._field_embeddings(item_seq)
-            for layer in self.layers:
-                x = layer(x, positions, attributes, mask)
-            return x[:, -1] if last_only else x[:, L - n:]
-        # Position-wise work (projections, FFN, attribute lookups) on real positions only.
+        return padding_mask(item_seq, lengths)
+
+    def _encode(self, item_seq: Tensor, mask: Tensor, select: Tensor) -> Tensor:
+        """Outputs [K, D] at the K positions of ``select`` [B, n] (real ones), row-major.
+
+        Rows are encoded in groups of similar length, each cropped on the left to its
+        width (8, 16, 32 or max_len columns): Beauty's sequences hold about 9 items, so
+        the padded [B, H, n, n] attention and the [B, n, D] projections it reads shrink
+        by about 5x against one batch padded to max_len. Exact (the outputs are those of
+        the padded batch: positions are right-aligned and, with ``fusion_sees_masked=
+        False``, cropped padding keys reach neither the softmax nor the fusion maps);
+        only dropout draws differ. Rows without a selected position are not encoded.
+        Not traceable, and not for the maps that read masked scores (see
+        :meth:`_takes_padded_path`).
+        """
+        n, L = item_seq.size(1), self.config.max_len
+        widths = [w for w in _GROUP_WIDTHS if w < L] + [L]
+        edges = torch.tensor(widths[:-1], dtype=torch.int64, device=item_seq.device)
+        bucket = torch.bucketize(mask.sum(1), edges)
+        wanted = select.any(1)
+        outputs, flats = [], []
+        for k in torch.unique(bucket[wanted]).tolist():
+            rows = ((bucket == k) & wanted).nonzero().squeeze(1)
+            w = widths[k]
+            crop = (lambda t: t[rows, n - w:]) if w <= n else (lambda t: F.pad(t[rows], (w - n, 0)))
+            hidden = self._encode_group(crop(item_seq), crop(mask), crop(select))
+            r, c = crop(select).nonzero(as_tuple=True)
+            outputs.append(hidden)
+            flats.append(rows[r] * n + c - (w - n))  # row-major index in the [B, n] input
+        if not outputs:
+            return self.embedding.item.weight.new_zeros(0, self.config.hidden_size)
+        if len(outputs) == 1:
+            return outputs[0]
+        return torch.cat(outputs).index_select(0, torch.cat(flats).argsort())
+
+    def _encode_padded(self, item_seq: Tensor, mask: Tensor) -> Tensor:
+        """[B, n, D] from one batch padded to max_len, every position computed (see
+        :meth:`_takes_padded_path`). Padding positions output 0, as on the grouped path."""
+        n, L = item_seq.size(1), self.config.max_len
+        seq, m = F.pad(item_seq, (L - n, 0)), F.pad(mask, (L - n, 0))
+        x = self.embedding.dropout(self.embedding.norm(self.embedding.item(seq)))
+        attributes = self._field_embeddings(seq)
+        for layer in self.layers:
+            x = layer(x, self.embedding.position.weight, attributes, m)
+        return x[:, L - n:].masked_fill(~mask.unsqueeze(-1), 0.0)
+
+    def _encode_group(self, item_seq: Tensor, mask: Tensor, select: Tensor) -> Tensor:
+        """One group [R, w] (w <= max_len, right-aligned): outputs [K, D] at ``select``."""
+        w = item_seq.size(1)
         packed = PackedPositions(mask)
-        attributes = self._field_embeddings(item_seq.reshape(-1).index_select(0, packed.index))
-        h = packed.pack(x)
+        real_items = item_seq.reshape(-1).index_select(0, packed.index)
+        # Position-wise work (embedding norm, projections, FFN, attribute lookups) on
+        # the real positions only.
+        h = self.embedding.dropout(self.embedding.norm(self.embedding.item(real_items)))
+        attributes = self._field_embeddings(real_items)
+        positions = self.embedding.position.weight[self.config.max_len - w:]  # [w, D]
+        keep = select.reshape(-1).index_select(0, packed.index).nonzero().squeeze(1)
         last = len(self.layers) - 1
-        # With last_only, the last block keeps the packed rows at column L - 1 (the rows
-        # whose last position is real; the others output 0 there).
-        keep = (packed.index % L == L - 1).nonzero().squeeze(1) if last_only else None
         for i, layer in enumerate(self.layers):
             h = layer(h, positions, attributes, mask, packed, keep if i == last else None)
-        if not last_only:
-            return packed.unpack(h)[:, L - n:]
-        rows = mask[:, -1].nonzero().squeeze(1)
-        return h.new_zeros(mask.size(0), h.size(-1)).index_copy_(0, rows, h)
+        return h
 
     # ------------------------------------------------------------------ losses
     def loss_terms(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None
@@ -508,7 +593,14 @@ class DIFSR(nn.Module):
         shape = tuple(item_seq.shape)
         _check_ids("target_ids", target_ids, shape)
         real = target_ids > 0
-        hidden = self(item_seq)[real]  # [N, D]
+        mask = self._mask(item_seq, None)
+        if self._takes_padded_path():
+            hidden = self._encode_padded(item_seq, mask)[real]  # [N, D]
+        else:
+            if bool((real & ~mask).any()):
+                raise ValueError("target_ids has targets at padding positions of item_seq (id 0)")
+            # Only the target positions leave the last block, in the order of [real].
+            hidden = self._encode(item_seq, mask, real)
         target = target_ids[real]  # [N]
         count = max(int(target.numel()), 1)
         item_weight = self.embedding.item.weight
