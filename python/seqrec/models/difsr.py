@@ -19,7 +19,15 @@ from torch import Tensor, nn
 
 from ..ops.backend import get_backend
 from ..ops.dif_attention import dif_attention, fusion_param_shapes
-from .layers import ACTIVATIONS, Dropout, FeedForward, PackedPositions, init_transformer_weights, padding_mask
+from .layers import (
+    ACTIVATIONS,
+    Dropout,
+    FeedForward,
+    PackedPositions,
+    init_transformer_weights,
+    lookup_rows,
+    padding_mask,
+)
 from .losses import softmax_nll
 from .sasrec import SASRec, _check_ids
 
@@ -541,15 +549,19 @@ class DIFSR(nn.Module):
         edges = torch.tensor(widths[:-1], dtype=torch.int64, device=item_seq.device)
         bucket = torch.bucketize(mask.sum(1), edges)
         wanted = select.any(1)
-        outputs, flats = [], []
+        groups, flats = [], []
         for k in torch.unique(bucket[wanted]).tolist():
             rows = ((bucket == k) & wanted).nonzero().squeeze(1)
             w = widths[k]
             crop = (lambda t: t[rows, n - w:]) if w <= n else (lambda t: F.pad(t[rows], (w - n, 0)))
-            hidden = self._encode_group(crop(item_seq), crop(mask), crop(select))
-            r, c = crop(select).nonzero(as_tuple=True)
-            outputs.append(hidden)
+            group_seq, group_mask, group_select = crop(item_seq), crop(mask), crop(select)
+            packed = PackedPositions(group_mask)
+            groups.append((group_seq.reshape(-1).index_select(0, packed.index), packed, group_mask, group_select))
+            r, c = group_select.nonzero(as_tuple=True)
             flats.append(rows[r] * n + c - (w - n))  # row-major index in the [B, n] input
+        # One item-table lookup for every group (one dense table gradient: lookup_rows).
+        vectors = lookup_rows(self.embedding.item, *(g[0] for g in groups))
+        outputs = [self._encode_group(*g, v) for g, v in zip(groups, vectors)]
         if not outputs:
             return self.embedding.item.weight.new_zeros(0, self.config.hidden_size)
         if len(outputs) == 1:
@@ -567,14 +579,15 @@ class DIFSR(nn.Module):
             x = layer(x, self.embedding.position.weight, attributes, m)
         return x[:, L - n:].masked_fill(~mask.unsqueeze(-1), 0.0)
 
-    def _encode_group(self, item_seq: Tensor, mask: Tensor, select: Tensor) -> Tensor:
-        """One group [R, w] (w <= max_len, right-aligned): outputs [K, D] at ``select``."""
-        w = item_seq.size(1)
-        packed = PackedPositions(mask)
-        real_items = item_seq.reshape(-1).index_select(0, packed.index)
+    def _encode_group(self, real_items: Tensor, packed: PackedPositions, mask: Tensor, select: Tensor,
+                      item_vectors: Tensor) -> Tensor:
+        """One group of rows cropped to width w (right-aligned, w <= max_len): its real
+        items [N] (row-major) and their item vectors [N, D], ``packed`` / ``mask`` [R, w]
+        of its layout -> outputs [K, D] at ``select`` [R, w]."""
+        w = mask.size(1)
         # Position-wise work (embedding norm, projections, FFN, attribute lookups) on
         # the real positions only.
-        h = self.embedding.dropout(self.embedding.norm(self.embedding.item(real_items)))
+        h = self.embedding.dropout(self.embedding.norm(item_vectors))
         attributes = self._field_embeddings(real_items)
         positions = self.embedding.position.weight[self.config.max_len - w:]  # [w, D]
         keep = select.reshape(-1).index_select(0, packed.index).nonzero().squeeze(1)
