@@ -6,6 +6,7 @@ runs: run them (resumably, a few at a time) and report them (mean +- sd over see
     python benchmarks/reproduce.py commands dss            # what `run` would execute
     python benchmarks/reproduce.py run dss --jobs 2 --threads 1 [--only beauty_dss_s1 ...]
     python benchmarks/reproduce.py report dss [--root runs]
+    python benchmarks/reproduce.py archive dss --root runs   # records -> benchmarks/results/
 
 Every run is one ``seqrec train`` (or ``seqrec pretrain``) call writing into
 ``ROOT/<run name>/`` with its log beside it (``ROOT/<run name>.log``). ``run`` skips the
@@ -14,6 +15,12 @@ runs that finished (``result.json``; for pretraining, one line per epoch in
 ``--out`` folder), continues the killed ones with ``--resume`` (exact: see
 ``Trainer.resume``) and starts the rest, so a suite longer than one sitting is simply run
 again. A run that needs another (fine-tuning after pretraining) waits for it.
+
+``archive`` copies the records of the finished runs (``result.json``, ``history.jsonl``,
+``pretrain.jsonl``; never weights) into ``benchmarks/results/<run name>/``, the folder the
+repository keeps: ``report`` and ``status`` read it like a run root
+(``--root benchmarks/results``), so every figure we quote stays checkable after the run
+folders are gone.
 
 Data: ``$SEQREC_SHARED_DATA`` (else ``../shared/data``), as the other benchmarks. These
 are long: one Beauty run is 10 minutes to several hours on a 2-core CPU (see the README's
@@ -110,9 +117,10 @@ def _difsr_paper() -> list[Run]:
 def _difsr_ablation() -> list[Run]:
     """DIF-SR against SASRec CE at one shared (small) setting: fusion, attribute predictors."""
     runs = []
-    for ds in ("Beauty", "LastFM"):
-        budget = ("--data", _data(ds), "--epochs", "200", "--patience", "10")
-        key = ds.lower()
+    # LastFM has 1,090 users: 5 batches an epoch, so 10 epochs of patience stop CE runs
+    # after ~80 steps, far from converged; there the budget is the sasrec suite's.
+    for ds, key, patience in (("Beauty", "beauty", "10"), ("LastFM", "lastfm_p30", "30")):
+        budget = ("--data", _data(ds), "--epochs", "200" if ds == "Beauty" else "400", "--patience", patience)
         runs.append(Run(f"{key}_sasrec_ce", f"{ds} SASRec CE", ("--model", "sasrec", "--loss", "ce", *budget)))
         difsr = ("--model", "difsr", "--attributes", "attributes", *SMALL, "--loss", "ce", *budget)
         for fusion in ("gate", "sum", "concat"):
@@ -244,6 +252,32 @@ def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads:
     return 1 if failed else 0
 
 
+# ---------------------------------------------------------------------------- archive
+RECORDS = ("result.json", "history.jsonl", "pretrain.jsonl")
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+
+
+def archive(runs: list[Run], root: Path, dest: Path) -> list[str]:
+    """Copies the records (``RECORDS``, no weights) of the finished ``runs`` under
+    ``root`` to ``dest/<run name>/``; returns the names copied. A run already archived
+    is replaced (the run may have been extended since)."""
+    copied = []
+    for r in runs:
+        if not r.finished(root) or r.folder(root).resolve() == r.folder(dest).resolve():
+            continue
+        target = r.folder(dest)
+        staging = target.with_name(f".{r.name}.partial")  # never leave a half-copied record
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for record in RECORDS:
+            if (r.folder(root) / record).exists():
+                shutil.copy2(r.folder(root) / record, staging / record)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        copied.append(r.name)
+    return copied
+
+
 # ---------------------------------------------------------------------------- report
 def _result(run: Run, root: Path) -> dict | None:
     path = run.folder(root) / "result.json"
@@ -317,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="the suites and their runs")
-    for action in ("status", "commands", "run", "report"):
+    for action in ("status", "commands", "run", "report", "archive"):
         p = sub.add_parser(action)
         p.add_argument("suite", choices=sorted(SUITES))
         p.add_argument("--root", type=Path, default=REPO_ROOT / "runs", help="folder of the runs (default: runs/)")
@@ -326,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="METRIC",
                            help="columns: HR@K, NDCG@K, MRR (full ranking) or sampled:HR@K ... "
                                 f"(default: {' '.join(METRICS)})")
+        if action == "archive":
+            p.add_argument("--to", type=Path, default=RESULTS,
+                           help="where the records go (default: benchmarks/results/)")
         if action == "run":
             p.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
             p.add_argument("--threads", type=int, default=None,
@@ -354,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "report":
         print(report(runs, root, tuple(args.metrics)))
+        return 0
+    if args.action == "archive":
+        copied = archive(runs, root, args.to.resolve())
+        print(f"archived {len(copied)} finished run(s) of {len(runs)} to {args.to}: {', '.join(copied) or '-'}")
         return 0
     if not (SHARED_DATA / "Beauty").exists():
         print(f"data not found at {SHARED_DATA} (set SEQREC_SHARED_DATA)", file=sys.stderr)

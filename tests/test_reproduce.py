@@ -85,6 +85,18 @@ def test_runner_skips_finished_resumes_started_and_reports(tmp_path, capsys):
     assert "| sampled:HR@10 | MRR |" in table.splitlines()[2]
     assert f"| {sum(sampled) / 2:.4f} +- {abs(sampled[0] - sampled[1]) / 2 ** 0.5:.4f} |" in table.splitlines()[-1]
 
+    # The records kept in the repository: no weights, and the same report and status.
+    kept = tmp_path / "kept"
+    unfinished = _tiny("c", 3)
+    assert reproduce.archive([*suite, unfinished], tmp_path, kept) == ["a", "b"]
+    assert sorted(p.name for p in (kept / "a").iterdir()) == ["history.jsonl", "result.json"]
+    assert not (kept / "c").exists() and not list(kept.glob(".*"))
+    body = lambda text: text.split("\n", 1)[1]  # noqa: E731 (the first line names the root)
+    assert body(reproduce.report(suite, kept)) == body(reproduce.report(suite, tmp_path))
+    assert reproduce.status_line(first, kept) == reproduce.status_line(first, tmp_path)
+    assert reproduce.main(["archive", "sasrec", "--root", str(tmp_path), "--to", str(kept)]) == 0
+    assert "archived 0 finished run(s) of 3" in capsys.readouterr().out
+
 
 def test_runner_waits_for_dependency_and_stops_on_failure(tmp_path, capsys):
     broken = Run("broken", "broken", ("--model", "sasrec", "--data", str(tmp_path / "no-such-data"),
