@@ -40,17 +40,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-from common import median_seconds, print_table
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from common import median_seconds, print_table, rss_bytes, run_child
 
 
 def make_inputs(args, fusion: str, lengths: str):
@@ -183,13 +177,8 @@ def main(argv=None) -> int:
                 res = {}
                 for provider in providers:
                     dump = os.path.join(tmp, f"{provider}-{fusion}-{lengths}.pt")
-                    child = [sys.executable, __file__, *argv, "--provider", provider, "--fusion", fusion,
-                             "--lengths-one", lengths, "--dump", dump]
-                    proc = subprocess.run(child, capture_output=True, text=True)
-                    if proc.returncode != 0:
-                        print(proc.stdout, proc.stderr, file=sys.stderr)
-                        return proc.returncode
-                    res[provider] = json.loads(proc.stdout.strip().splitlines()[-1])
+                    res[provider] = run_child(__file__, [*argv, "--provider", provider, "--fusion", fusion,
+                                                         "--lengths-one", lengths, "--dump", dump])
                     res[provider]["dump"] = dump
                 base = res.get("reference", res[providers[0]])
                 for provider in providers:

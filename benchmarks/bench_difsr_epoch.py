@@ -34,18 +34,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
-from common import SHARED_DATA, print_table
+from common import SHARED_DATA, print_table, rss_bytes, run_child
 
 PROVIDERS = ("seqrec", "reference")
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def use_plain_pytorch(model) -> None:
@@ -141,12 +135,8 @@ def main(argv=None) -> int:
     results = {p: [] for p in PROVIDERS}
     for _ in range(args.repeats):
         for provider in PROVIDERS:  # alternate: both providers see the same machine load
-            child = [sys.executable, __file__, "--provider", provider] + (argv if argv is not None else sys.argv[1:])
-            proc = subprocess.run(child, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stdout, proc.stderr, file=sys.stderr)
-                return proc.returncode
-            results[provider].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            child = ["--provider", provider] + (argv if argv is not None else sys.argv[1:])
+            results[provider].append(run_child(__file__, child))
     first = results["seqrec"][0]
     per_batch = {p: statistics.median(r["train_seconds"] / r["batches"] for r in rs) for p, rs in results.items()}
     per_user = {p: statistics.median(r["eval_seconds"] / r["eval_users"] for r in rs) for p, rs in results.items()}

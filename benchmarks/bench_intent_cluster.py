@@ -34,23 +34,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 
-from common import median_seconds, print_table, saved_bytes
+from common import median_seconds, print_table, rss_bytes, run_child, saved_bytes
 
 CASES = {
     "sine": dict(L=500, K=4, active=True, weights="per_prototype"),
     "dss": dict(L=8, K=8, active=False, weights="shared"),
     "dense": dict(L=500, K=500, active=False, weights="shared"),
 }
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def make_inputs(args, case, device):
@@ -185,13 +178,8 @@ def main(argv=None) -> int:
             parser.error(f"unknown case {case!r}; choose from {sorted(CASES)}")
         results = []
         for provider in providers:
-            child = [sys.executable, __file__, "--provider", provider, "--case", case] + (
-                argv if argv is not None else sys.argv[1:])
-            proc = subprocess.run(child, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stdout, proc.stderr, file=sys.stderr)
-                return proc.returncode
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            child = ["--provider", provider, "--case", case] + (argv if argv is not None else sys.argv[1:])
+            results.append(run_child(__file__, child))
         first = first or results[0]
         base = next((r for r in results if r["provider"] == "reference"), results[0])
         for r in results:

@@ -28,15 +28,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-from common import SHARED_DATA, median_seconds, print_table
+from common import SHARED_DATA, median_seconds, print_table, rss_bytes, run_child
 
 BEAUTY_USERS, BEAUTY_ITEMS = 22363, 12101
 
@@ -67,11 +65,6 @@ def load_histories(args):
     indptr = np.concatenate([[0], np.cumsum(hist_len)]).astype(np.int64)
     items = np.array([i for s in seqs for i in s[:-1]], np.int64)
     return target, indptr, items, num_items, source
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def run_provider(args) -> dict:
@@ -175,13 +168,9 @@ def main(argv=None) -> int:
 
     results = []
     for provider in args.providers.split(","):
-        child = [sys.executable, __file__, "--provider", provider] + (argv if argv is not None else sys.argv[1:])
+        child = ["--provider", provider] + (argv if argv is not None else sys.argv[1:])
         start = time.perf_counter()
-        proc = subprocess.run(child, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stdout, proc.stderr, file=sys.stderr)
-            return proc.returncode
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res = run_child(__file__, child)
         res["wall"] = time.perf_counter() - start
         results.append(res)
 

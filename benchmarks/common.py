@@ -1,8 +1,11 @@
-"""Shared benchmark helpers: timing medians, peak memory in a fresh process, tables."""
+"""Shared benchmark helpers: timing medians, fresh child processes and their memory, tables."""
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,6 +26,23 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (/proc/self/statm)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_child(script: str, args: list[str]) -> dict:
+    """One run of a benchmark in a fresh process (``python script *args``, its child
+    mode): the JSON object on the last line it prints. A failed child's output is printed
+    and its exit status raised as SystemExit, which ends the benchmark."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stdout, proc.stderr, file=sys.stderr)
+        raise SystemExit(proc.returncode)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
