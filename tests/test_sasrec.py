@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from seqrec.models import (
+    LengthGroups,
+    PackedPositions,
     SASRec,
     SASRecConfig,
     TransformerEncoder,
@@ -459,6 +461,43 @@ def test_encoder_select_returns_the_selected_outputs_and_their_gradients(causal,
         model.encoder(x, real, select=select | ~real)
     with pytest.raises(ValueError, match="select must be a bool tensor of shape"):
         model.encoder(x, real, select=select[:, 1:])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("with_select", [False, True])
+def test_length_groups_give_the_padded_batch_outputs_and_gradients(causal, with_select):
+    """The encoder's packed path crops rows to 8/16/32/n columns for attention: every
+    group, empty rows, a row with a hole and a right-padded row (span n)."""
+    torch.manual_seed(0)
+    n = 50
+    encoder = TransformerEncoder(2, 16, 2, 32, hidden_dropout=0.0, attention_dropout=0.0).double()
+    lengths = torch.tensor([50, 40, 33, 32, 20, 17, 16, 9, 8, 3, 1, 0, 5, 0])
+    mask = torch.arange(n) >= (n - lengths).unsqueeze(1)
+    mask[12] = False
+    mask[12, :5] = True  # right padding: its span is the whole row
+    mask[4, 35] = False  # a hole inside a row of span 20
+    groups = LengthGroups(mask)
+    assert sorted(m.shape[1] for _, _, m in groups.groups) == [8, 16, 32, 50]
+    assert sum(m.shape[0] for _, _, m in groups.groups) == 12  # the two empty rows are in none
+    x = torch.randn(len(lengths), n, 16, dtype=torch.float64, requires_grad=True)
+    select = mask & (torch.rand(mask.shape, generator=torch.Generator().manual_seed(1)) < 0.3) if with_select else None
+
+    def run(skip_padding):
+        encoder.skip_padding = skip_padding
+        out = encoder(x, mask, causal=causal, select=select)
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        grads = torch.autograd.grad((out * weights).sum(), [x, *encoder.parameters()])
+        return out, grads
+
+    grouped, grads_grouped = run(True)
+    padded, grads_padded = run(False)
+    torch.testing.assert_close(grouped, padded)
+    for a, b in zip(grads_grouped, grads_padded):
+        torch.testing.assert_close(a, b)
+    # PackedPositions.attend (one group, the whole row) is the same layout change.
+    rows = torch.randn(int(mask.sum()), 4, dtype=torch.float64)
+    def attention(t, m): return t.cumsum(1) * m.unsqueeze(-1)  # noqa: E306, E704 (causal, row-local)
+    torch.testing.assert_close(groups.attend(attention, rows), PackedPositions(mask).attend(attention, rows))
 
 
 def test_lookup_rows_is_the_separate_lookups_with_one_table_gradient():

@@ -25,6 +25,7 @@ from .layers import (
     FeedForward,
     PackedPositions,
     init_transformer_weights,
+    length_buckets,
     lookup_rows,
     padding_mask,
 )
@@ -238,10 +239,6 @@ class _NumericFieldEmbedding(nn.Module):
 
     def forward(self, values: Tensor) -> Tensor:  # [..., m] -> [..., m, d]
         return values.unsqueeze(-1) * self.weight
-
-
-# DIFSR._encode: the widths rows are cropped to, by their length (max_len is the last).
-_GROUP_WIDTHS = (8, 16, 32)
 
 
 class DIFMultiHeadAttention(nn.Module):
@@ -545,9 +542,7 @@ class DIFSR(nn.Module):
         :meth:`_takes_padded_path`).
         """
         n, L = item_seq.size(1), self.config.max_len
-        widths = [w for w in _GROUP_WIDTHS if w < L] + [L]
-        edges = torch.tensor(widths[:-1], dtype=torch.int64, device=item_seq.device)
-        bucket = torch.bucketize(mask.sum(1), edges)
+        bucket, widths = length_buckets(mask.sum(1), L)
         wanted = select.any(1)
         groups, flats = [], []
         for k in torch.unique(bucket[wanted]).tolist():

@@ -21,7 +21,14 @@ from torch import Tensor, nn
 
 from ..ops.backend import get_backend
 from ..ops.seq_mask import SeqMaskOutput, seq_mask
-from .layers import ACTIVATIONS, ItemPositionEmbedding, TransformerEncoder, init_transformer_weights, lookup_rows
+from .layers import (
+    ACTIVATIONS,
+    ItemPositionEmbedding,
+    TransformerEncoder,
+    init_transformer_weights,
+    length_buckets,
+    lookup_rows,
+)
 
 if TYPE_CHECKING:
     from ..data import SequenceDataset
@@ -329,9 +336,7 @@ class S3Rec(nn.Module):
         n = item_seq.size(1)
         if torch.compiler.is_compiling() or item_seq.size(0) < _MIN_GROUPED_ROWS:
             return None, [n]
-        widths = [w for w in _WIDTHS if w < n] + [n]
-        edges = torch.tensor(widths[:-1], dtype=torch.int64, device=item_seq.device)
-        return torch.bucketize((item_seq != 0).sum(1), edges), widths
+        return length_buckets((item_seq != 0).sum(1), n)
 
     def _hidden_at(self, item_seq: Tensor, rows: Tensor, cols: Tensor, extra_ids: Tensor
                    ) -> tuple[Tensor, Tensor]:
@@ -479,9 +484,8 @@ class S3Rec(nn.Module):
         return self.weighted_loss(losses), losses
 
 
-# S3Rec.forward: length-group edges (the last group is n wide), and the smallest batch
-# worth grouping (below it one padded call is cheaper than several small ones).
-_WIDTHS = (8, 16, 32)
+# S3Rec._length_groups: the smallest batch worth grouping (below it one padded call is
+# cheaper than several small ones).
 _MIN_GROUPED_ROWS = 16
 
 
