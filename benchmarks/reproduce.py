@@ -16,11 +16,11 @@ runs that finished (``result.json``; for pretraining, one line per epoch in
 ``Trainer.resume``) and starts the rest, so a suite longer than one sitting is simply run
 again. A run that needs another (fine-tuning after pretraining) waits for it.
 
-``archive`` copies the records of the finished runs (``result.json``, ``history.jsonl``,
-``pretrain.jsonl``; never weights) into ``benchmarks/results/<run name>/``, the folder the
-repository keeps: ``report`` and ``status`` read it like a run root
-(``--root benchmarks/results``), so every figure we quote stays checkable after the run
-folders are gone.
+``archive`` copies the records of the finished runs (``result.json``, which holds the
+training history, or ``pretrain.jsonl``; never weights) into
+``benchmarks/results/<run name>/``, the folder the repository keeps: ``report`` and
+``status`` read it like a run root (``--root benchmarks/results``), so every figure we
+quote stays checkable after the run folders are gone.
 
 Data: ``$SEQREC_SHARED_DATA`` (else ``../shared/data``), as the other benchmarks. These
 are long: one Beauty run is 10 minutes to several hours on a 2-core CPU (see the README's
@@ -253,7 +253,7 @@ def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads:
 
 
 # ---------------------------------------------------------------------------- archive
-RECORDS = ("result.json", "history.jsonl", "pretrain.jsonl")
+RECORDS = ("result.json", "pretrain.jsonl")  # result.json holds the training history too
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 
@@ -303,6 +303,8 @@ def status_line(run: Run, root: Path) -> str:
         state = "killed" if run.started(root) else "new"
     log = run.folder(root) / ("history.jsonl" if run.command == "train" else "pretrain.jsonl")
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    if not records and run.finished(root) and run.command == "train":  # archived: result.json only
+        records = json.loads((run.folder(root) / "result.json").read_text()).get("history", [])
     budget = run.args[run.args.index("--epochs") + 1] if "--epochs" in run.args else "?"
     line = f"{run.name:28s} {state:8s} epoch {len(records)}/{budget}"
     valid = [(r["epoch"], r["valid"]) for r in records if "valid" in r]

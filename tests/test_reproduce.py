@@ -89,7 +89,7 @@ def test_runner_skips_finished_resumes_started_and_reports(tmp_path, capsys):
     kept = tmp_path / "kept"
     unfinished = _tiny("c", 3)
     assert reproduce.archive([*suite, unfinished], tmp_path, kept) == ["a", "b"]
-    assert sorted(p.name for p in (kept / "a").iterdir()) == ["history.jsonl", "result.json"]
+    assert sorted(p.name for p in (kept / "a").iterdir()) == ["result.json"]
     assert not (kept / "c").exists() and not list(kept.glob(".*"))
     body = lambda text: text.split("\n", 1)[1]  # noqa: E731 (the first line names the root)
     assert body(reproduce.report(suite, kept)) == body(reproduce.report(suite, tmp_path))
