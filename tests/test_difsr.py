@@ -118,12 +118,15 @@ def test_shapes_scores_and_state_dict():
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("sees_masked", [False, True])
 def test_length_groups_equal_one_batch_padded_to_max_len(monkeypatch, fusion, sees_masked):
-    """Rows are encoded in length groups cropped on the left (widths 8/16/32/max_len),
+    """Rows are encoded in groups by span cropped on the left (widths 8/16/32/max_len),
     the fusion maps cut to the group's key columns. Outputs and every gradient of the
     loss equal one batch padded to max_len (the torch.compile path)."""
     model = make_model(fusion=fusion, max_len=40, fusion_sees_masked=sees_masked).double().eval()
     x, t, neg = batch([40, 33, 17, 16, 9, 8, 3, 1, 0], n=40)
-    for inputs in (x, x[:, -20:]):  # full width, and narrower than some group widths
+    odd = x.clone()  # rows that are not left-padded keep their whole span
+    odd[2, 30] = 0  # a hole
+    odd[8, :5] = torch.arange(1, 6)  # right padding
+    for inputs in (x, x[:, -20:], odd):  # full width, narrower than some group widths, odd rows
         padded = model._encode_padded(inputs, inputs != 0)
         torch.testing.assert_close(model(inputs), padded, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(model._last_hidden(inputs), padded[:, -1], rtol=1e-10, atol=1e-12)

@@ -236,11 +236,18 @@ def test_gradients_equal_one_plain_padded_pass(monkeypatch, aap_input):
 
 
 def test_length_grouped_forward_equals_one_padded_call():
-    model = make_model().eval()
+    n = 40  # groups of width 8, 16, 32 and 40
+    model = make_model(max_len=n).eval()
     gen = torch.Generator().manual_seed(1)
-    lengths = torch.randint(0, MAX_LEN + 1, (40,), generator=gen)
-    seq = torch.randint(1, NUM_ITEMS + 2, (40, MAX_LEN), generator=gen)  # mask token included
-    seq = seq * (torch.arange(MAX_LEN) >= (MAX_LEN - lengths).unsqueeze(1))
+    lengths = torch.randint(0, n + 1, (40,), generator=gen)
+    seq = torch.randint(1, NUM_ITEMS + 2, (40, n), generator=gen)  # mask token included
+    seq = seq * (torch.arange(n) >= (n - lengths).unsqueeze(1))
+    seq[0] = 0
+    seq[0, :3] = torch.tensor([4, 5, 6])  # right padding: the row keeps its whole span
+    seq[1] = 0
+    seq[1, -12:] = 7
+    seq[1, -3] = 0  # a hole
+    assert len(torch.unique(model._length_groups(seq)[0])) == 4
     grouped = model(seq)
     plain = model.encoder(model.embedding(seq), seq != 0, causal=False)
     real = seq != 0

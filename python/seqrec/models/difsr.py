@@ -28,6 +28,7 @@ from .layers import (
     length_buckets,
     lookup_rows,
     padding_mask,
+    row_spans,
 )
 from .losses import softmax_nll
 from .sasrec import SASRec, _check_ids
@@ -531,8 +532,9 @@ class DIFSR(nn.Module):
     def _encode(self, item_seq: Tensor, mask: Tensor, select: Tensor) -> Tensor:
         """Outputs [K, D] at the K positions of ``select`` [B, n] (real ones), row-major.
 
-        Rows are encoded in groups of similar length, each cropped on the left to its
-        width (8, 16, 32 or max_len columns): Beauty's sequences hold about 9 items, so
+        Rows are encoded in groups of similar span (:func:`~seqrec.models.layers.row_spans`:
+        the length of a left-padded row), each cropped on the left to its width (8, 16,
+        32 or max_len columns): Beauty's sequences hold about 9 items, so
         the padded [B, H, n, n] attention and the [B, n, D] projections it reads shrink
         by about 5x against one batch padded to max_len. Exact (the outputs are those of
         the padded batch: positions are right-aligned and, with ``fusion_sees_masked=
@@ -542,7 +544,7 @@ class DIFSR(nn.Module):
         :meth:`_takes_padded_path`).
         """
         n, L = item_seq.size(1), self.config.max_len
-        bucket, widths = length_buckets(mask.sum(1), L)
+        bucket, widths = length_buckets(row_spans(mask), L)
         wanted = select.any(1)
         groups, flats = [], []
         for k in torch.unique(bucket[wanted]).tolist():

@@ -223,10 +223,19 @@ class PackedPositions:
 _GROUP_WIDTHS = (8, 16, 32)
 
 
+def row_spans(mask: Tensor) -> Tensor:
+    """[B] columns from each row's first True to its end (0 for a row without one): the
+    width a row can be cropped to on the left without losing a real position. For a
+    left-padded batch it is the row's length; a right-padded row or one with holes
+    keeps its whole span."""
+    n = mask.size(1)
+    return torch.where(mask.any(1), n - mask.to(torch.uint8).argmax(1), 0)
+
+
 def length_buckets(span: Tensor, n: int) -> tuple[Tensor, list[int]]:
     """``(group of each row, the groups' widths)``: a row whose real positions span
-    ``span`` columns from the right goes to the narrowest width (8, 16, 32 below ``n``,
-    then ``n``) that holds them. Shared by every model that encodes rows by length."""
+    ``span`` columns (:func:`row_spans`) goes to the narrowest width (8, 16, 32 below
+    ``n``, then ``n``) that holds them. Shared by every model that encodes rows by length."""
     widths = [w for w in _GROUP_WIDTHS if w < n] + [n]
     edges = torch.tensor(widths[:-1], dtype=span.dtype, device=span.device)
     return torch.bucketize(span, edges), widths
@@ -252,8 +261,7 @@ class LengthGroups(PackedPositions):
         N = self.index.numel()
         device = key_padding_mask.device
         any_real = key_padding_mask.any(1)
-        span = torch.where(any_real, n - key_padding_mask.to(torch.uint8).argmax(1), 0)
-        bucket, widths = length_buckets(span, n)
+        bucket, widths = length_buckets(row_spans(key_padding_mask), n)
         # packed row of every cell of the [B, n] layout; N (a zero row appended by
         # attend) at padding
         slot = torch.full((B * n,), N, dtype=torch.int64, device=device)

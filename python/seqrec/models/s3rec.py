@@ -28,6 +28,7 @@ from .layers import (
     init_transformer_weights,
     length_buckets,
     lookup_rows,
+    row_spans,
 )
 
 if TYPE_CHECKING:
@@ -336,7 +337,7 @@ class S3Rec(nn.Module):
         n = item_seq.size(1)
         if torch.compiler.is_compiling() or item_seq.size(0) < _MIN_GROUPED_ROWS:
             return None, [n]
-        return length_buckets((item_seq != 0).sum(1), n)
+        return length_buckets(row_spans(item_seq != 0), n)
 
     def _hidden_at(self, item_seq: Tensor, rows: Tensor, cols: Tensor, extra_ids: Tensor
                    ) -> tuple[Tensor, Tensor]:
