@@ -121,9 +121,15 @@ def _difsr_ablation() -> list[Run]:
     # after ~80 steps, far from converged; there the budget is the sasrec suite's.
     for ds, key, patience in (("Beauty", "beauty", "10"), ("LastFM", "lastfm_p30", "30")):
         budget = ("--data", _data(ds), "--epochs", "200" if ds == "Beauty" else "400", "--patience", patience)
-        runs.append(Run(f"{key}_sasrec_ce", f"{ds} SASRec CE", ("--model", "sasrec", "--loss", "ce", *budget)))
         difsr = ("--model", "difsr", "--attributes", "attributes", *SMALL, "--loss", "ce", *budget)
-        for fusion in ("gate", "sum", "concat"):
+        # The head-to-head rows (SASRec CE, DIF-SR gate) over three seeds: the CLI's
+        # default seed (42) and two more.
+        for seed in (None, 1, 2):
+            suffix, seeded = ("", ()) if seed is None else (f"_s{seed}", ("--seed", str(seed)))
+            runs.append(Run(f"{key}_sasrec_ce{suffix}", f"{ds} SASRec CE",
+                            ("--model", "sasrec", "--loss", "ce", *budget, *seeded)))
+            runs.append(Run(f"{key}_difsr64_gate{suffix}", f"{ds} DIF-SR gate", (*difsr, "--fusion", "gate", *seeded)))
+        for fusion in ("sum", "concat"):
             runs.append(Run(f"{key}_difsr64_{fusion}", f"{ds} DIF-SR {fusion}", (*difsr, "--fusion", fusion)))
         runs.append(Run(f"{key}_difsr64_gate_nopred", f"{ds} DIF-SR gate, no attribute predictor",
                         (*difsr, "--fusion", "gate", "--no-attribute-predictor")))
