@@ -106,12 +106,20 @@ def _sine() -> list[Run]:
     return runs
 
 
+PAPER = ("--hidden-size", "256", "--num-layers", "4", "--num-heads", "8", "--inner-size", "256",
+         "--dropout", "0.5", "--attention-dropout", "0.3", "--lr", "1e-4", "--batch-size", "256")
+
+
 def _difsr_paper() -> list[Run]:
     # RecBole's DIF-SR run evaluates every 2 epochs and stops after 10 evaluations
-    # without improvement; so does this one.
+    # without improvement; so does this one. SASRec CE with the same settings (those of
+    # the difsr-beauty preset, spelled out) is the paper-size baseline without side
+    # information.
+    data, budget = ("--data", _data("Beauty")), ("--epochs", "200", "--patience", "10", "--eval-every", "2")
     return [Run("beauty_difsr", "Beauty DIF-SR (difsr-beauty preset: paper settings)",
-                ("--model", "difsr", "--data", _data("Beauty"), "--attributes", "attributes",
-                 "--preset", "difsr-beauty", "--epochs", "200", "--patience", "10", "--eval-every", "2"))]
+                ("--model", "difsr", *data, "--attributes", "attributes", "--preset", "difsr-beauty", *budget)),
+            Run("beauty_sasrec_paper", "Beauty SASRec CE, DIF-SR paper settings",
+                ("--model", "sasrec", "--loss", "ce", *PAPER, *data, *budget))]
 
 
 def _difsr_ablation() -> list[Run]:
