@@ -178,6 +178,20 @@ def _dss_weight() -> list[Run]:
 FINETUNE = ("--valid-ranking", "sampled", "--metric", "MRR", "--epochs", "200", "--patience", "10")
 
 
+def _s3rec_nopre(ds: str) -> Run:
+    return Run(f"{ds.lower()}_s3rec_nopre", f"{ds} SASRec BCE, no pretraining",
+               ("--model", "sasrec", "--data", _data(ds), *FINETUNE))
+
+
+def _s3rec_pretrain_finetune(ds: str, name: str, pre: str, label: str, epochs: str, off=()) -> list[Run]:
+    """Pretraining run ``pre`` (``epochs`` epochs, objectives ``off`` switched off), then
+    fine-tuning run ``name`` initialised from it."""
+    return [Run(pre, f"{ds} S3-Rec pretraining, {label}",
+                ("--model", "s3rec", "--data", _data(ds), "--epochs", epochs, *off), command="pretrain"),
+            Run(name, f"{ds} S3-Rec, {label}",
+                ("--model", "s3rec", "--data", _data(ds), "--init", f"{{root}}/{pre}", *FINETUNE), needs=pre)]
+
+
 def _s3rec() -> list[Run]:
     """Pretraining (150 epochs) then fine-tuning; on Beauty also with each objective
     removed in turn. The same model without pretraining (SASRec BCE, the fine-tuning's
@@ -186,35 +200,23 @@ def _s3rec() -> list[Run]:
     ablations = (("all objectives", ()), ("no AAP", ("--no-aap",)), ("no MIP", ("--no-mip",)),
                  ("no MAP", ("--no-map",)), ("no SP", ("--no-sp",)))
     for ds in ("Beauty", "LastFM"):
-        key = ds.lower()
-        runs.append(Run(f"{key}_s3rec_nopre", f"{ds} SASRec BCE, no pretraining",
-                        ("--model", "sasrec", "--data", _data(ds), *FINETUNE)))
+        runs.append(_s3rec_nopre(ds))
         for label, off in ablations if ds == "Beauty" else ablations[:1]:
-            name = f"{key}_s3rec" + "".join(o.replace("--no-", "_no") for o in off)
-            runs.append(Run(f"{name}_pre", f"{ds} S3-Rec pretraining, {label}",
-                            ("--model", "s3rec", "--data", _data(ds), "--epochs", "150", *off),
-                            command="pretrain"))
-            runs.append(Run(name, f"{ds} S3-Rec, {label}",
-                            ("--model", "s3rec", "--data", _data(ds), "--init", f"{{root}}/{name}_pre", *FINETUNE),
-                            needs=f"{name}_pre"))
+            name = f"{ds.lower()}_s3rec" + "".join(o.replace("--no-", "_no") for o in off)
+            runs += _s3rec_pretrain_finetune(ds, name, f"{name}_pre", label, "150", off)
     return runs
 
 
 def _s3rec_short() -> list[Run]:
     """The ``s3rec`` suite's main rows with 20 pretraining epochs instead of 150: a budget
-    one CPU core finishes in a sitting (~65 min of pretraining on Beauty beside another run), to measure how
-    much of the pretraining gain a short run already gives. The ``nopre`` rows are the
-    ``s3rec`` suite's own (same name, same command)."""
+    one CPU core finishes in a sitting (~65 min of pretraining on Beauty beside another
+    run), to measure how much of the pretraining gain a short run already gives. The
+    ``nopre`` rows are the ``s3rec`` suite's own."""
     runs = []
     for ds in ("Beauty", "LastFM"):
         key = ds.lower()
-        runs.append(Run(f"{key}_s3rec_nopre", f"{ds} SASRec BCE, no pretraining",
-                        ("--model", "sasrec", "--data", _data(ds), *FINETUNE)))
-        runs.append(Run(f"{key}_s3rec_pre20", f"{ds} S3-Rec pretraining, 20 epochs",
-                        ("--model", "s3rec", "--data", _data(ds), "--epochs", "20"), command="pretrain"))
-        runs.append(Run(f"{key}_s3rec_p20", f"{ds} S3-Rec, 20 pretraining epochs",
-                        ("--model", "s3rec", "--data", _data(ds), "--init", f"{{root}}/{key}_s3rec_pre20", *FINETUNE),
-                        needs=f"{key}_s3rec_pre20"))
+        runs.append(_s3rec_nopre(ds))
+        runs += _s3rec_pretrain_finetune(ds, f"{key}_s3rec_p20", f"{key}_s3rec_pre20", "20 pretraining epochs", "20")
     return runs
 
 

@@ -167,3 +167,21 @@ def test_seqrec_train_refuses_a_folder_in_use(tmp_path, capsys):
     finally:
         held.close()
     assert not run_folder_in_use(tmp_path / "run")
+
+
+def test_difsr_paper_sasrec_row_uses_the_difsr_beauty_preset(tmp_path):
+    # reproduce.py spells the preset's settings out for SASRec (it does not import
+    # seqrec); this keeps the two from drifting apart.
+    from seqrec.models.difsr import PRESETS
+    preset = PRESETS["difsr-beauty"]
+    flags = dict(zip(reproduce.PAPER[::2], reproduce.PAPER[1::2]))
+    model, train = preset["model"], preset["train"]
+    expected = {"--hidden-size": model["hidden_size"], "--num-layers": model["num_layers"],
+                "--num-heads": model["num_heads"], "--inner-size": model["inner_size"],
+                "--dropout": model["hidden_dropout"], "--attention-dropout": model["attention_dropout"],
+                "--lr": train["lr"], "--batch-size": train["batch_size"]}
+    assert flags.keys() == expected.keys()
+    for flag, value in expected.items():
+        assert float(flags[flag]) == float(value), flag
+    sasrec = next(r for r in reproduce.suite_runs("difsr-paper", tmp_path) if r.name == "beauty_sasrec_paper")
+    assert "--loss" in sasrec.args and sasrec.args[sasrec.args.index("--loss") + 1] == model["loss"]
