@@ -145,18 +145,23 @@ def _difsr_ablation() -> list[Run]:
 
 
 def _dss() -> list[Run]:
-    """DSS vs its seq2item-only ablation vs SASRec CE, three seeds each, same budget."""
+    """DSS vs its seq2item-only ablation vs SASRec CE, three seeds each, same budget.
+
+    The seeds are difsr-ablation's (the CLI's default, 42, then 1 and 2), so on Beauty,
+    where the budget is the same too, the SASRec CE row is difsr-ablation's runs."""
     runs = []
     for ds, budget in (("LastFM", ("--epochs", "100", "--patience", "0")),
                        ("Beauty", ("--epochs", "200", "--patience", "10"))):
         key = ds.lower()
-        for seed in (1, 2, 3):
-            common = ("--data", _data(ds), *budget, "--seed", str(seed))
+        sasrec = f"{key}_sasrec_ce" if ds == "Beauty" else f"{key}_sasce"
+        for seed in (None, 1, 2):
+            suffix, seeded = ("", ()) if seed is None else (f"_s{seed}", ("--seed", str(seed)))
+            common = ("--data", _data(ds), *budget, *seeded)
             runs += [
-                Run(f"{key}_dss_s{seed}", f"{ds} DSS (seq2item + seq2seq)", ("--model", "dss", *common)),
-                Run(f"{key}_dss0_s{seed}", f"{ds} DSS seq2item only",
+                Run(f"{key}_dss{suffix}", f"{ds} DSS (seq2item + seq2seq)", ("--model", "dss", *common)),
+                Run(f"{key}_dss0{suffix}", f"{ds} DSS seq2item only",
                     ("--model", "dss", "--preset", "seq2item-only", *common)),
-                Run(f"{key}_sasce_s{seed}", f"{ds} SASRec CE", ("--model", "sasrec", "--loss", "ce", *common)),
+                Run(f"{sasrec}{suffix}", f"{ds} SASRec CE", ("--model", "sasrec", "--loss", "ce", *common)),
             ]
     return runs
 
@@ -166,10 +171,11 @@ def _dss_weight() -> list[Run]:
     ``dss`` suite's row): three seeds each, the same budget; pick by validation."""
     runs = []
     for weight in ("0.3", "1.0"):
-        for seed in (1, 2, 3):
-            runs.append(Run(f"lastfm_dss_w{weight.replace('.', '')}_s{seed}", f"LastFM DSS, seq2seq weight {weight}",
+        for seed in (None, 1, 2):
+            suffix, seeded = ("", ()) if seed is None else (f"_s{seed}", ("--seed", str(seed)))
+            runs.append(Run(f"lastfm_dss_w{weight.replace('.', '')}{suffix}", f"LastFM DSS, seq2seq weight {weight}",
                             ("--model", "dss", "--data", _data("LastFM"), "--epochs", "100", "--patience", "0",
-                             "--seed", str(seed), "--seq2seq-weight", weight)))
+                             "--seq2seq-weight", weight, *seeded)))
     return runs
 
 
