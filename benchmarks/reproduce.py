@@ -167,15 +167,20 @@ def _dss() -> list[Run]:
 
 
 def _dss_weight() -> list[Run]:
-    """Sensitivity of DSS to the seq2seq weight on LastFM (0.1, the default, is the
-    ``dss`` suite's row): three seeds each, the same budget; pick by validation."""
+    """Sensitivity of DSS to its seq2seq weight, the ``dss`` suite's budgets (0.1, the
+    default, and 0, seq2item only, are that suite's rows). LastFM: three seeds per
+    weight. Beauty (an hour a run on one CPU core): the smaller weights, the default
+    seed first, as seq2seq at 0.1 trails seq2item only there."""
     runs = []
-    for weight in ("0.3", "1.0"):
-        for seed in (None, 1, 2):
-            suffix, seeded = ("", ()) if seed is None else (f"_s{seed}", ("--seed", str(seed)))
-            runs.append(Run(f"lastfm_dss_w{weight.replace('.', '')}{suffix}", f"LastFM DSS, seq2seq weight {weight}",
-                            ("--model", "dss", "--data", _data("LastFM"), "--epochs", "100", "--patience", "0",
-                             "--seq2seq-weight", weight, *seeded)))
+    for ds, weights, seeds, budget in (
+            ("LastFM", ("0.01", "0.03", "0.3", "1.0"), (None, 1, 2), ("--epochs", "100", "--patience", "0")),
+            ("Beauty", ("0.01", "0.03"), (None,), ("--epochs", "200", "--patience", "10"))):
+        for weight in weights:
+            for seed in seeds:
+                suffix, seeded = ("", ()) if seed is None else (f"_s{seed}", ("--seed", str(seed)))
+                runs.append(Run(f"{ds.lower()}_dss_w{weight.replace('.', '')}{suffix}",
+                                f"{ds} DSS, seq2seq weight {weight}",
+                                ("--model", "dss", "--data", _data(ds), *budget, "--seq2seq-weight", weight, *seeded)))
     return runs
 
 
