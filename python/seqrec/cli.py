@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from .data import DataError, load_dataset
-from .utils import lock_run_folder
+from .utils import lock_run_folder, reuse_freed_memory
 
 # Defaults of each model's paper, applied when the option is not given.
 MODEL_DEFAULTS = {
@@ -574,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # train / pretrain hold their --out folder until they return: one writer per run folder.
     writes_folder = args.command in ("train", "pretrain") and args.out is not None
+    if args.command in ("train", "evaluate", "pretrain") and os.environ.get("SEQREC_REUSE_FREED_MEMORY") != "0":
+        reuse_freed_memory()  # CPU steps stop page-faulting their large matrices in again
     try:
         with lock_run_folder(args.out) if writes_folder else contextlib.nullcontext():
             if args.command == "train":
