@@ -41,7 +41,10 @@ def test_reused_blocks_are_not_faulted_in_again():
     default, reused = _faults(False), _faults(True)
     if not reused["applied"]:
         pytest.skip("reuse_freed_memory() does not apply here (the C library is not glibc)")
-    # glibc's default maps each 64 MiB block fresh: ~16k faults (4 KiB pages) per round.
+    # glibc's default maps each 64 MiB block fresh: ~16k faults (4 KiB pages) per round,
+    # unless the kernel backs it with 2 MiB pages (transparent_hugepage=always): 32.
+    if default["faults"] < 8 * 1_000:
+        pytest.skip(f"glibc's default costs only {default['faults']} page faults here (huge pages?)")
     assert default["faults"] > 8 * 8_000, default
     assert reused["faults"] < default["faults"] / 10, (default, reused)
 
