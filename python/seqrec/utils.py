@@ -92,8 +92,8 @@ def reuse_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
     environment sets ``SEQREC_REUSE_FREED_MEMORY=0``); from Python, call it yourself.
 
     Returns:
-        True when applied; False (and nothing changed) where the C library is not glibc
-        (macOS, Windows, musl) or refuses the setting.
+        True when applied; False where glibc refuses a setting, or where the C library
+        is not glibc (macOS, Windows, musl: there nothing is changed).
     """
     if max_block_bytes < 0:
         raise ValueError(f"reuse_freed_memory: max_block_bytes must be >= 0, got {max_block_bytes}")
@@ -102,7 +102,7 @@ def reuse_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # glibc only: musl has mallopt but ignores these
         mallopt = libc.mallopt
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # TypeError: Windows has no CDLL(None)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     int_max = 2**31 - 1  # mallopt takes an int
