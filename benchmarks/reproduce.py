@@ -77,6 +77,12 @@ def _data(name: str) -> str:
     return str(SHARED_DATA / name)
 
 
+def _seeded(seed: int | None) -> tuple[str, tuple[str, ...]]:
+    """Run-name suffix and arguments of a seed; None is the CLI's default seed (42),
+    which adds neither."""
+    return ("", ()) if seed is None else (f"_s{seed}", ("--seed", str(seed)))
+
+
 # The settings every table of the S3-Rec family shares (the CLI's SASRec defaults).
 SMALL = ("--hidden-size", "64", "--num-layers", "2", "--num-heads", "2", "--inner-size", "256",
          "--dropout", "0.5", "--attention-dropout", "0.5", "--lr", "1e-3", "--batch-size", "256")
@@ -133,7 +139,7 @@ def _difsr_ablation() -> list[Run]:
         # The head-to-head rows (SASRec CE, DIF-SR gate) over three seeds: the CLI's
         # default seed (42) and two more.
         for seed in (None, 1, 2):
-            suffix, seeded = ("", ()) if seed is None else (f"_s{seed}", ("--seed", str(seed)))
+            suffix, seeded = _seeded(seed)
             runs.append(Run(f"{key}_sasrec_ce{suffix}", f"{ds} SASRec CE",
                             ("--model", "sasrec", "--loss", "ce", *budget, *seeded)))
             runs.append(Run(f"{key}_difsr64_gate{suffix}", f"{ds} DIF-SR gate", (*difsr, "--fusion", "gate", *seeded)))
@@ -155,7 +161,7 @@ def _dss() -> list[Run]:
         key = ds.lower()
         sasrec = f"{key}_sasrec_ce" if ds == "Beauty" else f"{key}_sasce"
         for seed in (None, 1, 2):
-            suffix, seeded = ("", ()) if seed is None else (f"_s{seed}", ("--seed", str(seed)))
+            suffix, seeded = _seeded(seed)
             common = ("--data", _data(ds), *budget, *seeded)
             runs += [
                 Run(f"{key}_dss{suffix}", f"{ds} DSS (seq2item + seq2seq)", ("--model", "dss", *common)),
@@ -169,7 +175,7 @@ def _dss() -> list[Run]:
 def _dss_weight() -> list[Run]:
     """Sensitivity of DSS to its seq2seq weight, the ``dss`` suite's budgets (0.1, the
     default, and 0, seq2item only, are that suite's rows). LastFM: three seeds per
-    weight. Beauty (an hour a run on one CPU core): the smaller weights, the default
+    weight. Beauty (about 45 min a run on one CPU core): the smaller weights, the default
     seed first, as seq2seq at 0.1 trails seq2item only there."""
     runs = []
     for ds, weights, seeds, budget in (
@@ -177,7 +183,7 @@ def _dss_weight() -> list[Run]:
             ("Beauty", ("0.01", "0.03"), (None,), ("--epochs", "200", "--patience", "10"))):
         for weight in weights:
             for seed in seeds:
-                suffix, seeded = ("", ()) if seed is None else (f"_s{seed}", ("--seed", str(seed)))
+                suffix, seeded = _seeded(seed)
                 runs.append(Run(f"{ds.lower()}_dss_w{weight.replace('.', '')}{suffix}",
                                 f"{ds} DSS, seq2seq weight {weight}",
                                 ("--model", "dss", "--data", _data(ds), *budget, "--seq2seq-weight", weight, *seeded)))
