@@ -18,6 +18,7 @@
 #include "data/sampling.h"
 #include "data/sequences.h"
 
+#include "ops/common/hash_dropout_cpu.h"
 #include "ops/intent_cluster/intent_cluster.h"
 #include "ops/dif_attention/dif_attention.h"
 #include "ops/dropout/dropout.h"
@@ -222,6 +223,9 @@ PYBIND11_MODULE(_C, m) {
     return false;
 #endif
   }, "True when the CUDA kernels were compiled into this build.");
+  m.def("cpu_dropout_path", []() { return seqrec::ops::avx2_enabled() ? "avx2" : "baseline"; },
+        "The loops the CPU kernels hash dropout masks with: \"avx2\", or \"baseline\" (no AVX2, "
+        "or SEQREC_CPU_AVX2=0). Both draw the same masks.");
   auto data = m.def_submodule("data", "The C++ data engine: parsers, CSR sequences, batching, sampling");
   bind_data_engine(data);
 }

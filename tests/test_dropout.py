@@ -168,3 +168,29 @@ def test_bad_inputs():
         torch.ops.seqrec.dropout.default(torch.ones(3), torch.tensor([1]), 1.0)
     with pytest.raises(RuntimeError, match="dropout: argument 'x' must be a floating-point tensor"):
         torch.ops.seqrec.dropout.default(torch.ones(3, dtype=torch.int64), torch.tensor([1]), 0.5)
+
+
+def test_baseline_loops_draw_the_same_masks():
+    """The CPU kernels hash masks in loops compiled for AVX2 where the CPU has it, else in
+    baseline x86-64 loops; SEQREC_CPU_AVX2=0 forces the latter (read once per process),
+    so the mask tests of dropout and dif_attention run again in a subprocess that way."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import seqrec._C
+
+    here = Path(__file__).parent
+    env = dict(os.environ, SEQREC_CPU_AVX2="0", OMP_NUM_THREADS="1")
+    probe = subprocess.run([sys.executable, "-c", "import seqrec._C as c; print(c.cpu_dropout_path())"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip() == "baseline", probe.stdout + probe.stderr
+    assert seqrec._C.cpu_dropout_path() in ("avx2", "baseline")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(here / "test_dropout.py"),
+         str(here / "test_dif_attention.py"), "-x",
+         "-k", "(bit_for_bit and not cuda) or strides or test_dropout_keep_rate or test_dropout_backward"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout

@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "ops/common/check.h"
+#include "ops/common/hash_dropout_cpu.h"
 
 namespace seqrec::ops {
 
@@ -374,6 +375,8 @@ struct RowWork {
   // Keys at or after lim are never allowed, so row loops stop there.
   std::vector<T> keep, bias;
   std::vector<int64_t> lim;
+  // The dropout factors of one query row (0 or 1 / (1 - p)), [nk].
+  std::vector<T> drop;
 
   RowWork(const DifAttnProblem& prob, bool backward) : p(prob) {
     S = p.num_sources;
@@ -414,6 +417,7 @@ struct RowWork {
     keep.assign(nq * nk, T(0));
     bias.assign(nq * nk, T(0));
     lim.assign(nq, 0);
+    if (p.dropout_threshold > 0) drop.assign(nk, T(0));
   }
 
   T* Qh(int64_t h) const { return Qc + h * mq * Dq; }
@@ -596,9 +600,15 @@ struct RowWork {
     return static_cast<uint64_t>((bh * nq + q0 + i) * nk + k0);
   }
 
-  // Dropout factor of element t: keep / (1 - p) or 0.
-  T drop_factor(uint64_t t) const {
-    return dropout_keep(p.mixed_seed, t, p.dropout_threshold) ? T(1.0 / (1.0 - p.dropout_p)) : T(0);
+  // pd[j] = prow[j] * the dropout factor of element (i, j) of block bh, for j < lim[i]
+  // (the rest of prow is 0 and stays 0). `pd` may be `prow`.
+  void drop_row(int64_t bh, int64_t i, const T* prow, T* pd) {
+    const int64_t l = lim[i];
+    T* __restrict f = drop.data();
+    dropout_factors<T>(p.mixed_seed, drop_index(bh, i), l, p.dropout_threshold, T(1.0 / (1.0 - p.dropout_p)), f);
+#pragma omp simd
+    for (int64_t j = 0; j < l; ++j) pd[j] = prow[j] * f[j];
+    std::fill(pd + l, pd + mk, T(0));
   }
 };
 
@@ -645,10 +655,7 @@ void forward_kernel(const DifAttnProblem& p, T* out, T* lse) {
             continue;
           }
           lse_blk[q0 + i] = w.softmax_row(i, Fb + i * mk, scale, prow);
-          if (p.dropout_threshold > 0) {
-            const uint64_t t0 = w.drop_index(bh, i);
-            for (int64_t j = 0; j < mk; ++j) prow[j] *= w.drop_factor(t0 + j);
-          }
+          if (p.dropout_threshold > 0) w.drop_row(bh, i, prow, prow);
         }
         gemm<T>(false, false, mq, dv, mk, w.P, mk, w.V, dv, false, out_blk + q0 * dv, dv);
       }
@@ -714,8 +721,7 @@ void backward_kernel(const DifAttnProblem& p, const DifOperand& grad_out, const 
             }
             w.probs_row(i, Fb + i * mk, scale, lse_blk[i], prow);
             if (dropout) {
-              const uint64_t t0 = w.drop_index(bh, i);
-              for (int64_t j = 0; j < mk; ++j) pdrow[j] = prow[j] * w.drop_factor(t0 + j);
+              w.drop_row(bh, i, prow, pdrow);
             } else {
               std::memcpy(pdrow, prow, sizeof(T) * mk);
             }
@@ -725,7 +731,9 @@ void backward_kernel(const DifAttnProblem& p, const DifOperand& grad_out, const 
           g.v.write(b, h, w.dV, dv, 0, k0, mk, nk, dv);
           T* dFb = w.dFh(h);
           gemm<T>(false, true, mq, mk, dv, w.dO, dv, w.V, dv, false, dFb, mk);
-          // dF = scale * P * (dP - <dO, O>) with dP = dPd * dropout factor (in place).
+          // dF = scale * P * (dP - <dO, O>) with dP = dPd * dropout factor (in place);
+          // P * dropout factor is Pd, so with dropout dF = scale * (Pd * dPd - P * <dO, O>)
+          // and the mask is not hashed a second time.
           for (int64_t i = 0; i < mq; ++i) {
             T* __restrict drow = dFb + i * mk;
             if (w.lim[i] == 0) {
@@ -739,8 +747,9 @@ void backward_kernel(const DifAttnProblem& p, const DifOperand& grad_out, const 
             for (int64_t c = 0; c < dv; ++c) D += dOi[c] * Oi[c];
             const T* __restrict prow = w.P + i * mk;  // 0 from lim[i] on, so drow is too
             if (dropout) {
-              const uint64_t t0 = w.drop_index(bh, i);
-              for (int64_t j = 0; j < mk; ++j) drow[j] = scale * prow[j] * (drow[j] * w.drop_factor(t0 + j) - D);
+              const T* __restrict pdrow = w.Pd + i * mk;
+#pragma omp simd
+              for (int64_t j = 0; j < mk; ++j) drow[j] = scale * (pdrow[j] * drow[j] - prow[j] * D);
             } else {
 #pragma omp simd
               for (int64_t j = 0; j < mk; ++j) drow[j] = scale * prow[j] * (drow[j] - D);

@@ -11,6 +11,7 @@
 
 #include "ops/common/check.h"
 #include "ops/common/hash_dropout.h"
+#include "ops/common/hash_dropout_cpu.h"
 
 namespace seqrec::ops {
 
@@ -28,29 +29,21 @@ C10_ALWAYS_INLINE void dropout_span(const T* __restrict x, T* __restrict out, in
   }
 }
 
-#if defined(__GNUC__) && defined(__x86_64__)
-// The same loop compiled for AVX2, chosen at run time: the baseline x86-64 target has no
-// vector 64-bit multiply worth using, and the hash needs two per element (measured: 7.3
-// vs 1.5 ns per float element, one core).
-#define SEQREC_DROPOUT_AVX2 1
+#ifdef SEQREC_HAS_AVX2_PATH
+// The same loop compiled for AVX2, chosen at run time (see hash_dropout_cpu.h).
 template <typename T>
 __attribute__((target("avx2"))) void dropout_span_avx2(const T* x, T* out, int64_t t0, int64_t n,
                                                        uint64_t mixed_seed, uint64_t threshold, T scale) {
   dropout_span<T, T>(x, out, t0, n, mixed_seed, threshold, scale);
-}
-
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
 }
 #endif
 
 template <typename T, typename Acc>
 void dropout_dispatch(const T* x, T* out, int64_t t0, int64_t n, uint64_t mixed_seed, uint64_t threshold,
                       Acc scale) {
-#ifdef SEQREC_DROPOUT_AVX2
+#ifdef SEQREC_HAS_AVX2_PATH
   if constexpr (std::is_same_v<T, Acc>) {  // float, double
-    if (cpu_has_avx2()) return dropout_span_avx2<T>(x, out, t0, n, mixed_seed, threshold, scale);
+    if (avx2_enabled()) return dropout_span_avx2<T>(x, out, t0, n, mixed_seed, threshold, scale);
   }
 #endif
   dropout_span<T, Acc>(x, out, t0, n, mixed_seed, threshold, scale);
