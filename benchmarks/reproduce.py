@@ -226,17 +226,20 @@ def _s3rec_pretrain_finetune(ds: str, name: str, pre: str, label: str, epochs: s
     return runs
 
 
+# The objective ablations: all four, then each one switched off in turn.
+S3REC_ABLATIONS = (("all objectives", ()), ("no AAP", ("--no-aap",)), ("no MIP", ("--no-mip",)),
+                   ("no MAP", ("--no-map",)), ("no SP", ("--no-sp",)))
+
+
 def _s3rec() -> list[Run]:
     """Pretraining (150 epochs) then fine-tuning; on Beauty also with each objective
     removed in turn (sampled selection only, as the paper's ablation). The same model
     without pretraining (SASRec BCE, the fine-tuning's budget and model selection) is
     each dataset's ``nopre`` row."""
     runs = []
-    ablations = (("all objectives", ()), ("no AAP", ("--no-aap",)), ("no MIP", ("--no-mip",)),
-                 ("no MAP", ("--no-map",)), ("no SP", ("--no-sp",)))
     for ds in ("Beauty", "LastFM"):
         runs += _s3rec_nopre(ds)
-        for label, off in ablations if ds == "Beauty" else ablations[:1]:
+        for label, off in S3REC_ABLATIONS if ds == "Beauty" else S3REC_ABLATIONS[:1]:
             name = f"{ds.lower()}_s3rec" + "".join(o.replace("--no-", "_no") for o in off)
             runs += _s3rec_pretrain_finetune(ds, name, f"{name}_pre", label, "150", off, full=not off)
     return runs
@@ -245,13 +248,19 @@ def _s3rec() -> list[Run]:
 def _s3rec_short() -> list[Run]:
     """The ``s3rec`` suite's main rows with 20 pretraining epochs instead of 150: a budget
     one CPU core finishes in a sitting (~65 min of pretraining on Beauty beside another
-    run), to measure how much of the pretraining gain a short run already gives. The
-    ``nopre`` rows are the ``s3rec`` suite's own."""
+    run), to measure how much of the pretraining gain a short run already gives, and on
+    Beauty the objective ablations at that budget. The ``nopre`` rows are the ``s3rec``
+    suite's own."""
     runs = []
     for ds in ("Beauty", "LastFM"):
         key = ds.lower()
         runs += _s3rec_nopre(ds)
         runs += _s3rec_pretrain_finetune(ds, f"{key}_s3rec_p20", f"{key}_s3rec_pre20", "20 pretraining epochs", "20")
+        if ds == "Beauty":
+            for label, off in S3REC_ABLATIONS[1:]:
+                name = f"{key}_s3rec" + "".join(o.replace("--no-", "_no") for o in off)
+                runs += _s3rec_pretrain_finetune(ds, f"{name}_p20", f"{name}_pre20",
+                                                 f"20 pretraining epochs, {label}", "20", off, full=False)
     return runs
 
 
