@@ -543,3 +543,32 @@ def test_skipping_padding_positions_changes_no_real_output():
             assert a is None and b is None or (a if b is None else b).abs().max() == 0
         else:
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_packed_embedding_and_encoder_give_the_padded_rows(causal):
+    """ItemPositionEmbedding.packed + TransformerEncoder.encode_packed (what S3-Rec's
+    pretraining calls) equal the padded forward at the real positions, and ``keep``
+    returns the requested rows in its own order (repeats allowed), gradients included."""
+    torch.manual_seed(0)
+    model = make_model(hidden_dropout=0.0, attention_dropout=0.0).double()
+    input_ids, _, _, _ = make_batch([12, 6, 1, 0, 3, 9])
+    real = input_ids != 0
+    packed = LengthGroups(real)
+    embedded = model.embedding.packed(input_ids, packed.index)
+    torch.testing.assert_close(embedded, model.embedding(input_ids)[real])
+    full = model.encoder(model.embedding(input_ids), real, causal=causal)[real]
+    torch.testing.assert_close(model.encoder.encode_packed(embedded, packed, causal=causal), full)
+    keep = torch.tensor([5, 0, int(real.sum()) - 1, 5, 2])
+    picked = model.encoder.encode_packed(embedded, packed, causal=causal, keep=keep)
+    torch.testing.assert_close(picked, full[keep])
+    weights = torch.randn_like(picked)
+    params = list(model.parameters())
+    a = torch.autograd.grad((picked * weights).sum(), params, allow_unused=True)
+    b = torch.autograd.grad((full[keep] * weights).sum(), params, allow_unused=True)
+    for (name, _), ga, gb in zip(model.named_parameters(), a, b):
+        assert (ga is None) == (gb is None), name
+        if ga is not None:
+            torch.testing.assert_close(ga, gb, msg=name)
+    with pytest.raises(ValueError, match="item_vectors must be \\[N, D\\]"):
+        model.embedding.packed(input_ids, packed.index, embedded[:-1])

@@ -346,6 +346,25 @@ class ItemPositionEmbedding(nn.Module):
         x = item_vectors + self.position(positions)  # [B,n,D] + [n,D]
         return self.dropout(self.norm(x))
 
+    def packed(self, item_seq: Tensor, index: Tensor, item_vectors: Tensor | None = None) -> Tensor:
+        """The rows of ``forward(item_seq)`` at the flat positions ``index`` [N] of
+        ``item_seq`` [B, n] (e.g. ``PackedPositions.index``, its real positions): [N, D],
+        computed for those positions alone (the dropout draws differ from ``forward``'s).
+
+        ``item_vectors`` [N, D]: the items' rows of the table when the caller looked them
+        up itself (:func:`lookup_rows`).
+        """
+        n = item_seq.size(-1)
+        if n > self.max_len:
+            raise ValueError(f"sequence width {n} exceeds max_len={self.max_len}")
+        if item_vectors is None:
+            item_vectors = self.item(item_seq.reshape(-1).index_select(0, index))
+        elif item_vectors.shape != (index.numel(), self.item.embedding_dim):
+            raise ValueError(f"item_vectors must be [N, D] = {[index.numel(), self.item.embedding_dim]}, "
+                             f"got {list(item_vectors.shape)}")
+        positions = index % n + (self.max_len - n)  # right-aligned, as forward
+        return self.dropout(self.norm(item_vectors + self.position(positions)))
+
 
 def lookup_rows(table: nn.Embedding, *ids: Tensor) -> list[Tensor]:
     """``[table(i) for i in ids]`` (each ``[*i.shape, D]``) in one embedding call.
@@ -568,13 +587,28 @@ class TransformerEncoder(nn.Module):
             # them), so eager, compiled and skip_padding=False give the same tensor.
             return x.masked_fill(~key_padding_mask.unsqueeze(-1), 0.0)
         packed = LengthGroups(key_padding_mask)
-        h = packed.pack(x)
-        for i, layer in enumerate(self.layers):
-            keep = None
-            if select is not None and i == last:  # packed rows that are selected
-                keep = select.reshape(-1).index_select(0, packed.index).nonzero().squeeze(1)
-            h = layer(h, key_padding_mask, causal, packed, keep)
+        keep = None
+        if select is not None:  # packed rows that are selected
+            keep = select.reshape(-1).index_select(0, packed.index).nonzero().squeeze(1)
+        h = self.encode_packed(packed.pack(x), packed, causal=causal, keep=keep)
         return h if select is not None else packed.unpack(h)
+
+    def encode_packed(self, h: Tensor, packed: PackedPositions, *, causal: bool | None = None,
+                      keep: Tensor | None = None) -> Tensor:
+        """The blocks on ``h`` [N, D], the real positions of a batch in ``packed``'s order
+        (``packed.pack(x)``, or :meth:`ItemPositionEmbedding.packed`) -> [N, D].
+
+        ``keep``: int64 indices into the N rows; the result is then those rows, in
+        ``keep``'s order, [K, D], and the last block computes only them after its
+        attention (as ``select`` in :meth:`forward`).
+        """
+        causal = self.causal if causal is None else causal
+        if len(self.layers) == 0:
+            return h if keep is None else h.index_select(0, keep)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer(h, packed.mask, causal, packed, keep if i == last else None)
+        return h
 
 
 @torch.no_grad()

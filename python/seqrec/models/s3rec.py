@@ -24,11 +24,10 @@ from ..ops.seq_mask import SeqMaskOutput, seq_mask
 from .layers import (
     ACTIVATIONS,
     ItemPositionEmbedding,
+    LengthGroups,
     TransformerEncoder,
     init_transformer_weights,
-    length_buckets,
     lookup_rows,
-    row_spans,
 )
 
 if TYPE_CHECKING:
@@ -231,10 +230,10 @@ class S3Rec(nn.Module):
       never equal the mask token (see :func:`seqrec.ops.seq_mask`).
     - MAP targets are gathered from the attached item table at the masked positions
       (``seq_mask`` is called without ``item_attributes``): its dense [B, n, W] copy
-      would cost W values per position (LastFM: W = 625 tags) for the ~20% masked.
+      would cost W values per position (LastFM: up to W = 110 tags an item) for the ~20% masked.
     - Attribute id 0 (padding) is not scored. The four encoder passes (item-masked,
       segment-masked, positive and negative segment) run as one call over the rows that
-      hold a position some objective reads, grouped by length (see ``_length_groups``).
+      hold a position some objective reads, on their real positions (see ``_hidden_at``).
 
     Args:
         config: :class:`S3RecConfig`.
@@ -306,38 +305,19 @@ class S3Rec(nn.Module):
     # ------------------------------------------------------------------ encoder
     def forward(self, item_seq: Tensor) -> Tensor:
         """Bidirectional hidden states [B, n, D] of ``item_seq`` [B, n] (ids in
-        [0, num_items + 1], left-padded with 0; the mask token counts as a real position)."""
+        [0, num_items + 1], left-padded with 0; the mask token counts as a real position);
+        0 at padding positions."""
         if not isinstance(item_seq, Tensor) or item_seq.dtype not in (torch.int64, torch.int32) \
                 or item_seq.dim() != 2:
             raise ValueError("item_seq must be a [B, n] int64 tensor")
-        bucket, widths = self._length_groups(item_seq)
-        if bucket is None:
+        if torch.compiler.is_compiling():  # data-dependent sizes: the padded call
             return self._encode(item_seq)
-        n = item_seq.size(1)
-        weight = self.embedding.item.weight
-        out = weight.new_zeros((*item_seq.shape, weight.size(1)))
-        for k in torch.unique(bucket).tolist():
-            rows = (bucket == k).nonzero().squeeze(1)
-            w = widths[k]
-            out[rows, n - w:] = self._encode(item_seq[rows, n - w:])
-        return out
+        packed = LengthGroups(item_seq != 0)
+        h = self.embedding.packed(item_seq, packed.index)
+        return packed.unpack(self.encoder.encode_packed(h, packed, causal=False))
 
-    def _encode(self, item_seq: Tensor, select: Tensor | None = None) -> Tensor:
-        return self.encoder(self.embedding(item_seq), item_seq != 0, causal=False, select=select)
-
-    def _length_groups(self, item_seq: Tensor) -> tuple[Tensor | None, list[int]]:
-        """``(group of each row [B], group widths)``, or ``(None, [n])`` for one padded call.
-
-        Rows are grouped by length and each group cropped to its width: the attention (and
-        the embedding dropout) then run on [rows, w, w] instead of [B, n, n]. Pretraining
-        samples are mostly short prefixes (Beauty: about 6 items in batches 40-50 wide).
-        Exact: positions are right-aligned, so a row's output does not depend on its left
-        padding; only the dropout draws differ from one padded call.
-        """
-        n = item_seq.size(1)
-        if torch.compiler.is_compiling() or item_seq.size(0) < _MIN_GROUPED_ROWS:
-            return None, [n]
-        return length_buckets(row_spans(item_seq != 0), n)
+    def _encode(self, item_seq: Tensor) -> Tensor:
+        return self.encoder(self.embedding(item_seq), item_seq != 0, causal=False)
 
     def _hidden_at(self, item_seq: Tensor, rows: Tensor, cols: Tensor, extra_ids: Tensor
                    ) -> tuple[Tensor, Tensor]:
@@ -346,37 +326,25 @@ class S3Rec(nn.Module):
         lookups: :func:`~seqrec.models.layers.lookup_rows` does all of them and the
         encoder's in one call).
 
-        Only rows holding a requested position are encoded, group by group, the last
-        block computes only the requested positions (see ``TransformerEncoder.forward``'s
-        ``select``), and the padded [R, n, D] result is never built."""
+        Only rows holding a requested position are encoded, and only their real
+        positions (one packed call: embedding, projections and feed-forward on those
+        rows alone, the attention on rows grouped by length, see
+        :class:`~seqrec.models.layers.LengthGroups`); the last block computes only the
+        requested positions (``TransformerEncoder.encode_packed``'s ``keep``), and the
+        padded [R, n, D] result is never built."""
         if torch.compiler.is_compiling():  # data-dependent selection: one full call
             return self._encode(item_seq)[rows, cols], self.embedding.item(extra_ids)
-        bucket, widths = self._length_groups(item_seq)
-        if bucket is None:  # too few rows to group: one group as wide as the batch
-            bucket = torch.zeros(item_seq.size(0), dtype=torch.int64, device=item_seq.device)
         n = item_seq.size(1)
-        local = torch.zeros_like(bucket)  # a row's index within its group
-        groups = []  # (requests in the group, its input crop, positions it outputs)
-        for k in torch.unique(bucket[rows]).tolist():
-            want = (bucket[rows] == k).nonzero().squeeze(1)  # requests in group k
-            group = torch.unique(rows[want])
-            local[group] = torch.arange(group.numel(), device=group.device)
-            w = widths[k]
-            # Only the requested positions leave the encoder ([K, D], row-major); a
-            # request's place among them is the running count of selected positions.
-            flat = local[rows[want]] * w + (cols[want] - (n - w))
-            select = torch.zeros(group.numel() * w, dtype=torch.bool, device=item_seq.device)
-            select[flat] = True
-            groups.append((want, item_seq[group, n - w:], select, flat))
-        *crop_vectors, extra = lookup_rows(self.embedding.item, *(g[1] for g in groups), extra_ids)
-        weight = self.embedding.item.weight
-        out = weight.new_zeros(rows.numel(), weight.size(1))
-        for (want, crop, select, flat), vectors in zip(groups, crop_vectors):
-            order = select.cumsum(0) - 1
-            hidden = self.encoder(self.embedding(crop, vectors), crop != 0, causal=False,
-                                  select=select.view(crop.shape))
-            out = out.index_put((want,), hidden[order[flat]])
-        return out, extra
+        used, local = torch.unique(rows, return_inverse=True)
+        seq = item_seq.index_select(0, used)
+        packed = LengthGroups(seq != 0)
+        ids = seq.reshape(-1).index_select(0, packed.index)
+        vectors, extra = lookup_rows(self.embedding.item, ids, extra_ids)
+        h = self.embedding.packed(seq, packed.index, vectors)
+        # packed.index lists the real positions in row-major order: a request's packed
+        # row is its place there.
+        keep = torch.searchsorted(packed.index, local * n + cols)
+        return self.encoder.encode_packed(h, packed, causal=False, keep=keep), extra
 
     def corrupt(self, item_seq: Tensor, *, seed: int) -> SeqMaskOutput:
         """One :func:`seqrec.ops.seq_mask` call on the batch (p = ``config.mask_prob``,
@@ -483,11 +451,6 @@ class S3Rec(nn.Module):
         ``(weighted total, per-objective losses)``."""
         losses = self.pretrain_losses(self.corrupt(item_seq, seed=seed))
         return self.weighted_loss(losses), losses
-
-
-# S3Rec._length_groups: the smallest batch worth grouping (below it one padded call is
-# cheaper than several small ones).
-_MIN_GROUPED_ROWS = 16
 
 
 def _attribute_bce(scores: Tensor, ids: Tensor) -> Tensor:
