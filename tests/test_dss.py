@@ -299,6 +299,43 @@ def test_gradients_reach_every_parameter_and_backends_agree():
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_noise_beta_is_fresh_noise_in_training_and_zero_at_evaluation():
+    model = make_model(beta="noise", hidden_dropout=0.0, attention_dropout=0.0)
+    names = dict(model.named_parameters())
+    assert "beta_past" not in names and "beta_future" not in names
+    assert model.beta_past is None and model.beta_future is None
+    inputs, targets, negatives = make_batch([10, 6, 1], seed=4)
+    mask = inputs != 0
+    model.eval()
+    z = model.states(inputs, mask)
+    enc = model.encode(inputs)
+    for b in range(3):  # beta = its mean, 0
+        torch.testing.assert_close(enc.interests[b], direct_phi(model, z, mask, b, MAX_LEN - 1, 0.0),
+                                   atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.encode(inputs, future=True).interests, enc.interests)
+    model.train()
+    raw, _ = model._cluster(z, mask, model.intention_weights(z, mask))
+    torch.manual_seed(3)
+    past, future = model._aggregate(raw, False), model._aggregate(raw, True)
+    torch.manual_seed(3)
+    noise = torch.randn(raw.shape) * D ** -0.5
+    torch.testing.assert_close(past, model.out_norm(raw + noise))
+    assert not torch.allclose(past, future)  # independent draws per side
+    # the noise is N(0, 1/D) per component: about unit norm per vector
+    assert 0.8 < float((torch.randn(4000, D) * D ** -0.5).norm(dim=1).mean()) < 1.2
+    torch.manual_seed(5)
+    a = model.loss_terms(inputs, targets, negatives)
+    torch.manual_seed(5)
+    b = model.loss_terms(inputs, targets, negatives)
+    assert a["loss"].item() == b["loss"].item()  # seeded: reproducible
+    a["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # a learned-beta checkpoint does not load into a noise-beta model (and vice versa)
+    with pytest.raises(RuntimeError, match="beta_past"):
+        model.load_state_dict(make_model().state_dict())
+
+
 def test_training_steps_are_reproducible():
     def run():
         model = make_model(hidden_dropout=0.2, attention_dropout=0.2)
@@ -355,6 +392,7 @@ def test_score_and_recommend():
         (dict(confidence_lambda=0.0), "confidence_lambda"),
         (dict(confidence_lambda=1.5), "confidence_lambda"),
         (dict(loss="bce"), "loss"),
+        (dict(beta="zero"), "beta"),
         (dict(hidden_dropout=1.0), "hidden_dropout"),
         (dict(seq2seq_temperature=float("nan")), "seq2seq_temperature"),
         (dict(num_layers=True), "num_layers"),
@@ -424,6 +462,8 @@ def test_cli_smoke(tmp_path, capsys):
     assert main(["train", "--model", "dss", *TINY, "--no-progress", "--preset", "seq2item-only",
                  "--loss", "sampled", "--num-negatives", "5"]) == 0
     assert "'seq2seq_weight': 0.0" in capsys.readouterr().err
+    assert main(["train", "--model", "dss", *TINY, "--no-progress", "--beta", "noise"]) == 0
+    assert "'beta': 'noise'" in capsys.readouterr().err
     assert main(["train", "--model", "dss", *TINY, "--num-heads", "2"]) == 2
     assert "single-head" in capsys.readouterr().err
     assert main(["train", "--model", "dss", *TINY, "--preset", "nope"]) == 2

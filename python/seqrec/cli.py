@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     dss.add_argument("--confidence-lambda", type=float, default=None,
                      help="fraction in (0, 1] of the intention pairs present on both sides kept by the "
                           "top-lambda confidence cut (default 0.5)")
+    dss.add_argument("--beta", choices=["learned", "noise"], default=None,
+                     help="the aggregation bias beta: learned parameters per side (default), or fresh "
+                          "N(0, 1/D) noise per side in training and 0 at evaluation")
     g = t.add_argument_group("SINE (--model sine)")
     g.add_argument("--num-prototypes", type=int, default=None, help="L, size of the concept pool (default 500)")
     g.add_argument("--num-interests", type=int, default=None, help="K, concepts activated per user (default 4)")
@@ -308,7 +311,7 @@ def _dss_config(args, num_items: int) -> dict:
                   loss=pick("loss"))
     for field, flag in (("num_intentions", "num_intentions"), ("tau", "temperature"),
                         ("seq2seq_weight", "seq2seq_weight"), ("seq2seq_temperature", "seq2seq_temperature"),
-                        ("confidence_lambda", "confidence_lambda")):
+                        ("confidence_lambda", "confidence_lambda"), ("beta", "beta")):
         value = getattr(args, flag)
         # Every DSS field is written out, so the run's spec does not depend on later defaults.
         config[field] = value if value is not None else defaults.get(

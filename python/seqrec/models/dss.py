@@ -34,7 +34,7 @@ Losses, on a training batch (input ``x_1..x_m`` and next items ``x_2..x_{m+1}``)
   (:func:`mixture_nll`: never holds the [N, K, V] logits); ``"reference"``
   materialises them.
 * ``loss = seq2item + seq2seq_weight * seq2seq``; ``seq2seq_weight = 0`` is the
-  seq2item-only ablation (no future pass, no random draw).
+  seq2item-only ablation (no future pass, no split point drawn).
 
 Evaluation (``score``, ``recommend``): the K vectors of the whole input, items scored by
 ``logsumexp_k <phi_k, h_j>``, the log of the mixture the seq2item loss trains (a smooth
@@ -55,11 +55,20 @@ Open choices (the paper, as we have it, does not fix these):
    latest position (so the weights of a prefix x_1..t are the same whether it is a
    training prefix or a whole evaluated sequence, and one [B, n, n] causal attention
    gives every prefix at once); alpha is added to the keys after the affine map.
-4. beta_past, beta_future: learned [K, D] parameters, initialised N(0, 1/D) (the
-   notes' "(0, 1/sqrt(D)) normal"). An intention absent from a sequence (mass ~0)
-   gives ``LN(beta_k)``: a fixed random-looking vector, different for the past and the
-   future side, so an absent intention never matches trivially. Not resampled noise
-   (that would make evaluation random).
+4. beta_past, beta_future (``DSSConfig.beta``). The notes give beta "(0, 1/sqrt(D))
+   normal", a different one for the past and the future, and white noise in place of
+   an absent intention. Two readings:
+
+   * ``"learned"`` (default): learned [K, D] parameters initialised N(0, 1/D); an
+     absent intention (mass ~0) gives ``LN(beta_k)``, a fixed vector per side. Measured
+     drawback: the seq2seq InfoNCE can then tell intention k from k' by the betas
+     alone. After training with seq2seq, cos(beta_past_k, beta_future_k) is .54-.75
+     (Beauty) and .73-.84 (LastFM) against about 0 between different k, while without
+     seq2seq the betas stay unrelated (|cos| <= .3).
+   * ``"noise"``: no parameters; in training every phi gets fresh N(0, 1/D) noise per
+     component, drawn independently for the past and the future side (the CPU
+     generator, as the split points), so nothing but the content can match; at
+     evaluation beta is its mean, 0 (``phi_k = LN(sum ...)``), like dropout.
 5. One output LayerNorm (with affine) shared by past and future.
 6. seq2item scoring from K vectors: mixture softmax (log-sum-exp over intentions),
    dot products without scaling (as our SASRec; the LN'd phi has norm ~sqrt(D)).
@@ -116,6 +125,7 @@ from .sasrec import SASRec, _check_ids
 __all__ = ["DSSConfig", "DSS", "DSSEncoding", "PRESETS", "info_nce_pairs", "mixture_nll"]
 
 LOSSES = ("ce", "sampled")
+BETAS = ("learned", "noise")
 
 # Named settings selectable with ``seqrec train --model dss --preset NAME``.
 PRESETS: dict[str, dict] = {
@@ -159,6 +169,9 @@ class DSSConfig:
             divided by sqrt(D)), 1.0.
         confidence_lambda: fraction in (0, 1] of the present intention pairs kept by
             the top-lambda confidence cut, 0.5.
+        beta: the aggregation's bias beta: ``"learned"`` [K, D] parameters per side, or
+            ``"noise"``: fresh N(0, 1/D) noise per side in training, 0 at evaluation
+            (module docstring, open choice 4).
         loss: seq2item over all items (``"ce"``) or over the target and the trainer's
             sampled negatives (``"sampled"``).
         initializer_range: std of the normal init of Linear/Embedding weights, 0.02.
@@ -179,6 +192,7 @@ class DSSConfig:
     seq2seq_weight: float = 0.1
     seq2seq_temperature: float = 1.0
     confidence_lambda: float = 0.5
+    beta: str = "learned"
     loss: str = "ce"
     initializer_range: float = 0.02
     hidden_act: str = "gelu"
@@ -211,6 +225,8 @@ class DSSConfig:
             _fail("confidence_lambda", "a number in (0, 1]", self.confidence_lambda)
         if self.loss not in LOSSES:
             _fail("loss", f"one of {LOSSES}", self.loss)
+        if self.beta not in BETAS:
+            _fail("beta", f"one of {BETAS}", self.beta)
         if self.hidden_act not in ACTIVATIONS:
             _fail("hidden_act", f"one of {sorted(ACTIVATIONS)}", self.hidden_act)
 
@@ -246,7 +262,8 @@ class DSS(nn.Module):
     Parameters: ``embedding.*`` and ``encoder.*`` as SASRec (checkpoints of a
     single-head SASRec load into them by name), ``prototypes`` [K, D], the weighting
     ``key_norm``, ``key_map`` (W, b), ``query_norm``, ``query_bias`` (b'),
-    ``distance`` (alpha), and ``beta_past``, ``beta_future`` [K, D], ``out_norm``.
+    ``distance`` (alpha), ``beta_past``, ``beta_future`` [K, D] (``beta="learned"``
+    only), ``out_norm``.
     """
 
     PRESETS = PRESETS
@@ -274,15 +291,20 @@ class DSS(nn.Module):
         self.query_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.query_bias = nn.Parameter(torch.zeros(d))
         self.distance = nn.Embedding(config.max_len, d)
-        self.beta_past = nn.Parameter(torch.empty(k, d))
-        self.beta_future = nn.Parameter(torch.empty(k, d))
+        if config.beta == "learned":
+            self.beta_past = nn.Parameter(torch.empty(k, d))
+            self.beta_future = nn.Parameter(torch.empty(k, d))
+        else:
+            self.register_parameter("beta_past", None)
+            self.register_parameter("beta_future", None)
         self.out_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.apply(partial(init_transformer_weights, std=config.initializer_range))
         with torch.no_grad():
             # Prototypes: any scale (they are layer-normed); betas: N(0, 1/D).
             self.prototypes.normal_(0.0, 1.0)
-            self.beta_past.normal_(0.0, d ** -0.5)
-            self.beta_future.normal_(0.0, d ** -0.5)
+            if config.beta == "learned":
+                self.beta_past.normal_(0.0, d ** -0.5)
+                self.beta_future.normal_(0.0, d ** -0.5)
 
     # ------------------------------------------------------------------ encoder pieces
     def states(self, item_seq: Tensor, mask: Tensor) -> Tensor:
@@ -324,8 +346,14 @@ class DSS(nn.Module):
         return intent_cluster(z, mask, self.prototypes, self.config.tau, weights=weights,
                               eps=self.config.cluster_eps, backend=self.backend)
 
-    def _aggregate(self, raw: Tensor, beta: Tensor) -> Tensor:
-        return self.out_norm(raw + beta)
+    def _aggregate(self, raw: Tensor, future: bool) -> Tensor:
+        """phi = LN(beta + raw) for raw [..., K, D], with the past or the future beta."""
+        if self.config.beta == "learned":
+            return self.out_norm(raw + (self.beta_future if future else self.beta_past))
+        if not self.training:
+            return self.out_norm(raw)  # the noise's mean
+        noise = torch.randn(raw.shape, dtype=raw.dtype).to(raw.device)  # CPU generator: seeded runs
+        return self.out_norm(raw + noise * self.config.hidden_size ** -0.5)
 
     # ------------------------------------------------------------------ public encoder
     def encode(self, item_seq: Tensor, lengths: Tensor | None = None, *,
@@ -339,15 +367,15 @@ class DSS(nn.Module):
 
         Returns:
             :class:`DSSEncoding` (interests [B, K, D], assignments [B, n, K],
-            weights [B, n]). A fully padded row gives ``LN(beta)`` vectors.
+            weights [B, n]). A fully padded row gives ``LN(beta)`` vectors (with
+            ``beta="noise"`` in eval mode: LN of 0, i.e. the norm's bias).
         """
         _check_ids("item_seq", item_seq)
         mask = padding_mask(item_seq, lengths)
         z = self.states(item_seq, mask)
         weights = self.intention_weights(z, mask)
         raw, probs = self._cluster(z, mask, weights)
-        beta = self.beta_future if future else self.beta_past
-        return DSSEncoding(self._aggregate(raw, beta), probs, weights)
+        return DSSEncoding(self._aggregate(raw, future), probs, weights)
 
     def interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The K intention vectors ``phi_k(x)`` of each sequence: [B, K, D]."""
@@ -362,7 +390,7 @@ class DSS(nn.Module):
         _check_ids("item_seq", item_seq)
         mask = padding_mask(item_seq, lengths)
         raw = self._prefix_raw(*self._past(item_seq, mask))
-        return self._aggregate(raw, self.beta_past)
+        return self._aggregate(raw, False)
 
     def _past(self, item_seq: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """States, p(k|i) and p_t(i) of the past encoder on a whole batch."""
@@ -463,8 +491,8 @@ class DSS(nn.Module):
 
         Returns:
             dict with ``loss`` (the total), ``seq2item``, ``seq2seq`` (0 when
-            ``seq2seq_weight == 0``: then nothing of the future is computed and no random
-            number drawn), ``pairs`` (number of kept intention pairs) and ``present``
+            ``seq2seq_weight == 0``: then nothing of the future is computed and no split
+            point drawn), ``pairs`` (number of kept intention pairs) and ``present``
             (pairs present on both sides).
         """
         cfg = self.config
@@ -483,7 +511,7 @@ class DSS(nn.Module):
         raw = self._prefix_raw(z, probs, prefix_w)  # [B, n, K, D]
         real = targets > 0
         count = real.sum().clamp_min(1)
-        phi = self._aggregate(raw[real], self.beta_past)  # [N, K, D]
+        phi = self._aggregate(raw[real], False)  # [N, K, D]
         tgt = targets[real]
         if cfg.loss == "ce":
             # Items 1..V only: padding never enters the softmax.
@@ -519,12 +547,12 @@ class DSS(nn.Module):
                 raise ValueError("split must lie in 1..m (the real input length) for every row")
         rows = torch.arange(shape[0], device=inputs.device)
         col_t = inputs.size(1) - m.clamp_min(1) + split - 1
-        phi_past = self._aggregate(raw[rows, col_t], self.beta_past)  # [B, K, D]
+        phi_past = self._aggregate(raw[rows, col_t], False)  # [B, K, D]
         future = self.reversed_future(inputs, targets, split)
         fut_mask = future != 0
         z_f = self.states(future, fut_mask)
         raw_f, probs_f = self._cluster(z_f, fut_mask, self.intention_weights(z_f, fut_mask))
-        phi_future = self._aggregate(raw_f, self.beta_future)  # [B, K, D]
+        phi_future = self._aggregate(raw_f, True)  # [B, K, D]
 
         k = cfg.num_intentions
         hard = F.one_hot(probs.argmax(-1), k).bool()  # [B, n, K]
