@@ -219,6 +219,8 @@ def _finetune(ds: str) -> tuple[str, ...]:
     (a popularity-like model) and passes that peak only after 40+ epochs, so a patience
     of 10 keeps the early peak (SASRec BCE: best epoch 9, sampled test HR@10 .299)."""
     return FINETUNE if ds == "Beauty" else (*FINETUNE[:-1], "0")
+
+
 # The same fine-tuning selected by the full ranking's NDCG@20 (the CLI's default), as the
 # authors' full-ranking runs are, for the full-ranking targets. All 200 epochs: with full
 # selection Beauty's SASRec BCE still improves near the end (the sasrec suite's

@@ -385,7 +385,8 @@ class DSS(nn.Module):
         """``phi_k(x_1..t)`` for every prefix end t: [B, n, K, D] (past encoder).
 
         Row t depends on items at columns <= t only (causal); its last row equals
-        :meth:`interests`. Rows at padding hold ``LN(beta_past)``.
+        :meth:`interests`. Rows at padding hold ``LN(beta_past)`` (``beta="noise"`` in
+        eval mode: LN of 0).
         """
         _check_ids("item_seq", item_seq)
         mask = padding_mask(item_seq, lengths)
