@@ -188,6 +188,47 @@ def test_selection_by_sampled_validation():
         TrainConfig(metric="HR@1")  # full-ranking validation reports no @1 by default
 
 
+def test_catalogue_too_small_for_the_sampled_protocol(tmp_path, capsys):
+    """With fewer unseen items than sampled_negatives the sampled protocol cannot run: the
+    trainer says so before training; sampled validation is refused outright, otherwise
+    training goes on and the sampled test is reported as not computed, with the reason."""
+    ds = synthetic(num_users=60, num_items=40, seed=0)
+    split = ds.leave_one_out(max_len=10)
+    # The check must match the sampler: some user has fewer than 35 unseen items, none fewer than 5.
+    unseen = [ds.num_items - len(set(ds.items[ds.indptr[u]:ds.indptr[u + 1]].tolist())) for u in range(ds.num_users)]
+    assert min(unseen) < 35 and min(unseen) >= 5
+
+    def trainer(**cfg) -> Trainer:
+        model = build_model("sasrec", num_items=ds.num_items, max_len=10, hidden_size=8, num_layers=1, num_heads=1)
+        return Trainer(model, split, TrainConfig(epochs=1, batch_size=32, **cfg), out_dir=tmp_path / "run")
+
+    with pytest.raises(ValueError, match=r"sampled validation cannot run: user \d+ has only \d+ unseen items, "
+                                         r"fewer than the 35 negatives .*--sampled-negatives"):
+        trainer(sampled_negatives=35, valid_ranking="sampled", metric="MRR")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+    with pytest.warns(UserWarning, match="the sampled protocol will be skipped"):
+        short = trainer(sampled_negatives=35)
+    result = short.fit()
+    assert result.test_sampled == {} and result.protocol_sampled.startswith("not computed: user ")
+    assert result.test_full  # the full ranking is still reported
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["test_sampled"] == {} and saved["protocol_sampled"] == result.protocol_sampled
+    with pytest.raises(ValueError, match="the sampled protocol cannot run"):
+        short.evaluate("test", "sampled")
+
+    fits = trainer(sampled_negatives=5)  # every user has 5 unseen items: no warning, metrics as usual
+    assert fits.sampled_problem is None and "HR@1" in fits.evaluate("test", "sampled")
+
+    args = ["train", "--data", "synthetic", "--synthetic-users", "60", "--synthetic-items", "40", "--epochs", "1",
+            "--hidden-size", "8", "--num-layers", "1", "--max-len", "10", "--no-progress"]
+    assert main([*args, "--sampled-negatives", "35", "--out", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"test, sampled\n  protocol: not computed: user \d+ has only", out)
+    assert main([*args, "--sampled-negatives", "0", "--out", str(tmp_path / "zero")]) == 2
+    assert "sampled_negatives must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_train_config_validation():
     with pytest.raises(ValueError, match="TrainConfig.metric must be one of"):
         TrainConfig(metric="AUC")

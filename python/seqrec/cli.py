@@ -249,6 +249,8 @@ def _add_pretrain_parser(sub) -> None:
 
 
 def format_table(title: str, metrics: dict, protocol: str) -> str:
+    if not metrics:
+        return f"{title}\n  protocol: {protocol}"
     keys = list(metrics)
     width = max(8, *(len(k) for k in keys))
     lines = [title, f"  protocol: {protocol}", "  " + " ".join(f"{k:>{width}}" for k in keys),
@@ -491,7 +493,7 @@ def cmd_evaluate(args) -> int:
     print(f"{spec['name']} after {state['epoch']} of {cfg['epochs']} epochs"
           f"{'' if finished else ' (unfinished run)'}: weights of the {which}")
     print(format_table("test, full ranking", trainer.evaluate("test", "full"), trainer.protocol("full").describe()))
-    print(format_table("test, sampled", trainer.evaluate("test", "sampled"), trainer.protocol("sampled").describe()))
+    print(format_table("test, sampled", *trainer.evaluate_sampled_or_why("test")))
     if hasattr(model, "interests"):
         _print_interest_distinctness(model, trainer.split, args.device)
     return 0

@@ -19,6 +19,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -62,7 +63,7 @@ class TrainConfig:
     progress: bool | None = None  # None: bars only when writing to a terminal
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_every", "eval_chunk_size"):
+        for name in ("epochs", "batch_size", "eval_every", "eval_chunk_size", "sampled_negatives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -111,6 +112,20 @@ class Trainer:
         self.best_state: dict | None = None
         self.bad_evals = 0
         self.history: list[dict] = []
+        # The sampled protocol needs `sampled_negatives` unseen items for every user, which
+        # a small catalogue can lack: find out now rather than after training. The
+        # candidates are cached by the split, so this is the draw evaluation uses.
+        self.sampled_problem: str | None = None
+        try:
+            for stage in ("valid", "test"):
+                split.sampled_candidates(stage, config.sampled_negatives, config.seed)
+        except ValueError as err:
+            self.sampled_problem = (f"{err} (catalogue of {split.dataset.num_items} items); lower "
+                                    "sampled_negatives (seqrec: --sampled-negatives)")
+        if self.sampled_problem is not None:
+            if config.valid_ranking == "sampled":
+                raise ValueError(f"sampled validation cannot run: {self.sampled_problem}")
+            warnings.warn(f"the sampled protocol will be skipped: {self.sampled_problem}", stacklevel=2)
 
     # ------------------------------------------------------------------ protocols
     def protocol(self, ranking: str) -> Protocol:
@@ -139,6 +154,8 @@ class Trainer:
                     score_fn, batch.target, batch.history_indptr, batch.history_items, ks=cfg.ks,
                     chunk_size=cfg.eval_chunk_size, exclude_history=cfg.exclude_history)
             elif ranking == "sampled":
+                if self.sampled_problem is not None:
+                    raise ValueError(f"the sampled protocol cannot run: {self.sampled_problem}")
                 cand = torch.from_numpy(self.split.sampled_candidates(stage, cfg.sampled_negatives, cfg.seed))
 
                 def cand_score_fn(rows: torch.Tensor) -> torch.Tensor:
@@ -152,6 +169,13 @@ class Trainer:
         finally:
             model.train(was_training)
         return metrics
+
+    def evaluate_sampled_or_why(self, stage: str) -> tuple[dict, str]:
+        """``(metrics, protocol description)`` of the sampled protocol on ``stage``, or
+        ``({}, "not computed: <why>")`` when the catalogue is too small for it."""
+        if self.sampled_problem is not None:
+            return {}, f"not computed: {self.sampled_problem}"
+        return self.evaluate(stage, "sampled"), self.protocol("sampled").describe()
 
     # ------------------------------------------------------------------ training
     def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
@@ -225,10 +249,11 @@ class Trainer:
                 on_epoch(record)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+        test_sampled, protocol_sampled = self.evaluate_sampled_or_why("test")
         result = FitResult(
             best_epoch=self.best_epoch, best_valid=self.best_valid, test_full=self.evaluate("test", "full"),
-            test_sampled=self.evaluate("test", "sampled"), history=self.history,
-            protocol_full=self.protocol("full").describe(), protocol_sampled=self.protocol("sampled").describe())
+            test_sampled=test_sampled, history=self.history,
+            protocol_full=self.protocol("full").describe(), protocol_sampled=protocol_sampled)
         if self.out_dir is not None:
             with atomic_write(self.out_dir / "result.json") as fh:
                 json.dump(asdict(result) | {"model": self.model_spec, "train": asdict(cfg)}, fh, indent=2,
