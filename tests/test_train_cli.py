@@ -223,8 +223,10 @@ def test_catalogue_too_small_for_the_sampled_protocol(tmp_path, capsys):
     args = ["train", "--data", "synthetic", "--synthetic-users", "60", "--synthetic-items", "40", "--epochs", "1",
             "--hidden-size", "8", "--num-layers", "1", "--max-len", "10", "--no-progress"]
     assert main([*args, "--sampled-negatives", "35", "--out", str(tmp_path / "cli")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert re.search(r"test, sampled\n  protocol: not computed: user \d+ has only", out)
+    # said before training, in the commands' own words rather than as a Python source line
+    assert re.match(r"seqrec train: warning: the sampled protocol will be skipped: user \d+ has only", err)
     assert main([*args, "--sampled-negatives", "0", "--out", str(tmp_path / "zero")]) == 2
     assert "sampled_negatives must be >= 1, got 0" in capsys.readouterr().err
 

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -576,6 +577,21 @@ def cmd_data_stats(args) -> int:
     return 0
 
 
+def _cli_warnings(command: str):
+    """``warnings.showwarning`` for the commands: seqrec's own warnings read as one line,
+    ``seqrec <command>: warning: ...``, like its errors (the source line they were raised
+    from means nothing to a command-line user); any other warning shows as usual."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if os.path.abspath(filename).startswith(package + os.sep):
+            print(f"seqrec {command}: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # train / pretrain hold their --out folder until they return: one writer per run folder.
@@ -583,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("train", "evaluate", "pretrain") and os.environ.get("SEQREC_REUSE_FREED_MEMORY") != "0":
         reuse_freed_memory()  # CPU steps stop page-faulting their large matrices in again
     try:
-        with lock_run_folder(args.out) if writes_folder else contextlib.nullcontext():
+        with warnings.catch_warnings(), (lock_run_folder(args.out) if writes_folder else contextlib.nullcontext()):
+            warnings.showwarning = _cli_warnings(args.command)
             if args.command == "train":
                 return cmd_train(args)
             if args.command == "evaluate":
