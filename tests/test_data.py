@@ -28,6 +28,11 @@ def test_s3rec_text_roundtrip(tmp_path):
     assert ds.user_tokens == ["10", "11", "12"]
     assert ds.item_raw(ds.sequence(0)) == ["5", "3", "7"]
     assert ds.item_raw(ds.sequence(2)) == ["100", "5", "3", "7", "9"]
+    assert ds.item_raw(torch.tensor([[0, 5]])) == ["", "100"]  # recommend's output as it comes
+    with pytest.raises(IndexError, match=r"dense item ids outside 0..5: \[-1, 6\]"):
+        ds.item_raw([1, -1, 6])  # -1 must not name the last item
+    with pytest.raises(TypeError, match="integer dense ids"):
+        ds.item_raw([1.5])
     assert list(ds.item_ids(["100", 3])) == [5, 1]
     with pytest.raises(KeyError, match="unknown item ids"):
         ds.item_ids(["4"])

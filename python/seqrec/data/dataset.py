@@ -126,8 +126,16 @@ class SequenceDataset:
         return np.asarray([self._user_index[r] for r in raw], dtype=np.int64)
 
     def item_raw(self, dense: Iterable[int]) -> list[str]:
-        """Raw ids of dense item ids (0, padding, maps to '')."""
-        return [self.item_tokens[int(i)] for i in np.asarray(dense).ravel()]
+        """Raw ids of dense item ids (0, padding, maps to ''); ids outside
+        ``0..num_items`` raise IndexError naming them (a negative id would otherwise
+        index from the end and name a wrong item)."""
+        dense = np.asarray(dense).ravel()
+        if dense.size and not np.issubdtype(dense.dtype, np.integer):
+            raise TypeError(f"item_raw needs integer dense ids, got dtype {dense.dtype}")
+        bad = dense[(dense < 0) | (dense > self.num_items)]
+        if bad.size:
+            raise IndexError(f"dense item ids outside 0..{self.num_items}: {bad[:10].tolist()}")
+        return [self.item_tokens[i] for i in dense.tolist()]
 
     # ------------------------------------------------------------------ loaders
     @classmethod
