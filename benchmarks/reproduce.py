@@ -292,8 +292,34 @@ def _s3rec_short() -> list[Run]:
     return runs
 
 
+def _s3rec_seeds() -> list[Run]:
+    """LastFM's fine-tuning rows of ``s3rec`` and ``s3rec-short`` (no pretraining, 20 and
+    150 pretraining epochs; both selections) with three fine-tuning seeds, 42, 1 and 2,
+    each starting from the same pretraining run: the spread its single runs and the
+    target (sampled HR@10 >= .5835) are read against. The seed also draws the sampled
+    protocol's negatives, so that spread is in it too. About 3 minutes a run on one core;
+    the pretraining runs are those suites' own (listed here, as the fine-tuning runs
+    need them)."""
+    pre = {"20": "lastfm_s3rec_pre20", "150": "lastfm_s3rec_pre"}
+    runs = [r for r in _s3rec_short() + _s3rec() if r.name in pre.values()]
+    for seed in (None, 1, 2):
+        suffix, seeded = _seeded(seed)
+        for name, label, init in (("lastfm_s3rec_nopre", "no pretraining", None),
+                                  ("lastfm_s3rec_p20", "S3-Rec, 20 pretraining epochs", "20"),
+                                  ("lastfm_s3rec", "S3-Rec, 150 pretraining epochs", "150")):
+            model = (("--model", "sasrec", "--data", _data("LastFM")) if init is None else
+                     ("--model", "s3rec", "--data", _data("LastFM"), "--init", f"{{root}}/{pre[init]}"))
+            for full in (False, True):
+                runs.append(Run(f"{name}{'_full' if full else ''}{suffix}",
+                                f"LastFM {label}, selected by {'full NDCG@20' if full else 'sampled MRR'}",
+                                (*model, *(FINETUNE_FULL if full else _finetune("LastFM")), *seeded),
+                                needs=None if init is None else pre[init]))
+    return runs
+
+
 SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
-          "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "s3rec": _s3rec, "s3rec-short": _s3rec_short}
+          "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "s3rec": _s3rec, "s3rec-short": _s3rec_short,
+          "s3rec-seeds": _s3rec_seeds}
 
 
 def suite_runs(name: str, root: Path) -> list[Run]:
