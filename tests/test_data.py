@@ -292,6 +292,26 @@ def test_too_many_negatives_is_an_error():
         ds.leave_one_out().sampled_candidates("test", 5)
 
 
+def test_sampled_shortfall_predicts_the_sampler():
+    """sampled_shortfall (counted in numpy, nothing drawn) is None exactly when the C++
+    sampler can draw the candidates, and otherwise names the user the sampler fails on.
+    Repeated items count once, users too short to evaluate are not checked."""
+    ds = SequenceDataset.from_arrays([1, 1, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4], [1, 2, 2, 3, 2, 3, 4, 5, 6, 1, 5, 6])
+    split = ds.leave_one_out()  # 6 items; user 1 has seen 3 distinct items (4 interactions), user 3 only 2
+    assert list(split.eval_users) == [0, 1, 3]
+    for n in range(1, 6):
+        why = split.sampled_shortfall(n)
+        try:
+            split.sampled_candidates("test", n)
+        except DataError as err:
+            assert why is not None and why.startswith(str(err).split(" asked for")[0]), (n, why, err)
+        else:
+            assert why is None, n
+    assert split.sampled_shortfall(3) is None  # user 0's four interactions hold three distinct items
+    assert split.sampled_shortfall(4) == ("user 0 has only 3 unseen items, fewer than the 4 negatives asked for "
+                                          "(3 of 3 evaluated users fall short; catalogue of 6 items)")
+
+
 def test_split_argument_errors(small):
     split = small.leave_one_out()
     with pytest.raises(ValueError, match="stage must be"):

@@ -167,6 +167,26 @@ class LeaveOneOutSplit:
             self._candidates[key] = np.concatenate([target[:, None], negatives], axis=1)
         return self._candidates[key]
 
+    def sampled_shortfall(self, num_negatives: int = 99) -> str | None:
+        """Why :meth:`sampled_candidates` cannot draw ``num_negatives`` for every evaluated
+        user (the first user with fewer unseen items), or None when it can; without
+        drawing them. Unseen means outside the user's whole sequence, in either stage."""
+        ds = self.dataset
+        lengths = np.diff(ds.indptr)
+        limit = ds.num_items - int(num_negatives)
+        if len(self.eval_users) == 0 or lengths[self.eval_users].max() <= limit:
+            return None  # no user has more distinct items than interactions
+        owner = np.repeat(np.arange(ds.num_users, dtype=np.int64), lengths)
+        pairs = np.unique(owner * (ds.num_items + 1) + ds.items)
+        distinct = np.bincount(pairs // (ds.num_items + 1), minlength=ds.num_users)[self.eval_users]
+        short = np.flatnonzero(distinct > limit)
+        if len(short) == 0:
+            return None
+        user = int(self.eval_users[short[0]])
+        return (f"user {user} has only {ds.num_items - int(distinct[short[0]])} unseen items, fewer than the "
+                f"{num_negatives} negatives asked for ({len(short)} of {len(self.eval_users)} evaluated users "
+                f"fall short; catalogue of {ds.num_items} items)")
+
     def save_candidates(self, path, stage: str, num_negatives: int = 99, seed: int = 0) -> None:
         """Write the sampled candidates (with their users) to an ``.npz`` file."""
         from ..utils import atomic_write

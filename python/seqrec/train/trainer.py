@@ -113,16 +113,10 @@ class Trainer:
         self.bad_evals = 0
         self.history: list[dict] = []
         # The sampled protocol needs `sampled_negatives` unseen items for every user, which
-        # a small catalogue can lack: find out now rather than after training. The
-        # candidates are cached by the split, so this is the draw evaluation uses.
-        self.sampled_problem: str | None = None
-        try:
-            for stage in ("valid", "test"):
-                split.sampled_candidates(stage, config.sampled_negatives, config.seed)
-        except ValueError as err:
-            self.sampled_problem = (f"{err} (catalogue of {split.dataset.num_items} items); lower "
-                                    "sampled_negatives (seqrec: --sampled-negatives)")
+        # a small catalogue can lack: find out now rather than after training.
+        self.sampled_problem: str | None = split.sampled_shortfall(config.sampled_negatives)
         if self.sampled_problem is not None:
+            self.sampled_problem += "; lower sampled_negatives (seqrec: --sampled-negatives)"
             if config.valid_ranking == "sampled":
                 raise ValueError(f"sampled validation cannot run: {self.sampled_problem}")
             warnings.warn(f"the sampled protocol will be skipped: {self.sampled_problem}", stacklevel=2)
