@@ -363,6 +363,16 @@ def test_load_pretrained_reports_every_tensor():
         src = pre.state_dict()[name]
         assert torch.equal(value, src[: value.size(0)] if name == "embedding.item.weight" else src), name
 
+    # A shorter max_len takes the pretrained table's trailing positions (right-aligned):
+    # the embedding of every real position is the pretrained model's.
+    short = SASRec(SASRecConfig(num_items=NUM_ITEMS, max_len=MAX_LEN - 3, hidden_size=8)).eval()
+    report = load_pretrained(short, pre.state_dict())
+    assert report.complete
+    assert report.partial["embedding.position.weight"] == f"last {MAX_LEN - 3} of {MAX_LEN} rows (right-aligned positions)"
+    seq = torch.tensor([[0, 0, 3, 1, 4], [5, 2, 6, 2, 1]])
+    pre.eval()
+    torch.testing.assert_close(short.embedding(seq), pre.embedding(seq), rtol=0, atol=0)
+
     other = SASRec(SASRecConfig(num_items=NUM_ITEMS, max_len=MAX_LEN + 2, hidden_size=8, num_layers=3))
     report = load_pretrained(other, pre.state_dict())
     assert not report.complete

@@ -380,9 +380,7 @@ def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, pat
     """Load --init weights by name into ``model``; print and return what happened."""
     from .models import load_pretrained
 
-    report = load_pretrained(model, state)
-    print(f"--init {path}:\n{report.describe()}", file=sys.stderr)
-    if args.model in PRETRAIN_MODELS:
+    if args.model in PRETRAIN_MODELS:  # the wrong checkpoint is said before any loading report
         if init_spec.get("name") not in (None, args.model):
             raise ValueError(f"--init {path}: a {init_spec.get('name')!r} checkpoint, not an {args.model} "
                              f"pretraining one (seqrec pretrain --model {args.model})")
@@ -390,6 +388,9 @@ def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, pat
         if pretrained_items is not None and pretrained_items != num_items:
             raise ValueError(f"--init {path}: pretrained on {pretrained_items} items, this dataset has "
                              f"{num_items}; fine-tune on the dataset the model was pretrained on")
+    report = load_pretrained(model, state)
+    print(f"--init {path}:\n{report.describe()}", file=sys.stderr)
+    if args.model in PRETRAIN_MODELS:
         if not report.complete or not report.loaded:
             raise ValueError(f"--init {path}: the fine-tune model does not match the pretrained encoder "
                              "(use the same --max-len, --hidden-size, --num-layers, --num-heads); see above")

@@ -4,7 +4,10 @@ Models built from :mod:`seqrec.models.layers` share parameter names (``embedding
 ``embedding.position``, ``embedding.norm``, ``encoder.layers.{l}.*``), so a pretrained
 encoder loads into a fine-tune model by name. An embedding table may hold more rows in
 the source than in the target (S3-Rec's item table has the mask token after the last
-item): its leading rows are loaded and the report says so.
+item): its leading rows are loaded and the report says so. A position table of
+:class:`~seqrec.models.layers.ItemPositionEmbedding` (a shorter ``max_len`` in the
+target) loads its trailing rows instead: positions are right-aligned, so the most recent
+item takes the last row in both models.
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ __all__ = ["LoadReport", "load_pretrained", "read_pretrained_state"]
 class LoadReport:
     """What :func:`load_pretrained` did.
 
-    loaded: target names copied from the source (same shape, or leading rows, see
-    ``partial``); partial: name -> "first R of S rows"; missing: target names absent from
+    loaded: target names copied from the source (same shape, or some of its rows, see
+    ``partial``); partial: name -> "first R of S rows" (or "last R of S rows" for a
+    right-aligned position table); missing: target names absent from
     the source (left as initialised); mismatched: name -> "target shape vs source shape"
     (left as initialised); unused: source names the target has no use for.
     """
@@ -67,13 +71,18 @@ def load_pretrained(model: nn.Module, source: dict[str, Tensor]) -> LoadReport:
     Returns:
         A :class:`LoadReport`. Rules: same name and shape -> copied; same name, the
         target an ``nn.Embedding`` weight with fewer rows than the source and the same
-        width -> its rows copied from the source's leading rows; anything else with the
-        same name -> ``mismatched``; no such name -> ``missing``.
+        width -> its rows copied from the source's leading rows (from its trailing rows
+        for the position table of an ``ItemPositionEmbedding``, whose positions are
+        right-aligned); anything else with the same name -> ``mismatched``; no such
+        name -> ``missing``.
     """
+    from .layers import ItemPositionEmbedding
     if not isinstance(source, dict):
         raise ValueError(f"source must be a state dict, got {type(source).__name__}")
     embedding_weights = {f"{name}.weight" if name else "weight"
                          for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    right_aligned = {f"{name}.position.weight" if name else "position.weight"
+                     for name, m in model.named_modules() if isinstance(m, ItemPositionEmbedding)}
     report = LoadReport()
     target = model.state_dict(keep_vars=True)
     for name, tensor in target.items():
@@ -89,9 +98,14 @@ def load_pretrained(model: nn.Module, source: dict[str, Tensor]) -> LoadReport:
             report.loaded.append(name)
         elif (name in embedding_weights and src.dim() == 2 and tensor.dim() == 2
               and src.size(1) == tensor.size(1) and src.size(0) > tensor.size(0)):
-            tensor.copy_(src[: tensor.size(0)])
+            rows, total = tensor.size(0), src.size(0)
+            if name in right_aligned:
+                tensor.copy_(src[total - rows:])
+                report.partial[name] = f"last {rows} of {total} rows (right-aligned positions)"
+            else:
+                tensor.copy_(src[:rows])
+                report.partial[name] = f"first {rows} of {total} rows"
             report.loaded.append(name)
-            report.partial[name] = f"first {tensor.size(0)} of {src.size(0)} rows"
         else:
             report.mismatched[name] = (f"shape {tuple(tensor.shape)} here, "
                                        f"{tuple(src.shape)} in the checkpoint")
