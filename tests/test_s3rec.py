@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -501,6 +502,19 @@ def test_cli_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "embedding.position.weight (shape (12, 8) here, (10, 8) in the checkpoint)" in err
     assert "does not match the pretrained encoder" in err
+    # Another dataset, or another model's checkpoint: said before any loading report.
+    other_data = ["--data", "synthetic", "--synthetic-users", "150", "--synthetic-items", "70", "--max-len", "10"]
+    assert main(["train", "--model", "s3rec", *other_data, "--epochs", "1", "--init", str(pre)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"pretrained on \d+ items, this dataset has \d+; fine-tune on the dataset", err)
+    assert "loaded" not in err
+    dss = tmp_path / "dss"
+    assert main(["train", "--model", "dss", *TINY_CLI, "--epochs", "1", "--hidden-size", "8",
+                 "--sampled-negatives", "20", "--out", str(dss), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--model", "s3rec", *TINY_CLI, "--epochs", "1", "--init", str(dss)]) == 2
+    err = capsys.readouterr().err
+    assert "a 'dss' checkpoint, not an s3rec pretraining one" in err and "loaded" not in err
     assert main(["evaluate", "--checkpoint", str(pre)]) == 2
     assert "holds a pretraining checkpoint (pretrain.pt), nothing to evaluate" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(pre / "pretrain.pt")]) == 2
