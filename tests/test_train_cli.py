@@ -63,7 +63,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 def test_cli_train_prints_tables_and_evaluate_reproduces_them(tmp_path):
     out = tmp_path / "run"
     import io
-    from contextlib import redirect_stdout
+    from contextlib import redirect_stderr, redirect_stdout
 
     buf = io.StringIO()
     with redirect_stdout(buf):
@@ -82,6 +82,14 @@ def test_cli_train_prints_tables_and_evaluate_reproduces_them(tmp_path):
     assert header == "sasrec after 2 of 2 epochs: weights of the best epoch " \
         f"{json.loads((out / 'result.json').read_text())['best_epoch']} by valid NDCG@20"
     assert tables.strip() == text.split("\n", 1)[1].strip()
+    # on data with another catalogue: a clear error, not an embedding's IndexError
+    other = tmp_path / "other.txt"
+    other.write_text("1 1 2 3 4\n2 2 3 4 5\n")
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert main(["evaluate", "--checkpoint", str(out), "--data", str(other)]) == 2
+    assert re.search(r"the model was trained on \d+ items, the data \(.*other.txt\) has 5; evaluate it on its "
+                     r"own dataset", err.getvalue())
 
 
 def test_evaluate_says_when_the_run_is_unfinished(tmp_path, capsys, monkeypatch):

@@ -481,6 +481,10 @@ def cmd_evaluate(args) -> int:
     data = spec["data"]
     dataset = load_dataset(args.data or data["source"], args.format or data["format"], kcore=data["kcore"],
                            synthetic_size=(data["synthetic_users"], data["synthetic_items"]))
+    trained_items = spec["config"].get("num_items")
+    if trained_items is not None and trained_items != dataset.num_items:
+        raise ValueError(f"{args.checkpoint}: the model was trained on {trained_items} items, the data "
+                         f"({args.data or data['source']}) has {dataset.num_items}; evaluate it on its own dataset")
     model = build_model(spec["name"], backend=spec.get("backend"), **spec["config"])
     model.load_state_dict(state["best_state"] or state["model"])
     _attach(model, dataset)
