@@ -121,6 +121,14 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none")]) == 2
     with pytest.raises(SystemExit):
         main(["train", "--model", "nope"])
+    capsys.readouterr()
+    # a device this torch cannot use: one line, before anything is built or written
+    assert main(["train", *TINY, "--epochs", "1", "--device", "nonsense", "--out", str(tmp_path / "d")]) == 2
+    assert "seqrec train: error: --device nonsense: not usable with this torch" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "checkpoint.pt").exists()
+    if not torch.cuda.is_available():
+        assert main(["pretrain", "--data", "synthetic", "--device", "cuda", "--out", str(tmp_path / "p")]) == 2
+        assert "seqrec pretrain: error: --device cuda: not usable with this torch" in capsys.readouterr().err
 
 
 def test_data_stats_with_baseline(capsys):

@@ -597,6 +597,17 @@ def _cli_warnings(command: str):
     return show
 
 
+def _check_device(name: str) -> None:
+    """--device must name a device this torch can allocate on: say so in one line rather
+    than with the traceback of the first tensor moved there."""
+    try:
+        torch.empty(0, device=torch.device(name))
+    except (RuntimeError, AssertionError) as exc:  # unknown type; CUDA/MPS not built or absent
+        text = str(exc).strip()
+        first_sentence = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        raise ValueError(f"--device {name}: not usable with this torch ({torch.__version__}): {first_sentence}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # train / pretrain hold their --out folder until they return: one writer per run folder.
@@ -606,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(), (lock_run_folder(args.out) if writes_folder else contextlib.nullcontext()):
             warnings.showwarning = _cli_warnings(args.command)
+            if getattr(args, "device", None) is not None:
+                _check_device(args.device)
             if args.command == "train":
                 return cmd_train(args)
             if args.command == "evaluate":
