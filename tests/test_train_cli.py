@@ -122,7 +122,7 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "nope"])
     capsys.readouterr()
-    # a device this torch cannot use: one line, before anything is built or written
+    # a device this torch cannot use: one line, before any model is built or trained
     assert main(["train", *TINY, "--epochs", "1", "--device", "nonsense", "--out", str(tmp_path / "d")]) == 2
     assert "seqrec train: error: --device nonsense: not usable with this torch" in capsys.readouterr().err
     assert not (tmp_path / "d" / "checkpoint.pt").exists()
