@@ -369,7 +369,8 @@ def test_load_pretrained_reports_every_tensor():
     short = SASRec(SASRecConfig(num_items=NUM_ITEMS, max_len=MAX_LEN - 3, hidden_size=8)).eval()
     report = load_pretrained(short, pre.state_dict())
     assert report.complete
-    assert report.partial["embedding.position.weight"] == f"last {MAX_LEN - 3} of {MAX_LEN} rows (right-aligned positions)"
+    assert report.partial["embedding.position.weight"] == \
+        f"last {MAX_LEN - 3} of {MAX_LEN} rows (right-aligned positions)"
     seq = torch.tensor([[0, 0, 3, 1, 4], [5, 2, 6, 2, 1]])
     pre.eval()
     torch.testing.assert_close(short.embedding(seq), pre.embedding(seq), rtol=0, atol=0)

@@ -294,6 +294,7 @@ def test_loss_terms_without_the_total_is_a_clear_error():
             return {"item": self.inner.loss(input_ids, target_ids, negative_ids)}
 
     ds = synthetic(num_users=50, num_items=30, seed=0)
-    trainer = Trainer(NoTotal(), ds.leave_one_out(max_len=10), TrainConfig(epochs=1, batch_size=16, sampled_negatives=5))
+    config = TrainConfig(epochs=1, batch_size=16, sampled_negatives=5)
+    trainer = Trainer(NoTotal(), ds.leave_one_out(max_len=10), config)
     with pytest.raises(TypeError, match="NoTotal.loss_terms must return the total training loss under 'loss'"):
         trainer.fit()

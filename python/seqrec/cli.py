@@ -605,7 +605,8 @@ def _check_device(name: str) -> None:
     except (RuntimeError, AssertionError) as exc:  # unknown type; CUDA/MPS not built or absent
         text = str(exc).strip()
         first_sentence = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
-        raise ValueError(f"--device {name}: not usable with this torch ({torch.__version__}): {first_sentence}") from None
+        raise ValueError(f"--device {name}: not usable with this torch ({torch.__version__}): "
+                         f"{first_sentence}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
