@@ -312,6 +312,21 @@ def test_sampled_shortfall_predicts_the_sampler():
                                           "(3 of 3 evaluated users fall short; catalogue of 6 items)")
 
 
+def test_load_dataset_says_why_it_cannot_read_a_path(tmp_path):
+    with pytest.raises(DataError, match="Beuaty: no such file or folder"):
+        load_dataset(str(tmp_path / "Beuaty"))  # a typo is not a format problem
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with pytest.raises(DataError, match="cannot tell the format"):
+        load_dataset(str(folder))
+    write(folder, "toy.txt", "1 1 2 3\n2 2 3 4\n")
+    with pytest.raises(DataError, match=r"holds data.txt or data.inter; it holds \['toy.txt'\]: pass one of"):
+        load_dataset(str(folder))
+    assert load_dataset(str(folder / "toy.txt")).num_users == 2
+    (folder / "toy.txt").rename(folder / "data.txt")
+    assert load_dataset(str(folder)).num_users == 2  # the folder of the same name
+
+
 def test_split_argument_errors(small):
     split = small.leave_one_out()
     with pytest.raises(ValueError, match="stage must be"):

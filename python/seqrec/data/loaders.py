@@ -51,5 +51,12 @@ def _infer_format(path: Path) -> str:
             return "atomic"
     if path.with_name(path.name + ".inter").exists():
         return "atomic"
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".txt", ".inter"))
+        if found:
+            raise DataError(f"{path}: a folder is read when it holds {path.name}.txt or {path.name}.inter; "
+                            f"it holds {found[:5]}: pass one of those files (or its .inter stem)")
     raise DataError(f"{path}: cannot tell the format (expected a .txt S3-Rec file, .inter atomic files, "
                     "or a folder holding one); pass --format")
