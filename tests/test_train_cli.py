@@ -176,6 +176,28 @@ def test_resume_refuses_a_different_run(tmp_path):
         trainer(TrainConfig(epochs=3, **base), hidden=16).resume()
 
 
+def test_resume_after_a_config_field_was_added(tmp_path):
+    """A checkpoint written before a model config field existed holds no value for it: the
+    run resumes when that field is at its default (the behaviour it was trained with) and
+    is refused, naming the field, when it is not."""
+    ds = synthetic(num_users=120, num_items=60, seed=2)
+    split = ds.leave_one_out(max_len=10)
+    old_config = dict(num_items=ds.num_items, max_len=10, hidden_size=8, num_layers=1, num_heads=1)
+
+    def trainer(config: dict) -> Trainer:
+        model = build_model("sasrec", **config)
+        return Trainer(model, split, TrainConfig(epochs=2, batch_size=64, patience=0, sampled_negatives=10),
+                       out_dir=tmp_path, model_spec={"name": "sasrec", "config": config})
+
+    first = trainer(old_config)
+    first.config.epochs = 1
+    first.fit()
+    assert trainer({**old_config, "hidden_act": "gelu"}).resume()  # the default: the same model
+    with pytest.raises(ValueError, match=r"differs in model config \(hidden_act: 'gelu' in the checkpoint, "
+                                         r"'relu' now\)"):
+        trainer({**old_config, "hidden_act": "relu"}).resume()
+
+
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         load_checkpoint(tmp_path)

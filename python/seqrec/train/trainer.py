@@ -332,13 +332,36 @@ def check_resumable(path, saved: dict, current: dict, saved_spec: dict, current_
 
     differ = sorted(k for k in current.keys() - may_change if k in saved and plain(saved[k]) != plain(current[k]))
     detail = "; ".join(f"{k}: {saved[k]!r} in the checkpoint, {current[k]!r} now" for k in differ)
-    for key in ("name", "config"):
-        if key in saved_spec and key in current_spec and saved_spec[key] != current_spec[key]:
-            differ.append(f"model {key}")
+    if "name" in saved_spec and "name" in current_spec and saved_spec["name"] != current_spec["name"]:
+        differ.append("model name")
+    elif "config" in saved_spec and "config" in current_spec:
+        name = current_spec.get("name")
+        saved_config, current_config = (_complete_config(name, spec["config"]) for spec in (saved_spec, current_spec))
+        fields = sorted(saved_config.keys() | current_config.keys())
+        changed = [f for f in fields if plain(saved_config.get(f)) != plain(current_config.get(f))]
+        if changed:
+            differ.append("model config")
+            detail = "; ".join(filter(None, [detail, *(f"{f}: {saved_config.get(f)!r} in the checkpoint, "
+                                                      f"{current_config.get(f)!r} now" for f in changed)]))
     if differ:
         raise ValueError(f"{path}: cannot resume, the run differs in {', '.join(differ)}"
                          + (f" ({detail})" if detail else "")
                          + "; only " + ", ".join(sorted(may_change)) + " may change")
+
+
+def _complete_config(name: str | None, config: dict) -> dict:
+    """``config`` with every field its model's config dataclass defaults, so a checkpoint
+    written before a field was added (it holds no value for it) resumes when the run asks
+    for that field's default, the behaviour the checkpoint was trained with."""
+    from ..models.registry import MODELS
+
+    if name not in MODELS or not isinstance(config, dict):
+        return dict(config) if isinstance(config, dict) else {"config": config}
+    config_cls = MODELS[name][0]
+    try:
+        return asdict(config_cls(**config))
+    except (TypeError, ValueError):  # not this model's fields: compare the values as given
+        return dict(config)
 
 
 def load_checkpoint(path: str | Path) -> dict:
