@@ -71,7 +71,7 @@ Open choices (the paper, as we have it, does not fix these):
      evaluation beta is its mean, 0 (``phi_k = LN(sum ...)``), like dropout.
      Measured (``reproduce.py report dss-beta``, NDCG@20): seq2seq gains .0011 on
      LastFM (.0440 vs .0429, three seeds, sd ~.001) and costs .0098 on Beauty (seed 42:
-     .0570 vs .0668), so neither reading shows the paper's gain.
+     .0570 vs .0668); neither reading shows the paper's gain at weight 0.1.
 5. One output LayerNorm (with affine) shared by past and future.
 6. seq2item scoring from K vectors: mixture softmax (log-sum-exp over intentions),
    dot products without scaling (as our SASRec; the LN'd phi has norm ~sqrt(D)).
