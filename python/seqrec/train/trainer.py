@@ -355,11 +355,12 @@ def _complete_config(name: str | None, config: dict) -> dict:
     for that field's default, the behaviour the checkpoint was trained with."""
     from ..models.registry import MODELS
 
-    if name not in MODELS or not isinstance(config, dict):
-        return dict(config) if isinstance(config, dict) else {"config": config}
-    config_cls = MODELS[name][0]
+    if not isinstance(config, dict):
+        return {"config": config}  # compared as one value
+    if name not in MODELS:
+        return dict(config)
     try:
-        return asdict(config_cls(**config))
+        return asdict(MODELS[name][0](**config))
     except (TypeError, ValueError):  # not this model's fields: compare the values as given
         return dict(config)
 
