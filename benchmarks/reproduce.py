@@ -240,13 +240,15 @@ def _s3rec_nopre(ds: str) -> list[Run]:
 
 
 def _s3rec_pretrain_finetune(ds: str, name: str, pre: str, label: str, epochs: str, off=(),
-                             full: bool = True) -> list[Run]:
-    """Pretraining run ``pre`` (``epochs`` epochs, objectives ``off`` switched off), then
-    fine-tuning run ``name`` initialised from it (and, with ``full``, ``name_full``
-    selected by the full ranking)."""
+                             full: bool = True, aap_input: str = "item") -> list[Run]:
+    """Pretraining run ``pre`` (``epochs`` epochs, objectives ``off`` switched off, AAP
+    scored on ``aap_input``), then fine-tuning run ``name`` initialised from it (and, with
+    ``full``, ``name_full`` selected by the full ranking). The suites written before
+    ``s3rec-aap-input`` ran with ``item``, the default of that time, and say so."""
     init = ("--model", "s3rec", "--data", _data(ds), "--init", f"{{root}}/{pre}")
     runs = [Run(pre, f"{ds} S3-Rec pretraining, {label}",
-                ("--model", "s3rec", "--data", _data(ds), "--epochs", epochs, *off), command="pretrain"),
+                ("--model", "s3rec", "--data", _data(ds), "--epochs", epochs, "--aap-input", aap_input, *off),
+                command="pretrain"),
             Run(name, f"{ds} S3-Rec, {label}", (*init, *_finetune(ds)), needs=pre)]
     if full:
         runs.append(Run(f"{name}_full", f"{ds} S3-Rec, {label}, selected by full NDCG@20",
@@ -317,9 +319,47 @@ def _s3rec_seeds() -> list[Run]:
     return runs
 
 
+def _s3rec_aap_input() -> list[Run]:
+    """S3-Rec with AAP scored on the encoder output at the item's unmasked position
+    (``--aap-input sequence``: the authors' released code, and our default since this
+    suite measured it) instead of on the item embedding (the paper's formula, which the
+    ``s3rec``, ``s3rec-short`` and ``s3rec-seeds`` suites ran). 20 pretraining epochs
+    (LastFM: fine-tuning seeds 42, 1 and 2 under both selections), Beauty's objective
+    ablations at that budget (the no-AAP run is ``s3rec-short``'s: without AAP the two
+    readings are the same model), and Beauty at the paper's 150 epochs."""
+    runs = []
+    for ds in ("Beauty", "LastFM"):
+        key = ds.lower()
+        pre = f"{key}_s3rec_aapseq_pre20"
+        runs += _s3rec_pretrain_finetune(ds, f"{key}_s3rec_aapseq_p20", pre,
+                                         "20 pretraining epochs, AAP on the encoder output", "20",
+                                         aap_input="sequence")
+        if ds == "LastFM":
+            init = ("--model", "s3rec", "--data", _data(ds), "--init", f"{{root}}/{pre}")
+            for seed in (1, 2):
+                suffix, seeded = _seeded(seed)
+                for full in (False, True):
+                    runs.append(Run(
+                        f"{key}_s3rec_aapseq_p20{'_full' if full else ''}{suffix}",
+                        f"{ds} S3-Rec, 20 pretraining epochs, AAP on the encoder output"
+                        + (", selected by full NDCG@20" if full else ""),
+                        (*init, *(FINETUNE_FULL if full else _finetune(ds)), *seeded), needs=pre))
+        else:
+            runs += [r for r in _s3rec_short() if r.name in ("beauty_s3rec_noaap_pre20", "beauty_s3rec_noaap_p20")]
+            for label, off in S3REC_ABLATIONS[2:]:
+                name = f"{key}_s3rec_aapseq" + "".join(o.replace("--no-", "_no") for o in off)
+                runs += _s3rec_pretrain_finetune(
+                    ds, f"{name}_p20", f"{name}_pre20", f"20 pretraining epochs, AAP on the encoder output, {label}",
+                    "20", off, full=False, aap_input="sequence")
+            runs += _s3rec_pretrain_finetune(ds, f"{key}_s3rec_aapseq", f"{key}_s3rec_aapseq_pre",
+                                             "150 pretraining epochs, AAP on the encoder output", "150",
+                                             aap_input="sequence")
+    return runs
+
+
 SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
           "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "s3rec": _s3rec, "s3rec-short": _s3rec_short,
-          "s3rec-seeds": _s3rec_seeds}
+          "s3rec-seeds": _s3rec_seeds, "s3rec-aap-input": _s3rec_aap_input}
 
 
 def suite_runs(name: str, root: Path) -> list[Run]:

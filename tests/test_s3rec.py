@@ -109,8 +109,8 @@ def direct_losses(model, m: SeqMaskOutput) -> dict[str, float]:
         for j, t in enumerate(range(BATCH.size(1) - n_real, BATCH.size(1))):
             item = int(row[t])
             F_t = states[j]
-            if item != mask:  # AAP on the item embedding, every attribute
-                x = lin(model.aap, item_emb[item])
+            if item != mask:  # AAP on the encoder output (or the item embedding), every attribute
+                x = lin(model.aap, F_t if model.config.aap_input == "sequence" else item_emb[item])
                 for a in range(1, NUM_ATTR + 1):
                     total["aap"] += bce(float(x @ attr_emb[a]), a in TABLE[item].tolist())
                 continue
@@ -131,8 +131,9 @@ def direct_losses(model, m: SeqMaskOutput) -> dict[str, float]:
 # ---------------------------------------------------------------- objectives
 
 
-def test_each_objective_matches_the_direct_formula():
-    model = make_model().eval()  # no dropout: values are deterministic
+@pytest.mark.parametrize("aap_input", ["sequence", "item"])
+def test_each_objective_matches_the_direct_formula(aap_input):
+    model = make_model(aap_input=aap_input).eval()  # no dropout: values are deterministic
     model.requires_grad_(False)
     m = corrupted(model, p=0.5)
     assert int((m.masked_items == model.mask_token).sum()) >= 6 and int((m.segment_len > 0).sum()) == 4
@@ -188,11 +189,15 @@ def test_objectives_switch_off(off):
 
 def test_encoder_runs_once_per_batch_and_skips_unneeded_passes():
     rows = []
+    masked = corrupted(make_model()).masked_items
+    kept_rows = int(((masked != 0) & (masked != NUM_ITEMS + 1)).any(1).sum())
+    assert 0 < kept_rows < 5  # the 1-item row has only its (always masked) last item
     for weights, expected in [
         ({}, [5 + 3 * 4]),  # item-masked rows with an item (5), 3 segment passes of the 4 rows with a segment
         ({"sp_weight": 0.0}, [5]),  # the rows with a masked item
-        ({"mip_weight": 0.0, "map_weight": 0.0}, [3 * 4]),  # AAP on the item embedding needs no encoder
-        ({"mip_weight": 0.0, "map_weight": 0.0, "sp_weight": 0.0}, []),
+        ({"mip_weight": 0.0, "map_weight": 0.0}, [kept_rows + 3 * 4]),  # AAP reads unmasked positions
+        ({"mip_weight": 0.0, "map_weight": 0.0, "aap_input": "item"}, [3 * 4]),  # AAP on e_i: no encoder
+        ({"mip_weight": 0.0, "map_weight": 0.0, "sp_weight": 0.0, "aap_input": "item"}, []),
     ]:
         model = make_model(**weights)
         encode = model.encoder.encode_packed
