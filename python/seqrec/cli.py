@@ -224,8 +224,8 @@ def _add_pretrain_parser(sub) -> None:
         p.add_argument(f"--{name}-weight", type=float, default=None,
                        help=f"weight of the {name.upper()} loss (default: {getattr(defaults, name + '_weight')})")
     p.add_argument("--aap-input", choices=["item", "sequence"], default=None,
-                   help="AAP scores the encoder output at the item's position (the authors' code, default) "
-                        "or the item embedding (the paper's formula); default: sequence")
+                   help="what AAP scores: 'sequence' = the encoder output at the item's position (the "
+                        "authors' code; default), 'item' = the item embedding (the paper's formula)")
     p.add_argument("--reduction", choices=["sum", "mean"], default=None,
                    help="sum each loss over its scored positions (the authors', default) or average it")
     p.add_argument("--attributes", nargs="+", default=None, metavar="FIELD",
