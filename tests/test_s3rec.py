@@ -453,6 +453,29 @@ def test_pretraining_lowers_the_loss_and_resumes_exactly(tmp_path):
 # ---------------------------------------------------------------- CLI
 
 
+def test_cli_checkpoint_keeps_its_aap_input_across_the_default_change(tmp_path, capsys):
+    """Checkpoints hold the whole model config, so a default changing later cannot change
+    what one means; one written with only the fields the user set (before that) and no
+    ``aap_input`` was trained on the item embedding, the default of its time: it resumes
+    with ``--aap-input item`` and is refused, naming the field, without it."""
+    pre = tmp_path / "pre"
+    common = ["pretrain", *TINY_CLI, "--hidden-size", "8", "--num-layers", "1", "--batch-size", "256",
+              "--out", str(pre), "--no-progress"]
+    assert main([*common, "--epochs", "1", "--aap-input", "item"]) == 0
+    path = pre / "pretrain.pt"
+    state = load_checkpoint(path)
+    assert state["model_spec"]["config"]["aap_input"] == "item"
+    assert state["model_spec"]["config"]["hidden_act"] == "gelu"  # defaults stored too
+    set_fields = ("num_items", "num_attributes", "attribute_fields", "max_len", "hidden_size", "num_layers")
+    state["model_spec"]["config"] = {k: state["model_spec"]["config"][k] for k in set_fields}
+    torch.save(state, path)  # as the CLI wrote it before storing whole configs
+    capsys.readouterr()
+    assert main([*common, "--epochs", "2", "--resume"]) == 2
+    assert "aap_input: 'item' in the checkpoint, 'sequence' now" in capsys.readouterr().err
+    assert main([*common, "--epochs", "2", "--aap-input", "item", "--resume"]) == 0
+    assert "resumed" in capsys.readouterr().err
+
+
 def test_cli_pretrain_then_finetune_loads_by_name(tmp_path, capsys):
     pre = tmp_path / "pre"
     assert main(["pretrain", *TINY_CLI, "--epochs", "1", "--hidden-size", "16", "--num-layers", "1",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import warnings
@@ -434,7 +435,9 @@ def cmd_train(args) -> int:
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(name, backend=args.backend, **config)
     _attach(model, dataset)
-    spec = {"name": name, "config": config, "backend": args.backend, "preset": args.preset,
+    # The whole config, defaults included: a later change of a default cannot change what a
+    # checkpoint means (resume and evaluate rebuild the model from it).
+    spec = {"name": name, "config": dataclasses.asdict(model.config), "backend": args.backend, "preset": args.preset,
             "data": {"source": args.data, "format": args.format, "kcore": args.kcore, "max_len": args.max_len,
                      "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items}}
     if init_state is not None:
@@ -544,7 +547,7 @@ def cmd_pretrain(args) -> int:
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(args.model, backend=args.backend, **config)
     model.attach_dataset(dataset)
-    spec = {"name": args.model, "config": config, "backend": args.backend,
+    spec = {"name": args.model, "config": dataclasses.asdict(model.config), "backend": args.backend,
             "data": {"source": args.data, "format": args.format, "kcore": args.kcore, "max_len": args.max_len,
                      "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items}}
     trainer = Pretrainer(model, dataset, pretrain_cfg, out_dir=args.out, model_spec=spec)

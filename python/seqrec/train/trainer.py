@@ -349,10 +349,16 @@ def check_resumable(path, saved: dict, current: dict, saved_spec: dict, current_
                          + "; only " + ", ".join(sorted(may_change)) + " may change")
 
 
+# Defaults that changed after checkpoints began to be written with only the fields the
+# user set (seqrec now stores every field): such a checkpoint was trained with these.
+FORMER_DEFAULTS: dict[str, dict] = {"s3rec": {"aap_input": "item"}}
+
+
 def _complete_config(name: str | None, config: dict) -> dict:
-    """``config`` with every field its model's config dataclass defaults, so a checkpoint
-    written before a field was added (it holds no value for it) resumes when the run asks
-    for that field's default, the behaviour the checkpoint was trained with."""
+    """``config`` with every field its model's config dataclass defaults (the former
+    default where it changed, see ``FORMER_DEFAULTS``), so a checkpoint written before a
+    field was added, or that left a field at its default, resumes when the run asks for
+    the behaviour the checkpoint was trained with, and only then."""
     from ..models.registry import MODELS
 
     if not isinstance(config, dict):
@@ -360,7 +366,7 @@ def _complete_config(name: str | None, config: dict) -> dict:
     if name not in MODELS:
         return dict(config)
     try:
-        return asdict(MODELS[name][0](**config))
+        return asdict(MODELS[name][0](**(FORMER_DEFAULTS.get(name, {}) | config)))
     except (TypeError, ValueError):  # not this model's fields: compare the values as given
         return dict(config)
 
