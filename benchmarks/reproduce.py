@@ -14,7 +14,8 @@ runs that finished (``result.json``; for pretraining, one line per epoch in
 ``pretrain.jsonl``), waits for those another process is training (``seqrec`` locks its
 ``--out`` folder), continues the killed ones with ``--resume`` (exact: see
 ``Trainer.resume``) and starts the rest, so a suite longer than one sitting is simply run
-again. A run that needs another (fine-tuning after pretraining) waits for it.
+again. A run that needs another (fine-tuning after pretraining) waits for it, or for the
+epoch of it whose snapshot it fine-tunes from.
 
 ``archive`` copies the records of the finished runs (``result.json``, which holds the
 training history, or ``pretrain.jsonl``; never weights) into
@@ -29,6 +30,7 @@ reproduction section); the test suite never runs them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -53,17 +55,29 @@ class Run:
     args: tuple[str, ...]  # after `seqrec <command>`, without --out / --resume
     command: str = "train"  # or "pretrain"
     needs: str | None = None  # a run that must have finished first
+    # With needs, a pretraining run: the epochs of it this run needs (the snapshot it
+    # fine-tunes from, --keep-every), instead of its end.
+    needs_epochs: int | None = None
 
     def folder(self, root: Path) -> Path:
         return root / self.name
 
+    def epochs_done(self, root: Path) -> int:
+        """Pretraining epochs this (pretrain) run has logged."""
+        log = self.folder(root) / "pretrain.jsonl"
+        return sum(1 for line in log.open() if line.strip()) if log.exists() else 0
+
     def finished(self, root: Path) -> bool:
-        out = self.folder(root)
         if self.command == "train":
-            return (out / "result.json").exists()
-        epochs = int(self.args[self.args.index("--epochs") + 1])
-        log = out / "pretrain.jsonl"
-        return log.exists() and sum(1 for line in log.open() if line.strip()) >= epochs
+            return (self.folder(root) / "result.json").exists()
+        return self.epochs_done(root) >= int(self.args[self.args.index("--epochs") + 1])
+
+    def ready(self, root: Path, by_name: dict[str, "Run"]) -> bool:
+        """Whether what this run needs is there."""
+        if self.needs is None:
+            return True
+        needed = by_name[self.needs]
+        return needed.finished(root) if self.needs_epochs is None else needed.epochs_done(root) >= self.needs_epochs
 
     def started(self, root: Path) -> bool:
         return (self.folder(root) / ("checkpoint.pt" if self.command == "train" else "pretrain.pt")).exists()
@@ -240,19 +254,30 @@ def _s3rec_nopre(ds: str) -> list[Run]:
 
 
 def _s3rec_pretrain_finetune(ds: str, name: str, pre: str, label: str, epochs: str, off=(),
-                             full: bool = True, aap_input: str = "item") -> list[Run]:
+                             full: bool = True, aap_input: str = "item", keep_every: str | None = None) -> list[Run]:
     """Pretraining run ``pre`` (``epochs`` epochs, objectives ``off`` switched off, AAP
-    scored on ``aap_input``), then fine-tuning run ``name`` initialised from it (and, with
-    ``full``, ``name_full`` selected by the full ranking). The suites written before
-    ``s3rec-aap-input`` ran with ``item``, the default of that time, and say so."""
-    init = ("--model", "s3rec", "--data", _data(ds), "--init", f"{{root}}/{pre}")
+    scored on ``aap_input``, with ``keep_every`` its snapshots), then fine-tuning run
+    ``name`` initialised from it (and, with ``full``, ``name_full`` selected by the full
+    ranking). The suites written before ``s3rec-aap-input`` ran with ``item``, the default
+    of that time, and say so."""
+    keep = ("--keep-every", keep_every) if keep_every else ()
     runs = [Run(pre, f"{ds} S3-Rec pretraining, {label}",
-                ("--model", "s3rec", "--data", _data(ds), "--epochs", epochs, "--aap-input", aap_input, *off),
-                command="pretrain"),
-            Run(name, f"{ds} S3-Rec, {label}", (*init, *_finetune(ds)), needs=pre)]
+                ("--model", "s3rec", "--data", _data(ds), "--epochs", epochs, "--aap-input", aap_input, *off, *keep),
+                command="pretrain")]
+    return runs + _s3rec_finetunes(ds, name, pre, label, full)
+
+
+def _s3rec_finetunes(ds: str, name: str, pre: str, label: str, full: bool = True,
+                     snapshot: int | None = None) -> list[Run]:
+    """Fine-tuning run ``name`` initialised from pretraining run ``pre`` (at its epoch
+    ``snapshot``, a --keep-every snapshot, else its end), and with ``full`` ``name_full``
+    selected by the full ranking."""
+    weights = f"{{root}}/{pre}" + (f"/pretrain-epoch{snapshot}.pt" if snapshot else "")
+    init = ("--model", "s3rec", "--data", _data(ds), "--init", weights)
+    runs = [Run(name, f"{ds} S3-Rec, {label}", (*init, *_finetune(ds)), needs=pre, needs_epochs=snapshot)]
     if full:
         runs.append(Run(f"{name}_full", f"{ds} S3-Rec, {label}, selected by full NDCG@20",
-                        (*init, *FINETUNE_FULL), needs=pre))
+                        (*init, *FINETUNE_FULL), needs=pre, needs_epochs=snapshot))
     return runs
 
 
@@ -325,7 +350,9 @@ def _s3rec_aap_input() -> list[Run]:
     ``s3rec``, ``s3rec-short`` and ``s3rec-seeds`` suites ran). 20 pretraining epochs
     (LastFM: fine-tuning seeds 42, 1 and 2 under both selections), Beauty's objective
     ablations at that budget (the no-AAP run is ``s3rec-short``'s: without AAP the two
-    readings are the same model), and Beauty at the paper's 150 epochs."""
+    readings are the same model), and Beauty at the paper's 150 epochs, also fine-tuned
+    from that run's snapshots after 50 and 100 epochs (``--keep-every 10``; a snapshot is
+    what a run of that many epochs gives: the runs are a pure function of their seed)."""
     runs = []
     for ds in ("Beauty", "LastFM"):
         key = ds.lower()
@@ -350,9 +377,13 @@ def _s3rec_aap_input() -> list[Run]:
                 runs += _s3rec_pretrain_finetune(
                     ds, f"{name}_p20", f"{name}_pre20", f"20 pretraining epochs, AAP on the encoder output, {label}",
                     "20", off, full=False, aap_input="sequence")
-            runs += _s3rec_pretrain_finetune(ds, f"{key}_s3rec_aapseq", f"{key}_s3rec_aapseq_pre",
+            pre = f"{key}_s3rec_aapseq_pre"
+            runs += _s3rec_pretrain_finetune(ds, f"{key}_s3rec_aapseq", pre,
                                              "150 pretraining epochs, AAP on the encoder output", "150",
-                                             aap_input="sequence")
+                                             aap_input="sequence", keep_every="10")
+            for epochs in (50, 100):  # the same run, fine-tuned from its snapshots
+                runs += _s3rec_finetunes(ds, f"{key}_s3rec_aapseq_p{epochs}", pre,
+                                         f"{epochs} pretraining epochs, AAP on the encoder output", snapshot=epochs)
     return runs
 
 
@@ -364,8 +395,7 @@ SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-
 def suite_runs(name: str, root: Path) -> list[Run]:
     runs = SUITES[name]()
     # The root is known only now: fill it into arguments that name another run's folder.
-    return [Run(r.name, r.group, tuple(a.replace("{root}", str(root)) for a in r.args), r.command, r.needs)
-            for r in runs]
+    return [dataclasses.replace(r, args=tuple(a.replace("{root}", str(root)) for a in r.args)) for r in runs]
 
 
 def seqrec_executable() -> list[str]:
@@ -395,7 +425,7 @@ def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads:
             print(f"  {name}: {status} after {(time.time() - start) / 60:.1f} min; log {root / name}.log")
             if proc.returncode != 0:
                 failed.add(name)
-        for r in [r for r in pending if r.needs in failed]:
+        for r in [r for r in pending if r.needs in failed and not r.ready(root, by_name)]:
             print(f"  {r.name}: skipped, it needs {r.needs}, which failed")
             failed.add(r.name)
             pending.remove(r)
@@ -408,7 +438,7 @@ def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads:
         for name in sorted(busy - announced):
             print(f"  {name}: another process is training it; waiting for it to end")
         announced |= busy
-        ready = [r for r in pending if r.name not in busy and (r.needs is None or by_name[r.needs].finished(root))]
+        ready = [r for r in pending if r.name not in busy and r.ready(root, by_name)]
         for r in ready[:max(jobs - len(active), 0)]:
             pending.remove(r)
             argv = r.argv(root)
@@ -420,7 +450,9 @@ def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads:
         elsewhere = busy or any(r.needs is not None and run_folder_in_use(by_name[r.needs].folder(root))
                                 for r in pending)
         if not active and pending and not elsewhere:
-            waiting = ", ".join(f"{r.name} (needs {r.needs}, not finished and not selected)" for r in pending)
+            waiting = ", ".join(f"{r.name} (needs {r.needs}"
+                                + (f" up to epoch {r.needs_epochs}" if r.needs_epochs else "")
+                                + ", not finished and not selected)" for r in pending)
             print(f"  cannot start: {waiting}")
             return 1
         time.sleep(2)

@@ -111,6 +111,25 @@ def test_runner_waits_for_dependency_and_stops_on_failure(tmp_path, capsys):
     assert "cannot start: after (needs broken" in capsys.readouterr().out
 
 
+def test_a_snapshot_fine_tune_waits_for_its_epoch_not_the_end(tmp_path, capsys):
+    """A run with needs_epochs starts once the pretraining run it needs has logged that
+    many epochs (the snapshot it fine-tunes from is there), before that run ends."""
+    pre = Run("pre", "pre", ("--model", "s3rec", "--epochs", "3"), command="pretrain")
+    fine = Run("fine", "fine", ("--model", "s3rec"), needs="pre", needs_epochs=2)
+    by_name = {r.name: r for r in (pre, fine)}
+    log = tmp_path / "pre" / "pretrain.jsonl"
+    log.parent.mkdir()
+    for epochs, ready in ((0, False), (1, False), (2, True), (3, True)):
+        log.write_text("".join(json.dumps({"epoch": e + 1}) + "\n" for e in range(epochs)))
+        assert pre.epochs_done(tmp_path) == epochs and pre.finished(tmp_path) == (epochs == 3)
+        assert fine.ready(tmp_path, by_name) == ready, epochs
+    log.write_text(json.dumps({"epoch": 1}) + "\n")
+    assert reproduce.run_suite([fine], [pre, fine], tmp_path, jobs=1, threads=1) == 1
+    assert "cannot start: fine (needs pre up to epoch 2, not finished" in capsys.readouterr().out
+    assert [r.needs_epochs for r in reproduce.suite_runs("s3rec-aap-input", tmp_path)
+            if r.name.startswith("beauty_s3rec_aapseq_p50")] == [50, 50]
+
+
 def test_report_lists_unfinished_runs(tmp_path):
     table = reproduce.report([_tiny("x", 1)], tmp_path)
     assert "| tiny SASRec | 0/1 | - |" in table and "not finished: x" in table

@@ -413,14 +413,14 @@ def test_pretrain_samples_are_the_authors_prefixes():
     assert samples.batch([0]).shape == (1, 1)  # width = the longest row
 
 
-def pretrainer(tmp_path, epochs, ds=None):
+def pretrainer(tmp_path, epochs, ds=None, **settings):
     ds = ds or tiny_dataset()
     table, count, fields = item_attribute_table(ds)
     torch.manual_seed(0)
     model = S3Rec(S3RecConfig(num_items=ds.num_items, num_attributes=count, attribute_fields=fields, max_len=10,
                               hidden_size=16, num_layers=1))
     model.attach_dataset(ds)
-    return Pretrainer(model, ds, PretrainConfig(epochs=epochs, batch_size=64, seed=5, progress=False),
+    return Pretrainer(model, ds, PretrainConfig(epochs=epochs, batch_size=64, seed=5, progress=False, **settings),
                       out_dir=tmp_path, model_spec={"name": "s3rec"})
 
 
@@ -448,6 +448,35 @@ def test_pretraining_lowers_the_loss_and_resumes_exactly(tmp_path):
         other.resume()
     for name, value in full.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[name]), name
+
+
+def test_snapshots_are_the_shorter_runs(tmp_path):
+    """keep_every keeps the weights of every N-th epoch; as a run is a pure function of
+    its seed, the snapshot after 2 epochs of a 4-epoch run is the 2-epoch run."""
+    long = pretrainer(tmp_path / "long", 4, keep_every=2)
+    long.fit()
+    assert sorted(p.name for p in (tmp_path / "long").glob("pretrain-epoch*")) == ["pretrain-epoch2.pt",
+                                                                                 "pretrain-epoch4.pt"]
+    short = pretrainer(tmp_path / "short", 2)
+    short.fit()
+    assert not list((tmp_path / "short").glob("pretrain-epoch*"))  # keep_every=0: only pretrain.pt
+    weights, spec, path = read_pretrained_state(tmp_path / "long" / "pretrain-epoch2.pt")
+    assert spec == {"name": "s3rec"} and path.name == "pretrain-epoch2.pt"
+    assert weights.keys() == short.model.state_dict().keys()
+    for name, value in short.model.state_dict().items():
+        assert torch.equal(weights[name], value), name
+    differs = any(not torch.equal(weights[n], v) for n, v in long.model.state_dict().items())
+    assert differs, "the epoch-2 snapshot holds the last weights, not those of epoch 2"
+    snapshot = load_checkpoint(tmp_path / "long" / "pretrain-epoch2.pt")
+    assert snapshot["epoch"] == 2 and "optimizer" not in snapshot and len(snapshot["history"]) == 2
+    # keep_every may change on resume (it changes nothing in training).
+    more = pretrainer(tmp_path / "short", 3, keep_every=3)
+    assert more.resume() and more.epoch == 2
+    more.fit()
+    assert [p.name for p in (tmp_path / "short").glob("pretrain-epoch*")] == ["pretrain-epoch3.pt"]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="PretrainConfig.keep_every must be an int >= 0"):
+            PretrainConfig(keep_every=bad)
 
 
 # ---------------------------------------------------------------- CLI
@@ -500,6 +529,25 @@ def test_cli_pretrain_then_finetune_loads_by_name(tmp_path, capsys):
     assert result["model"]["config"]["hidden_size"] == 16  # architecture from the checkpoint
     assert result["model"]["init"]["missing"] == [] and result["model"]["init"]["mismatched"] == {}
     assert main(["evaluate", "--checkpoint", str(run)]) == 0  # the fine-tuned run is a plain SASRec run
+
+
+def test_cli_keep_every_then_finetune_from_a_snapshot(tmp_path, capsys):
+    pre = tmp_path / "pre"
+    common = ["pretrain", *TINY_CLI, "--hidden-size", "8", "--num-layers", "1", "--batch-size", "256",
+              "--out", str(pre), "--no-progress"]
+    assert main([*common, "--epochs", "2", "--keep-every", "1"]) == 0
+    assert f"earlier epochs kept: {pre / 'pretrain-epoch1.pt'}, {pre / 'pretrain-epoch2.pt'}" in capsys.readouterr().out
+    run = tmp_path / "fine"
+    assert main(["train", "--model", "s3rec", *TINY_CLI, "--epochs", "1", "--init", str(pre / "pretrain-epoch1.pt"),
+                 "--out", str(run), "--sampled-negatives", "20", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"--init {pre / 'pretrain-epoch1.pt'}:" in err and "loaded 20 tensors" in err
+    init = json.loads((run / "result.json").read_text())["model"]["init"]
+    assert init["path"] == str(pre / "pretrain-epoch1.pt") and init["missing"] == []
+    assert main(["evaluate", "--checkpoint", str(pre / "pretrain-epoch1.pt")]) == 2
+    assert "a pretraining checkpoint, nothing to evaluate" in capsys.readouterr().err
+    assert main([*common, "--epochs", "3", "--keep-every", "-1", "--resume"]) == 2
+    assert "keep_every must be an int >= 0, got -1" in capsys.readouterr().err
 
 
 def test_cli_ablation_switches(tmp_path, capsys):

@@ -214,6 +214,10 @@ def _add_pretrain_parser(sub) -> None:
     _add_data_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for pretrain.pt and pretrain.jsonl")
     p.add_argument("--epochs", type=int, default=150, help="pretraining epochs (default: %(default)s, the paper's)")
+    p.add_argument("--keep-every", type=int, default=0, metavar="N",
+                   help="also keep the weights after every N-th epoch as DIR/pretrain-epoch<epoch>.pt, to "
+                        "fine-tune from an earlier point of the same run (`seqrec train --init "
+                        "DIR/pretrain-epoch50.pt`); the authors keep every 10th. 0: only the last (default)")
     p.add_argument("--batch-size", type=int, default=100, help="samples per batch (default: %(default)s, the authors')")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: %(default)s)")
@@ -543,7 +547,7 @@ def cmd_pretrain(args) -> int:
             config[f"{name}_weight"] = getattr(args, f"{name}_weight")
     pretrain_cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                weight_decay=args.weight_decay, samples=args.samples, seed=args.seed,
-                               device=args.device, progress=args.progress)
+                               device=args.device, progress=args.progress, keep_every=args.keep_every)
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(args.model, backend=args.backend, **config)
     model.attach_dataset(dataset)
@@ -562,8 +566,11 @@ def cmd_pretrain(args) -> int:
               file=sys.stderr)
 
     trainer.fit(on_epoch=on_epoch)
+    # Those on disk: a run resumed with another --keep-every kept other epochs before.
+    kept = [str(path) for path in map(trainer.snapshot_path, range(1, trainer.epoch + 1)) if path.exists()]
     print(f"wrote {Path(args.out) / PRETRAIN_CHECKPOINT} (epoch {trainer.epoch}); fine-tune with: seqrec train "
-          f"--model {args.model} --data {args.data} --init {args.out}")
+          f"--model {args.model} --data {args.data} --init {args.out}"
+          + (f"\nearlier epochs kept: {', '.join(kept)} (give one to --init)" if kept else ""))
     return 0
 
 

@@ -10,6 +10,13 @@ Everything random but dropout is a pure function of ``(seed, epoch, batch)``: th
 order of an epoch and each batch's ``seq_mask`` seed. A checkpoint written at the end of
 every epoch holds the model, the optimizer, the torch RNG (dropout) and the history, so
 ``resume()`` continues a killed run exactly as if it had not stopped (on CPU).
+
+With ``keep_every=N`` the weights after every N-th epoch are also kept, as
+``pretrain-epoch<N>.pt``: as the S3-Rec authors keep every 10th epoch and fine-tune from
+the one they choose, one long run then gives every shorter budget too (the first 50
+epochs of a 150-epoch run are the 50-epoch run, as the run is a pure function of its
+seed). A snapshot holds the weights, not the optimizer: ``seqrec train --init`` reads it,
+``resume()`` never does.
 """
 from __future__ import annotations
 
@@ -29,10 +36,11 @@ from ..ops.seq_mask import SeqMaskOutput
 from ..utils import atomic_write
 
 __all__ = ["PretrainConfig", "PretrainSamples", "Pretrainer", "PRETRAIN_CHECKPOINT", "PRETRAIN_LOG",
-           "CHECKPOINT_KIND"]
+           "SNAPSHOT_NAME", "CHECKPOINT_KIND"]
 
 PRETRAIN_CHECKPOINT = "pretrain.pt"
 PRETRAIN_LOG = "pretrain.jsonl"
+SNAPSHOT_NAME = "pretrain-epoch{epoch}.pt"  # with PretrainConfig.keep_every
 CHECKPOINT_KIND = "pretrain"
 SAMPLE_KINDS = ("prefixes", "users")
 
@@ -51,12 +59,13 @@ class PretrainConfig:
     device: str = "cpu"
     grad_clip: float | None = None
     progress: bool | None = None  # None: a bar only when writing to a terminal
+    keep_every: int = 0  # also keep the weights of every keep_every-th epoch (0: only the last)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
+        for name, least in (("epochs", 1), ("batch_size", 1), ("keep_every", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PretrainConfig.{name} must be an int >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"PretrainConfig.{name} must be an int >= {least}, got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"PretrainConfig.lr must be > 0, got {self.lr!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
@@ -133,9 +142,10 @@ class Pretrainer:
     """Pretrain ``model`` (an :class:`~seqrec.models.S3Rec` or anything with its
     ``corrupt`` / ``pretrain_losses`` / ``weighted_loss`` methods) on ``dataset``.
 
-    With ``out_dir``: ``pretrain.pt`` (checkpoint, written atomically after every epoch)
-    and ``pretrain.jsonl`` (one JSON line per epoch: mean weighted loss and per-objective
-    losses per batch, seconds, samples).
+    With ``out_dir``: ``pretrain.pt`` (checkpoint, written atomically after every epoch),
+    ``pretrain.jsonl`` (one JSON line per epoch: mean weighted loss and per-objective
+    losses per batch, seconds, samples) and, with ``config.keep_every``, the snapshots
+    ``pretrain-epoch<N>.pt`` (:meth:`snapshot_path`).
     """
 
     def __init__(self, model: torch.nn.Module, dataset: SequenceDataset, config: PretrainConfig,
@@ -206,7 +216,11 @@ class Pretrainer:
             record["samples"] = len(self.samples)
             self.epoch += 1
             self.history.append(record)
-            # Checkpoint first: the log never runs ahead of what a resume restores.
+            # Snapshot, checkpoint, log, in that order: a run killed between two of them
+            # redoes the epoch on resume, so none is ever missing for an epoch the
+            # checkpoint or the log has passed.
+            if self.config.keep_every and self.epoch % self.config.keep_every == 0:
+                self.save_snapshot()
             self.save_checkpoint()
             self._log()
             if on_epoch is not None:
@@ -233,6 +247,19 @@ class Pretrainer:
         with atomic_write(self.out_dir / PRETRAIN_CHECKPOINT, "wb") as fh:
             torch.save(self.state_dict(), fh)
 
+    def snapshot_path(self, epoch: int) -> Path | None:
+        """Where the weights after ``epoch`` are kept (with ``config.keep_every``)."""
+        return None if self.out_dir is None else self.out_dir / SNAPSHOT_NAME.format(epoch=epoch)
+
+    def save_snapshot(self) -> None:
+        """The weights after this epoch, for ``seqrec train --init``: a checkpoint without
+        the optimizer and RNG (not resumable; ``pretrain.pt`` is)."""
+        if self.out_dir is None:
+            return
+        state = {k: v for k, v in self.state_dict().items() if k not in ("optimizer", "rng")}
+        with atomic_write(self.snapshot_path(self.epoch), "wb") as fh:
+            torch.save(state, fh)
+
     def _log(self) -> None:
         if self.out_dir is None:
             return
@@ -241,7 +268,7 @@ class Pretrainer:
                 fh.write(json.dumps(record) + "\n")
 
     # Settings a resumed pretraining run may change.
-    RESUME_MAY_CHANGE = frozenset({"epochs", "device", "progress"})
+    RESUME_MAY_CHANGE = frozenset({"epochs", "device", "progress", "keep_every"})
 
     def resume(self) -> bool:
         """Continue from ``out_dir/pretrain.pt`` if it exists; True when resumed.
