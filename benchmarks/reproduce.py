@@ -223,6 +223,22 @@ def _dss_beta() -> list[Run]:
     return runs
 
 
+def _dss_lambda() -> list[Run]:
+    """DSS with every present intention pair in the seq2seq InfoNCE
+    (``--confidence-lambda 1``, no top-lambda confidence cut; DSS's open choice 10), the
+    dss suite's budgets, seeds and seq2seq weight (0.1): the rows with the cut (0.5, the
+    default) and seq2item only are that suite's."""
+    runs = []
+    for ds, budget in (("LastFM", ("--epochs", "100", "--patience", "0")),
+                       ("Beauty", ("--epochs", "200", "--patience", "10"))):
+        for seed in (None, 1, 2):
+            suffix, seeded = _seeded(seed)
+            runs.append(Run(f"{ds.lower()}_dss_lambda1{suffix}", f"{ds} DSS, no confidence cut (lambda 1)",
+                            ("--model", "dss", "--data", _data(ds), *budget, "--confidence-lambda", "1",
+                             *seeded)))
+    return runs
+
+
 # S3-Rec fine-tuning (and its no-pretraining row): the authors' budget, selected by the
 # sampled protocol's MRR as their sampled-protocol runs are.
 FINETUNE = ("--valid-ranking", "sampled", "--metric", "MRR", "--epochs", "200", "--patience", "10")
@@ -388,7 +404,8 @@ def _s3rec_aap_input() -> list[Run]:
 
 
 SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
-          "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "s3rec": _s3rec, "s3rec-short": _s3rec_short,
+          "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "dss-lambda": _dss_lambda,
+          "s3rec": _s3rec, "s3rec-short": _s3rec_short,
           "s3rec-seeds": _s3rec_seeds, "s3rec-aap-input": _s3rec_aap_input}
 
 
