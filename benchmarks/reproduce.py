@@ -359,40 +359,44 @@ def _s3rec_seeds() -> list[Run]:
     return runs
 
 
+def _reseeded(runs: list[Run], seeds=(1, 2)) -> list[Run]:
+    """The fine-tuning runs among ``runs`` again with other ``seeds``, from the same
+    pretraining (the seed draws what pretraining does not give: the fine-tuning's
+    initialisation of the rest, sample order, negatives, dropout and the sampled
+    protocol's negatives), in the same report rows."""
+    copies = []
+    for seed in seeds:
+        suffix, seeded = _seeded(seed)
+        copies += [dataclasses.replace(r, name=r.name + suffix, args=(*r.args, *seeded))
+                   for r in runs if r.command == "train"]
+    return copies
+
+
 def _s3rec_aap_input() -> list[Run]:
     """S3-Rec with AAP scored on the encoder output at the item's unmasked position
     (``--aap-input sequence``: the authors' released code, and our default since this
     suite measured it) instead of on the item embedding (the paper's formula, which the
-    ``s3rec``, ``s3rec-short`` and ``s3rec-seeds`` suites ran). 20 pretraining epochs
-    (LastFM: fine-tuning seeds 42, 1 and 2 under both selections), Beauty's objective
-    ablations at that budget (the no-AAP run is ``s3rec-short``'s: without AAP the two
-    readings are the same model), and Beauty at the paper's 150 epochs, also fine-tuned
-    from that run's snapshots after 50 and 100 epochs (``--keep-every 10``; a snapshot is
-    what a run of that many epochs gives: the runs are a pure function of their seed)."""
+    ``s3rec``, ``s3rec-short`` and ``s3rec-seeds`` suites ran). 20 pretraining epochs,
+    Beauty's objective ablations at that budget (the no-AAP run is ``s3rec-short``'s:
+    without AAP the two readings are the same model), each fine-tuned with seeds 42, 1
+    and 2; and Beauty at the paper's 150 epochs, also fine-tuned from that run's
+    snapshots after 50 and 100 epochs (``--keep-every 10``; a snapshot is what a run of
+    that many epochs gives: the runs are a pure function of their seed)."""
     runs = []
     for ds in ("Beauty", "LastFM"):
         key = ds.lower()
-        pre = f"{key}_s3rec_aapseq_pre20"
-        runs += _s3rec_pretrain_finetune(ds, f"{key}_s3rec_aapseq_p20", pre,
+        short = _s3rec_pretrain_finetune(ds, f"{key}_s3rec_aapseq_p20", f"{key}_s3rec_aapseq_pre20",
                                          "20 pretraining epochs, AAP on the encoder output", "20",
                                          aap_input="sequence")
-        if ds == "LastFM":
-            init = ("--model", "s3rec", "--data", _data(ds), "--init", f"{{root}}/{pre}")
-            for seed in (1, 2):
-                suffix, seeded = _seeded(seed)
-                for full in (False, True):
-                    runs.append(Run(
-                        f"{key}_s3rec_aapseq_p20{'_full' if full else ''}{suffix}",
-                        f"{ds} S3-Rec, 20 pretraining epochs, AAP on the encoder output"
-                        + (", selected by full NDCG@20" if full else ""),
-                        (*init, *(FINETUNE_FULL if full else _finetune(ds)), *seeded), needs=pre))
-        else:
-            runs += [r for r in _s3rec_short() if r.name in ("beauty_s3rec_noaap_pre20", "beauty_s3rec_noaap_p20")]
+        if ds == "Beauty":
+            short += [r for r in _s3rec_short() if r.name in ("beauty_s3rec_noaap_pre20", "beauty_s3rec_noaap_p20")]
             for label, off in S3REC_ABLATIONS[1:]:
                 name = f"{key}_s3rec_aapseq" + "".join(o.replace("--no-", "_no") for o in off)
-                runs += _s3rec_pretrain_finetune(
+                short += _s3rec_pretrain_finetune(
                     ds, f"{name}_p20", f"{name}_pre20", f"20 pretraining epochs, AAP on the encoder output, {label}",
                     "20", off, full=False, aap_input="sequence")
+        runs += short + _reseeded(short)
+        if ds == "Beauty":
             pre = f"{key}_s3rec_aapseq_pre"
             runs += _s3rec_pretrain_finetune(ds, f"{key}_s3rec_aapseq", pre,
                                              "150 pretraining epochs, AAP on the encoder output", "150",
