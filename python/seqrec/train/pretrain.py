@@ -14,8 +14,8 @@ every epoch holds the model, the optimizer, the torch RNG (dropout) and the hist
 With ``keep_every=N`` the weights after every N-th epoch are also kept, as
 ``pretrain-epoch<N>.pt``: as the S3-Rec authors keep every 10th epoch and fine-tune from
 the one they choose, one long run then gives every shorter budget too (the first 50
-epochs of a 150-epoch run are the 50-epoch run, as the run is a pure function of its
-seed). A snapshot holds the weights, not the optimizer: ``seqrec train --init`` reads it,
+epochs of a 150-epoch run are the 50-epoch run, weight for weight on CPU, as the run is a
+pure function of its seed). A snapshot holds the weights, not the optimizer: ``seqrec train --init`` reads it,
 ``resume()`` never does.
 """
 from __future__ import annotations
