@@ -381,7 +381,8 @@ def _s3rec_aap_input() -> list[Run]:
     without AAP the two readings are the same model), each fine-tuned with seeds 42, 1
     and 2; and Beauty at the paper's 150 epochs, also fine-tuned from that run's
     snapshots after 50 and 100 epochs (``--keep-every 10``; a snapshot is what a run of
-    that many epochs gives: the runs are a pure function of their seed)."""
+    that many epochs gives: the runs are a pure function of their seed), with seeds 42,
+    1 and 2 too."""
     runs = []
     for ds in ("Beauty", "LastFM"):
         key = ds.lower()
@@ -398,12 +399,13 @@ def _s3rec_aap_input() -> list[Run]:
         runs += short + _reseeded(short)
         if ds == "Beauty":
             pre = f"{key}_s3rec_aapseq_pre"
-            runs += _s3rec_pretrain_finetune(ds, f"{key}_s3rec_aapseq", pre,
-                                             "150 pretraining epochs, AAP on the encoder output", "150",
-                                             aap_input="sequence", keep_every="10")
+            long = _s3rec_pretrain_finetune(ds, f"{key}_s3rec_aapseq", pre,
+                                            "150 pretraining epochs, AAP on the encoder output", "150",
+                                            aap_input="sequence", keep_every="10")
             for epochs in (50, 100):  # the same run, fine-tuned from its snapshots
-                runs += _s3rec_finetunes(ds, f"{key}_s3rec_aapseq_p{epochs}", pre,
+                long += _s3rec_finetunes(ds, f"{key}_s3rec_aapseq_p{epochs}", pre,
                                          f"{epochs} pretraining epochs, AAP on the encoder output", snapshot=epochs)
+            runs += long + _reseeded(long)
     return runs
 
 

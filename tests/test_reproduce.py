@@ -126,8 +126,11 @@ def test_a_snapshot_fine_tune_waits_for_its_epoch_not_the_end(tmp_path, capsys):
     log.write_text(json.dumps({"epoch": 1}) + "\n")
     assert reproduce.run_suite([fine], [pre, fine], tmp_path, jobs=1, threads=1) == 1
     assert "cannot start: fine (needs pre up to epoch 2, not finished" in capsys.readouterr().out
-    assert [r.needs_epochs for r in reproduce.suite_runs("s3rec-aap-input", tmp_path)
-            if r.name.startswith("beauty_s3rec_aapseq_p50")] == [50, 50]
+    snapshot_runs = {r.name: r for r in reproduce.suite_runs("s3rec-aap-input", tmp_path) if r.needs_epochs}
+    assert sorted(snapshot_runs) == sorted(f"beauty_s3rec_aapseq_p{e}{full}{seed}" for e in (50, 100)
+                                           for full in ("", "_full") for seed in ("", "_s1", "_s2"))
+    for r in snapshot_runs.values():
+        assert r.args[r.args.index("--init") + 1].endswith(f"beauty_s3rec_aapseq_pre/pretrain-epoch{r.needs_epochs}.pt")
 
 
 def test_report_lists_unfinished_runs(tmp_path):
