@@ -250,6 +250,22 @@ def _dss_temperature() -> list[Run]:
             for temperature in ("0.5", "2")]
 
 
+def _dss_sampled() -> list[Run]:
+    """DSS and its seq2item-only ablation with a weaker seq2item: ``--loss sampled``
+    (softmax over the target and 100 uniform negatives instead of all items), LastFM at
+    the dss suite's budget, seq2seq weight (0.1) and seeds: does seq2seq help where the
+    seq2item term alone is weaker?"""
+    runs = []
+    common = ("--data", _data("LastFM"), "--epochs", "100", "--patience", "0", "--loss", "sampled")
+    for seed in (None, 1, 2):
+        suffix, seeded = _seeded(seed)
+        runs += [Run(f"lastfm_dss_sampled{suffix}", "LastFM DSS (seq2item + seq2seq), sampled seq2item",
+                     ("--model", "dss", *common, *seeded)),
+                 Run(f"lastfm_dss0_sampled{suffix}", "LastFM DSS seq2item only, sampled seq2item",
+                     ("--model", "dss", "--preset", "seq2item-only", *common, *seeded))]
+    return runs
+
+
 # S3-Rec fine-tuning (and its no-pretraining row): the authors' budget, selected by the
 # sampled protocol's MRR as their sampled-protocol runs are.
 FINETUNE = ("--valid-ranking", "sampled", "--metric", "MRR", "--epochs", "200", "--patience", "10")
@@ -422,7 +438,7 @@ def _s3rec_aap_input() -> list[Run]:
 
 SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
           "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "dss-lambda": _dss_lambda,
-          "dss-temperature": _dss_temperature,
+          "dss-temperature": _dss_temperature, "dss-sampled": _dss_sampled,
           "s3rec": _s3rec, "s3rec-short": _s3rec_short,
           "s3rec-seeds": _s3rec_seeds, "s3rec-aap-input": _s3rec_aap_input}
 
