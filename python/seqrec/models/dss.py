@@ -80,6 +80,8 @@ Open choices (the paper, as we have it, does not fix these):
    report dss-sampled``, LastFM, 100 negatives, three seeds, test NDCG@20): seq2item
    only .0553 +- .0018 sampled vs .0461 +- .0008 all-item; with seq2seq (0.1) the
    sampled model's HR@20 rises (.1229 vs .1183) and its NDCG@20 falls (.0528 vs .0553).
+   Beauty (seed 42): seq2item only .0588 sampled vs .0669 all-item; with seq2seq,
+   sampled, .0513.
 7. seq2seq logits are scaled by 1/sqrt(D) (both sides end in a LayerNorm), times
    ``1 / seq2seq_temperature`` (default 1). Measured (``reproduce.py report
    dss-temperature``, LastFM, weight 0.1, seed 42, test / best valid NDCG@20): 0.5 gives
