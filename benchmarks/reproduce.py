@@ -270,6 +270,16 @@ def _dss_sampled() -> list[Run]:
     return runs
 
 
+def _dss_long() -> list[Run]:
+    """The dss suite's LastFM pair (DSS at seq2seq weight 0.1, seq2item only) with twice
+    its budget, 200 epochs: at 100 most of its runs are best in their last epochs, so
+    the comparison there could be one of speed rather than of accuracy. Default seed."""
+    common = ("--data", _data("LastFM"), "--epochs", "200", "--patience", "0")
+    return [Run("lastfm_dss_e200", "LastFM DSS (seq2item + seq2seq), 200 epochs", ("--model", "dss", *common)),
+            Run("lastfm_dss0_e200", "LastFM DSS seq2item only, 200 epochs",
+                ("--model", "dss", "--preset", "seq2item-only", *common))]
+
+
 # S3-Rec fine-tuning (and its no-pretraining row): the authors' budget, selected by the
 # sampled protocol's MRR as their sampled-protocol runs are.
 FINETUNE = ("--valid-ranking", "sampled", "--metric", "MRR", "--epochs", "200", "--patience", "10")
@@ -442,7 +452,7 @@ def _s3rec_aap_input() -> list[Run]:
 
 SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
           "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "dss-lambda": _dss_lambda,
-          "dss-temperature": _dss_temperature, "dss-sampled": _dss_sampled,
+          "dss-temperature": _dss_temperature, "dss-sampled": _dss_sampled, "dss-long": _dss_long,
           "s3rec": _s3rec, "s3rec-short": _s3rec_short,
           "s3rec-seeds": _s3rec_seeds, "s3rec-aap-input": _s3rec_aap_input}
 
