@@ -273,11 +273,17 @@ def _dss_sampled() -> list[Run]:
 def _dss_long() -> list[Run]:
     """The dss suite's LastFM pair (DSS at seq2seq weight 0.1, seq2item only) with twice
     its budget, 200 epochs: at 100 most of its runs are best in their last epochs, so
-    the comparison there could be one of speed rather than of accuracy. Default seed."""
+    the comparison there could be one of speed rather than of accuracy. The dss suite's
+    seeds."""
     common = ("--data", _data("LastFM"), "--epochs", "200", "--patience", "0")
-    return [Run("lastfm_dss_e200", "LastFM DSS (seq2item + seq2seq), 200 epochs", ("--model", "dss", *common)),
-            Run("lastfm_dss0_e200", "LastFM DSS seq2item only, 200 epochs",
-                ("--model", "dss", "--preset", "seq2item-only", *common))]
+    runs = []
+    for seed in (None, 1, 2):
+        suffix, seeded = _seeded(seed)
+        runs += [Run(f"lastfm_dss_e200{suffix}", "LastFM DSS (seq2item + seq2seq), 200 epochs",
+                     ("--model", "dss", *common, *seeded)),
+                 Run(f"lastfm_dss0_e200{suffix}", "LastFM DSS seq2item only, 200 epochs",
+                     ("--model", "dss", "--preset", "seq2item-only", *common, *seeded))]
+    return runs
 
 
 # S3-Rec fine-tuning (and its no-pretraining row): the authors' budget, selected by the
