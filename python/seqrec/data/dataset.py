@@ -36,6 +36,9 @@ class SequenceDataset:
         item_tokens: raw id of each item (index = dense item id; ``item_tokens[0] == ""``).
         attributes: item side information by field name.
         metadata: free-form facts about the source (path, format, planted structure).
+        timestamps: ``[num_interactions]`` float64 time of each interaction, aligned
+            with ``items`` (non-decreasing within a user), or None when the source had
+            none (S3-Rec text, synthetic data). Temporal splits need them.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class SequenceDataset:
         attributes: Mapping[str, AttributeField] | None = None,
         name: str = "dataset",
         metadata: dict | None = None,
+        timestamps: np.ndarray | None = None,
     ):
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
         self.items = np.ascontiguousarray(items, dtype=np.int64)
@@ -55,6 +59,7 @@ class SequenceDataset:
         self.attributes = dict(attributes or {})
         self.name = name
         self.metadata = dict(metadata or {})
+        self.timestamps = None if timestamps is None else np.ascontiguousarray(timestamps, dtype=np.float64)
         self._validate()
         self._item_index: dict[str, int] | None = None
         self._user_index: dict[str, int] | None = None
@@ -68,6 +73,17 @@ class SequenceDataset:
             raise DataError(f"{self.name}: item_tokens[0] must be '' (the padding item)")
         if len(self.items) and (self.items.min() < 1 or self.items.max() > self.num_items):
             raise DataError(f"{self.name}: item ids must lie in 1..{self.num_items}")
+        if self.timestamps is not None:
+            if self.timestamps.shape != self.items.shape:
+                raise DataError(f"{self.name}: timestamps has shape {self.timestamps.shape}, items {self.items.shape}")
+            step = np.diff(self.timestamps)
+            # A decrease is allowed only where a new user's row starts.
+            bad = np.flatnonzero(step < 0)
+            bad = bad[~np.isin(bad + 1, self.indptr)]
+            if len(bad):
+                user = int(np.searchsorted(self.indptr, bad[0], side="right") - 1)
+                raise DataError(f"{self.name}: timestamps of user {user} decrease at interaction {bad[0] + 1} "
+                                "(each user's interactions must be in time order)")
         for name, field in self.attributes.items():
             if field.num_items != self.num_items:
                 raise DataError(
@@ -268,7 +284,13 @@ class SequenceDataset:
         old_to_new = np.zeros(len(item_vocab), np.int64)
         old_to_new[np.asarray(order, np.int64)] = np.arange(1, len(item_vocab))
         item_tokens = [""] + [item_vocab[i] for i in order]
-        return cls(indptr, old_to_new[seq_items], list(user_vocab)[1:], item_tokens, name=name, metadata=metadata)
+        if timestamps is not None:
+            # Each user's times sorted: the order group_by_user gave its items (ties,
+            # whichever order, carry equal times).
+            timestamps = np.asarray(timestamps, np.float64)
+            timestamps = timestamps[np.lexsort((timestamps, user_codes))]
+        return cls(indptr, old_to_new[seq_items], list(user_vocab)[1:], item_tokens, name=name, metadata=metadata,
+                   timestamps=timestamps)
 
     # ------------------------------------------------------------------ transforms
     def kcore(self, min_user: int = 5, min_item: int | None = None) -> "SequenceDataset":
@@ -281,11 +303,16 @@ class SequenceDataset:
                                                               min_user, min_item)
         if len(kept_users) == 0:
             raise DataError(f"{self.name}: {min_user}/{min_item}-core filtering leaves no interactions")
+        timestamps = None
+        if self.timestamps is not None:
+            # An interaction survives exactly when both its user and its item do.
+            owner = np.repeat(np.arange(self.num_users), self.lengths)
+            timestamps = self.timestamps[np.isin(owner, kept_users) & np.isin(self.items, kept_items)]
         return SequenceDataset(
             indptr, items, [self.user_tokens[u] for u in kept_users],
             [""] + [self.item_tokens[i] for i in kept_items],
             {k: f.subset_items(kept_items) for k, f in self.attributes.items()},
-            name=self.name, metadata={**self.metadata, "kcore": (min_user, min_item)},
+            name=self.name, metadata={**self.metadata, "kcore": (min_user, min_item)}, timestamps=timestamps,
         )
 
     def leave_one_out(self, max_len: int = 50):
