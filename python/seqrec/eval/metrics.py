@@ -10,6 +10,24 @@ counting against the model, see :func:`seqrec.ops.rank_topk`):
 Each is averaged over users. The metrics are computed from a histogram of the ranks
 (integer counts), so they are exactly the same however the users were split into
 chunks or batches, bit for bit.
+
+Opt-in metrics (``extra=``, see :data:`EXTRA_METRICS`), from the same single ranking pass:
+
+* ``Precision@K`` = (1 if r < K else 0) / K: the share of the K recommended items
+  that are relevant (one relevant item per user).
+* ``MAP@K``: average precision at K, which for one relevant item is 1 / (r + 1) if
+  r < K else 0 (MRR cut at K).
+* ``Coverage@K`` (full ranking only): the share of the catalogue's items (1..I) that
+  appear in at least one user's top-K list.
+* ``Gini@K`` (full ranking only): the Gini coefficient of how often each catalogue item
+  appears in the top-K lists (over all I items, zeros included): 0 when every item is
+  recommended equally often, towards 1 when a few items take every slot. With
+  ``x_(1) <= ... <= x_(I)`` the sorted counts,
+  ``Gini = (2 * sum_i i * x_(i)) / (I * sum_i x_i) - (I + 1) / I``.
+
+Precision and MAP come from the rank histogram; Coverage and Gini from integer counts
+of the items in the top-K lists (:class:`TopKAccumulator`), so all of them are
+independent of the chunk size, bit for bit.
 """
 from __future__ import annotations
 
@@ -19,7 +37,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["metrics_from_ranks", "RankAccumulator", "metric_names"]
+__all__ = ["metrics_from_ranks", "RankAccumulator", "TopKAccumulator", "metric_names", "EXTRA_METRICS"]
+
+#: Opt-in metric families; "Coverage" and "Gini" need top-K lists (full ranking).
+EXTRA_METRICS = ("Precision", "MAP", "Coverage", "Gini")
+RANK_METRICS = ("Precision", "MAP")
+LIST_METRICS = ("Coverage", "Gini")
+
+
+def _check_extra(extra: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(extra, str):
+        extra = (extra,)
+    extra = tuple(extra)
+    unknown = [e for e in extra if e not in EXTRA_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; the opt-in metrics are {list(EXTRA_METRICS)}")
+    return tuple(e for e in EXTRA_METRICS if e in extra)  # canonical order, no duplicates
 
 
 def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
@@ -29,12 +62,14 @@ def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     return tuple(int(k) for k in ks)
 
 
-def metric_names(ks: Sequence[int] = (5, 10, 20)) -> list[str]:
-    """Keys of the metric dict, in order: HR@K, NDCG@K for each K, then MRR."""
+def metric_names(ks: Sequence[int] = (5, 10, 20), extra: Iterable[str] = ()) -> list[str]:
+    """Keys of the metric dict, in order: HR@K, NDCG@K for each K, then MRR, then each
+    opt-in family of ``extra`` (in :data:`EXTRA_METRICS` order) for each K."""
+    ks = _check_ks(ks)
     names = []
-    for k in _check_ks(ks):
+    for k in ks:
         names += [f"HR@{k}", f"NDCG@{k}"]
-    return names + ["MRR"]
+    return names + ["MRR"] + [f"{name}@{k}" for name in _check_extra(extra) for k in ks]
 
 
 def _as_rank_array(rank: Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
@@ -52,7 +87,7 @@ def _as_rank_array(rank: Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
     return arr
 
 
-def _metrics_from_histogram(hist: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+def _metrics_from_histogram(hist: np.ndarray, ks: tuple[int, ...], extra: tuple[str, ...] = ()) -> dict[str, float]:
     n = int(hist.sum())
     if n == 0:
         raise ValueError("no ranks to average: evaluate at least one user")
@@ -67,22 +102,36 @@ def _metrics_from_histogram(hist: np.ndarray, ks: tuple[int, ...]) -> dict[str, 
         out[f"HR@{k}"] = float(hist[:k].sum() / n)
         out[f"NDCG@{k}"] = float((hist[:k] * gain[:k]).sum() / n)
     out["MRR"] = float((hist / (r + 1.0)).sum() / n)
+    if "Precision" in extra:
+        for k in ks:
+            out[f"Precision@{k}"] = float(hist[:k].sum() / (n * k))
+    if "MAP" in extra:
+        for k in ks:
+            out[f"MAP@{k}"] = float((hist[:k] / (r[:k] + 1.0)).sum() / n)
     return out
 
 
-def metrics_from_ranks(rank: Tensor | np.ndarray, ks: Sequence[int] = (5, 10, 20)) -> dict[str, float]:
+def metrics_from_ranks(rank: Tensor | np.ndarray, ks: Sequence[int] = (5, 10, 20),
+                       extra: Iterable[str] = ()) -> dict[str, float]:
     """HR@K, NDCG@K (for each K in ``ks``) and MRR averaged over 0-based ``rank``.
 
     Args:
         rank: [U] integer ranks (Tensor, ndarray or sequence), >= 0.
         ks: cut-offs, positive ints.
+        extra: opt-in rank metrics, any of "Precision", "MAP" (Coverage and Gini need
+            the top-K lists: :class:`TopKAccumulator`).
 
     Returns:
-        dict with keys ``HR@K``, ``NDCG@K`` for each K, then ``MRR`` (Python floats).
+        dict with keys ``HR@K``, ``NDCG@K`` for each K, then ``MRR``, then
+        ``Precision@K`` / ``MAP@K`` when asked for (Python floats).
     """
     ks = _check_ks(ks)
+    extra = _check_extra(extra)
+    lists = [e for e in extra if e in LIST_METRICS]
+    if lists:
+        raise ValueError(f"{lists} need the top-K lists, not only ranks: use TopKAccumulator")
     arr = _as_rank_array(rank)
-    return _metrics_from_histogram(np.bincount(arr), ks)
+    return _metrics_from_histogram(np.bincount(arr), ks, extra)
 
 
 class RankAccumulator:
@@ -92,8 +141,9 @@ class RankAccumulator:
     identical to ``metrics_from_ranks`` on the concatenated ranks whatever the chunking.
     """
 
-    def __init__(self, ks: Sequence[int] = (5, 10, 20)):
+    def __init__(self, ks: Sequence[int] = (5, 10, 20), extra: Iterable[str] = ()):
         self.ks = _check_ks(ks)
+        self.extra = tuple(e for e in _check_extra(extra) if e in RANK_METRICS)
         self._hist = np.zeros(0, dtype=np.int64)
 
     @property
@@ -115,7 +165,62 @@ class RankAccumulator:
 
     def compute(self) -> dict[str, float]:
         """The metrics (keys as :func:`metrics_from_ranks`) over every rank added."""
-        return _metrics_from_histogram(self._hist, self.ks)
+        return _metrics_from_histogram(self._hist, self.ks, self.extra)
 
     def reset(self) -> None:
         self._hist = np.zeros(0, dtype=np.int64)
+
+
+class TopKAccumulator:
+    """Counts how often each item appears in the users' top-K lists, chunk by chunk;
+    ``compute()`` gives ``Coverage@K`` and ``Gini@K`` (module docstring).
+
+    Args:
+        ks: cut-offs; every list added must have at least ``max(ks)`` columns.
+        num_items: catalogue size I (items 1..I; 0, the padding of short lists, is
+            not an item).
+        extra: which of "Coverage", "Gini" to compute (default both).
+    """
+
+    def __init__(self, ks: Sequence[int], num_items: int, extra: Iterable[str] = LIST_METRICS):
+        self.ks = _check_ks(ks)
+        if int(num_items) < 1:
+            raise ValueError(f"num_items must be >= 1, got {num_items}")
+        self.num_items = int(num_items)
+        self.extra = tuple(e for e in _check_extra(extra) if e in LIST_METRICS)
+        self._counts = np.zeros((len(self.ks), self.num_items + 1), np.int64)
+
+    def add(self, topk_items: Tensor | np.ndarray) -> None:
+        """Add a chunk of top lists, ``[chunk, >= max(ks)]`` item ids (0 = no item)."""
+        top = topk_items.detach().cpu().numpy() if isinstance(topk_items, Tensor) else np.asarray(topk_items)
+        if top.ndim != 2 or top.shape[1] < max(self.ks):
+            raise ValueError(f"topk_items must be [users, >= {max(self.ks)}], got shape {top.shape}")
+        if top.size and (top.min() < 0 or top.max() > self.num_items):
+            raise ValueError(f"topk_items must hold item ids in 0..{self.num_items}")
+        for row, k in enumerate(self.ks):
+            self._counts[row] += np.bincount(top[:, :k].reshape(-1), minlength=self.num_items + 1)
+
+    def counts(self, k: int) -> np.ndarray:
+        """``[num_items + 1]`` how many top-``k`` lists hold each item (index 0 unused)."""
+        return self._counts[self.ks.index(k)].copy()
+
+    def compute(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name in self.extra:
+            for row, k in enumerate(self.ks):
+                x = self._counts[row, 1:]
+                if name == "Coverage":
+                    out[f"Coverage@{k}"] = float(np.count_nonzero(x) / self.num_items)
+                else:
+                    total = int(x.sum())
+                    if total == 0:
+                        out[f"Gini@{k}"] = 0.0
+                        continue
+                    i = np.arange(1, self.num_items + 1, dtype=np.int64)
+                    # Integer sums: exact, whatever the chunking.
+                    num = 2 * int((i * np.sort(x)).sum()) - (self.num_items + 1) * total
+                    out[f"Gini@{k}"] = float(num / (self.num_items * total))
+        return out
+
+    def reset(self) -> None:
+        self._counts[:] = 0

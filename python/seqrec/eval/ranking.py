@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..ops.rank_topk import rank_sampled, rank_topk
-from .metrics import RankAccumulator
+from .metrics import LIST_METRICS, RankAccumulator, TopKAccumulator, _check_extra
 
 __all__ = ["Protocol", "evaluate_full_ranking", "evaluate_sampled"]
 
@@ -37,6 +37,9 @@ class Protocol:
         tie_rule: how equal scores are ranked; seqrec's operators implement only
             "ties count against the model".
         max_len: inputs keep the most recent ``max_len`` items (None: not stated).
+        negatives: sampled protocol only: how the negatives were drawn, "uniform"
+            (among the user's unseen items) or "popularity" (proportional to training
+            popularity among them); named in the card when not uniform.
     """
 
     split: str = "leave-one-out"
@@ -46,8 +49,11 @@ class Protocol:
     exclude_history: bool = True
     tie_rule: str = TIE_RULE
     max_len: int | None = None
+    negatives: str = "uniform"
 
     def __post_init__(self):
+        if self.negatives not in ("uniform", "popularity"):
+            raise ValueError(f"Protocol.negatives must be 'uniform' or 'popularity', got {self.negatives!r}")
         if self.ranking not in ("full", "sampled"):
             raise ValueError(f"Protocol.ranking must be 'full' or 'sampled', got {self.ranking!r}")
         if self.ranking == "sampled" and (self.num_negatives is None or self.num_negatives < 1):
@@ -66,7 +72,8 @@ class Protocol:
                        else "history items NOT excluded")
         else:
             seed = "unseeded" if self.seed is None else f"seed {self.seed}"
-            ranking = f"sampled (target vs {self.num_negatives} negatives, {seed})"
+            kind = "" if self.negatives == "uniform" else f"{self.negatives}-sampled "
+            ranking = f"sampled (target vs {self.num_negatives} {kind}negatives, {seed})"
             history = ("negatives drawn outside the history" if self.exclude_history
                        else "negatives may include history items")
         split = self.split if self.max_len is None else f"{self.split} (inputs: last {self.max_len} items)"
@@ -106,6 +113,7 @@ def evaluate_full_ranking(
     *,
     users: Tensor | None = None,
     topk: int = 0,
+    metrics: Sequence[str] = (),
 ) -> tuple[dict[str, float], Tensor] | tuple[dict[str, float], Tensor, Tensor]:
     """Full-ranking evaluation of U users, ``chunk_size`` users at a time.
 
@@ -126,6 +134,11 @@ def evaluate_full_ranking(
             row indices (e.g. user ids).
         topk: when > 0, also return each user's top-``topk`` list ([U, topk] int64,
             computed in the same pass).
+        metrics: opt-in metric families beyond HR/NDCG/MRR, any of "Precision",
+            "MAP", "Coverage", "Gini" (:mod:`seqrec.eval.metrics`), computed in the
+            same ranking pass (Coverage and Gini from the top-``max(ks)`` lists that
+            ``rank_topk`` returns); their keys follow the default ones, which keep
+            their values.
 
     Returns:
         ``(metrics, ranks)``: the dict of :func:`metrics_from_ranks` and the [U] int64
@@ -148,7 +161,11 @@ def evaluate_full_ranking(
                          f"got {tuple(history_indptr.shape)}")
     if topk < 0:
         raise ValueError(f"topk must be >= 0, got {topk}")
-    acc = RankAccumulator(ks)
+    extra = _check_extra(metrics)
+    acc = RankAccumulator(ks, extra)
+    lists_acc = None  # counts of the items in the top-K lists, made at the first chunk
+    need_lists = any(e in LIST_METRICS for e in extra)
+    list_k = max(topk, max(acc.ks)) if need_lists else topk
     ranks, lists = [], []
     for lo in range(0, num_users, chunk_size):
         hi = min(lo + chunk_size, num_users)
@@ -161,18 +178,24 @@ def evaluate_full_ranking(
         start, stop = int(ptr[0]), int(ptr[-1])
         dev = scores.device
         items_chunk = history_items[start:stop].to(dev)
-        top, rank = rank_topk(scores, (ptr - start).to(dev), items_chunk, target[lo:hi].to(dev), topk,
+        top, rank = rank_topk(scores, (ptr - start).to(dev), items_chunk, target[lo:hi].to(dev), list_k,
                               exclude_history, backend=backend)
         rank = rank.cpu()
         acc.add(rank)
         ranks.append(rank)
+        if need_lists:
+            if lists_acc is None:
+                lists_acc = TopKAccumulator(acc.ks, scores.shape[1] - 1, extra)
+            lists_acc.add(top.cpu())
         if topk:
-            lists.append(top.cpu())
+            lists.append(top[:, :topk].cpu())
     all_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
-    metrics = acc.compute()
+    result = acc.compute()
+    if lists_acc is not None:
+        result.update(lists_acc.compute())
     if topk:
-        return metrics, all_ranks, torch.cat(lists)
-    return metrics, all_ranks
+        return result, all_ranks, torch.cat(lists)
+    return result, all_ranks
 
 
 @torch.no_grad()
@@ -182,6 +205,8 @@ def evaluate_sampled(
     ks: Sequence[int] = (5, 10, 20),
     chunk_size: int = 1024,
     backend: str | None = None,
+    *,
+    metrics: Sequence[str] = (),
 ) -> tuple[dict[str, float], Tensor]:
     """Sampled-ranking evaluation: each user's target against its stored negatives.
 
@@ -194,6 +219,8 @@ def evaluate_sampled(
             negatives, drawn outside the user's history, seeded: record the seed in the
             :class:`Protocol`), or the number of users U.
         ks, chunk_size, backend: as in :func:`evaluate_full_ranking`.
+        metrics: opt-in "Precision", "MAP" (ranks among the candidates); "Coverage"
+            and "Gini" describe full-catalogue lists and are refused here.
 
     Returns:
         ``(metrics, ranks)``, ranks [U] int64 = number of negatives scoring >= the
@@ -211,7 +238,11 @@ def evaluate_sampled(
         if cand.dim() != 2 or cand.shape[1] < 1:
             raise ValueError(f"argument 'candidates' must have shape [users, 1 + negatives], got {tuple(cand.shape)}")
         num_users, width = cand.shape
-    acc = RankAccumulator(ks)
+    extra = _check_extra(metrics)
+    if any(e in LIST_METRICS for e in extra):
+        raise ValueError(f"metrics {[e for e in extra if e in LIST_METRICS]} describe full-ranking top-K lists; "
+                         "use evaluate_full_ranking")
+    acc = RankAccumulator(ks, extra)
     ranks = []
     for lo in range(0, num_users, chunk_size):
         hi = min(lo + chunk_size, num_users)
