@@ -125,7 +125,8 @@ class Trainer:
     def protocol(self, ranking: str) -> Protocol:
         cfg = self.config
         return Protocol(ranking=ranking, num_negatives=cfg.sampled_negatives if ranking == "sampled" else 0,
-                        seed=cfg.seed, exclude_history=cfg.exclude_history, max_len=self.split.max_len)
+                        seed=cfg.seed, exclude_history=cfg.exclude_history, max_len=self.split.max_len,
+                        split=self.split.info.name, negatives=getattr(self.split, "eval_negatives", "uniform"))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

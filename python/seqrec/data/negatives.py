@@ -1,0 +1,283 @@
+"""Negative samplers for training, with the log-Q values a sampled softmax needs.
+
+Three distributions (pick one by name or pass an instance wherever ``negatives=`` is
+accepted: :meth:`PrefixSplit.train_batches`, :class:`~seqrec.data.TrainDataset`,
+:class:`~seqrec.data.ShardedTrainBatches`):
+
+* ``"uniform"`` (:class:`UniformNegatives`, today's default): items drawn uniformly from
+  those the user never interacted with, by the C++ engine while it builds the batch.
+  ``log q(i) = -log(#items the user never interacted with)``.
+* ``"popularity"`` (:class:`PopularityNegatives`): items drawn with replacement with
+  probability ``q(i) = c_i^alpha / sum_j c_j^alpha``, ``c_i`` the item's count in the
+  split's training part (never the padding id 0; items never trained on are never
+  drawn). The user's own items are NOT excluded, so ``q`` is the exact sampling
+  probability and ``log q`` the exact log-Q correction; a sampled softmax should mask
+  accidental hits (a negative equal to the position's target).
+* ``"in-batch"`` (:class:`InBatchNegatives`): for each real position, items drawn
+  uniformly from the targets of the batch's OTHER rows, never equal to the position's
+  own target. ``log q(i) = log(n_i / m)``: the share of the batch's m real target
+  positions that hold item i (the unconditional in-batch probability, the usual
+  correction, e.g. Yi et al., RecSys 2019).
+
+Every draw is counter based: a pure function of (seed, epoch, user, position from the
+end of the training prefix, draw index), or for in-batch of the batch's rows, so a
+batch's negatives do not depend on the worker or process that built it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["NegativeSampler", "UniformNegatives", "PopularityNegatives", "InBatchNegatives", "make_sampler",
+           "train_item_counts"]
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# Streams of the Python samplers, apart from the engine's (split.py uses 1<<40 .. 3<<40).
+STREAM_POPULARITY = 5 << 40
+STREAM_IN_BATCH = 6 << 40
+STREAM_EVAL_POPULARITY = 7 << 40
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def counter_uniform(seed: int, stream: int, *keys) -> np.ndarray:
+    """Uniform floats in [0, 1), one per element of the broadcast ``keys`` (integer
+    arrays): a hash of (seed, stream, keys...), so a value depends on its keys only."""
+    with np.errstate(over="ignore"):
+        h = _mix(np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF) + _GOLDEN) ^ (np.uint64(int(stream) & 0xFFFFFFFFFFFFFFFF)
+                                                                          * _GOLDEN)
+        h = np.asarray(h, np.uint64)
+        for key in keys:
+            h = _mix(h ^ (np.asarray(key).astype(np.int64).view(np.uint64) + _GOLDEN))
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def train_item_counts(split) -> np.ndarray:
+    """``[num_items + 1]`` count of each item in ``split``'s training part (index 0 = 0).
+
+    For a :class:`~seqrec.data.splits.PrefixSplit`: every user's training prefix. For
+    :class:`~seqrec.data.LeaveOneOutSplit`: the same rule as its generic twin
+    :class:`~seqrec.data.LeaveOneOut`: all but the last two items of each user with at
+    least 3 (users with fewer are neither trained on nor evaluated).
+    """
+    from .split import LeaveOneOutSplit
+
+    ds = split.dataset
+    if isinstance(split, LeaveOneOutSplit):
+        lengths = ds.lengths
+        prefix = np.where(lengths >= 3, lengths - 2, 0)
+        index_in_user = np.arange(ds.num_interactions) - np.repeat(ds.indptr[:-1], lengths)
+        return np.bincount(ds.items[index_in_user < np.repeat(prefix, lengths)], minlength=ds.num_items + 1)
+    return split.train_item_counts()
+
+
+class NegativeSampler:
+    """Draws negatives for the positions of a training batch.
+
+    Subclasses set ``name`` and implement :meth:`sample` (``engine_draws`` True means the
+    C++ engine draws them while building the batch) and :meth:`log_q`.
+    """
+
+    name = "?"
+    engine_draws = False
+
+    def sample(self, users: np.ndarray, target_ids: np.ndarray, num_negatives: int, *, seed: int,
+               epoch: int) -> np.ndarray:
+        """``[B, n, num_negatives]`` int64 negatives for ``target_ids [B, n]`` (0 at padding,
+        i.e. where the target is 0) of rows ``users [B]``."""
+        raise NotImplementedError
+
+    def log_q(self, items: Tensor, users: Tensor | None = None, target_ids: Tensor | None = None) -> Tensor:
+        """log of the probability with which each of ``items`` is drawn (0 at padding id 0)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class UniformNegatives(NegativeSampler):
+    """Uniform among the items the user never interacted with (drawn by the C++ engine).
+
+    ``log q(i) = -log(num_items - distinct items of the user)`` (needs ``users``).
+    """
+
+    name = "uniform"
+    engine_draws = True
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self._log_q_user: np.ndarray | None = None  # computed on first use (a sort of all interactions)
+
+    def _per_user(self) -> np.ndarray:
+        if self._log_q_user is None:
+            ds = self.dataset
+            owner = np.repeat(np.arange(ds.num_users, dtype=np.int64), ds.lengths)
+            pairs = np.unique(owner * (ds.num_items + 1) + ds.items)
+            distinct = np.bincount(pairs // (ds.num_items + 1), minlength=ds.num_users)
+            self._log_q_user = -np.log(np.maximum(ds.num_items - distinct, 1).astype(np.float64))
+        return self._log_q_user
+
+    def log_q(self, items: Tensor, users: Tensor | None = None, target_ids: Tensor | None = None) -> Tensor:
+        if users is None:
+            raise ValueError("UniformNegatives.log_q needs the batch's users: q depends on each user's history")
+        items = torch.as_tensor(items)
+        per_user = torch.from_numpy(self._per_user())[torch.as_tensor(users).cpu()]
+        out = per_user.reshape(-1, *([1] * (items.dim() - 1))).expand(items.shape).to(items.device)
+        return torch.where(items == 0, torch.zeros((), dtype=out.dtype, device=out.device), out)
+
+
+class PopularityNegatives(NegativeSampler):
+    """With replacement, ``q(i) ∝ counts[i] ** alpha`` over items 1..num_items.
+
+    Args:
+        counts: ``[num_items + 1]`` non-negative counts (index 0, padding, is ignored);
+            :meth:`from_split` uses the split's training part.
+        alpha: popularity exponent (1: proportional; 0.75 is word2vec's smoothing;
+            0: uniform over items with a nonzero count).
+    """
+
+    name = "popularity"
+
+    def __init__(self, counts, alpha: float = 1.0):
+        counts = np.asarray(counts)
+        if counts.ndim != 1 or len(counts) < 2:
+            raise ValueError(f"counts must be [num_items + 1] with num_items >= 1, got shape {counts.shape}")
+        if not np.all(np.isfinite(counts)) or counts.min() < 0:
+            raise ValueError("counts must be finite and >= 0")
+        if not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+        weight = np.zeros(len(counts), np.float64)
+        positive = counts[1:] > 0
+        weight[1:][positive] = counts[1:][positive].astype(np.float64) ** alpha
+        total = weight.sum()
+        if total <= 0:
+            raise ValueError("popularity negatives need at least one item with a positive count")
+        self.alpha = float(alpha)
+        self.q = weight / total  # [num_items + 1], q[0] == 0
+        self._cdf = np.cumsum(weight[1:])
+        self._total = total
+        with np.errstate(divide="ignore"):
+            self._log_q = np.log(self.q)
+        self._log_q[0] = 0.0
+
+    @classmethod
+    def from_split(cls, split, alpha: float = 1.0) -> "PopularityNegatives":
+        """Counts from the split's training part (:func:`train_item_counts`): no
+        evaluation target shapes the distribution."""
+        return cls(train_item_counts(split), alpha)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.q) - 1
+
+    def draw(self, u: np.ndarray) -> np.ndarray:
+        """Items for uniforms ``u`` in [0, 1) by inverting the distribution function."""
+        idx = np.searchsorted(self._cdf, u * self._total, side="right")
+        return np.minimum(idx, len(self._cdf) - 1) + 1
+
+    def sample(self, users, target_ids, num_negatives, *, seed, epoch):
+        users = np.asarray(users, np.int64)
+        target_ids = np.asarray(target_ids)
+        b, n = target_ids.shape
+        from_end = np.arange(n - 1, -1, -1, dtype=np.int64)  # position counted from the newest
+        u = counter_uniform(seed, STREAM_POPULARITY + int(epoch), users[:, None, None], from_end[None, :, None],
+                            np.arange(num_negatives, dtype=np.int64)[None, None, :])
+        out = self.draw(u)
+        out[target_ids == 0] = 0
+        return out.astype(np.int64)
+
+    def log_q(self, items, users=None, target_ids=None):
+        items = torch.as_tensor(items)
+        return torch.from_numpy(self._log_q)[items.cpu()].to(items.device)
+
+    def __repr__(self) -> str:
+        return f"PopularityNegatives(num_items={self.num_items}, alpha={self.alpha})"
+
+
+class InBatchNegatives(NegativeSampler):
+    """Targets of the batch's other rows, never the position's own target.
+
+    A negative of position (b, t) is drawn uniformly from the real target positions of
+    rows other than b whose item differs from ``target_ids[b, t]`` (rejection
+    sampling on a counter-based stream). A position with no such target (every other
+    row holds only its item) raises ValueError: the batch is too small for in-batch
+    negatives.
+    """
+
+    name = "in-batch"
+    max_rounds = 64
+
+    def sample(self, users, target_ids, num_negatives, *, seed, epoch):
+        users = np.asarray(users, np.int64)
+        target_ids = np.asarray(target_ids)
+        b, n = target_ids.shape
+        out = np.zeros((b, n, num_negatives), np.int64)
+        rows, cols = np.nonzero(target_ids)
+        if len(rows) == 0 or num_negatives == 0:
+            return out
+        pool_item = target_ids[rows, cols]
+        pool_row = rows
+        m = len(pool_item)
+        # Entries to fill: (position p, draw j).
+        pos = np.repeat(np.arange(m), num_negatives)
+        draw = np.tile(np.arange(num_negatives, dtype=np.int64), m)
+        key_user = users[rows][pos]
+        key_from_end = (n - 1 - cols)[pos]
+        result = np.zeros(len(pos), np.int64)
+        todo = np.arange(len(pos))
+        for attempt in range(self.max_rounds):
+            u = counter_uniform(seed, STREAM_IN_BATCH + int(epoch), key_user[todo], key_from_end[todo],
+                                draw[todo], attempt)
+            pick = np.minimum((u * m).astype(np.int64), m - 1)
+            ok = (pool_row[pick] != pool_row[pos[todo]]) & (pool_item[pick] != pool_item[pos[todo]])
+            result[todo[ok]] = pool_item[pick[ok]]
+            todo = todo[~ok]
+            if len(todo) == 0:
+                break
+        # Rare leftovers (few allowed targets): draw exactly among the allowed ones.
+        for e in todo:
+            p = pos[e]
+            allowed = np.flatnonzero((pool_row != pool_row[p]) & (pool_item != pool_item[p]))
+            if len(allowed) == 0:
+                raise ValueError(f"in-batch negatives: row {pool_row[p]} (user {users[pool_row[p]]}) has no "
+                                 f"target of another row that differs from its own item {pool_item[p]}; "
+                                 "use a larger batch")
+            u = counter_uniform(seed, STREAM_IN_BATCH + int(epoch), key_user[e], key_from_end[e], draw[e],
+                                self.max_rounds)
+            result[e] = pool_item[allowed[min(int(u * len(allowed)), len(allowed) - 1)]]
+        out[rows[pos], cols[pos], draw] = result
+        return out
+
+    def log_q(self, items, users=None, target_ids=None):
+        if target_ids is None:
+            raise ValueError("InBatchNegatives.log_q needs the batch's target_ids: q is the in-batch frequency")
+        items = torch.as_tensor(items)
+        targets = torch.as_tensor(target_ids).reshape(-1)
+        targets = targets[targets != 0]
+        size = int(max(int(items.max()) if items.numel() else 0, int(targets.max()) if targets.numel() else 0)) + 1
+        freq = torch.bincount(targets.cpu(), minlength=size).double() / max(len(targets), 1)
+        out = torch.log(freq)[items.cpu()]
+        out[items.cpu() == 0] = 0.0
+        return out.to(items.device)
+
+
+def make_sampler(negatives, split) -> NegativeSampler:
+    """A :class:`NegativeSampler` from a name ('uniform', 'popularity', 'in-batch') or an
+    instance (returned as is)."""
+    if isinstance(negatives, NegativeSampler):
+        return negatives
+    if negatives == "uniform":
+        return UniformNegatives(split.dataset)
+    if negatives == "popularity":
+        return PopularityNegatives.from_split(split)
+    if negatives == "in-batch":
+        return InBatchNegatives()
+    raise ValueError(f"negatives must be 'uniform', 'popularity', 'in-batch' or a NegativeSampler, got {negatives!r}")
