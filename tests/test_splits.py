@@ -116,6 +116,8 @@ def test_temporal_errors_and_quantiles():
         instances(TemporalSplit(ds, cut=10), "test")
     with pytest.raises(DataError, match="no test instance"):
         TemporalSplit(ds, cut=100)
+    with pytest.raises(ValueError, match="cut must be a finite time, got nan"):
+        TemporalSplit(ds, cut=float("nan"))
     q = TemporalSplit.at_quantiles(ds, 0.5)
     assert q.cut == float(np.quantile(ds.timestamps, 0.5))
 
@@ -136,6 +138,8 @@ def test_ratio_split_exact_assignment():
     assert mask.sum() == 8 + 16 + 1
     with pytest.raises(ValueError, match="three positive"):
         RatioSplit(ds, (0.8, 0.2, 0.0))
+    with pytest.raises(ValueError, match="three positive"):
+        RatioSplit(ds, (0.8, 0.1, float("nan")))
     with pytest.raises(DataError, match="user 3 has no test instance"):
         split.eval_batch("test", users=[3])
     # a user's several instances get different negatives

@@ -149,3 +149,15 @@ def test_other_negatives_through_both_faces(negatives):
         assert b.negative_ids.shape == (*b.target_ids.shape, 3)
         real = b.target_ids != 0
         assert (b.negative_ids[real] > 0).all() and (b.negative_ids[~real] == 0).all()
+
+
+def test_collate_train_field_by_field(split):
+    rows = TrainDataset(split, seed=0).__getitems__([0, 1, 2])
+    batch = collate_train(rows)
+    assert batch.input_ids.shape == (3, split.max_len) and batch.users.shape == (3,)
+    # a field absent (None) in every row stays absent; in some rows only, an error names it
+    assert collate_train([r._replace(negative_ids=None) for r in rows]).negative_ids is None
+    with pytest.raises(ValueError, match="field 'negative_ids' is None in some rows only"):
+        collate_train([rows[0]._replace(negative_ids=None), rows[1]])
+    with pytest.raises(ValueError, match="no items"):
+        collate_train([])

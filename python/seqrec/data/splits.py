@@ -419,6 +419,9 @@ class TemporalSplit(PrefixSplit):
                  timestamps=None, eval_negatives: str = "uniform"):
         ts = _timestamps(dataset, timestamps)
         cut = float(cut)
+        for name, value in (("cut", cut), ("test_cut", test_cut)):
+            if value is not None and not np.isfinite(float(value)):
+                raise ValueError(f"{name} must be a finite time, got {value}")
         if test_cut is not None and not float(test_cut) > cut:
             raise ValueError(f"test_cut ({test_cut}) must be later than cut ({cut})")
         owner = np.repeat(np.arange(dataset.num_users, dtype=np.int64), dataset.lengths)
@@ -476,7 +479,7 @@ class RatioSplit(PrefixSplit):
     def __init__(self, dataset: SequenceDataset, ratios=(0.8, 0.1, 0.1), *, max_len: int = 50,
                  eval_negatives: str = "uniform"):
         ratios = tuple(float(r) for r in ratios)
-        if len(ratios) != 3 or min(ratios) <= 0 or abs(sum(ratios) - 1) > 1e-6:
+        if len(ratios) != 3 or not all(np.isfinite(ratios)) or min(ratios) <= 0 or abs(sum(ratios) - 1) > 1e-6:
             raise ValueError(f"ratios must be three positive (train, valid, test) shares summing to 1, got {ratios}")
         lengths = dataset.lengths
         # The epsilon keeps 0.29 * 100 at 29 despite binary floating point.

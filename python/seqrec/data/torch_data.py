@@ -1,13 +1,16 @@
 """``torch.utils.data`` faces of a split: a map-style dataset and a sharded iterable.
 
 * :class:`TrainDataset` (map-style): item ``i`` = the ``i``-th training user's whole
-  training sequence (inputs, next-item targets, negatives), a :class:`TrainItem`.
+  training sequence (inputs, next-item targets, negatives): a :data:`TrainItem`, one
+  row of a :class:`~seqrec.data.TrainBatch` without the batch dimension.
   Negatives are a pure function of (seed, epoch, user) (and the position), so any
   sampler, shuffling or worker count gives every item the same content; call
   :meth:`~TrainDataset.set_epoch` before each epoch (as with ``DistributedSampler``).
   ``collate_fn=dataset.collate`` stacks items into the trainer's
   :class:`~seqrec.data.TrainBatch` (and draws in-batch negatives, which depend on the
-  batch). Fetching a batch is one C++ call (``__getitems__``).
+  batch). Fetching a batch is one C++ call (``__getitems__``). DataLoader workers copy
+  the dataset when an iterator starts, so ``set_epoch`` reaches them then; with
+  ``persistent_workers=True`` it would not: leave that off or rebuild the loader.
 * :class:`ShardedTrainBatches` (iterable): yields whole :class:`TrainBatch` es of one
   epoch, each exactly once across DataLoader workers AND DDP ranks. Use it with
   ``DataLoader(ds, batch_size=None, num_workers=...)``.
@@ -23,7 +26,7 @@ depend only on the user; in-batch negatives come from the rank's own rows).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,31 +39,32 @@ from .split import TrainBatch
 __all__ = ["TrainItem", "TrainDataset", "ShardedTrainBatches", "collate_train", "resolve_rank"]
 
 
-class TrainItem(NamedTuple):
-    """One training sequence: user ``[]``; input_ids, target_ids ``[n]``; negative_ids
-    ``[n]`` (``[n, k]`` for k > 1 negatives; empty ``[n, 0]`` until collated for in-batch
-    negatives); lengths ``[]``. LEFT-padded with 0, ``n = max_len``."""
-
-    users: torch.Tensor
-    input_ids: torch.Tensor
-    target_ids: torch.Tensor
-    negative_ids: torch.Tensor
-    lengths: torch.Tensor
+#: One training sequence: a :class:`TrainBatch` whose tensors lack the batch dimension
+#: (users ``[]``, input_ids/target_ids ``[n]``, negative_ids ``[n]`` or ``[n, k]``,
+#: lengths ``[]``); :func:`collate_train` stacks them back. The same type, so fields the
+#: batch type gains travel through the map-style path unchanged.
+TrainItem = TrainBatch
 
 
-def collate_train(items: Sequence[TrainItem]) -> TrainBatch:
-    """Stack :class:`TrainItem` s into a :class:`TrainBatch` (the trainer's batch type)."""
+def collate_train(items: Sequence[TrainBatch]) -> TrainBatch:
+    """Stack rows (:data:`TrainItem`) into a :class:`TrainBatch`, field by field (a
+    field that is None in every row stays None)."""
     if len(items) == 0:
         raise ValueError("collate_train: no items to collate")
-    return TrainBatch(users=torch.stack([it.users for it in items]),
-                      input_ids=torch.stack([it.input_ids for it in items]),
-                      target_ids=torch.stack([it.target_ids for it in items]),
-                      negative_ids=torch.stack([it.negative_ids for it in items]),
-                      lengths=torch.stack([it.lengths for it in items]))
+    kind = type(items[0])
+    columns = []
+    for name, column in zip(kind._fields, zip(*items)):
+        if all(c is None for c in column):
+            columns.append(None)
+        elif any(c is None for c in column):
+            raise ValueError(f"collate_train: field {name!r} is None in some rows only")
+        else:
+            columns.append(torch.stack(column))
+    return kind(*columns)
 
 
-def _rows(batch: TrainBatch) -> list[TrainItem]:
-    return [TrainItem(*(t[i] for t in batch)) for i in range(batch.users.shape[0])]
+def _rows(batch: TrainBatch) -> list[TrainBatch]:
+    return [type(batch)(*(None if t is None else t[i] for t in batch)) for i in range(batch.users.shape[0])]
 
 
 def _check_count(name: str, value, minimum: int) -> int:
@@ -103,17 +107,17 @@ class TrainDataset(Dataset):
             raise IndexError(f"TrainDataset index {idx[bad[0]]} out of range for {len(self)} training sequences")
         return self.users[idx]
 
-    def __getitems__(self, indices) -> list[TrainItem]:
+    def __getitems__(self, indices) -> list[TrainBatch]:
         users = self._index(indices)
         batch = build_train_batch(self.split, users, seed=self.seed, epoch=self.epoch,
                                   num_negatives=0 if self._in_batch else self.num_negatives,
                                   negatives="uniform" if self._in_batch else self.sampler)
         return _rows(batch)
 
-    def __getitem__(self, index: int) -> TrainItem:
+    def __getitem__(self, index: int) -> TrainBatch:
         return self.__getitems__([index])[0]
 
-    def collate(self, items: Sequence[TrainItem]) -> TrainBatch:
+    def collate(self, items: Sequence[TrainBatch]) -> TrainBatch:
         """:func:`collate_train`, then in-batch negatives when the sampler is 'in-batch'."""
         batch = collate_train(items)
         if not self._in_batch:
