@@ -161,3 +161,19 @@ def test_collate_train_field_by_field(split):
         collate_train([rows[0]._replace(negative_ids=None), rows[1]])
     with pytest.raises(ValueError, match="no items"):
         collate_train([])
+
+
+@pytest.mark.parametrize("negatives", ["uniform", "in-batch"])
+def test_batch_sampler_fast_path_equals_row_path(split, negatives):
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    ds = TrainDataset(split, seed=SEED, epoch=EPOCH, negatives=negatives, num_negatives=2)
+    sampler = BatchSampler(RandomSampler(ds, generator=torch.Generator().manual_seed(1)), BATCH, False)
+    fast = list(DataLoader(ds, sampler=sampler, batch_size=None, num_workers=2))
+    sampler = BatchSampler(RandomSampler(ds, generator=torch.Generator().manual_seed(1)), BATCH, False)
+    rows = list(DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate))
+    assert len(fast) == len(rows)
+    for a, b in zip(fast, rows):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    assert set(positions(fast).values()) == {1} and len(positions(fast)) == sum(int(b.lengths.sum()) for b in fast)

@@ -8,7 +8,10 @@
   :meth:`~TrainDataset.set_epoch` before each epoch (as with ``DistributedSampler``).
   ``collate_fn=dataset.collate`` stacks items into the trainer's
   :class:`~seqrec.data.TrainBatch` (and draws in-batch negatives, which depend on the
-  batch). Fetching a batch is one C++ call (``__getitems__``). DataLoader workers copy
+  batch). Fetching a batch is one C++ call (``__getitems__``); indexing with a list of
+  indices returns the collated batch directly (no per-row split and re-stack), so
+  ``DataLoader(ds, sampler=BatchSampler(RandomSampler(ds), B, False), batch_size=None)``
+  is the fastest map-style path. DataLoader workers copy
   the dataset when an iterator starts, so ``set_epoch`` reaches them then; with
   ``persistent_workers=True`` it would not: leave that off or rebuild the loader.
 * :class:`ShardedTrainBatches` (iterable): yields whole :class:`TrainBatch` es of one
@@ -64,7 +67,9 @@ def collate_train(items: Sequence[TrainBatch]) -> TrainBatch:
 
 
 def _rows(batch: TrainBatch) -> list[TrainBatch]:
-    return [type(batch)(*(None if t is None else t[i] for t in batch)) for i in range(batch.users.shape[0])]
+    n = batch.users.shape[0]
+    columns = [(None,) * n if t is None else t.unbind(0) for t in batch]  # unbind: one call per field
+    return [type(batch)._make(row) for row in zip(*columns)]
 
 
 def _check_count(name: str, value, minimum: int) -> int:
@@ -114,8 +119,19 @@ class TrainDataset(Dataset):
                                   negatives="uniform" if self._in_batch else self.sampler)
         return _rows(batch)
 
-    def __getitem__(self, index: int) -> TrainBatch:
-        return self.__getitems__([index])[0]
+    def __getitem__(self, index):
+        """Item ``index`` (an int); a sequence of indices gives their whole collated
+        :class:`TrainBatch` at once, the fast path for
+        ``DataLoader(ds, sampler=BatchSampler(...), batch_size=None)``."""
+        if isinstance(index, (int, np.integer)):
+            return self.__getitems__([index])[0]
+        users = self._index(index)
+        if len(users) == 0:
+            raise ValueError("TrainDataset: an empty list of indices")
+        if self._in_batch:
+            return self.collate(self.__getitems__(index))
+        return build_train_batch(self.split, users, seed=self.seed, epoch=self.epoch,
+                                 num_negatives=self.num_negatives, negatives=self.sampler)
 
     def collate(self, items: Sequence[TrainBatch]) -> TrainBatch:
         """:func:`collate_train`, then in-batch negatives when the sampler is 'in-batch'."""
