@@ -114,8 +114,10 @@ def test_temporal_errors_and_quantiles():
     # explicit timestamps work for a dataset without them
     assert instances(TemporalSplit(no_time, cut=10, timestamps=ds.timestamps), "test") == \
         instances(TemporalSplit(ds, cut=10), "test")
-    with pytest.raises(DataError, match="no test instance"):
+    with pytest.raises(DataError, match="no valid instance"):
         TemporalSplit(ds, cut=100)
+    with pytest.raises(DataError, match="no valid instance"):  # nobody has an interaction in [10, 10.5)
+        TemporalSplit(ds.kcore(min_user=0, min_item=0), cut=10.2, test_cut=10.5)
     with pytest.raises(ValueError, match="cut must be a finite time, got nan"):
         TemporalSplit(ds, cut=float("nan"))
     q = TemporalSplit.at_quantiles(ds, 0.5)

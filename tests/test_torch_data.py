@@ -177,3 +177,17 @@ def test_batch_sampler_fast_path_equals_row_path(split, negatives):
         for x, y in zip(a, b):
             assert torch.equal(x, y)
     assert set(positions(fast).values()) == {1} and len(positions(fast)) == sum(int(b.lengths.sum()) for b in fast)
+
+
+def test_rank_and_world_size_default_to_torch_distributed(split, monkeypatch):
+    from seqrec.data.torch_data import resolve_rank
+
+    assert resolve_rank(None, None) == (0, 1)  # no process group
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    it = ShardedTrainBatches(split, BATCH, seed=SEED, epoch=EPOCH)
+    assert (it.rank, it.world_size) == (1, 2)
+    explicit = ShardedTrainBatches(split, BATCH, seed=SEED, epoch=EPOCH, rank=1, world_size=2)
+    assert [b.users.tolist() for b in it] == [b.users.tolist() for b in explicit]
+    assert resolve_rank(0, None) == (0, 2)  # an explicit argument wins

@@ -99,8 +99,9 @@ class PrefixSplit:
             if len(users) and (np.any(prefix < 1) or np.any(prefix >= lengths[users])):
                 raise ValueError(f"{stage} instances: prefix must lie in 1..length-1 of its user")
             self._instances[stage] = (users, prefix)
-        if len(self._instances["test"][0]) == 0:
-            raise DataError(f"{dataset.name}: {card.name} leaves no test instance")
+        for stage in ("valid", "test"):
+            if len(self._instances[stage][0]) == 0:
+                raise DataError(f"{dataset.name}: {card.name} leaves no {stage} instance")
         self.eval_users = np.unique(np.concatenate([self._instances[s][0] for s in ("valid", "test")]))
         self._candidates: dict[tuple, np.ndarray] = {}
 
