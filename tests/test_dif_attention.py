@@ -4,6 +4,7 @@ inputs, float32/float64), gradcheck, opcheck, dropout statistics, compile, bad i
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import pytest
 import torch
@@ -118,7 +119,7 @@ def test_matches_reference(fusion, sides, causal, padding, dtype):
     # side head sizes differ from the item's (4) and from each other (3, 2, 6)
     side_dims = {"none": (), "pos": (4,), "pos+attrs": (3, 2, 6)}[sides]
     case = make_case(fusion=fusion, side_dims=side_dims, shared_first=sides != "none", causal=causal,
-                     padding=padding, dtype=dtype, seed=hash((fusion, sides, causal, padding)) % 1000)
+                     padding=padding, dtype=dtype, seed=zlib.crc32(repr((fusion, sides, causal, padding)).encode()) % 1000)
     assert_matches_reference(case)
 
 
