@@ -1,21 +1,79 @@
-"""Execute the notebooks (small sizes) so they never rot."""
+"""Execute the notebooks (small sizes) so they never rot, and check what they show: finite
+test metrics above the popularity baseline, planted intents recovered above chance.
+
+A check cell appended to each notebook reads the notebook's own variables and prints them
+as one JSON line; the thresholds live here."""
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
+_POP = ("from seqrec.eval.baselines import popularity_baseline as _pb\n"
+        "_pop = _pb(split)['metrics']['rank_topk']\n")
+# name -> code of the check cell: prints {"models": {name: test metrics}, "pop": ..., extra}
+CHECKS = {
+    "quickstart.ipynb": _POP + "_out = dict(models={'sasrec': result.test_full}, pop=_pop, "
+                               "recommended=[int(i) for i in items[0]], history=[int(i) for i in history])\n",
+    "s3rec_pretraining.ipynb": _POP + "_out = dict(models={k: r.test_full for k, r in rows.items()}, pop=_pop, "
+                                      "pretrain_loss=[r['loss'] for r in pre_history])\n",
+    "interests.ipynb": "_out = dict(models={k: r['result'].test_full for k, r in runs.items()}, pop=pop, "
+                       "nmi={k: r['curve'][-1]['position_nmi'] for k, r in runs.items()}, "
+                       "nmi_untrained={k: r['curve'][0]['position_nmi'] for k, r in runs.items()}, "
+                       "item_nmi={k: r['curve'][-1]['item_nmi'] for k, r in runs.items()})\n",
+    "dss_intents.ipynb": _POP + "_out = dict(models={k: r[1].test_full for k, r in runs.items()}, pop=_pop, "
+                                "nmi={k: r[2][-1] for k, r in runs.items()}, "
+                                "nmi_untrained={k: r[2][0] for k, r in runs.items()})\n",
+}
+# Lowest NMI with the planted intents accepted at the notebooks' small sizes (3 epochs,
+# seeded; measured on CPU: SINE .53 / .56, DSS .135 / .198); training must also raise it
+# above the untrained model's.
+MIN_NMI = {"interests.ipynb": 0.3, "dss_intents.ipynb": 0.1}
+# Notebooks where only the best of the compared runs must beat popularity at the small
+# size: in the S3-Rec notebook, 2 pretraining + 4 fine-tuning epochs leave the
+# pretrained runs below popularity (NDCG@20 .108 / .133 vs .121; from scratch .353).
+BEST_ONLY = {"s3rec_pretraining.ipynb"}
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path, monkeypatch):
+
+def _execute(path, monkeypatch) -> dict:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("SEQREC_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
+    check = CHECKS[path.name] + "import json as _json\nprint('SEQREC_CHECK', _json.dumps(_out, default=float))\n"
+    nb.cells.append(nbformat.v4.new_code_cell(check))
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    assert not errors, errors[0].get("evalue")
+    text = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []) if o.output_type == "stream")
+    line = next(ln for ln in text.splitlines() if ln.startswith("SEQREC_CHECK "))
+    return json.loads(line[len("SEQREC_CHECK "):])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_executes_and_shows_sound_results(path, monkeypatch):
+    assert path.name in CHECKS, f"{path.name}: add its output check to CHECKS"
+    out = _execute(path, monkeypatch)
+    print(path.name, json.dumps(out))
+    pop = out["pop"]["NDCG@20"]
+    for name, metrics in out["models"].items():
+        assert metrics and all(math.isfinite(v) for v in metrics.values()), (name, metrics)
+    checked = out["models"].items()
+    if path.name in BEST_ONLY:
+        checked = [max(checked, key=lambda kv: kv[1]["NDCG@20"])]
+    for name, metrics in checked:
+        assert metrics["NDCG@20"] > pop, f"{path.name} {name}: NDCG@20 {metrics['NDCG@20']:.4f} <= popularity {pop:.4f}"
+    for name, nmi in out.get("nmi", {}).items():
+        assert nmi > MIN_NMI[path.name], f"{path.name} {name}: NMI {nmi:.3f}"
+        assert nmi > out["nmi_untrained"][name], f"{path.name} {name}: training did not raise the NMI"
+    if "recommended" in out:  # history excluded, distinct, real ids
+        rec = out["recommended"]
+        assert len(set(rec)) == len(rec) and all(i > 0 for i in rec) and not set(rec) & set(out["history"])
+    if "pretrain_loss" in out:
+        assert all(math.isfinite(v) for v in out["pretrain_loss"])
