@@ -66,7 +66,7 @@ def run_provider(args) -> dict:
     total = split.num_train_batches(args.batch_size)
     count = min(args.batches, total - 1)
     torch.manual_seed(0)
-    config = DIFSRConfig(num_items=ds.num_items, **PRESETS["difsr-beauty"]["model"],
+    config = DIFSRConfig(num_items=ds.num_items, **PRESETS["difsr-beauty"].model,
                          **attribute_config(ds, ("attributes",)))
     model = DIFSR(config, backend=args.provider)
     model.attach_dataset(ds)

@@ -59,7 +59,7 @@ def batch(lengths, n=MAX_LEN, num_items=9, seed=0):
 # ---------------------------------------------------------------- config
 @pytest.mark.parametrize("over, match", [
     (dict(num_items=0), "num_items must be an int >= 1"),
-    (dict(num_heads=3), "hidden_size \\(=16\\) must be divisible by num_heads=3"),
+    (dict(num_heads=3), "hidden_size must be divisible by num_heads=3, got 16"),
     (dict(attribute_sizes=5), "attribute_sizes of field 'tags' \\(=5\\) must be divisible by num_heads=2"),
     (dict(attribute_sizes=(4, 4, 4)), "attribute_sizes needs one value per attribute field \\(2\\)"),
     (dict(attribute_vocab_sizes=(3,)), "attribute_vocab_sizes needs one entry per attribute field"),
@@ -87,7 +87,7 @@ def test_config_defaults_and_preset_are_the_papers():
     assert (cfg.fusion, cfg.attribute_loss_weight, cfg.loss, cfg.pooling) == ("gate", 10.0, "ce", "sum")
     p = DIFSRConfig.from_preset("difsr-beauty", num_items=5, attribute_fields=["a"], attribute_vocab_sizes=[7])
     assert p.attribute_fields == ("a",) and p.field_sizes == (64,) and p.num_sources == 3
-    assert PRESETS["difsr-beauty"]["train"]["lr"] == 1e-4
+    assert PRESETS["difsr-beauty"].train["lr"] == 1e-4
     with pytest.raises(ValueError, match="unknown DIF-SR preset"):
         DIFSRConfig.from_preset("nope", num_items=5)
     # lists (a JSON round trip) become tuples; the config pickles
@@ -129,7 +129,7 @@ def test_length_groups_equal_one_batch_padded_to_max_len(monkeypatch, fusion, se
     for inputs in (x, x[:, -20:], odd):  # full width, narrower than some group widths, odd rows
         padded = model._encode_padded(inputs, inputs != 0)
         torch.testing.assert_close(model(inputs), padded, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(model._last_hidden(inputs), padded[:, -1], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(model.encode_last(inputs), padded[:, -1], rtol=1e-10, atol=1e-12)
     params = [p for _, p in model.named_parameters()]
     grouped = torch.autograd.grad(model.loss(x, t, neg), params, allow_unused=True)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
@@ -157,7 +157,7 @@ def test_score_reads_the_last_column_computed_alone(fusion):
     weight = model.embedding.item.weight
     for inputs in (x, x[:, -7:]):
         full = model(inputs)[:, -1]
-        last = model._last_hidden(inputs)
+        last = model.encode_last(inputs)
         torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-6)
         assert torch.equal(last[3], torch.zeros(16))
         want = (full @ weight.t())[:, 1:]
@@ -271,11 +271,11 @@ def test_loss_matches_direct_formula(loss):
         0.5 * torch.stack(attr["genre"]).mean()  # the numeric field has no predictor
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
     terms = model.loss_terms(x, t, neg)
-    assert set(terms) == {"loss", "item", "attr:tags", "attr:genre"}
-    torch.testing.assert_close(terms["loss"], total)
+    assert set(terms.terms) == {"item", "attr:tags", "attr:genre"}
+    torch.testing.assert_close(terms.loss, total)
     no_pred = make_model(ds, fields=("tags", "genre", "price"), loss=loss, attribute_predictor=False)
     no_pred.load_state_dict(model.state_dict(), strict=False)
-    assert set(no_pred.loss_terms(x, t, neg)) == {"loss", "item"}
+    assert set(no_pred.loss_terms(x, t, neg).terms) == {"item"}
     # no real target: 0, not NaN
     zero = model.loss(x, torch.zeros_like(t), torch.zeros_like(neg))
     assert float(zero.detach()) == 0.0

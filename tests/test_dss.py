@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from seqrec.cli import main
 from seqrec.data import synthetic
 from seqrec.models import DSS, DSSConfig, build_model
-from seqrec.models.dss import info_nce_pairs, mixture_nll
+from seqrec.models.dss import info_nce_pairs
+from seqrec.models.losses import mixture_nll
 from seqrec.train import TrainConfig, Trainer
 
 NUM_ITEMS = 23
@@ -103,8 +104,8 @@ def test_seq2item_matches_the_mixture_softmax_formula():
             total = total + torch.logsumexp(logits.flatten(), 0) - torch.logsumexp(pos, 0)
             count += 1
         terms = model.loss_terms(inputs, targets, negatives)
-        torch.testing.assert_close(terms["seq2item"], total / count)
-        torch.testing.assert_close(terms["loss"], terms["seq2item"])
+        torch.testing.assert_close(terms.terms["seq2item"], total / count)
+        torch.testing.assert_close(terms.loss, terms.terms["seq2item"])
 
 
 def test_mixture_nll_blocked_equals_reference_and_gradcheck():
@@ -199,9 +200,9 @@ def test_seq2seq_term_matches_its_assembly_by_hand():
                 present_future[b, fut.assignments[b, i].argmax()] = True
     expected, kept, count = direct_info_nce(past, fut.interests, present_past & present_future,
                                             torch.ones(5, dtype=torch.bool), 1 / math.sqrt(D), 0.6)
-    torch.testing.assert_close(terms["seq2seq"], expected)
-    assert (int(terms["pairs"]), int(terms["present"])) == (kept, count) and count > 0
-    torch.testing.assert_close(terms["loss"], terms["seq2item"] + 0.7 * terms["seq2seq"])
+    torch.testing.assert_close(terms.terms["seq2seq"], expected)
+    assert (int(terms.terms["pairs"]), int(terms.terms["present"])) == (kept, count) and count > 0
+    torch.testing.assert_close(terms.loss, terms.terms["seq2item"] + 0.7 * terms.terms["seq2seq"])
 
 
 def test_reversed_future_by_hand():
@@ -268,13 +269,13 @@ def test_seq2item_only_ablation_is_weight_zero_and_draws_nothing():
     state = torch.get_rng_state()
     terms0 = ablation.loss_terms(inputs, targets)
     assert torch.equal(torch.get_rng_state(), state)  # no split drawn, no future pass
-    assert terms0["seq2seq"].item() == 0 and int(terms0["pairs"]) == 0
+    assert terms0.terms["seq2seq"].item() == 0 and int(terms0.terms["pairs"]) == 0
     terms = full.loss_terms(inputs, targets)
-    torch.testing.assert_close(terms0["seq2item"], terms["seq2item"])
-    torch.testing.assert_close(terms0["loss"], terms["loss"] - 0.3 * terms["seq2seq"])
-    assert terms["seq2seq"] > 0
+    torch.testing.assert_close(terms0.terms["seq2item"], terms.terms["seq2item"])
+    torch.testing.assert_close(terms0.loss, terms.loss - 0.3 * terms.terms["seq2seq"])
+    assert terms.terms["seq2seq"] > 0
     # build_model / CLI preset spell the same ablation.
-    assert DSS.PRESETS["seq2item-only"] == {"seq2seq_weight": 0.0}
+    assert DSS.PRESETS["seq2item-only"].model == {"seq2seq_weight": 0.0}
 
 
 # ---------------------------------------------------------------- training behaviour
@@ -290,10 +291,11 @@ def test_gradients_reach_every_parameter_and_backends_agree():
     split = torch.tensor([3, 5, 2, 1])
     out = model.loss_terms(inputs, targets, negatives, split=split)
     ref = reference.loss_terms(inputs, targets, negatives, split=split)
-    for key in ("loss", "seq2item", "seq2seq"):
-        torch.testing.assert_close(out[key], ref[key], atol=1e-5, rtol=1e-5)
-    out["loss"].backward()
-    ref["loss"].backward()
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    for key in ("seq2item", "seq2seq"):
+        torch.testing.assert_close(out.terms[key], ref.terms[key], atol=1e-5, rtol=1e-5)
+    out.loss.backward()
+    ref.loss.backward()
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
@@ -327,8 +329,8 @@ def test_noise_beta_is_fresh_noise_in_training_and_zero_at_evaluation():
     a = model.loss_terms(inputs, targets, negatives)
     torch.manual_seed(5)
     b = model.loss_terms(inputs, targets, negatives)
-    assert a["loss"].item() == b["loss"].item()  # seeded: reproducible
-    a["loss"].backward()
+    assert a.loss.item() == b.loss.item()  # seeded: reproducible
+    a.loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     # a learned-beta checkpoint does not load into a noise-beta model (and vice versa)
@@ -358,8 +360,8 @@ def test_fully_padded_rows_are_finite():
     model = make_model()
     inputs, targets, negatives = make_batch([0, 4, 0], seed=7)
     terms = model.loss_terms(inputs, targets, negatives)
-    terms["loss"].backward()
-    assert torch.isfinite(terms["loss"])
+    terms.loss.backward()
+    assert torch.isfinite(terms.loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert torch.isfinite(model.eval().score(inputs)[:, 1:]).all()
     zeros = torch.zeros(2, MAX_LEN, dtype=torch.long)
@@ -422,7 +424,9 @@ def test_build_model_and_score_compiles():
     model = build_model("dss", num_items=20, hidden_size=8, num_intentions=2, backend="reference")
     assert isinstance(model, DSS) and model.backend == "reference"
     with pytest.raises(ValueError, match=r"unknown DSSConfig field"):
-        build_model("dss", num_items=3, num_heads=2)
+        build_model("dss", num_items=3, num_attention_heads=2)
+    with pytest.raises(ValueError, match=r"DSSConfig.num_heads must be an int >= 1 and <= 1"):
+        build_model("dss", num_items=3, num_heads=2)  # the encoder is single-head
     model = make_model().eval()
     inputs, *_ = make_batch([10, 4, 0])
     lengths = (inputs != 0).sum(1)

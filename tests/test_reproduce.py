@@ -197,7 +197,7 @@ def test_difsr_paper_sasrec_row_uses_the_difsr_beauty_preset(tmp_path):
     from seqrec.models.difsr import PRESETS
     preset = PRESETS["difsr-beauty"]
     flags = dict(zip(reproduce.PAPER[::2], reproduce.PAPER[1::2]))
-    model, train = preset["model"], preset["train"]
+    model, train = preset.model, preset.train
     expected = {"--hidden-size": model["hidden_size"], "--num-layers": model["num_layers"],
                 "--num-heads": model["num_heads"], "--inner-size": model["inner_size"],
                 "--dropout": model["hidden_dropout"], "--attention-dropout": model["attention_dropout"],

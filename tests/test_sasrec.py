@@ -254,12 +254,12 @@ def test_score_reads_the_last_column_computed_alone(skip_padding):
     input_ids, _, _, lengths = make_batch([12, 5, 0, 1])
     for args in ((input_ids,), (input_ids, lengths), (input_ids[:, -6:],)):
         full = model(*args)[:, -1]
-        last = model._last_hidden(*args)
+        last = model.encode_last(*args)
         torch.testing.assert_close(last, full)
         assert torch.equal(last[2], torch.zeros(16))
         torch.testing.assert_close(model.score(*args)[:, 1:], (full @ model.embedding.item.weight.t())[:, 1:])
     with pytest.raises(ValueError, match="lengths"):
-        model._last_hidden(input_ids, lengths + 1)
+        model.encode_last(input_ids, lengths + 1)
 
 
 def test_score_candidates_equal_gather_of_full_scores():
@@ -346,14 +346,14 @@ def test_model_input_errors():
 @pytest.mark.parametrize(
     "fields, match",
     [
-        (dict(num_items=0), "num_items must be >= 1"),
+        (dict(num_items=0), "num_items must be an int >= 1"),
         (dict(num_items=10.0), "num_items must be an int"),
         (dict(num_items=10, hidden_size=30, num_heads=4), "divisible by num_heads=4"),
         (dict(num_items=10, hidden_dropout=1.0), r"hidden_dropout must be a number in \[0, 1\)"),
         (dict(num_items=10, attention_dropout=-0.1), "attention_dropout"),
         (dict(num_items=10, loss="bpr"), "loss must be one of"),
         (dict(num_items=10, initializer_range=0), "initializer_range must be a positive"),
-        (dict(num_items=10, inner_size=0), "inner_size must be >= 1"),
+        (dict(num_items=10, inner_size=0), "inner_size must be an int >= 1"),
         (dict(num_items=10, hidden_act="tanh"), "hidden_act must be one of"),
         (dict(num_items=10, max_len=True), "max_len must be an int"),
     ],

@@ -52,17 +52,17 @@ def make_batch(lengths, n=MAX_LEN, m=4, seed=0):
 @pytest.mark.parametrize(
     "fields, match",
     [
-        (dict(num_items=0), r"num_items must be >= 1"),
+        (dict(num_items=0), r"num_items must be an int >= 1"),
         (dict(num_prototypes=3, num_interests=4), r"num_interests=4 must be <= num_prototypes=3"),
-        (dict(num_interests=0), r"num_interests must be >= 1"),
+        (dict(num_interests=0), r"num_interests must be an int >= 1"),
         (dict(temperature=0.0), r"temperature must be a positive number"),
         (dict(assign_temperature=-1.0), r"assign_temperature must be a positive number"),
         (dict(reg_weight=-0.1), r"reg_weight must be a number >= 0"),
-        (dict(dropout=1.0), r"dropout must be a number >= 0 below 1"),
-        (dict(max_prefixes=0), r"max_prefixes must be >= 1"),
+        (dict(dropout=1.0), r"dropout must be a number in \[0, 1\)"),
+        (dict(max_prefixes=0), r"max_prefixes must be an int >= 1 or None"),
         (dict(merge="mean"), r"merge must be one of \('aggregate', 'max'\)"),
         (dict(intent_attention="x"), r"intent_attention must be one of \('paper', 'assigned'\)"),
-        (dict(hidden_size=2.5), r"hidden_size must be an int"),
+        (dict(hidden_size=2.5), r"hidden_size must be an int >= 1"),
     ],
 )
 def test_config_validation(fields, match):
@@ -74,7 +74,7 @@ def test_defaults_are_the_papers_and_presets_build():
     cfg = SINEConfig(num_items=10)
     assert (cfg.num_prototypes, cfg.num_interests, cfg.temperature, cfg.reg_weight) == (500, 4, 0.1, 0.1)
     for name, preset in SINE_PRESETS.items():
-        assert isinstance(build_model("sine", num_items=100, **preset), SINE), name
+        assert isinstance(build_model("sine", num_items=100, **preset.model), SINE), name
     assert pickle.loads(pickle.dumps(cfg)) == cfg
 
 

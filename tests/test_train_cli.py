@@ -305,7 +305,7 @@ def test_history_records_the_mean_of_each_loss_term(tmp_path, capsys, model, ext
         assert record["loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_loss_terms_without_the_total_is_a_clear_error():
+def test_loss_terms_without_a_loss_output_is_a_clear_error():
     class NoTotal(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -318,5 +318,5 @@ def test_loss_terms_without_the_total_is_a_clear_error():
     ds = synthetic(num_users=50, num_items=30, seed=0)
     config = TrainConfig(epochs=1, batch_size=16, sampled_negatives=5)
     trainer = Trainer(NoTotal(), ds.leave_one_out(max_len=10), config)
-    with pytest.raises(TypeError, match="NoTotal.loss_terms must return the total training loss under 'loss'"):
+    with pytest.raises(TypeError, match="NoTotal.loss_terms must return a seqrec.models.LossOutput"):
         trainer.fit()

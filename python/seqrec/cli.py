@@ -48,6 +48,32 @@ MODEL_DEFAULTS = {
 PRETRAIN_MODELS = {"s3rec": "sasrec"}
 
 
+def _defaults_text(per_model: dict) -> str:
+    """"(default: 64)" when every model agrees, else "(default: difsr 256, sasrec 64, ...)"."""
+    values = {m: v for m, v in per_model.items() if v is not None}
+    if len(set(map(str, values.values()))) == 1:
+        return f"(default: {next(iter(values.values()))})"
+    return "(default: " + ", ".join(f"{m} {v}" for m, v in sorted(values.items())) + ")"
+
+
+def _field_help(name: str) -> str:
+    """Help of an encoder flag from the config fields' metadata, with each model's default
+    (the config's, or the CLI's model default where it sets one)."""
+    from .models.config import EncoderConfig
+    from .models.registry import MODELS
+
+    meta = EncoderConfig.__dataclass_fields__[name].metadata["seqrec"]
+    defaults = {}
+    for model in MODEL_DEFAULTS:
+        config_cls = MODELS[PRETRAIN_MODELS.get(model, model)][0]
+        field = config_cls.__dataclass_fields__.get(name)
+        if field is None or not field.metadata.get("seqrec", {}).get("cli", True):
+            continue
+        value = MODEL_DEFAULTS[model].get(name, field.default)
+        defaults[model] = "4 x hidden size" if value is None and name == "inner_size" else value
+    return f"{meta['help']} {_defaults_text(defaults)}"
+
+
 def _presets() -> dict:
     """Named settings: {name: (model, {"model": {...}, "train": {...}})}."""
     from .models.difsr import PRESETS as DIFSR_PRESETS
@@ -71,21 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqrec", description="Sequential recommendation on a compiled core.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    # _DefaultsHelp: each option's default is said once (by its help, or appended when
+    # the help does not state it and it is not None).
     t = sub.add_parser("train", help="train a model, select by validation, report test metrics",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsHelp)
     t.add_argument("--model", default="sasrec", choices=sorted(MODEL_DEFAULTS), help="model to train")
     _add_data_args(t)
     t.add_argument("--loss", choices=["bce", "ce", "sampled"], default=None,
                    help="bce: pairwise BCE with sampled negatives; ce: softmax cross-entropy over all items; "
                         "sampled: softmax over the target and --num-negatives sampled items (dss) "
                         "(default: the model paper's)")
-    t.add_argument("--hidden-size", type=int, default=None)
-    t.add_argument("--num-layers", type=int, default=None)
-    t.add_argument("--num-heads", type=int, default=None)
+    t.add_argument("--hidden-size", type=int, default=None, help=_field_help("hidden_size"))
+    t.add_argument("--num-layers", type=int, default=None, help=_field_help("num_layers"))
+    t.add_argument("--num-heads", type=int, default=None, help=_field_help("num_heads"))
     t.add_argument("--dropout", type=float, default=None,
-                   help="hidden dropout, and attention dropout unless --attention-dropout is given")
-    t.add_argument("--attention-dropout", type=float, default=None, help="dropout on attention probabilities")
-    t.add_argument("--inner-size", type=int, default=None, help="feed-forward width")
+                   help="hidden dropout, and attention dropout unless --attention-dropout is given "
+                        + _defaults_text({m: MODEL_DEFAULTS[m]["dropout"] for m in MODEL_DEFAULTS}))
+    t.add_argument("--attention-dropout", type=float, default=None, help=_field_help("attention_dropout"))
+    t.add_argument("--inner-size", type=int, default=None, help=_field_help("inner_size"))
     t.add_argument("--preset", default=None,
                    help="named settings of a paper; explicit options override them (difsr: "
                         + ", ".join(sorted(_presets())) + "; sine: " + ", ".join(_sine_presets()) + "; dss: "
@@ -94,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampled negatives per training position (default: the model's; sasrec 1, sine 100, "
                         "dss 100 with --loss sampled)")
     t.add_argument("--temperature", type=float, default=None,
-                   help="sine: tau of the interest aggregation (default 0.1); dss: clustering temperature tau "
-                        "of p(k|i) (default 0.5)")
+                   help="sine: tau of the interest aggregation; dss: clustering temperature tau of p(k|i) "
+                        "(default: dss 0.5, sine 0.1)")
     dss = t.add_argument_group("DSS (--model dss; defaults: DSSConfig's)")
     dss.add_argument("--num-intentions", type=int, default=None, help="K intention prototypes / vectors (default 4)")
     dss.add_argument("--seq2seq-weight", type=float, default=None,
@@ -141,10 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no position score matrix (the model then has no position information)")
     dif.add_argument("--fusion-sees-masked", action="store_true",
                      help="DIF-SR's code: fusion maps read masked (future/padding) scores too")
-    t.add_argument("--epochs", type=int, default=200)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--epochs", type=int, default=200, help="training epochs (at most; see --patience)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="users per batch " + _defaults_text({m: d["batch_size"] for m, d in MODEL_DEFAULTS.items()}))
+    t.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate " + _defaults_text({m: d["lr"] for m, d in MODEL_DEFAULTS.items()}))
+    t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: 0)")
     t.add_argument("--patience", type=int, default=10, help="evaluations without improvement before stopping (0: never)")
     t.add_argument("--eval-every", type=int, default=1, help="validate every N epochs")
     t.add_argument("--metric", default="NDCG@20", help="validation metric for early stopping and model selection")
@@ -155,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sampled-negatives", type=int, default=99, help="negatives per user in the sampled protocol")
     t.add_argument("--no-exclude-history", action="store_true",
                    help="rank items of the user's history too (default: excluded, except the target)")
-    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--seed", type=int, default=42, help="seeds initialisation, batch order, negatives and dropout")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     t.add_argument("--backend", choices=["seqrec", "reference"], default=None,
                    help="compiled operators (seqrec) or their plain-PyTorch references")
@@ -282,7 +313,7 @@ def _apply_preset(args) -> None:
     model, preset = presets[args.preset]
     if args.model != model:
         raise ValueError(f"preset {args.preset!r} is for --model {model}, not {args.model}")
-    m, tr = preset["model"], preset["train"]
+    m, tr = preset.model, preset.train
     for key, value in (("hidden_size", m.get("hidden_size")), ("num_layers", m.get("num_layers")),
                        ("num_heads", m.get("num_heads")), ("inner_size", m.get("inner_size")),
                        ("dropout", m.get("hidden_dropout")), ("attention_dropout", m.get("attention_dropout")),
@@ -309,7 +340,7 @@ def _dss_config(args, num_items: int) -> dict:
 
     if args.preset is not None and args.preset not in PRESETS:
         raise ValueError(f"--preset {args.preset!r}: dss has presets {sorted(PRESETS)}")
-    defaults = {**MODEL_DEFAULTS["dss"], **PRESETS.get(args.preset, {})}
+    defaults = {**MODEL_DEFAULTS["dss"], **(PRESETS[args.preset].model if args.preset else {})}
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
     if pick("num_heads") != 1:
         raise ValueError("--num-heads: dss uses a single-head encoder (1)")
@@ -339,7 +370,7 @@ def _model_config(args, dataset, init_config: dict | None = None) -> tuple[str, 
         if args.preset is not None and args.preset not in SINE_PRESETS:
             raise ValueError(f"unknown sine preset {args.preset!r}; available: {sorted(SINE_PRESETS)}")
         config = dict(num_items=dataset.num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
-                      dropout=pick("dropout"), **SINE_PRESETS.get(args.preset, {}))
+                      dropout=pick("dropout"), **(SINE_PRESETS[args.preset].model if args.preset else {}))
         for name in ("num_prototypes", "num_interests", "temperature", "assign_temperature", "reg_weight",
                      "merge", "intent_attention", "max_prefixes"):
             if getattr(args, name) is not None:
@@ -404,7 +435,7 @@ def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, pat
 
 def _attach(model, dataset) -> None:
     """Hand the dataset's side information to a model that uses it."""
-    if hasattr(model, "attach_dataset"):
+    if model.uses_side_information:
         model.attach_dataset(dataset)
 
 
@@ -467,7 +498,7 @@ def cmd_train(args) -> int:
     print(f"best epoch {result.best_epoch} by valid {args.metric} ({args.valid_ranking} ranking)")
     print(format_table("test, full ranking", result.test_full, result.protocol_full))
     print(format_table("test, sampled", result.test_sampled, result.protocol_sampled))
-    if hasattr(model, "interests"):
+    if model.has_interests:
         _print_interest_distinctness(model, split, args.device)
     return 0
 
@@ -507,7 +538,7 @@ def cmd_evaluate(args) -> int:
           f"{'' if finished else ' (unfinished run)'}: weights of the {which}")
     print(format_table("test, full ranking", trainer.evaluate("test", "full"), trainer.protocol("full").describe()))
     print(format_table("test, sampled", *trainer.evaluate_sampled_or_why("test")))
-    if hasattr(model, "interests"):
+    if model.has_interests:
         _print_interest_distinctness(model, trainer.split, args.device)
     return 0
 
@@ -532,7 +563,7 @@ def cmd_pretrain(args) -> int:
 
     dataset = _load(args)
     _, num_attributes, fields = item_attribute_table(dataset, args.attributes or ())
-    config = dict(PRESETS[args.preset]) if args.preset else {}
+    config = dict(PRESETS[args.preset].model) if args.preset else {}
     config.update(num_items=dataset.num_items, num_attributes=num_attributes, attribute_fields=fields,
                   max_len=args.max_len)
     for flag, field in (("hidden_size", "hidden_size"), ("num_layers", "num_layers"), ("num_heads", "num_heads"),

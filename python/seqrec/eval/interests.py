@@ -157,10 +157,9 @@ def concept_intent_agreement(model: torch.nn.Module, dataset: SequenceDataset, m
                              users: np.ndarray | None = None, batch_size: int = 1024) -> dict:
     """How well a concept-based model recovers the planted intents of synthetic data.
 
-    The model needs ``encode(item_seq, lengths)`` returning ``assignment`` ``[B, n, K]``
-    (P(k | position)) and ``concepts`` ``[B, K]`` (which of the L prototypes the K
-    columns are; SINE) -- a model without ``concepts`` is taken to assign over its
-    prototypes directly (K = L). The dataset must carry ``metadata["position_intents"]``
+    The model is a :class:`~seqrec.models.SINE` (``encode`` returns ``assignment``
+    ``[B, n, K]``, P(k | position), and ``concepts`` ``[B, K]``, which of the L
+    prototypes the K columns are). DSS has its own: :mod:`seqrec.eval.dss_intents`. The dataset must carry ``metadata["position_intents"]``
     and ``metadata["item_intent"]`` (:func:`seqrec.data.synthetic` does).
 
     Two agreements, both NMI (:func:`normalized_mutual_info`):
@@ -168,7 +167,8 @@ def concept_intent_agreement(model: torch.nn.Module, dataset: SequenceDataset, m
     * ``position_nmi``: each real position of each user's most recent ``max_len``
       items gets the concept with the highest assignment probability (SINE: one of the
       user's activated concepts), compared with the intent that generated it;
-    * ``item_nmi`` (only for models with ``prototypes`` and ``assign_proj``, i.e. SINE):
+    * ``item_nmi`` (models whose :meth:`~seqrec.models.base.SequentialRecommender.item_concepts`
+      is not None, i.e. SINE):
       each item is assigned to its nearest prototype over the whole pool (the cosine
       of layer-normed ``E_i W_3`` and ``C_l``, as in the intention assignment),
       compared with the item's intent.
@@ -184,13 +184,12 @@ def concept_intent_agreement(model: torch.nn.Module, dataset: SequenceDataset, m
     position_intents = np.asarray(meta["position_intents"])
     if len(position_intents) != dataset.num_interactions:
         raise ValueError("metadata 'position_intents' does not match the interactions (was the dataset filtered?)")
-    max_len = max_len or getattr(getattr(model, "config", None), "max_len", 50)
+    max_len = max_len or model.config.max_len
     item_seq, lengths, flat = last_items(dataset, max_len, users)
     def best_concept(rows: Tensor, lens: Tensor) -> Tensor:
         out = model.encode(rows, lens)
         best = out.assignment.argmax(dim=-1)  # [b, n] column of the best concept
-        concepts = getattr(out, "concepts", None)
-        return best if concepts is None else torch.gather(concepts, 1, best)
+        return torch.gather(out.concepts, 1, best)
 
     predicted = torch.cat(_in_eval_batches(model, item_seq, lengths, batch_size, best_concept)).numpy()
     real = flat >= 0
@@ -202,12 +201,7 @@ def concept_intent_agreement(model: torch.nn.Module, dataset: SequenceDataset, m
         "positions": int(real.sum()),
         "item_nmi": None,
     }
-    if hasattr(model, "prototypes") and hasattr(model, "assign_proj"):  # (no dropout on this path)
-        eps = getattr(model.config, "layer_norm_eps", 1e-5)
-        d = model.prototypes.size(1)
-        emb = model.item_embeddings()[1:]  # [V, D]
-        xn = F.normalize(F.layer_norm(model.assign_proj(emb), (d,), eps=eps), dim=-1)
-        cn = F.normalize(F.layer_norm(model.prototypes, (d,), eps=eps), dim=-1)
-        nearest = (xn @ cn.t()).argmax(dim=1).cpu().numpy()
-        result["item_nmi"] = normalized_mutual_info(nearest, np.asarray(meta["item_intent"])[1:])
+    nearest = model.item_concepts()  # None for models without a prototype pool
+    if nearest is not None:
+        result["item_nmi"] = normalized_mutual_info(nearest.cpu().numpy(), np.asarray(meta["item_intent"])[1:])
     return result

@@ -1,6 +1,7 @@
 """seqrec.models: thin ``nn.Module`` models and the Transformer layers they share."""
 from __future__ import annotations
 
+from .base import LossOutput, SequentialRecommender
 from .dss import DSS, DSSConfig, DSSEncoding
 from .layers import (
     FeedForward,
@@ -23,6 +24,8 @@ from .sasrec import SASRec, SASRecConfig
 from .sine import SINE, SINEConfig
 
 __all__ = [
+    "LossOutput",
+    "SequentialRecommender",
     "DSS",
     "DSSConfig",
     "DSSEncoding",

@@ -21,17 +21,17 @@ from ..ops.backend import get_backend
 from ..ops.dif_attention import dif_attention, fusion_param_shapes
 from .layers import (
     ACTIVATIONS,
+    CroppedGroups,
     Dropout,
-    FeedForward,
     PackedPositions,
+    TransformerEncoder,
     init_transformer_weights,
-    length_buckets,
     lookup_rows,
     padding_mask,
-    row_spans,
 )
+from .base import LossOutput, SequentialRecommender, check_ids
+from .config import EncoderConfig, Preset, spec
 from .losses import softmax_nll
-from .sasrec import SASRec, _check_ids
 
 __all__ = ["DIFSRConfig", "DIFSR", "DIFMultiHeadAttention", "PRESETS", "attribute_config"]
 
@@ -39,21 +39,21 @@ FUSIONS = ("sum", "concat", "gate")
 POOLINGS = ("sum", "mean", "max")
 LOSSES = ("ce", "bce")
 
-# Named settings (``seqrec train --preset NAME``): "model" fields of DIFSRConfig and
-# "train" fields of TrainConfig.
-PRESETS: dict[str, dict[str, dict]] = {
+# Named settings (``seqrec train --preset NAME``): fields of DIFSRConfig (model) and
+# of TrainConfig (train).
+PRESETS: dict[str, Preset] = {
     # The paper's Amazon Beauty run (REFERENCE.md; DIF-SR's Beauty config): 4 layers,
     # 8 heads, hidden 256, attribute size 64, inner 256, dropout 0.5 / attention 0.3,
     # gate fusion, lambda 10, CE loss, lr 1e-4. Batch: the paper's 2048 counts training
     # PAIRS (RecBole expands every prefix of a sequence into its own sample); a seqrec
     # batch row is a user and trains every position of its prefix at once (~6-8 on
     # Beauty), so 256 users is about the paper's 2048 pairs per step.
-    "difsr-beauty": {
-        "model": dict(hidden_size=256, num_layers=4, num_heads=8, inner_size=256, attribute_sizes=64,
-                      hidden_dropout=0.5, attention_dropout=0.3, fusion="gate", pooling="sum",
-                      attribute_predictor=True, attribute_loss_weight=10.0, loss="ce", max_len=50),
-        "train": dict(lr=1e-4, batch_size=256),
-    },
+    "difsr-beauty": Preset(
+        model=dict(hidden_size=256, num_layers=4, num_heads=8, inner_size=256, attribute_sizes=64,
+                   hidden_dropout=0.5, attention_dropout=0.3, fusion="gate", pooling="sum",
+                   attribute_predictor=True, attribute_loss_weight=10.0, loss="ce", max_len=50),
+        train=dict(lr=1e-4, batch_size=256),
+        help="the paper's Amazon Beauty run"),
 }
 
 
@@ -67,12 +67,6 @@ def _int(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
-def _prob(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise _err(name, f"must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
 def _per_field(name: str, value: object, count: int, convert) -> tuple:
     """A scalar (same for every field) or one value per field, as a tuple."""
     if isinstance(value, (list, tuple)):
@@ -83,7 +77,7 @@ def _per_field(name: str, value: object, count: int, convert) -> tuple:
 
 
 @dataclasses.dataclass(frozen=True)
-class DIFSRConfig:
+class DIFSRConfig(EncoderConfig):
     """DIF-SR hyper-parameters; defaults = the paper's Beauty settings.
 
     Attributes:
@@ -116,31 +110,34 @@ class DIFSRConfig:
         layer_norm_eps: 1e-12.
     """
 
-    num_items: int
-    attribute_fields: tuple[str, ...] = ()
-    attribute_vocab_sizes: tuple[int, ...] = ()
-    attribute_sizes: int | tuple[int, ...] = 64
-    max_len: int = 50
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 8
-    inner_size: int = 256
-    hidden_dropout: float = 0.5
-    attention_dropout: float = 0.3
-    fusion: str = "gate"
-    position_scores: bool = True
-    pooling: str = "sum"
-    attribute_predictor: bool = True
-    attribute_loss_weight: float | tuple[float, ...] = 10.0
-    loss: str = "ce"
-    fusion_sees_masked: bool = False
-    initializer_range: float = 0.02
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
+    # The encoder's fields, with the paper's Beauty defaults.
+    hidden_size: int = spec(256, kind="int", minimum=1, help="hidden size D")
+    num_layers: int = spec(4, kind="int", minimum=1, help="Transformer blocks")
+    num_heads: int = spec(8, kind="int", minimum=1, help="attention heads (must divide the hidden size and "
+                                                          "every attribute size)")
+    inner_size: int = spec(256, kind="int", minimum=1, help="feed-forward width")
+    attention_dropout: float = spec(0.3, kind="probability", help="dropout on attention probabilities")
+    # Side information and fusion.
+    attribute_fields: tuple[str, ...] = spec((), kind="any", cli=False,
+                                             help="attribute fields of the dataset used as side sources")
+    attribute_vocab_sizes: tuple[int, ...] = spec((), kind="any", cli=False,
+                                                  help="values per field (0: numeric), from the dataset")
+    attribute_sizes: int | tuple[int, ...] = spec(64, kind="any", cli=False,
+                                                  help="attribute embedding size, one for all fields or one per field")
+    fusion: str = spec("gate", kind="choice", choices=FUSIONS, help="fusion of the score matrices")
+    position_scores: bool = spec(True, kind="bool", cli=False, help="position information as its own scores")
+    pooling: str = spec("sum", kind="choice", choices=POOLINGS,
+                        help="pooling of an item's several values of one field")
+    attribute_predictor: bool = spec(True, kind="bool", cli=False, help="the auxiliary attribute predictors")
+    attribute_loss_weight: float | tuple[float, ...] = spec(10.0, kind="any", cli=False,
+                                                           help="lambda of the attribute loss, one or one per field")
+    loss: str = spec("ce", kind="choice", choices=LOSSES,
+                     help="ce: softmax over all items (the paper's); bce: one sampled negative")
+    fusion_sees_masked: bool = spec(False, kind="bool", cli=False,
+                                    help="DIF-SR's code: fusion maps read masked (future/padding) scores too")
 
-    def __post_init__(self) -> None:
-        set_ = partial(object.__setattr__, self)
-        _int("num_items", self.num_items, 1)
+    def validate(self) -> None:
+        set_ = self._set
         fields = self.attribute_fields
         if isinstance(fields, str) or not isinstance(fields, (list, tuple)) or not all(
                 isinstance(f, str) and f for f in fields):
@@ -153,30 +150,14 @@ class DIFSRConfig:
         if not isinstance(vocab, (list, tuple)) or len(vocab) != p:
             raise _err("attribute_vocab_sizes", f"needs one entry per attribute field ({p}), got {vocab!r}")
         set_("attribute_vocab_sizes", tuple(_int("attribute_vocab_sizes", v, 0) for v in vocab))
-        _int("max_len", self.max_len, 1)
-        _int("hidden_size", self.hidden_size, 1)
-        _int("num_layers", self.num_layers, 1)
-        heads = _int("num_heads", self.num_heads, 1)
-        if self.hidden_size % heads:
-            raise _err("hidden_size", f"(={self.hidden_size}) must be divisible by num_heads={heads}")
+        super().validate()
+        heads = self.num_heads
         sizes = _per_field("attribute_sizes", self.attribute_sizes, p, lambda v: _int("attribute_sizes", v, 1))
         for f, d in zip(fields, sizes):
             if d % heads:
                 raise _err("attribute_sizes", f"of field {f!r} (={d}) must be divisible by num_heads={heads}")
         set_("attribute_sizes", sizes if isinstance(self.attribute_sizes, (list, tuple)) else
              _int("attribute_sizes", self.attribute_sizes, 1))
-        _int("inner_size", self.inner_size, 1)
-        _prob("hidden_dropout", self.hidden_dropout)
-        _prob("attention_dropout", self.attention_dropout)
-        if self.fusion not in FUSIONS:
-            raise _err("fusion", f"must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.pooling not in POOLINGS:
-            raise _err("pooling", f"must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.loss not in LOSSES:
-            raise _err("loss", f"must be one of {LOSSES}, got {self.loss!r}")
-        for name in ("position_scores", "attribute_predictor", "fusion_sees_masked"):
-            if not isinstance(getattr(self, name), bool):
-                raise _err(name, f"must be a bool, got {getattr(self, name)!r}")
 
         def weight(v):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -186,12 +167,6 @@ class DIFSRConfig:
         w = self.attribute_loss_weight
         _per_field("attribute_loss_weight", w, p, weight)
         set_("attribute_loss_weight", tuple(weight(v) for v in w) if isinstance(w, (list, tuple)) else weight(w))
-        for name in ("initializer_range", "layer_norm_eps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise _err(name, f"must be a positive number, got {v!r}")
-        if self.hidden_act not in ACTIVATIONS:
-            raise _err("hidden_act", f"must be one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}")
 
     @property
     def field_sizes(self) -> tuple[int, ...]:
@@ -214,7 +189,7 @@ class DIFSRConfig:
         added or overriding."""
         if name not in PRESETS:
             raise ValueError(f"unknown DIF-SR preset {name!r}; available: {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name]["model"], **fields})
+        return cls(**{**PRESETS[name].model, **fields})
 
 
 def attribute_config(dataset, fields: Sequence[str]) -> dict:
@@ -294,15 +269,23 @@ class DIFMultiHeadAttention(nn.Module):
         w1, b1, w2, b2 = params  # gate: W1 [a, L] reads the key columns
         return [w1[:, L - n:].contiguous(), b1, w2, b2]
 
-    def forward(self, x: Tensor, positions: Tensor, attributes: Sequence[Tensor], key_padding_mask: Tensor,
-                packed: PackedPositions | None = None, keep: Tensor | None = None) -> Tensor:
-        """x [B, n, D] (or [N, D] with ``packed``), positions [n, D], attributes: per field
-        [B, n, d_f] (or [N, d_f]), key_padding_mask [B, n] -> same shape as x; or only the
-        rows ``keep`` of x flattened to [-1, D], [K, D] (every position still gives its
-        keys and values; the output map, residual and norm run on the kept rows).
+    def forward(self, x: Tensor, key_padding_mask: Tensor, causal: bool = True,
+                packed: PackedPositions | None = None, keep: Tensor | None = None,
+                side: Mapping[str, object] | None = None) -> Tensor:
+        """x [B, n, D] (or [N, D] with ``packed``), key_padding_mask [B, n] -> same shape
+        as x; or only the rows ``keep`` of x flattened to [-1, D], [K, D] (every position
+        still gives its keys and values; the output map, residual and norm run on the
+        kept rows). The signature of :meth:`MultiHeadSelfAttention.forward`, so the
+        shared :class:`~seqrec.models.layers.TransformerBlock` takes it as its attention.
+
+        ``side`` (required): ``positions`` [n, D], the position embeddings of the n
+        columns; ``attributes``: per field [B, n, d_f] (or [N, d_f] with ``packed``).
 
         ``n`` is max_len, or less for a batch cropped on the left (the last n of the
         max_len right-aligned columns), which needs ``fusion_sees_masked=False``."""
+        if not side or "positions" not in side or "attributes" not in side:
+            raise ValueError("DIFMultiHeadAttention needs side={'positions': [n, D], 'attributes': [...]}")
+        positions, attributes = side["positions"], side["attributes"]
         n = key_padding_mask.size(1)
         if n != self.max_len and self.fusion_sees_masked and self.fusion != "sum":
             raise ValueError(f"a batch {n} wide (max_len {self.max_len}) needs fusion_sees_masked=False: "
@@ -318,7 +301,7 @@ class DIFMultiHeadAttention(nn.Module):
         attn = dif_attention(
             self._heads(unpack(self.query(x))), self._heads(unpack(self.key(x))),
             self._heads(unpack(self.value(x))), side_q, side_k, fusion=self.fusion,
-            fusion_params=self._fusion_params(n), key_padding_mask=key_padding_mask, causal=True,
+            fusion_params=self._fusion_params(n), key_padding_mask=key_padding_mask, causal=causal,
             fusion_sees_masked=self.fusion_sees_masked, dropout_p=self.attention_dropout,
             training=self.training, backend=self.backend)
         attn = attn.transpose(1, 2).flatten(2)  # [B, n, D]
@@ -328,17 +311,6 @@ class DIFMultiHeadAttention(nn.Module):
             attn = attn.reshape(-1, attn.size(-1)).index_select(0, keep)
             x = x.reshape(-1, x.size(-1)).index_select(0, keep)
         return self.norm(self.out_dropout(self.out(attn)) + x)
-
-
-class _DIFBlock(nn.Module):
-    def __init__(self, config: DIFSRConfig, backend: str | None) -> None:
-        super().__init__()
-        self.attention = DIFMultiHeadAttention(config, backend)
-        self.feed_forward = FeedForward(config.hidden_size, config.inner_size, config.hidden_dropout,
-                                        config.hidden_act, config.layer_norm_eps)
-
-    def forward(self, x, positions, attributes, key_padding_mask, packed=None, keep=None):
-        return self.feed_forward(self.attention(x, positions, attributes, key_padding_mask, packed, keep))
 
 
 class _Embeddings(nn.Module):
@@ -357,7 +329,7 @@ class _Embeddings(nn.Module):
             for v, d in zip(config.attribute_vocab_sizes, config.field_sizes))
 
 
-class DIFSR(nn.Module):
+class DIFSR(SequentialRecommender):
     """DIF-SR (Xie et al., SIGIR 2022): SASRec whose attention is ``dif_attention``.
 
     Equations (left padding, ``x`` = item ids [B, n], padded on the left to max_len)::
@@ -412,13 +384,18 @@ class DIFSR(nn.Module):
             get_backend(backend)
         self.config = config
         self.embedding = _Embeddings(config)
-        self.layers = nn.ModuleList(_DIFBlock(config, backend) for _ in range(config.num_layers))
+        # The shared encoder with DIF-SR's attention (same registration order as the
+        # former own blocks: initialisation draws are unchanged).
+        self.encoder = TransformerEncoder(
+            config.num_layers, config.hidden_size, config.num_heads, config.inner_size, config.hidden_dropout,
+            config.attention_dropout, config.hidden_act, config.layer_norm_eps, causal=True, backend=backend,
+            attention=partial(DIFMultiHeadAttention, config, backend))
         self.predictors = nn.ModuleList(
             nn.Linear(config.hidden_size, v) if config.attribute_predictor and v > 0 else nn.Identity()
             for v in config.attribute_vocab_sizes)
         self.apply(partial(init_transformer_weights, std=config.initializer_range))
         with torch.no_grad():  # DIF-SR's nn.Linear fusion layers get the same init
-            for layer in self.layers:
+            for layer in self.encoder.layers:
                 for t in layer.attention.fusion_params:
                     t.normal_(0.0, config.initializer_range) if t.dim() == 2 else t.zero_()
             for emb in self.embedding.attributes:
@@ -426,7 +403,22 @@ class DIFSR(nn.Module):
                     emb.weight.normal_(0.0, config.initializer_range)
         self._attached = not config.attribute_fields
 
+    # Parameter names that changed (old prefix -> new): DIF-SR's blocks became the shared
+    # encoder's (issue 28), so checkpoints written before load under the new names.
+    RENAMED_PREFIXES: dict[str, str] = {"layers.": "encoder.layers."}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in self.RENAMED_PREFIXES.items():
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ------------------------------------------------------------------ side information
+    @property
+    def uses_side_information(self) -> bool:
+        """True when the config names attribute fields (then :meth:`attach_dataset` first)."""
+        return bool(self.config.attribute_fields)
+
     def attach_dataset(self, dataset) -> None:
         """Store the item -> attribute tables of the configured fields of ``dataset`` (a
         :class:`~seqrec.data.SequenceDataset`) as non-persistent buffers.
@@ -503,7 +495,7 @@ class DIFSR(nn.Module):
         return h.new_zeros(mask.numel(), h.size(-1)).index_copy_(
             0, mask.reshape(-1).nonzero().squeeze(1), h).view(*mask.shape, h.size(-1))
 
-    def _last_hidden(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def encode_last(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``self(item_seq, lengths)[:, -1]`` [B, D] (what :meth:`score` reads), with the
         last block computing only that column after its attention."""
         mask = self._mask(item_seq, lengths)
@@ -522,7 +514,7 @@ class DIFSR(nn.Module):
         return torch.compiler.is_compiling() or (self.config.fusion_sees_masked and self.config.fusion != "sum")
 
     def _mask(self, item_seq: Tensor, lengths: Tensor | None) -> Tensor:
-        _check_ids("item_seq", item_seq)
+        check_ids("item_seq", item_seq)
         n, L = item_seq.size(-1), self.config.max_len
         if n > L:
             raise ValueError(f"sequence width {n} exceeds max_len={L}; keep the most recent max_len items "
@@ -532,38 +524,29 @@ class DIFSR(nn.Module):
     def _encode(self, item_seq: Tensor, mask: Tensor, select: Tensor) -> Tensor:
         """Outputs [K, D] at the K positions of ``select`` [B, n] (real ones), row-major.
 
-        Rows are encoded in groups of similar span (:func:`~seqrec.models.layers.row_spans`:
-        the length of a left-padded row), each cropped on the left to its width (8, 16,
-        32 or max_len columns): Beauty's sequences hold about 9 items, so
-        the padded [B, H, n, n] attention and the [B, n, D] projections it reads shrink
-        by about 5x against one batch padded to max_len. Exact (the outputs are those of
-        the padded batch: positions are right-aligned and, with ``fusion_sees_masked=
-        False``, cropped padding keys reach neither the softmax nor the fusion maps);
-        only dropout draws differ. Rows without a selected position are not encoded.
-        Not traceable, and not for the maps that read masked scores (see
-        :meth:`_takes_padded_path`).
+        Rows are encoded in groups of similar span (:class:`~seqrec.models.layers.CroppedGroups`),
+        each cropped on the left to its width (8, 16, 32 or max_len columns): Beauty's
+        sequences hold about 9 items, so the padded [B, H, n, n] attention and the
+        [B, n, D] projections it reads shrink by about 5x against one batch padded to
+        max_len. Exact (the outputs are those of the padded batch: positions are
+        right-aligned and, with ``fusion_sees_masked=False``, cropped padding keys reach
+        neither the softmax nor the fusion maps); only dropout draws differ. Rows without
+        a selected position are not encoded. Not traceable, and not for the maps that
+        read masked scores (see :meth:`_takes_padded_path`).
         """
-        n, L = item_seq.size(1), self.config.max_len
-        bucket, widths = length_buckets(row_spans(mask), L)
-        wanted = select.any(1)
-        groups, flats = [], []
-        for k in torch.unique(bucket[wanted]).tolist():
-            rows = ((bucket == k) & wanted).nonzero().squeeze(1)
-            w = widths[k]
-            crop = (lambda t: t[rows, n - w:]) if w <= n else (lambda t: F.pad(t[rows], (w - n, 0)))
-            group_seq, group_mask, group_select = crop(item_seq), crop(mask), crop(select)
-            packed = PackedPositions(group_mask)
-            groups.append((group_seq.reshape(-1).index_select(0, packed.index), packed, group_mask, group_select))
-            r, c = group_select.nonzero(as_tuple=True)
-            flats.append(rows[r] * n + c - (w - n))  # row-major index in the [B, n] input
+        groups = CroppedGroups(mask, select, self.config.max_len)
         # One item-table lookup for every group (one dense table gradient: lookup_rows).
-        vectors = lookup_rows(self.embedding.item, *(g[0] for g in groups))
-        outputs = [self._encode_group(*g, v) for g, v in zip(groups, vectors)]
-        if not outputs:
-            return self.embedding.item.weight.new_zeros(0, self.config.hidden_size)
-        if len(outputs) == 1:
-            return outputs[0]
-        return torch.cat(outputs).index_select(0, torch.cat(flats).argsort())
+        real_items = [groups.real(item_seq, g) for g in range(len(groups.groups))]
+        vectors = lookup_rows(self.embedding.item, *real_items)
+        outputs = []
+        for (_, w, packed, keep), items, v in zip(groups.groups, real_items, vectors):
+            # Position-wise work (embedding norm, projections, FFN, attribute lookups) on
+            # the real positions only.
+            h = self.embedding.dropout(self.embedding.norm(v))
+            side = {"positions": self.embedding.position.weight[self.config.max_len - w:],  # [w, D]
+                    "attributes": self._field_embeddings(items)}
+            outputs.append(self.encoder.encode_packed(h, packed, keep=keep, side=side))
+        return groups.merge(outputs, self.embedding.item.weight.new_zeros(0, self.config.hidden_size))
 
     def _encode_padded(self, item_seq: Tensor, mask: Tensor) -> Tensor:
         """[B, n, D] from one batch padded to max_len, every position computed (see
@@ -571,37 +554,20 @@ class DIFSR(nn.Module):
         n, L = item_seq.size(1), self.config.max_len
         seq, m = F.pad(item_seq, (L - n, 0)), F.pad(mask, (L - n, 0))
         x = self.embedding.dropout(self.embedding.norm(self.embedding.item(seq)))
-        attributes = self._field_embeddings(seq)
-        for layer in self.layers:
-            x = layer(x, self.embedding.position.weight, attributes, m)
+        side = {"positions": self.embedding.position.weight, "attributes": self._field_embeddings(seq)}
+        x = self.encoder(x, m, side=side, skip_padding=False)
         return x[:, L - n:].masked_fill(~mask.unsqueeze(-1), 0.0)
-
-    def _encode_group(self, real_items: Tensor, packed: PackedPositions, mask: Tensor, select: Tensor,
-                      item_vectors: Tensor) -> Tensor:
-        """One group of rows cropped to width w (right-aligned, w <= max_len): its real
-        items [N] (row-major) and their item vectors [N, D], ``packed`` / ``mask`` [R, w]
-        of its layout -> outputs [K, D] at ``select`` [R, w]."""
-        w = mask.size(1)
-        # Position-wise work (embedding norm, projections, FFN, attribute lookups) on
-        # the real positions only.
-        h = self.embedding.dropout(self.embedding.norm(item_vectors))
-        attributes = self._field_embeddings(real_items)
-        positions = self.embedding.position.weight[self.config.max_len - w:]  # [w, D]
-        keep = select.reshape(-1).index_select(0, packed.index).nonzero().squeeze(1)
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            h = layer(h, positions, attributes, mask, packed, keep if i == last else None)
-        return h
 
     # ------------------------------------------------------------------ losses
     def loss_terms(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None
-                   ) -> dict[str, Tensor]:
-        """The loss terms over the real target positions (``target_ids > 0``):
-        ``{"loss": the total (see :meth:`loss`), "item": next-item loss,
-        "attr:<field>": attribute BCE (unweighted), ...}``."""
-        _check_ids("item_seq", item_seq)
+                   ) -> LossOutput:
+        """Training loss over the real target positions (``target_ids > 0``): next-item
+        loss + sum_f lambda_f * attribute loss_f (0 for a batch without real targets),
+        with terms ``{"item": next-item loss, "attr:<field>": attribute BCE
+        (unweighted), ...}``."""
+        self.check_ids("item_seq", item_seq)
         shape = tuple(item_seq.shape)
-        _check_ids("target_ids", target_ids, shape)
+        self.check_ids("target_ids", target_ids, shape)
         real = target_ids > 0
         mask = self._mask(item_seq, None)
         if self._takes_padded_path():
@@ -618,7 +584,7 @@ class DIFSR(nn.Module):
         if self.config.loss == "bce":
             if negative_ids is None:
                 raise ValueError('negative_ids is required when config.loss == "bce"')
-            _check_ids("negative_ids", negative_ids, shape)
+            self.check_ids("negative_ids", negative_ids, shape)
             pos = (hidden * self.embedding.item(target)).sum(-1)
             neg = (hidden * self.embedding.item(negative_ids[real])).sum(-1)
             terms["item"] = -(F.logsigmoid(pos) + F.logsigmoid(-neg)).sum() / count
@@ -638,16 +604,7 @@ class DIFSR(nn.Module):
         for name, weight in zip(self.config.attribute_fields, self.config.field_loss_weights):
             if f"attr:{name}" in terms:
                 total = total + weight * terms[f"attr:{name}"]
-        return {"loss": total, **terms}
+        return LossOutput(total, terms)
 
-    def loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None) -> Tensor:
-        """Training loss: next-item loss + sum_f lambda_f * attribute loss_f (see
-        :meth:`loss_terms`); 0 for a batch without real targets."""
-        return self.loss_terms(item_seq, target_ids, negative_ids)["loss"]
-
-    # score / recommend / item_embeddings: exactly SASRec's (dot product of the last
-    # position's state with the item table), reused rather than copied.
-    score = SASRec.score
-    recommend = SASRec.recommend
-    _history_tensor = SASRec._history_tensor
-    item_embeddings = SASRec.item_embeddings
+    def item_table(self) -> nn.Embedding:
+        return self.embedding.item

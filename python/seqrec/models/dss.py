@@ -131,13 +131,14 @@ from torch import Tensor, nn
 from ..ops.backend import get_backend
 from ..ops.intent_cluster import intent_cluster
 from .layers import (
-    ACTIVATIONS,
     ItemPositionEmbedding,
     TransformerEncoder,
     init_transformer_weights,
     padding_mask,
 )
-from .sasrec import SASRec, _check_ids
+from .base import LossOutput, SequentialRecommender, check_ids
+from .config import EncoderConfig, Preset, spec
+from .losses import mixture_nll
 
 __all__ = ["DSSConfig", "DSS", "DSSEncoding", "PRESETS", "info_nce_pairs", "mixture_nll"]
 
@@ -145,24 +146,16 @@ LOSSES = ("ce", "sampled")
 BETAS = ("learned", "noise")
 
 # Named settings selectable with ``seqrec train --model dss --preset NAME``.
-PRESETS: dict[str, dict] = {
+PRESETS: dict[str, Preset] = {
     # Our defaults: SASRec's Beauty budget (S3-Rec authors) with K = 4 intentions.
-    "default": {},
+    "default": Preset(help="our defaults: SASRec's Beauty budget, K = 4"),
     # The paper's ablation: the same encoder trained by seq2item alone.
-    "seq2item-only": {"seq2seq_weight": 0.0},
+    "seq2item-only": Preset(model={"seq2seq_weight": 0.0}, help="the paper's ablation: seq2item alone"),
 }
 
 
-def _fail(name: str, what: str, value: object) -> None:
-    raise ValueError(f"DSSConfig.{name} must be {what}, got {value!r}")
-
-
-def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
 @dataclasses.dataclass(frozen=True)
-class DSSConfig:
+class DSSConfig(EncoderConfig):
     """DSS hyper-parameters (plain numbers).
 
     Attributes:
@@ -170,6 +163,7 @@ class DSSConfig:
         max_len: longest input (learned positions), 50.
         hidden_size: D, 64.
         num_layers: single-head Transformer blocks of the SASRec encoder, 2.
+        num_heads: 1 (the encoder is single-head; the field is the shared encoder's).
         inner_size: feed-forward width; None means 4 * hidden_size.
         hidden_dropout, attention_dropout: as SASRec, 0.5.
         num_intentions: K prototypes / output vectors, 4.
@@ -197,60 +191,21 @@ class DSSConfig:
             inside the cosine of p(k|i).
     """
 
-    num_items: int
-    max_len: int = 50
-    hidden_size: int = 64
-    num_layers: int = 2
-    inner_size: int | None = None
-    hidden_dropout: float = 0.5
-    attention_dropout: float = 0.5
-    num_intentions: int = 4
-    tau: float = 0.5
-    seq2seq_weight: float = 0.1
-    seq2seq_temperature: float = 1.0
-    confidence_lambda: float = 0.5
-    beta: str = "learned"
-    loss: str = "ce"
-    initializer_range: float = 0.02
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
-    cluster_eps: float = 1e-5
-
-    def __post_init__(self) -> None:
-        for name, minimum in (("num_items", 1), ("max_len", 1), ("hidden_size", 1),
-                              ("num_layers", 1), ("num_intentions", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                _fail(name, f"an int >= {minimum}", value)
-        if self.inner_size is not None and (
-            isinstance(self.inner_size, bool) or not isinstance(self.inner_size, int)
-            or self.inner_size < 1
-        ):
-            _fail("inner_size", "None or an int >= 1", self.inner_size)
-        for name in ("hidden_dropout", "attention_dropout"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value < 1.0:
-                _fail(name, "a number in [0, 1)", value)
-        for name in ("tau", "seq2seq_temperature", "initializer_range", "layer_norm_eps",
-                     "cluster_eps"):
-            value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
-                _fail(name, "a positive number", value)
-        if not _is_number(self.seq2seq_weight) or self.seq2seq_weight < 0:
-            _fail("seq2seq_weight", "a number >= 0", self.seq2seq_weight)
-        if not _is_number(self.confidence_lambda) or not 0.0 < self.confidence_lambda <= 1.0:
-            _fail("confidence_lambda", "a number in (0, 1]", self.confidence_lambda)
-        if self.loss not in LOSSES:
-            _fail("loss", f"one of {LOSSES}", self.loss)
-        if self.beta not in BETAS:
-            _fail("beta", f"one of {BETAS}", self.beta)
-        if self.hidden_act not in ACTIVATIONS:
-            _fail("hidden_act", f"one of {sorted(ACTIVATIONS)}", self.hidden_act)
-
-    @property
-    def ffn_size(self) -> int:
-        """The feed-forward width actually used."""
-        return 4 * self.hidden_size if self.inner_size is None else self.inner_size
+    num_heads: int = spec(1, kind="int", minimum=1, maximum=1, cli=False, help="single-head encoder")
+    num_intentions: int = spec(4, kind="int", minimum=1, help="K intention prototypes / vectors")
+    tau: float = spec(0.5, kind="positive", help="clustering temperature tau of p(k|i)")
+    seq2seq_weight: float = spec(0.1, kind="number", minimum=0,
+                                 help="weight of the seq2seq InfoNCE term; 0 = the seq2item-only ablation")
+    seq2seq_temperature: float = spec(1.0, kind="positive",
+                                      help="extra temperature of the seq2seq logits (already divided by sqrt(D))")
+    confidence_lambda: float = spec(0.5, kind="number", above=0, maximum=1,
+                                    help="fraction of the intention pairs present on both sides kept by the "
+                                         "top-lambda confidence cut")
+    beta: str = spec("learned", kind="choice", choices=BETAS,
+                     help="the aggregation bias: learned parameters per side, or N(0, 1/D) noise in training")
+    loss: str = spec("ce", kind="choice", choices=LOSSES,
+                     help="seq2item over all items (ce) or over the target and sampled negatives (sampled)")
+    cluster_eps: float = spec(1e-5, kind="positive", cli=False, help="layer-norm epsilon inside the cosine of p(k|i)")
 
 
 class DSSEncoding(NamedTuple):
@@ -266,7 +221,7 @@ class DSSEncoding(NamedTuple):
     weights: Tensor
 
 
-class DSS(nn.Module):
+class DSS(SequentialRecommender):
     """DSS (Ma et al., KDD 2020); see the module docstring for the equations and every
     choice the paper leaves open.
 
@@ -387,12 +342,14 @@ class DSS(nn.Module):
             weights [B, n]). A fully padded row gives ``LN(beta)`` vectors (with
             ``beta="noise"`` in eval mode: LN of 0, i.e. the norm's bias).
         """
-        _check_ids("item_seq", item_seq)
+        check_ids("item_seq", item_seq)
         mask = padding_mask(item_seq, lengths)
         z = self.states(item_seq, mask)
         weights = self.intention_weights(z, mask)
         raw, probs = self._cluster(z, mask, weights)
         return DSSEncoding(self._aggregate(raw, future), probs, weights)
+
+    has_interests = True
 
     def interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The K intention vectors ``phi_k(x)`` of each sequence: [B, K, D]."""
@@ -405,7 +362,7 @@ class DSS(nn.Module):
         :meth:`interests`. Rows at padding hold ``LN(beta_past)`` (``beta="noise"`` in
         eval mode: LN of 0).
         """
-        _check_ids("item_seq", item_seq)
+        check_ids("item_seq", item_seq)
         mask = padding_mask(item_seq, lengths)
         raw = self._prefix_raw(*self._past(item_seq, mask))
         return self._aggregate(raw, False)
@@ -445,7 +402,7 @@ class DSS(nn.Module):
             a candidate is 0. Dropout follows the module mode: call ``eval()`` first.
         """
         if items is not None:
-            _check_ids("items", items)
+            check_ids("items", items)
             if items.dim() != 2 or items.size(0) != item_seq.size(0):
                 raise ValueError(
                     f"items must be [B={item_seq.size(0)}, C], got shape {tuple(items.shape)}"
@@ -457,10 +414,8 @@ class DSS(nn.Module):
             return scores.masked_fill(pad, float("-inf"))
         return scores.masked_fill(items == 0, float("-inf"))
 
-    # The SASRec helpers only use config.num_items / max_len, the item table and score.
-    recommend = SASRec.recommend
-    _history_tensor = SASRec._history_tensor
-    item_embeddings = SASRec.item_embeddings
+    def item_table(self) -> nn.Embedding:
+        return self.embedding.item
 
     # ------------------------------------------------------------------ training
     def sample_split(self, lengths: Tensor) -> Tensor:
@@ -497,7 +452,7 @@ class DSS(nn.Module):
 
     def loss_terms(self, input_ids: Tensor, target_ids: Tensor,
                    negative_ids: Tensor | None = None, *, split: Tensor | None = None
-                   ) -> dict[str, Tensor]:
+                   ) -> LossOutput:
         """Both loss terms and what went into them (see the module docstring).
 
         Args:
@@ -508,15 +463,15 @@ class DSS(nn.Module):
             split: optional [B] past lengths t in 1..m (default: :meth:`sample_split`).
 
         Returns:
-            dict with ``loss`` (the total), ``seq2item``, ``seq2seq`` (0 when
+            :class:`LossOutput`: ``loss`` the total, terms ``seq2item``, ``seq2seq`` (0 when
             ``seq2seq_weight == 0``: then nothing of the future is computed and no split
             point drawn), ``pairs`` (number of kept intention pairs) and ``present``
             (pairs present on both sides).
         """
         cfg = self.config
-        _check_ids("input_ids", input_ids)
+        self.check_ids("input_ids", input_ids)
         shape = tuple(input_ids.shape)
-        _check_ids("target_ids", target_ids, shape)
+        self.check_ids("target_ids", target_ids, shape)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, n], got shape {shape}")
         # Columns that are padding in every row change nothing (right-aligned positions).
@@ -538,7 +493,7 @@ class DSS(nn.Module):
         else:
             if negative_ids is None:
                 raise ValueError('negative_ids is required when config.loss == "sampled"')
-            _check_ids("negative_ids", negative_ids)
+            self.check_ids("negative_ids", negative_ids)
             if tuple(negative_ids.shape[:2]) != shape:
                 raise ValueError(
                     f"negative_ids must be [B, n] or [B, n, m] with [B, n] = {shape}, got "
@@ -554,13 +509,12 @@ class DSS(nn.Module):
         zero = seq2item.new_zeros(())
         out = {"seq2item": seq2item, "seq2seq": zero, "pairs": zero.long(), "present": zero.long()}
         if cfg.seq2seq_weight == 0:
-            out["loss"] = seq2item
-            return out
+            return LossOutput(seq2item, out)
         m = mask.sum(1)
         if split is None:
             split = self.sample_split(m)
         else:
-            _check_ids("split", split, (shape[0],))
+            check_ids("split", split, (shape[0],))
             if bool(((split < 1) | (split > m.clamp_min(1))).any()):
                 raise ValueError("split must lie in 1..m (the real input length) for every row")
         rows = torch.arange(shape[0], device=inputs.device)
@@ -583,15 +537,8 @@ class DSS(nn.Module):
             valid_row, scale=1.0 / (math.sqrt(cfg.hidden_size) * cfg.seq2seq_temperature),
             confidence_lambda=cfg.confidence_lambda,
         )
-        out.update(seq2seq=seq2seq, pairs=kept, present=present,
-                   loss=seq2item + cfg.seq2seq_weight * seq2seq)
-        return out
-
-    def loss(self, input_ids: Tensor, target_ids: Tensor,
-             negative_ids: Tensor | None = None) -> Tensor:
-        """Training loss ``seq2item + seq2seq_weight * seq2seq`` (scalar); the Trainer's
-        interface. See :meth:`loss_terms`."""
-        return self.loss_terms(input_ids, target_ids, negative_ids)["loss"]
+        out.update(seq2seq=seq2seq, pairs=kept, present=present)
+        return LossOutput(seq2item + cfg.seq2seq_weight * seq2seq, out)
 
 
 def info_nce_pairs(past: Tensor, future: Tensor, eligible: Tensor, valid_row: Tensor, *,
@@ -629,94 +576,3 @@ def info_nce_pairs(past: Tensor, future: Tensor, eligible: Tensor, valid_row: Te
     kept = keep.sum()
     loss = (per_pair * keep).sum() / kept.clamp_min(1)
     return loss, kept, count
-
-
-def mixture_nll(phi: Tensor, weight: Tensor, target: Tensor, *, backend: str | None = None,
-                chunk: int | None = None) -> Tensor:
-    """Negative log-likelihood of a mixture softmax over K vectors and all items.
-
-    ``nll[r] = logsumexp_{k,j} <phi[r,k], weight[j]> - logsumexp_k <phi[r,k], weight[target[r]]>``
-
-    Args:
-        phi: [R, K, D] the K vectors of each of R rows.
-        weight: [V, D] the item table (without the padding row).
-        target: [R] int64 indices into ``weight``.
-        backend: ``"reference"`` materialises the [R, K, V] logits and lets autograd
-            differentiate them (what one writes in plain PyTorch); ``"seqrec"`` streams
-            over blocks of items: forward keeps only per-row log-sum-exps, backward
-            recomputes each block's logits and turns them in place into the gradient
-            (two matrix products per block), so nothing of size [R, K, V] is ever held.
-        chunk: items per block for ``"seqrec"`` (default: about 2^18 logits, 1 MiB in
-            float32, per block and at least 64 items: on the 2-core benchmark machine a
-            Beauty batch's forward+backward takes 1.1 s at 2^18 vs 1.7 s at 2^20, as
-            smaller blocks stay in cache across the exp and the two products).
-
-    Returns:
-        [R] per-row NLL; differentiable w.r.t. ``phi`` and ``weight``.
-    """
-    if phi.dim() != 3 or weight.dim() != 2 or phi.size(2) != weight.size(1):
-        raise ValueError(
-            f"mixture_nll: phi must be [R, K, D] and weight [V, D], got {tuple(phi.shape)} "
-            f"and {tuple(weight.shape)}"
-        )
-    if target.shape != phi.shape[:1]:
-        raise ValueError(f"mixture_nll: target must be [R={phi.size(0)}], got {tuple(target.shape)}")
-    if get_backend(backend) == "reference":
-        logits = phi @ weight.t()  # [R, K, V]
-        positive = logits.gather(2, target[:, None, None].expand(-1, logits.size(1), 1))
-        return logits.flatten(1).logsumexp(1) - positive.squeeze(2).logsumexp(1)
-    if chunk is None:
-        chunk = max(64, (1 << 18) // max(phi.size(0) * phi.size(1), 1))
-    return _MixtureNLL.apply(phi, weight, target, int(chunk))
-
-
-class _MixtureNLL(torch.autograd.Function):
-    """Blocked forward/backward of :func:`mixture_nll` (see its docstring)."""
-
-    @staticmethod
-    def forward(ctx, phi: Tensor, weight: Tensor, target: Tensor, chunk: int) -> Tensor:
-        r, k, d = phi.shape
-        rows = phi.reshape(r * k, d)
-        lse_blocks = [torch.logsumexp(rows @ weight[start : start + chunk].t(), 1)  # [RK] per block
-                      for start in range(0, weight.size(0), chunk)]
-        if lse_blocks:
-            lse_rows = torch.stack(lse_blocks, 1).logsumexp(1)
-        else:  # no item at all: every likelihood is empty
-            lse_rows = rows.new_full((r * k,), float("-inf"))
-        lse = lse_rows.view(r, k).logsumexp(1)  # [R]
-        positive = torch.einsum("rkd,rd->rk", phi, weight[target])  # [R, K]
-        ctx.save_for_backward(phi, weight, target, lse, torch.softmax(positive, 1))
-        ctx.chunk = chunk
-        return lse - positive.logsumexp(1)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        phi, weight, target, lse, resp = ctx.saved_tensors
-        r, k, d = phi.shape
-        rows = phi.reshape(r * k, d)
-        need_phi, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        lse_rows = lse.repeat_interleave(k)[:, None]  # [RK, 1]
-        g_rows = grad.repeat_interleave(k)[:, None]
-        # d nll / d logit = g * softmax over (k, j) of the row's logits. With g > 0 (a
-        # mean or a sum of the losses) it is exp(logit - lse + log g): the GEMM adds the
-        # shift and one in-place exp finishes the block.
-        positive_grad = bool((grad > 0).all())
-        shift = (g_rows.log() - lse_rows) if positive_grad else -lse_rows
-        g_phi = torch.zeros_like(rows) if need_phi else None
-        g_weight = torch.empty_like(weight) if need_weight else None
-        for start in range(0, weight.size(0), ctx.chunk):
-            block = weight[start : start + ctx.chunk]
-            p = torch.addmm(shift, rows, block.t()).exp_()  # [RK, C]
-            if not positive_grad:
-                p.mul_(g_rows)
-            if need_phi:
-                g_phi.addmm_(p, block)
-            if need_weight:
-                torch.mm(p.t(), rows, out=g_weight[start : start + ctx.chunk])
-        # The positive term: - g * resp_k at the target item of each row.
-        coef = (grad[:, None] * resp).unsqueeze(-1)  # [R, K, 1]
-        if need_phi:
-            g_phi = g_phi.view(r, k, d) - coef * weight[target][:, None, :]
-        if need_weight:
-            g_weight.index_add_(0, target, -(coef * phi).sum(1))
-        return g_phi, g_weight, None, None

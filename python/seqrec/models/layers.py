@@ -16,6 +16,7 @@ position ``n - 1``; ``key_padding_mask`` is a bool tensor with True at real item
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ __all__ = [
     "ItemPositionEmbedding",
     "PackedPositions",
     "LengthGroups",
+    "CroppedGroups",
     "lookup_rows",
     "MultiHeadSelfAttention",
     "FeedForward",
@@ -292,6 +294,65 @@ class LengthGroups(PackedPositions):
         return outputs[0] if self.order is None else torch.cat(outputs).index_select(0, self.order)
 
 
+class CroppedGroups:
+    """Rows of a left-padded batch grouped by span, each group cropped on the left to its
+    width and packed on its own: the layout for attentions whose parameters depend on
+    the key columns (DIF-SR's concat / gate fusion maps act on score rows of width
+    ``max_len``, cropped to each group's width).
+
+    Args:
+        key_padding_mask: [B, n] bool, True at real positions.
+        select: [B, n] bool, the (real) positions whose outputs are wanted; rows without
+            one are in no group.
+        max_len: the width the groups' widths are relative to (8, 16, 32 below it, then
+            ``max_len``); a group wider than ``n`` is padded on the left.
+
+    ``groups[g]`` = ``(rows, width, packed, keep)``: the batch rows of the group, its
+    width w, the :class:`PackedPositions` of its [R, w] layout and the int64 indices of
+    its selected positions among the packed ones. :meth:`real` gives a [B, n] tensor's
+    entries at a group's packed positions; :meth:`merge` puts the groups' selected
+    outputs back in row-major order of ``select``. Not traceable (data-dependent sizes).
+    """
+
+    def __init__(self, key_padding_mask: Tensor, select: Tensor, max_len: int) -> None:
+        self.n = n = key_padding_mask.size(1)
+        bucket, widths = length_buckets(row_spans(key_padding_mask), max_len)
+        wanted = select.any(1)
+        self.groups: list[tuple[Tensor, int, PackedPositions, Tensor]] = []
+        flats = []
+        for k in torch.unique(bucket[wanted]).tolist():
+            rows = ((bucket == k) & wanted).nonzero().squeeze(1)
+            w = widths[k]
+            group_mask, group_select = self.crop(key_padding_mask, rows, w), self.crop(select, rows, w)
+            packed = PackedPositions(group_mask)
+            keep = group_select.reshape(-1).index_select(0, packed.index).nonzero().squeeze(1)
+            self.groups.append((rows, w, packed, keep))
+            r, c = group_select.nonzero(as_tuple=True)
+            flats.append(rows[r] * n + c - (w - n))  # row-major index in the [B, n] input
+        self.order = torch.cat(flats).argsort() if len(flats) > 1 else None
+
+    def crop(self, t: Tensor, rows: Tensor, w: int) -> Tensor:
+        """``t`` [B, n, ...] at ``rows``, its last w columns (left-padded with 0 when w > n)."""
+        n = self.n
+        if w <= n:
+            return t[rows, n - w:]
+        return F.pad(t[rows], (w - n, 0))
+
+    def real(self, t: Tensor, group: int) -> Tensor:
+        """``t`` [B, n] at the packed (real) positions of group ``group``: [N_g]."""
+        rows, w, packed, _ = self.groups[group]
+        return self.crop(t, rows, w).reshape(-1).index_select(0, packed.index)
+
+    def merge(self, outputs: list[Tensor], empty: Tensor) -> Tensor:
+        """The groups' selected outputs ([K_g, D] each, in group order) as [K, D] in
+        row-major order of ``select``; ``empty`` [0, D] when no group."""
+        if not outputs:
+            return empty
+        if self.order is None:
+            return outputs[0]
+        return torch.cat(outputs).index_select(0, self.order)
+
+
 class ItemPositionEmbedding(nn.Module):
     """``Dropout(LN(item(x) + pos))``: item embedding plus learned position embedding.
 
@@ -422,8 +483,12 @@ class MultiHeadSelfAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_size)).transpose(1, 2)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None, causal: bool,
-                packed: PackedPositions | None = None, keep: Tensor | None = None) -> Tensor:
+                packed: PackedPositions | None = None, keep: Tensor | None = None,
+                side: Mapping[str, object] | None = None) -> Tensor:
         """x [B, n, D], key_padding_mask [B, n] bool (True = real) -> [B, n, D].
+
+        ``side``: side inputs of attentions that use them (see :class:`TransformerBlock`);
+        this one uses none and refuses any.
 
         With ``packed``, ``x`` is [N, D]: only the real positions (see
         :class:`PackedPositions`); the projections run on those alone and only the
@@ -434,6 +499,9 @@ class MultiHeadSelfAttention(nn.Module):
         those rows are returned, [K, D]: every position still serves as a key and value,
         but the output projection, residual and norm run on the kept rows alone.
         """
+        if side:
+            raise ValueError(f"MultiHeadSelfAttention takes no side inputs, got {sorted(side)}")
+
         def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:  # [b,w,D] -> [b,w,D]
             return scaled_dot_attention(
                 self._heads(q), self._heads(k), self._heads(v),
@@ -481,7 +549,16 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Self-attention sub-layer then feed-forward sub-layer, each post-LN with residual."""
+    """Self-attention sub-layer then feed-forward sub-layer, each post-LN with residual.
+
+    The attention is a part passed in (as flash-attention's ``Block(mixer_cls=...)``):
+    ``attention`` is a factory called once, returning a module with the signature of
+    :meth:`MultiHeadSelfAttention.forward` (``x, key_padding_mask, causal, packed, keep,
+    side``) that includes its own output projection, dropout, residual and norm. None
+    builds :class:`MultiHeadSelfAttention` from the sizes given. DIF-SR's decoupled
+    attention (:class:`seqrec.models.difsr.DIFMultiHeadAttention`) is the other one; its
+    side inputs (positions, attribute embeddings) travel in the ``side`` mapping.
+    """
 
     def __init__(
         self,
@@ -493,20 +570,26 @@ class TransformerBlock(nn.Module):
         hidden_act: str = "gelu",
         layer_norm_eps: float = 1e-12,
         backend: str | None = None,
+        *,
+        attention: Callable[[], nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        self.attention = MultiHeadSelfAttention(
-            hidden_size, num_heads, hidden_dropout, attention_dropout, layer_norm_eps, backend
-        )
+        if attention is None:
+            self.attention = MultiHeadSelfAttention(
+                hidden_size, num_heads, hidden_dropout, attention_dropout, layer_norm_eps, backend
+            )
+        else:
+            self.attention = attention()
         self.feed_forward = FeedForward(
             hidden_size, inner_size, hidden_dropout, hidden_act, layer_norm_eps
         )
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None, causal: bool,
-                packed: PackedPositions | None = None, keep: Tensor | None = None) -> Tensor:
+                packed: PackedPositions | None = None, keep: Tensor | None = None,
+                side: Mapping[str, object] | None = None) -> Tensor:
         """x [B, n, D] (or [N, D] with ``packed``) -> same shape, or [K, D] with ``keep``
-        (see :meth:`MultiHeadSelfAttention.forward`)."""
-        return self.feed_forward(self.attention(x, key_padding_mask, causal, packed, keep))
+        (see :meth:`MultiHeadSelfAttention.forward`); ``side`` goes to the attention."""
+        return self.feed_forward(self.attention(x, key_padding_mask, causal, packed, keep, side=side))
 
 
 class TransformerEncoder(nn.Module):
@@ -518,6 +601,13 @@ class TransformerEncoder(nn.Module):
         causal: default masking; ``forward(..., causal=...)`` overrides it per call so
             one encoder can be pretrained bidirectionally and fine-tuned causally
             (S3-Rec).
+        attention: the blocks' attention factory (see :class:`TransformerBlock`), called
+            once per layer; None = :class:`MultiHeadSelfAttention`.
+
+    Parameter names are ``layers.{l}.attention.*`` and ``layers.{l}.feed_forward.*``
+    whatever the attention, so encoders of every model share them where the parts are
+    the same (an S3-Rec pretrained encoder initialises a DIF-SR one's item attention
+    and feed-forward).
     """
 
     def __init__(
@@ -532,6 +622,8 @@ class TransformerEncoder(nn.Module):
         layer_norm_eps: float = 1e-12,
         causal: bool = True,
         backend: str | None = None,
+        *,
+        attention: Callable[[], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.causal = causal
@@ -549,13 +641,15 @@ class TransformerEncoder(nn.Module):
                 hidden_act,
                 layer_norm_eps,
                 backend,
+                attention=attention,
             )
             for _ in range(num_layers)
         )
 
     def forward(
         self, x: Tensor, key_padding_mask: Tensor | None, *, causal: bool | None = None,
-        select: Tensor | None = None,
+        select: Tensor | None = None, side: Mapping[str, object] | None = None,
+        skip_padding: bool | None = None,
     ) -> Tensor:
         """x [B, n, D], key_padding_mask [B, n] bool (True = real) -> [B, n, D].
 
@@ -566,8 +660,14 @@ class TransformerEncoder(nn.Module):
         are wanted (S3-Rec pretraining reads the masked positions and the last one).
         The selected outputs equal those of the full call (dropout aside: it is drawn for
         fewer elements).
+
+        ``side``: side inputs handed to every block's attention, in the padded [B, n]
+        layout (only the padded path takes them here; packed callers use
+        :meth:`encode_packed`). ``skip_padding``: overrides :attr:`skip_padding` for this
+        call (False: every position computed, e.g. for attention maps that read padding).
         """
         causal = self.causal if causal is None else causal
+        skip_padding = self.skip_padding if skip_padding is None else skip_padding
         if select is not None:
             if select.dtype != torch.bool or select.shape != x.shape[:2]:
                 raise ValueError(f"select must be a bool tensor of shape {tuple(x.shape[:2])}, got "
@@ -577,15 +677,17 @@ class TransformerEncoder(nn.Module):
             if len(self.layers) == 0:
                 return x[select]
         last = len(self.layers) - 1
-        if key_padding_mask is None or not self.skip_padding or torch.compiler.is_compiling():
+        if key_padding_mask is None or not skip_padding or torch.compiler.is_compiling():
             for i, layer in enumerate(self.layers):
                 keep = select.reshape(-1).nonzero().squeeze(1) if select is not None and i == last else None
-                x = layer(x, key_padding_mask, causal, keep=keep)
+                x = layer(x, key_padding_mask, causal, keep=keep, side=side)
             if select is not None or key_padding_mask is None:
                 return x
             # Padding positions output 0 on this path too (the packed path never computes
             # them), so eager, compiled and skip_padding=False give the same tensor.
             return x.masked_fill(~key_padding_mask.unsqueeze(-1), 0.0)
+        if side:
+            raise ValueError("side inputs need skip_padding=False or encode_packed (packed layouts)")
         packed = LengthGroups(key_padding_mask)
         keep = None
         if select is not None:  # packed rows that are selected
@@ -594,20 +696,21 @@ class TransformerEncoder(nn.Module):
         return h if select is not None else packed.unpack(h)
 
     def encode_packed(self, h: Tensor, packed: PackedPositions, *, causal: bool | None = None,
-                      keep: Tensor | None = None) -> Tensor:
+                      keep: Tensor | None = None, side: Mapping[str, object] | None = None) -> Tensor:
         """The blocks on ``h`` [N, D], the real positions of a batch in ``packed``'s order
         (``packed.pack(x)``, or :meth:`ItemPositionEmbedding.packed`) -> [N, D].
 
         ``keep``: int64 indices into the N rows; the result is then those rows, in
         ``keep``'s order, [K, D], and the last block computes only them after its
-        attention (as ``select`` in :meth:`forward`).
+        attention (as ``select`` in :meth:`forward`). ``side``: side inputs of the
+        attention, position-wise ones packed as ``h``.
         """
         causal = self.causal if causal is None else causal
         if len(self.layers) == 0:
             return h if keep is None else h.index_select(0, keep)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h = layer(h, packed.mask, causal, packed, keep if i == last else None)
+            h = layer(h, packed.mask, causal, packed, keep if i == last else None, side=side)
         return h
 
 

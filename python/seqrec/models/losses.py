@@ -7,7 +7,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["softmax_nll"]
+from ..ops.backend import get_backend
+
+__all__ = ["softmax_nll", "mixture_nll"]
 
 
 def softmax_nll(hidden: Tensor, weight: Tensor, target: Tensor) -> Tensor:
@@ -95,3 +97,94 @@ class _SoftmaxNLL(torch.autograd.Function):
             if factor is not None:
                 g_weight.mul_(factor)
         return g_hidden, g_weight, None
+
+
+def mixture_nll(phi: Tensor, weight: Tensor, target: Tensor, *, backend: str | None = None,
+                chunk: int | None = None) -> Tensor:
+    """Negative log-likelihood of a mixture softmax over K vectors and all items.
+
+    ``nll[r] = logsumexp_{k,j} <phi[r,k], weight[j]> - logsumexp_k <phi[r,k], weight[target[r]]>``
+
+    Args:
+        phi: [R, K, D] the K vectors of each of R rows.
+        weight: [V, D] the item table (without the padding row).
+        target: [R] int64 indices into ``weight``.
+        backend: ``"reference"`` materialises the [R, K, V] logits and lets autograd
+            differentiate them (what one writes in plain PyTorch); ``"seqrec"`` streams
+            over blocks of items: forward keeps only per-row log-sum-exps, backward
+            recomputes each block's logits and turns them in place into the gradient
+            (two matrix products per block), so nothing of size [R, K, V] is ever held.
+        chunk: items per block for ``"seqrec"`` (default: about 2^18 logits, 1 MiB in
+            float32, per block and at least 64 items: on the 2-core benchmark machine a
+            Beauty batch's forward+backward takes 1.1 s at 2^18 vs 1.7 s at 2^20, as
+            smaller blocks stay in cache across the exp and the two products).
+
+    Returns:
+        [R] per-row NLL; differentiable w.r.t. ``phi`` and ``weight``.
+    """
+    if phi.dim() != 3 or weight.dim() != 2 or phi.size(2) != weight.size(1):
+        raise ValueError(
+            f"mixture_nll: phi must be [R, K, D] and weight [V, D], got {tuple(phi.shape)} "
+            f"and {tuple(weight.shape)}"
+        )
+    if target.shape != phi.shape[:1]:
+        raise ValueError(f"mixture_nll: target must be [R={phi.size(0)}], got {tuple(target.shape)}")
+    if get_backend(backend) == "reference":
+        logits = phi @ weight.t()  # [R, K, V]
+        positive = logits.gather(2, target[:, None, None].expand(-1, logits.size(1), 1))
+        return logits.flatten(1).logsumexp(1) - positive.squeeze(2).logsumexp(1)
+    if chunk is None:
+        chunk = max(64, (1 << 18) // max(phi.size(0) * phi.size(1), 1))
+    return _MixtureNLL.apply(phi, weight, target, int(chunk))
+
+
+class _MixtureNLL(torch.autograd.Function):
+    """Blocked forward/backward of :func:`mixture_nll` (see its docstring)."""
+
+    @staticmethod
+    def forward(ctx, phi: Tensor, weight: Tensor, target: Tensor, chunk: int) -> Tensor:
+        r, k, d = phi.shape
+        rows = phi.reshape(r * k, d)
+        lse_blocks = [torch.logsumexp(rows @ weight[start : start + chunk].t(), 1)  # [RK] per block
+                      for start in range(0, weight.size(0), chunk)]
+        if lse_blocks:
+            lse_rows = torch.stack(lse_blocks, 1).logsumexp(1)
+        else:  # no item at all: every likelihood is empty
+            lse_rows = rows.new_full((r * k,), float("-inf"))
+        lse = lse_rows.view(r, k).logsumexp(1)  # [R]
+        positive = torch.einsum("rkd,rd->rk", phi, weight[target])  # [R, K]
+        ctx.save_for_backward(phi, weight, target, lse, torch.softmax(positive, 1))
+        ctx.chunk = chunk
+        return lse - positive.logsumexp(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        phi, weight, target, lse, resp = ctx.saved_tensors
+        r, k, d = phi.shape
+        rows = phi.reshape(r * k, d)
+        need_phi, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        lse_rows = lse.repeat_interleave(k)[:, None]  # [RK, 1]
+        g_rows = grad.repeat_interleave(k)[:, None]
+        # d nll / d logit = g * softmax over (k, j) of the row's logits. With g > 0 (a
+        # mean or a sum of the losses) it is exp(logit - lse + log g): the GEMM adds the
+        # shift and one in-place exp finishes the block.
+        positive_grad = bool((grad > 0).all())
+        shift = (g_rows.log() - lse_rows) if positive_grad else -lse_rows
+        g_phi = torch.zeros_like(rows) if need_phi else None
+        g_weight = torch.empty_like(weight) if need_weight else None
+        for start in range(0, weight.size(0), ctx.chunk):
+            block = weight[start : start + ctx.chunk]
+            p = torch.addmm(shift, rows, block.t()).exp_()  # [RK, C]
+            if not positive_grad:
+                p.mul_(g_rows)
+            if need_phi:
+                g_phi.addmm_(p, block)
+            if need_weight:
+                torch.mm(p.t(), rows, out=g_weight[start : start + ctx.chunk])
+        # The positive term: - g * resp_k at the target item of each row.
+        coef = (grad[:, None] * resp).unsqueeze(-1)  # [R, K, 1]
+        if need_phi:
+            g_phi = g_phi.view(r, k, d) - coef * weight[target][:, None, :]
+        if need_weight:
+            g_weight.index_add_(0, target, -(coef * phi).sum(1))
+        return g_phi, g_weight, None, None

@@ -10,7 +10,6 @@ dropped), ``embedding.position``, ``embedding.norm`` and every ``encoder.layers.
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -22,13 +21,13 @@ from torch import Tensor, nn
 from ..ops.backend import get_backend
 from ..ops.seq_mask import SeqMaskOutput, seq_mask
 from .layers import (
-    ACTIVATIONS,
     ItemPositionEmbedding,
     LengthGroups,
     TransformerEncoder,
     init_transformer_weights,
     lookup_rows,
 )
+from .config import EncoderConfig, Preset, spec
 
 if TYPE_CHECKING:
     from ..data import SequenceDataset
@@ -40,24 +39,16 @@ AAP_INPUTS = ("item", "sequence")
 REDUCTIONS = ("sum", "mean")
 
 # Named settings (``seqrec pretrain --preset NAME``): model fields only.
-PRESETS: dict[str, dict] = {
+PRESETS: dict[str, Preset] = {
     # The paper's (and REFERENCE.md's) S3-Rec settings; they are also the defaults.
-    "paper": dict(hidden_size=64, num_layers=2, num_heads=2, hidden_dropout=0.5,
-                  attention_dropout=0.5, mask_prob=0.2, aap_weight=0.2, mip_weight=1.0,
-                  map_weight=1.0, sp_weight=0.5),
+    "paper": Preset(model=dict(hidden_size=64, num_layers=2, num_heads=2, hidden_dropout=0.5,
+                               attention_dropout=0.5, mask_prob=0.2, aap_weight=0.2, mip_weight=1.0,
+                               map_weight=1.0, sp_weight=0.5)),
 }
 
 
-def _fail(name: str, expected: str, value: object) -> None:
-    raise ValueError(f"S3RecConfig.{name} must be {expected}, got {value!r}")
-
-
-def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
 @dataclasses.dataclass(frozen=True)
-class S3RecConfig:
+class S3RecConfig(EncoderConfig):
     """S3-Rec pretraining hyper-parameters (plain values; defaults = the paper's).
 
     Attributes:
@@ -87,59 +78,25 @@ class S3RecConfig:
             by its number of scored positions or rows).
     """
 
-    num_items: int
-    num_attributes: int = 0
-    attribute_fields: tuple[str, ...] = ()
-    max_len: int = 50
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    inner_size: int | None = None
-    hidden_dropout: float = 0.5
-    attention_dropout: float = 0.5
-    initializer_range: float = 0.02
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
-    mask_prob: float = 0.2
-    aap_weight: float = 0.2
-    mip_weight: float = 1.0
-    map_weight: float = 1.0
-    sp_weight: float = 0.5
-    aap_input: str = "sequence"
-    reduction: str = "sum"
+    num_attributes: int = spec(0, kind="int", minimum=0, cli=False,
+                               help="attribute ids 1..num_attributes (0: no side information)")
+    attribute_fields: tuple[str, ...] = spec((), kind="any", cli=False,
+                                             help="categorical fields used as attributes (empty: all)")
+    mask_prob: float = spec(0.2, kind="number", minimum=0, maximum=1, help="item masking probability p")
+    aap_weight: float = spec(0.2, kind="number", minimum=0, help="weight of the AAP loss (0: off)")
+    mip_weight: float = spec(1.0, kind="number", minimum=0, help="weight of the MIP loss (0: off)")
+    map_weight: float = spec(1.0, kind="number", minimum=0, help="weight of the MAP loss (0: off)")
+    sp_weight: float = spec(0.5, kind="number", minimum=0, help="weight of the SP loss (0: off)")
+    aap_input: str = spec("sequence", kind="choice", choices=AAP_INPUTS,
+                          help="what AAP scores: the encoder output at the item (sequence) or the item embedding")
+    reduction: str = spec("sum", kind="choice", choices=REDUCTIONS,
+                          help="sum each loss over its scored positions (the authors') or average it")
 
-    def __post_init__(self) -> None:
-        for name, minimum in (("num_items", 1), ("num_attributes", 0), ("max_len", 1),
-                              ("hidden_size", 1), ("num_layers", 1), ("num_heads", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                _fail(name, f"an int >= {minimum}", value)
-        if self.hidden_size % self.num_heads != 0:
-            raise ValueError(f"S3RecConfig.hidden_size={self.hidden_size} must be divisible by "
-                             f"num_heads={self.num_heads}")
-        if self.inner_size is not None and (
-                isinstance(self.inner_size, bool) or not isinstance(self.inner_size, int)
-                or self.inner_size < 1):
-            _fail("inner_size", "None or an int >= 1", self.inner_size)
+    def validate(self) -> None:
+        super().validate()
         if not isinstance(self.attribute_fields, tuple) or not all(
                 isinstance(f, str) and f for f in self.attribute_fields):
-            _fail("attribute_fields", "a tuple of field names", self.attribute_fields)
-        for name in ("hidden_dropout", "attention_dropout"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value < 1.0:
-                _fail(name, "a number in [0, 1)", value)
-        if not _is_number(self.mask_prob) or not 0.0 <= self.mask_prob <= 1.0:
-            _fail("mask_prob", "a number in [0, 1]", self.mask_prob)
-        for name in ("initializer_range", "layer_norm_eps"):
-            value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
-                _fail(name, "a positive number", value)
-        if self.hidden_act not in ACTIVATIONS:
-            _fail("hidden_act", f"one of {sorted(ACTIVATIONS)}", self.hidden_act)
-        for name in OBJECTIVES:
-            value = getattr(self, f"{name}_weight")
-            if not _is_number(value) or value < 0:
-                _fail(f"{name}_weight", "a number >= 0 (0 switches the objective off)", value)
+            self.fail("attribute_fields", "a tuple of field names", self.attribute_fields)
         if not self.objectives:
             raise ValueError("S3RecConfig: every objective weight is 0; keep at least one of "
                              "aap, mip, map, sp on")
@@ -147,15 +104,6 @@ class S3RecConfig:
             raise ValueError("S3RecConfig: AAP and MAP need item attributes but num_attributes=0; "
                              "give the dataset's attributes or switch them off (aap_weight=0, "
                              "map_weight=0; CLI: --no-aap --no-map)")
-        if self.aap_input not in AAP_INPUTS:
-            _fail("aap_input", f"one of {AAP_INPUTS}", self.aap_input)
-        if self.reduction not in REDUCTIONS:
-            _fail("reduction", f"one of {REDUCTIONS}", self.reduction)
-
-    @property
-    def ffn_size(self) -> int:
-        """The feed-forward width actually used."""
-        return 4 * self.hidden_size if self.inner_size is None else self.inner_size
 
     @property
     def objectives(self) -> tuple[str, ...]:

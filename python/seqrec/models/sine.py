@@ -8,8 +8,6 @@ and the weighted aggregation into K interests run in one call of the fused
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -19,7 +17,8 @@ from torch import Tensor, nn
 from ..ops import intent_cluster
 from ..ops.backend import get_backend
 from .layers import Dropout, PackedPositions, padding_mask
-from .sasrec import SASRec, _check_ids
+from .base import LossOutput, SequentialRecommender, check_ids
+from .config import ConfigBase, Preset, spec
 
 __all__ = ["SINEConfig", "SINE", "SINEOutput", "SINE_PRESETS", "MERGES", "INTENT_ATTENTIONS",
            "covariance_regularizer"]
@@ -28,31 +27,16 @@ MERGES = ("aggregate", "max")
 INTENT_ATTENTIONS = ("paper", "assigned")
 
 # Named settings, selectable with ``seqrec train --model sine --preset <name>``.
-SINE_PRESETS: dict[str, dict] = {
+SINE_PRESETS: dict[str, Preset] = {
     # The paper's defaults (these are also SINEConfig's defaults).
-    "paper": dict(num_prototypes=500, num_interests=4, temperature=0.1, reg_weight=0.1),
+    "paper": Preset(model=dict(num_prototypes=500, num_interests=4, temperature=0.1, reg_weight=0.1)),
     # A small concept pool, for small catalogues and quick looks (the synthetic data).
-    "small": dict(num_prototypes=50, num_interests=4, temperature=0.1, reg_weight=0.1),
+    "small": Preset(model=dict(num_prototypes=50, num_interests=4, temperature=0.1, reg_weight=0.1)),
 }
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"SINEConfig.{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"SINEConfig.{name} must be >= {minimum}, got {value}")
-
-
-def _check_number(name: str, value: object, *, positive: bool = False, below_one: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > 0 if positive else value >= 0) and (not below_one or value < 1)
-    if not ok:
-        want = "a positive number" if positive else "a number >= 0"
-        raise ValueError(f"SINEConfig.{name} must be {want}{' below 1' if below_one else ''}, got {value!r}")
-
-
 @dataclasses.dataclass(frozen=True)
-class SINEConfig:
+class SINEConfig(ConfigBase):
     """SINE hyper-parameters (plain numbers; defaults = the paper's where it gives them).
 
     Attributes:
@@ -77,47 +61,33 @@ class SINEConfig:
         layer_norm_eps: epsilon of every layer norm, 1e-5.
     """
 
-    num_items: int
-    max_len: int = 50
-    hidden_size: int = 64
-    num_prototypes: int = 500
-    num_interests: int = 4
-    temperature: float = 0.1
-    assign_temperature: float = 0.1
-    reg_weight: float = 0.1
-    dropout: float = 0.0
-    max_prefixes: int | None = None
-    merge: str = "aggregate"
-    intent_attention: str = "paper"
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-5
+    num_items: int = spec(kind="int", minimum=1, cli=False,
+                          help="number of real items; ids 1..num_items, 0 is padding")
+    max_len: int = spec(50, kind="int", minimum=1, cli=False, help="longest input (learned positions)")
+    hidden_size: int = spec(64, kind="int", minimum=1, help="hidden size D")
+    num_prototypes: int = spec(500, kind="int", minimum=1, help="L, size of the concept pool")
+    num_interests: int = spec(4, kind="int", minimum=1, help="K, concepts activated per user")
+    temperature: float = spec(0.1, kind="positive", help="tau of the interest aggregation softmax")
+    assign_temperature: float = spec(0.1, kind="positive", help="temperature of the intention assignment softmax")
+    reg_weight: float = spec(0.1, kind="number", minimum=0,
+                             help="lambda of the covariance regulariser on the prototypes")
+    dropout: float = spec(0.0, kind="probability", help="dropout on the item embeddings during training")
+    max_prefixes: int | None = spec(None, kind="int", minimum=1, optional=True,
+                                    help="training prefixes per sequence, most recent first (None: all)")
+    merge: str = spec("aggregate", kind="choice", choices=MERGES,
+                      help="how scores use the K interests: the aggregated user vector or the max over them")
+    intent_attention: str = spec("paper", kind="choice", choices=INTENT_ATTENTIONS,
+                                 help="per-intention attention: the paper's, or the authors' code's (scaled by "
+                                      "the assignment)")
+    initializer_range: float = spec(0.02, kind="positive", cli=False, help="std of the normal init")
+    layer_norm_eps: float = spec(1e-5, kind="positive", cli=False, help="epsilon of every layer norm")
 
-    def __post_init__(self) -> None:
-        _check_int("num_items", self.num_items, 1)
-        _check_int("max_len", self.max_len, 1)
-        _check_int("hidden_size", self.hidden_size, 1)
-        _check_int("num_prototypes", self.num_prototypes, 1)
-        _check_int("num_interests", self.num_interests, 1)
+    def validate(self) -> None:
         if self.num_interests > self.num_prototypes:
             raise ValueError(
                 f"SINEConfig.num_interests={self.num_interests} must be <= "
                 f"num_prototypes={self.num_prototypes} (top-K of the L concepts)"
             )
-        _check_number("temperature", self.temperature, positive=True)
-        _check_number("assign_temperature", self.assign_temperature, positive=True)
-        _check_number("reg_weight", self.reg_weight)
-        _check_number("dropout", self.dropout, below_one=True)
-        if self.max_prefixes is not None:
-            _check_int("max_prefixes", self.max_prefixes, 1)
-        if self.intent_attention not in INTENT_ATTENTIONS:
-            raise ValueError(
-                f"SINEConfig.intent_attention must be one of {INTENT_ATTENTIONS}, "
-                f"got {self.intent_attention!r}"
-            )
-        if self.merge not in MERGES:
-            raise ValueError(f"SINEConfig.merge must be one of {MERGES}, got {self.merge!r}")
-        _check_number("initializer_range", self.initializer_range, positive=True)
-        _check_number("layer_norm_eps", self.layer_norm_eps, positive=True)
 
 
 class SINEOutput(NamedTuple):
@@ -155,7 +125,7 @@ def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
     return torch.softmax(logits, dim=-1) * mask.any(dim=-1, keepdim=True).to(logits.dtype)
 
 
-class SINE(nn.Module):
+class SINE(SequentialRecommender):
     """Sparse-interest network (Tan et al., WSDM 2021).
 
     For a LEFT-padded sequence with item embeddings X [n, D] (real positions only,
@@ -286,7 +256,7 @@ class SINE(nn.Module):
             :class:`SINEOutput` (user vector, K interests, their weights, activated
             concepts, assignment and attention probabilities).
         """
-        _check_ids("item_seq", item_seq)
+        check_ids("item_seq", item_seq)
         cfg = self.config
         mask = padding_mask(item_seq, lengths)  # [B, n]
         b, n = item_seq.shape
@@ -375,6 +345,8 @@ class SINE(nn.Module):
         """User vectors v_u [B, D] (see :meth:`encode`)."""
         return self.encode(item_seq, lengths).user
 
+    has_interests = True
+
     def interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The K interest vectors phi^k [B, K, D] of each sequence (see :meth:`encode`)."""
         return self.encode(item_seq, lengths).interests
@@ -403,7 +375,7 @@ class SINE(nn.Module):
                 scores = (out.interests @ weight.t()).amax(dim=1)  # [B, K, V+1] -> [B, V+1]
             pad = torch.arange(scores.size(1), device=scores.device) == 0
             return scores.masked_fill(pad, float("-inf"))
-        _check_ids("items", items)
+        check_ids("items", items)
         if items.dim() != 2 or items.size(0) != item_seq.size(0):
             raise ValueError(
                 f"items must be [B={item_seq.size(0)}, C], got shape {tuple(items.shape)}"
@@ -441,9 +413,9 @@ class SINE(nn.Module):
         prefixes = item_seq[rows.unsqueeze(1), src.clamp_min(0)] * (src >= 0)
         return rows, cols, prefixes
 
-    def loss(
+    def loss_terms(
         self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None
-    ) -> Tensor:
+    ) -> LossOutput:
         """Sampled-softmax loss over every training prefix + covariance regulariser.
 
         Args:
@@ -453,15 +425,16 @@ class SINE(nn.Module):
                 position (``TrainConfig.num_negatives`` = m); required.
 
         Returns:
-            Scalar: mean over examples of ``-log softmax([pos, negs])[0]`` plus
-            ``reg_weight * covariance_regularizer(C)``.
+            :class:`LossOutput`: ``loss`` = mean over examples of
+            ``-log softmax([pos, negs])[0]`` plus ``reg_weight * covariance_regularizer(C)``
+            (no other terms).
         """
-        _check_ids("item_seq", item_seq)
+        self.check_ids("item_seq", item_seq)
         shape = tuple(item_seq.shape)
-        _check_ids("target_ids", target_ids, shape)
+        self.check_ids("target_ids", target_ids, shape)
         if negative_ids is None:
             raise ValueError("SINE's sampled softmax needs negative_ids [B, n, m]")
-        _check_ids("negative_ids", negative_ids)
+        self.check_ids("negative_ids", negative_ids)
         if negative_ids.dim() == 2:
             negative_ids = negative_ids.unsqueeze(-1)
         if negative_ids.dim() != 3 or tuple(negative_ids.shape[:2]) != shape:
@@ -472,45 +445,27 @@ class SINE(nn.Module):
         reg = self.config.reg_weight * covariance_regularizer(self.prototypes)
         rows, cols, prefixes = self.training_prefixes(item_seq, target_ids)
         if rows.numel() == 0:
-            return reg
+            return LossOutput(reg)
         user = self(prefixes)  # [R, D]
         cand = torch.cat([target_ids[rows, cols].unsqueeze(1), negative_ids[rows, cols]], dim=1)
         logits = (self.item(cand) * user.unsqueeze(1)).sum(-1)  # [R, 1 + m]
         labels = torch.zeros(len(logits), dtype=torch.int64, device=logits.device)
-        return F.cross_entropy(logits, labels) + reg
+        return LossOutput(F.cross_entropy(logits, labels) + reg)
 
     # ------------------------------------------------------------------ retrieval
+    # recommend() is the base's: it ranks by score(), which applies config.merge.
+    def item_table(self) -> nn.Embedding:
+        return self.item
+
     @torch.no_grad()
-    def recommend(
-        self,
-        sequences: Tensor | Sequence[Sequence[int]],
-        k: int = 10,
-        exclude_history: bool = True,
-        batch_size: int = 1024,
-    ) -> tuple[Tensor, Tensor]:
-        """Top-k next items for new sequences under ``config.merge``, eval mode, batched.
+    def item_concepts(self) -> Tensor:
+        """Each item's nearest prototype over the whole pool: [num_items] (items 1..V).
 
-        Args:
-            sequences: a list of variable-length lists of DENSE item ids (1..num_items,
-                oldest first), or a [B, L] int tensor left-padded with 0. Only the most
-                recent ``max_len`` items are encoded.
-            k: 1 <= k <= num_items.
-            exclude_history: drop every item of the whole given sequence from the
-                candidates.
-            batch_size: rows encoded at once.
-
-        Returns:
-            ``(item_ids [B, k] int64, scores [B, k])``, best first; id 0 / -inf where
-            fewer than k items are admissible. With ``merge="max"`` this is the merge of
-            the K per-interest top-k lists (by score, duplicates removed).
-        """
-        # The retrieval loop is SASRec's: it only calls self.score, which applies the merge rule.
-        return SASRec.recommend(self, sequences, k, exclude_history, batch_size)
-
-    def _history_tensor(self, sequences: Tensor | Sequence[Sequence[int]]) -> Tensor:
-        # SASRec's validation of user-given sequences; it reads only config.num_items.
-        return SASRec._history_tensor(self, sequences)
-
-    def item_embeddings(self) -> Tensor:
-        """Item embedding table [num_items + 1, D] (row 0 = padding), detached."""
-        return self.item.weight.detach()
+        The cosine of layer-normed ``E_i W_3`` and ``C_l``, as in the intention
+        assignment (no dropout on this path)."""
+        d = self.prototypes.size(1)
+        eps = self.config.layer_norm_eps
+        emb = self.item.weight[1:]  # [V, D]
+        xn = F.normalize(F.layer_norm(self.assign_proj(emb), (d,), eps=eps), dim=-1)
+        cn = F.normalize(F.layer_norm(self.prototypes, (d,), eps=eps), dim=-1)
+        return (xn @ cn.t()).argmax(dim=1)

@@ -1,8 +1,10 @@
 """Training loop: Adam, periodic validation, early stopping, checkpoints that resume exactly.
 
-The trainer drives any model with this interface (every seqrec model has it):
+The trainer drives a :class:`~seqrec.models.base.SequentialRecommender` (every seqrec
+next-item model is one; a model of your own subclasses it):
 
-* ``model.loss(input_ids, target_ids, negative_ids) -> scalar`` on a training batch;
+* ``model.loss_terms(input_ids, target_ids, negative_ids) -> LossOutput`` on a training
+  batch (the total under ``.loss``, named scalars under ``.terms``);
 * ``model.score(input_ids, lengths) -> [B, num_items + 1]`` full-ranking scores, and
   ``model.score(input_ids, lengths, items=[B, C]) -> [B, C]`` candidate scores.
 
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..data.split import LeaveOneOutSplit
 from ..eval import Protocol, evaluate_full_ranking, evaluate_sampled
+from ..models.base import LossOutput
 from ..utils import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -174,13 +177,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
-        """One pass over the training batches: ``(mean loss, mean of each other scalar
-        term)``. Models with a ``loss_terms`` method returning the total under ``"loss"``
-        (DIF-SR, DSS) have their terms averaged too (``{}`` for the others)."""
+        """One pass over the training batches: ``(mean loss, mean of each scalar term of
+        the model's :class:`LossOutput`)`` (``{}`` for a model without terms)."""
         cfg, model = self.config, self.model
         model.train()
         total, count = 0.0, 0
-        loss_terms = getattr(model, "loss_terms", None)
         term_sums: dict[str, torch.Tensor] = {}  # summed on the device: no sync per term
         batches = self.split.train_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                            num_negatives=cfg.num_negatives)
@@ -188,17 +189,14 @@ class Trainer:
                    disable=None if cfg.progress is None else not cfg.progress, leave=False)
         for batch in bar:
             batch = batch.to(cfg.device)
-            if loss_terms is None:
-                loss = model.loss(batch.input_ids, batch.target_ids, batch.negative_ids)
-            else:
-                terms = loss_terms(batch.input_ids, batch.target_ids, batch.negative_ids)
-                if "loss" not in terms:
-                    raise TypeError(f"{type(model).__name__}.loss_terms must return the total training loss "
-                                    f"under 'loss' (got {sorted(terms)})")
-                loss = terms["loss"]
-                for name, value in terms.items():
-                    if name != "loss" and value.dim() == 0:
-                        term_sums[name] = term_sums.get(name, 0) + value.detach().double()
+            out = model.loss_terms(batch.input_ids, batch.target_ids, batch.negative_ids)
+            if not isinstance(out, LossOutput):
+                raise TypeError(f"{type(model).__name__}.loss_terms must return a seqrec.models.LossOutput "
+                                f"(the total under .loss), got {type(out).__name__}")
+            loss = out.loss
+            for name, value in out.terms.items():
+                if value.dim() == 0:
+                    term_sums[name] = term_sums.get(name, 0) + value.detach().double()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch + 1}: the loss became {loss.item()} "
                                          "(lower the learning rate or check the data)")

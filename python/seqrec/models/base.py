@@ -1,0 +1,265 @@
+"""The interface every next-item model implements, and its output type.
+
+:class:`SequentialRecommender` is what the trainer, the evaluator and the CLI talk to:
+
+* ``loss_terms(input_ids, target_ids, negative_ids) -> LossOutput`` on a training batch
+  (``loss`` the total to minimise, ``terms`` the scalars worth logging);
+* ``score(item_seq, lengths, items=None)``: full-ranking or candidate scores;
+* ``recommend(sequences, k)``: top-k for new sequences, batched, in dense ids;
+* ``item_embeddings()``: the item table for approximate nearest-neighbour export.
+
+Capabilities that only some models have are explicit: :attr:`has_interests` (then
+:meth:`interests` returns ``[B, K, D]``), :attr:`uses_side_information` (then
+:meth:`attach_dataset` must be called before training), :meth:`item_concepts` (SINE's
+nearest prototype per item). A model whose score is a dot product of one user vector
+with the item table implements :meth:`encode_last` and inherits :meth:`score`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LossOutput", "SequentialRecommender", "check_ids"]
+
+
+@dataclasses.dataclass
+class LossOutput:
+    """What a training step of a model computes.
+
+    Attributes:
+        loss: scalar, the total training loss (what the trainer back-propagates).
+        terms: named scalars that make up or explain the total (unweighted terms,
+            counts); the trainer averages them over an epoch and logs them.
+    """
+
+    loss: Tensor
+    terms: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+
+
+def check_ids(name: str, ids: Tensor, shape: tuple[int, ...] | None = None, *,
+              high: int | None = None) -> None:
+    """Check an id tensor's dtype and shape and, with ``high``, its values.
+
+    Args:
+        name: the argument's name, used in the error.
+        ids: int64 (or int32) tensor.
+        shape: the shape it must have, or None.
+        high: when given, every value must lie in ``[0, high]`` (0 is padding). One
+            ``aminmax`` of the tensor (one device sync), skipped under
+            ``torch.compile`` tracing; meant for training entry points, where an
+            out-of-range id would otherwise surface as torch's bare
+            ``IndexError: index out of range in self``.
+
+    Raises:
+        ValueError: naming ``name``, what was expected and what was found.
+    """
+    if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
+        got = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
+        raise ValueError(f"{name} must be an int64 (or int32) tensor, got {got}")
+    if shape is not None and tuple(ids.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(ids.shape)}")
+    if high is None or ids.numel() == 0 or torch.compiler.is_compiling():
+        return
+    low_value, high_value = (int(v) for v in torch.aminmax(ids))
+    if low_value < 0 or high_value > high:
+        bad = low_value if low_value < 0 else high_value
+        raise ValueError(f"{name} holds item id {bad} outside [0, num_items={high}] (0 is padding)")
+
+
+class SequentialRecommender(nn.Module):
+    """Base class of the next-item models (SASRec, DIF-SR, SINE, DSS).
+
+    Subclasses set ``self.config`` (with ``num_items`` and ``max_len``) and implement
+    :meth:`loss_terms` and :meth:`item_table`, plus either :meth:`encode_last` (and
+    inherit the dot-product :meth:`score`) or their own :meth:`score`.
+    """
+
+    config: object
+    #: True for models with several interest vectors per user (:meth:`interests`).
+    has_interests: bool = False
+    #: True for models that need :meth:`attach_dataset` before training or scoring.
+    uses_side_information: bool = False
+
+    # ------------------------------------------------------------------ to implement
+    def item_table(self) -> nn.Embedding:
+        """The item embedding table whose rows score items ([num_items + 1, D], row 0 padding)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement item_table()")
+
+    def encode_last(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The user vector after the most recent item of each row: [B, D] (0 for an
+        empty row). Its dot product with the item table is :meth:`score`."""
+        raise NotImplementedError(f"{type(self).__name__} scores with its own score(); it has no single "
+                                  "last-position vector")
+
+    def loss_terms(self, input_ids: Tensor, target_ids: Tensor,
+                   negative_ids: Tensor | None = None) -> LossOutput:
+        """The training loss of a batch and its named terms (see :class:`LossOutput`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss_terms()")
+
+    # ------------------------------------------------------------------ capabilities
+    def interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The K interest vectors of each sequence, [B, K, D] (models with
+        :attr:`has_interests`)."""
+        raise NotImplementedError(f"{type(self).__name__} has a single interest per user")
+
+    def attach_dataset(self, dataset) -> None:
+        """Take the side information the model uses from ``dataset``; a no-op for models
+        without side information (:attr:`uses_side_information` False)."""
+
+    def item_concepts(self) -> Tensor | None:
+        """For models with a pool of concept prototypes (SINE): each item's nearest
+        prototype, [num_items] (item ids 1..num_items); None for the others."""
+        return None
+
+    # ------------------------------------------------------------------ shared
+    def check_ids(self, name: str, ids: Tensor, shape: tuple[int, ...] | None = None) -> None:
+        """:func:`check_ids` against this model's ``num_items`` (values included)."""
+        check_ids(name, ids, shape, high=self.config.num_items)
+
+    def loss(self, input_ids: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None) -> Tensor:
+        """The scalar training loss, ``loss_terms(...).loss``."""
+        return self.loss_terms(input_ids, target_ids, negative_ids).loss
+
+    def score(self, item_seq: Tensor, lengths: Tensor | None = None, items: Tensor | None = None) -> Tensor:
+        """Next-item scores from the last position (the most recent item).
+
+        Args:
+            item_seq: [B, n] left-padded item ids.
+            lengths: optional [B] real lengths.
+            items: optional [B, C] candidate ids; None scores every item.
+
+        Returns:
+            [B, num_items + 1] with column 0 (padding) = -inf, or [B, C] with -inf where
+            a candidate is 0. Dropout follows the module mode: call ``eval()`` first.
+        """
+        if items is not None:
+            check_ids("items", items)
+            if items.dim() != 2 or items.size(0) != item_seq.size(0):
+                raise ValueError(f"items must be [B={item_seq.size(0)}, C], got shape {tuple(items.shape)}")
+        last = self.encode_last(item_seq, lengths)  # [B, D]
+        table = self.item_table()
+        if items is None:
+            scores = last @ table.weight.t()  # [B, V+1]
+            pad = torch.arange(scores.size(1), device=scores.device) == 0
+            return scores.masked_fill(pad, float("-inf"))
+        scores = torch.bmm(table(items), last.unsqueeze(-1)).squeeze(-1)  # [B, C]
+        return scores.masked_fill(items == 0, float("-inf"))
+
+    def item_embeddings(self) -> Tensor:
+        """Item embedding table [num_items + 1, D] (row 0 = padding), detached.
+
+        Scores are dot products with these rows (SINE's ``merge="max"`` and DSS's
+        log-sum-exp over interests apply them per interest vector), so they serve as-is
+        for inner-product approximate nearest-neighbour search (``.cpu().numpy()``).
+        """
+        return self.item_table().weight.detach()
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        sequences: Tensor | Sequence[Sequence[int]],
+        k: int = 10,
+        exclude_history: bool = True,
+        batch_size: int = 1024,
+    ) -> tuple[Tensor, Tensor]:
+        """Top-k next items for new sequences, in eval mode, batched.
+
+        Args:
+            sequences: a list of variable-length lists of DENSE item ids (1..num_items,
+                oldest first), or a [B, L] int tensor left-padded with 0. Only the most
+                recent ``max_len`` items are encoded.
+            k: 1 <= k <= num_items.
+            exclude_history: drop every item of the whole given sequence (not only the
+                encoded window) from the candidates.
+            batch_size: rows encoded at once.
+
+        Returns:
+            ``(item_ids [B, k] int64, scores [B, k])`` on the model's device, best
+            first, ranked by :meth:`score` (so by each model's merge rule). Slots with
+            no admissible item left have id 0 and score -inf. Ids are the model's dense
+            ids: map them back with the dataset's id map to get original ids.
+        """
+        num_items = self.config.num_items
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_items:
+            raise ValueError(f"k must be an int in [1, num_items={num_items}], got {k!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        weight = self.item_embeddings()
+        history = self._history_tensor(sequences).to(weight.device)  # [B, L] left-padded
+        ids = torch.zeros(history.size(0), k, dtype=torch.int64, device=weight.device)
+        scores = torch.full((history.size(0), k), float("-inf"), dtype=weight.dtype, device=weight.device)
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, history.size(0), batch_size):
+                rows = history[start : start + batch_size]
+                batch_scores = self.score(rows[:, -self.config.max_len :])
+                if exclude_history:
+                    batch_scores.scatter_(1, rows, float("-inf"))  # column 0 is -inf anyway
+                top_scores, top_ids = batch_scores.topk(k, dim=1)
+                scores[start : start + batch_size] = top_scores
+                empty = top_scores == float("-inf")  # fewer than k admissible items
+                ids[start : start + batch_size] = top_ids.masked_fill(empty, 0)
+        finally:
+            self.train(was_training)
+        return ids, scores
+
+    def _history_tensor(self, sequences: Tensor | Sequence[Sequence[int]]) -> Tensor:
+        """Validated [B, L] int64 left-padded tensor (L >= 1) of the given sequences."""
+        num_items = self.config.num_items
+        if isinstance(sequences, Tensor):
+            dtype = sequences.dtype
+            if sequences.dim() != 2 or dtype.is_floating_point or dtype == torch.bool:
+                raise ValueError(
+                    "sequences must be a [B, L] integer tensor or a list of lists, got "
+                    f"{sequences.dtype} {tuple(sequences.shape)}"
+                )
+            history = sequences.to(torch.int64)
+            if history.numel() and (history.min() < 0 or history.max() > num_items):
+                raise ValueError(f"sequences hold ids outside [0, num_items={num_items}]")
+            real = history != 0
+            if bool((real[:, :-1] & ~real[:, 1:]).any()):
+                raise ValueError("sequences tensor must be LEFT-padded with 0 (no 0 after an item)")
+            if history.size(1) == 0:
+                history = torch.zeros(history.size(0), 1, dtype=torch.int64)
+            return history
+        if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence):
+            raise ValueError(
+                f"sequences must be a list of lists of item ids or a tensor, got {type(sequences).__name__}"
+            )
+        lengths = []
+        for row, seq in enumerate(sequences):
+            try:
+                lengths.append(len(seq))
+            except TypeError:
+                raise ValueError(
+                    f"sequences[{row}] must be a list of item ids, got {type(seq).__name__}"
+                ) from None
+        width = max(lengths, default=0) or 1
+        history = torch.zeros(len(lengths), width, dtype=torch.int64)
+        if sum(lengths):
+            try:
+                flat = torch.as_tensor(list(itertools.chain.from_iterable(sequences)))
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(f"sequences must hold integer item ids: {exc}") from None
+            if flat.dtype.is_floating_point or flat.dtype == torch.bool:
+                raise ValueError(f"sequences must hold integer item ids, got {flat.dtype}")
+            lengths_t = torch.tensor(lengths)
+            if bool(((flat < 1) | (flat > num_items)).any()):
+                bad = int(((flat < 1) | (flat > num_items)).nonzero()[0])
+                row = int((torch.cumsum(lengths_t, 0) <= bad).sum())
+                raise ValueError(
+                    f"sequences[{row}] holds item id {int(flat[bad])} outside "
+                    f"[1, num_items={num_items}] (dense ids; 0 is padding)"
+                )
+            rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths_t)
+            # Column of each item: left padding puts the last item of a row at width - 1.
+            starts = torch.cumsum(lengths_t, 0) - lengths_t
+            cols = torch.arange(flat.numel()) - torch.repeat_interleave(starts, lengths_t)
+            cols = cols + torch.repeat_interleave(width - lengths_t, lengths_t)
+            history[rows, cols] = flat.to(torch.int64)
+        return history
