@@ -7,7 +7,7 @@ max_len 50), the same initial weights, the same batches (the C++ data engine) an
 same optimizer (fused Adam, lr 1e-3). They differ only in the backend switch:
 
 * seqrec: ``intent_cluster`` is the compiled op, and the all-item mixture softmax of
-  the seq2item term streams over blocks of items (``seqrec.models.dss.mixture_nll``:
+  the seq2item term streams over blocks of items (``seqrec.models.losses.mixture_nll``:
   log-sum-exps in the forward, logits recomputed block by block in the backward);
 * reference: ``intent_cluster`` is its plain-PyTorch reference and the mixture softmax
   materialises the [N, K, V] logits and lets autograd differentiate them.
