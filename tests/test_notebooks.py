@@ -44,6 +44,9 @@ def _execute(path, monkeypatch) -> dict:
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("SEQREC_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # Progress on, as a person running the notebook sees it (CI sets CI=true, which turns
+    # it off): tqdm.auto must draw with ipywidgets, not warn "IProgress not found".
+    monkeypatch.delenv("CI", raising=False)
     nb = nbformat.read(path, as_version=4)
     check = CHECKS[path.name] + "import json as _json\nprint('SEQREC_CHECK', _json.dumps(_out, default=float))\n"
     nb.cells.append(nbformat.v4.new_code_cell(check))
@@ -51,6 +54,9 @@ def _execute(path, monkeypatch) -> dict:
                             resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors[0].get("evalue")
+    streams = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                      if o.output_type == "stream")
+    assert "TqdmWarning" not in streams and "IProgress not found" not in streams
     text = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []) if o.output_type == "stream")
     line = next(ln for ln in text.splitlines() if ln.startswith("SEQREC_CHECK "))
     return json.loads(line[len("SEQREC_CHECK "):])

@@ -29,10 +29,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data import SequenceDataset
 from ..ops.seq_mask import SeqMaskOutput
+from ..progress import progress_bar
 from ..utils import atomic_write
 
 __all__ = ["PretrainConfig", "PretrainSamples", "Pretrainer", "PRETRAIN_CHECKPOINT", "PRETRAIN_LOG",
@@ -58,7 +58,7 @@ class PretrainConfig:
     seed: int = 42
     device: str = "cpu"
     grad_clip: float | None = None
-    progress: bool | None = None  # None: a bar only when writing to a terminal
+    progress: bool | None = None  # None: seqrec.progress.progress_enabled decides
     keep_every: int = 0  # also keep the weights of every keep_every-th epoch (0: only the last)
 
     def __post_init__(self):
@@ -180,8 +180,8 @@ class Pretrainer:
         model.train()
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(self.batches(epoch), total=self.num_batches(), desc=f"pretrain {epoch + 1}",
-                   disable=None if cfg.progress is None else not cfg.progress, leave=False)
+        bar = progress_bar(self.batches(epoch), progress=cfg.progress, total=self.num_batches(),
+                           desc=f"pretrain {epoch + 1}", leave=False)
         for b, seq in bar:
             # Corruption on the CPU (the data side; seq_mask has no CUDA kernel yet), then
             # the whole batch moves to the model's device at once.

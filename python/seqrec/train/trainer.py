@@ -28,11 +28,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.split import LeaveOneOutSplit
 from ..eval import Protocol, evaluate_full_ranking, evaluate_sampled
 from ..models.base import LossOutput
+from ..progress import progress_bar, progress_enabled, progress_stream
 from ..utils import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -63,7 +63,9 @@ class TrainConfig:
     seed: int = 42
     device: str = "cpu"
     grad_clip: float | None = None
-    progress: bool | None = None  # None: bars only when writing to a terminal
+    # None: on where a person watches (a terminal, a notebook), off in CI and logs
+    # (seqrec.progress.progress_enabled); True / False force it.
+    progress: bool | None = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_every", "eval_chunk_size", "sampled_negatives"):
@@ -185,8 +187,8 @@ class Trainer:
         term_sums: dict[str, torch.Tensor] = {}  # summed on the device: no sync per term
         batches = self.split.train_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                            num_negatives=cfg.num_negatives)
-        bar = tqdm(batches, total=self.split.num_train_batches(cfg.batch_size), desc=f"epoch {epoch + 1}",
-                   disable=None if cfg.progress is None else not cfg.progress, leave=False)
+        bar = progress_bar(batches, progress=cfg.progress, total=self.split.num_train_batches(cfg.batch_size),
+                           desc=f"epoch {epoch + 1}", leave=False)
         for batch in bar:
             batch = batch.to(cfg.device)
             out = model.loss_terms(batch.input_ids, batch.target_ids, batch.negative_ids)
@@ -212,8 +214,13 @@ class Trainer:
 
     def fit(self, *, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
         """Train until ``epochs`` or early stopping, restore the best model (by the
-        validation metric) and evaluate it on the test set, full and sampled."""
+        validation metric) and evaluate it on the test set, full and sampled.
+
+        ``on_epoch(record)`` is called after every epoch; without one, and with progress
+        on (``config.progress``), one line per epoch is printed (loss, validation metric)."""
         cfg = self.config
+        if on_epoch is None and progress_enabled(cfg.progress):
+            on_epoch = self._print_epoch
         if self.epoch == 0 and not self.history:
             _seed_everything(cfg.seed)
         while self.epoch < cfg.epochs and (cfg.patience == 0 or self.bad_evals < cfg.patience):
@@ -252,6 +259,12 @@ class Trainer:
                 json.dump(asdict(result) | {"model": self.model_spec, "train": asdict(cfg)}, fh, indent=2,
                           default=str)
         return result
+
+    def _print_epoch(self, record: dict) -> None:
+        valid = record.get("valid")
+        metric = f", valid {self.config.metric} {valid[self.config.metric]:.4f}" if valid else ""
+        print(f"epoch {record['epoch']}/{self.config.epochs}: loss {record['loss']:.4f}{metric} "
+              f"({record['train_seconds']:.1f}s)", file=progress_stream(), flush=True)
 
     # ------------------------------------------------------------------ persistence
     def _log(self, record: dict) -> None:
