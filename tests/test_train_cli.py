@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,10 +133,30 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
 
 
 def test_data_stats_with_baseline(capsys):
+    from seqrec.eval.baselines import popularity_baseline
+
     assert main(["data", "stats", "--data", "synthetic", "--synthetic-users", "300", "--baseline"]) == 0
     out = capsys.readouterr().out
-    assert "users: 300" in out
-    assert "popularity baseline, test, rank_topk" in out and "popularity baseline, test, NumPy reference" in out
+    ds = synthetic(num_users=300, num_items=600)
+    stats = ds.stats()
+    lengths = ds.lengths
+    q1, q2, q3 = np.quantile(lengths, [0.25, 0.5, 0.75])
+    assert re.search(r"^ +users  300$", out, re.M) and re.search(r"^ +items  600$", out, re.M)
+    assert re.search(rf"^ +interactions  {stats['interactions']:,}$", out, re.M)
+    assert (f"sequence length  mean {lengths.mean():.1f}, min {lengths.min()}, quartiles {q1:g} / {q2:g} / {q3:g}, "
+            f"max {lengths.max()}") in out
+    assert f"density  {100 * stats['density']:.3g}% of user-item pairs" in out
+    assert re.search(r"attribute field  (category|brand): \d+ values", out)
+    assert re.search(r"^ +category: \d+ values", out, re.M) or re.search(r"^ +brand: \d+ values", out, re.M)
+    # no unrounded float anywhere: at most 4 decimals
+    assert not re.search(r"\d\.\d{5,}", out), out
+    # the popularity baseline, once, with its protocol, equal to the API's figures
+    assert out.count("popularity baseline") == 1 and "rank_topk" not in out and "NumPy" not in out
+    table = out[out.index("popularity baseline"):].splitlines()
+    assert table[1].startswith("  protocol: split=leave-one-out") and "ranking=full" in table[1]
+    names, values = table[2].split(), [float(v) for v in table[3].split()]
+    expected = popularity_baseline(ds.leave_one_out(max_len=50))["metrics"]["rank_topk"]
+    assert names == list(expected) and values == pytest.approx([round(expected[k], 4) for k in names], abs=1e-4)
 
 
 def test_trained_sasrec_beats_popularity_on_synthetic():

@@ -9,6 +9,7 @@
     seqrec train --model dss --data ../shared/data/Beauty --seq2seq-weight 0   # seq2item-only
     seqrec evaluate --checkpoint runs/beauty
     seqrec data stats --data ../shared/data/ml-100k --baseline
+    seqrec data download Beauty --to data              # -> data/Beauty/
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from .data import DataError, load_dataset
-from .utils import lock_run_folder, reuse_freed_memory
+from .utils import atomic_write, lock_run_folder, reuse_freed_memory
 
 # Defaults of each model's paper, applied when the option is not given.
 MODEL_DEFAULTS = {
@@ -192,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compiled operators (seqrec) or their plain-PyTorch references")
     t.add_argument("--out", default=None, help="folder for checkpoint.pt, history.jsonl and result.json")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh in --out, deleting the run saved there (its checkpoint, history, result)")
     t.add_argument("--init", default=None, metavar="CKPT",
                    help="initialise the weights by name from a checkpoint: a `seqrec pretrain` folder or its "
                         "pretrain.pt (required for --model s3rec, whose fine-tune model is a causal SASRec), "
@@ -213,9 +216,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = dsub.add_parser("stats", help="print dataset statistics (and a popularity baseline)")
     _add_data_args(s)
     s.add_argument("--baseline", action="store_true",
-                   help="also evaluate a popularity baseline, full ranking, with rank_topk and a NumPy reference")
+                   help="also evaluate a popularity baseline (items ranked by training interactions), test set, "
+                        "full ranking")
     s.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
+    _add_download_parser(dsub)
     return parser
+
+
+def _add_download_parser(dsub) -> None:
+    from .data.registry import DATASETS
+
+    listing = "; ".join(f"{d.name}: {d.description}" for d in DATASETS.values())
+    p = dsub.add_parser(
+        "download", help="download a public dataset (" + ", ".join(DATASETS) + ")",
+        description="Download a dataset our papers use into DIR/NAME/ (then: seqrec train --data DIR/NAME). "
+                    "Resumable (rerun after an interruption), checked against the size and SHA-256 pinned in "
+                    f"seqrec.data.registry. Datasets: {listing}.")
+    p.add_argument("name", metavar="NAME", help="dataset: " + ", ".join(DATASETS) + " (case-insensitive)")
+    p.add_argument("--to", default="data", metavar="DIR", help="parent folder (default: %(default)s)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="accept files that have no pinned checksum (their SHA-256 is printed); pinned files are "
+                        "always checked")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: on a terminal, off in CI and logs)")
 
 
 class _DefaultsHelp(argparse.HelpFormatter):
@@ -478,13 +501,20 @@ def cmd_train(args) -> int:
     if init_state is not None:
         spec["init"] = _init_weights(args, model, dataset.num_items, init_spec, init_state, init_path)
         spec["finetune_of"] = args.model if args.model in PRETRAIN_MODELS else None
+    if args.overwrite:
+        _clear_run_folder(args)
     trainer = Trainer(model, split, train_config, out_dir=args.out, model_spec=spec)
     if args.resume:
         if args.out is None:
             raise SystemExit("seqrec train: --resume needs --out (the folder of the run to continue)")
         if trainer.resume():
             print(f"resumed {args.out} after epoch {trainer.epoch}", file=sys.stderr)
-    print(f"{dataset!r}; {split.info.name}, max_len {split.max_len}; model {name} {config}", file=sys.stderr)
+    # The whole configuration goes to the run folder, not the terminal.
+    num_params = sum(p.numel() for p in model.parameters())
+    where = (f"config: {_write_run_config(args, spec, train_config)}" if args.out is not None
+             else "--out DIR keeps the run and its config")
+    print(f"{dataset!r}; {split.info.name}, max_len {split.max_len}\nmodel {name}, {num_params:,} parameters; "
+          f"{where}", file=sys.stderr)
 
     def on_epoch(rec):
         valid = rec.get("valid")
@@ -500,7 +530,58 @@ def cmd_train(args) -> int:
     print(format_table("test, sampled", result.test_sampled, result.protocol_sampled))
     if model.has_interests:
         _print_interest_distinctness(model, split, args.device)
+    if args.out is not None:
+        _print_run_folder(args)
     return 0
+
+
+RUN_CONFIG = "config.json"
+
+
+def _command_line(args, drop=(), add=()) -> str:
+    """The seqrec command that ran, as a shell line, without the flags in ``drop`` and with ``add``."""
+    import shlex
+
+    argv = [a for a in getattr(args, "argv", None) or sys.argv[1:] if a not in drop]
+    return shlex.join([_program(), *argv, *(a for a in add if a not in argv)])
+
+
+def _program() -> str:
+    """How this seqrec was started: `.venv/bin/seqrec` from `make run`, else `seqrec`."""
+    return sys.argv[0] if os.path.basename(sys.argv[0]) == "seqrec" else "seqrec"
+
+
+def _write_run_config(args, spec: dict, train_config) -> Path:
+    """``--out/config.json``: the command, the model (every config field) and the training settings."""
+    import json
+
+    path = Path(args.out) / RUN_CONFIG
+    with atomic_write(path) as fh:
+        json.dump({"command": _command_line(args), "model": spec, "train": dataclasses.asdict(train_config)}, fh,
+                  indent=2, default=str)
+    return path
+
+
+def _clear_run_folder(args) -> None:
+    """--overwrite: delete the files of the run saved in --out (only those seqrec writes)."""
+    from .train.trainer import CHECKPOINT_NAME, LOG_NAME
+
+    if args.resume:
+        raise ValueError("--overwrite and --resume contradict each other: --resume continues the run in --out, "
+                         "--overwrite deletes it")
+    if args.out is None:
+        raise ValueError("--overwrite needs --out (the folder of the run to replace)")
+    for name in (CHECKPOINT_NAME, LOG_NAME, "result.json", RUN_CONFIG):
+        (Path(args.out) / name).unlink(missing_ok=True)
+
+
+def _print_run_folder(args) -> None:
+    out = Path(args.out)
+    files = ", ".join(p.name for p in sorted(out.iterdir()) if not p.name.startswith("."))
+    print(f"\nrun folder: {out} ({files})\n"
+          f"  evaluate it:  {_program()} evaluate --checkpoint {out}\n"
+          f"  resume it (after a kill, or with a larger --epochs):  "
+          f"{_command_line(args, drop=('--overwrite',), add=('--resume',))}")
 
 
 def cmd_evaluate(args) -> int:
@@ -610,16 +691,47 @@ def _load(args):
                         synthetic_size=(args.synthetic_users, args.synthetic_items))
 
 
+def format_stats(stats: dict) -> str:
+    """``SequenceDataset.stats()`` as a short aligned summary, numbers rounded for reading."""
+    q1, median, q3 = stats["length_quartiles"]
+    rows = [("dataset", stats["name"]), ("users", f"{stats['users']:,}"), ("items", f"{stats['items']:,}"),
+            ("interactions", f"{stats['interactions']:,}"),
+            ("sequence length", f"mean {stats['avg_length']:.1f}, min {stats['min_length']}, quartiles "
+                                f"{q1:g} / {median:g} / {q3:g}, max {stats['max_length']}"),
+            ("density", f"{100 * stats['density']:.3g}% of user-item pairs")]
+    fields = [(k[len("attr:"):], v) for k, v in stats.items() if k.startswith("attr:")]
+    rows += [("attribute field" if i == 0 else "", f"{name}: {text}") for i, (name, text) in enumerate(fields)]
+    if not fields:
+        rows.append(("attribute fields", "none"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:>{width}}  {v}" for k, v in rows)
+
+
 def cmd_data_stats(args) -> int:
     dataset = _load(args)
-    for k, v in dataset.stats().items():
-        print(f"{k:>16}: {v}")
+    print(format_stats(dataset.stats()))
     if args.baseline:
         from .eval.baselines import popularity_baseline
 
-        results = popularity_baseline(dataset.leave_one_out(max_len=args.max_len), ks=tuple(args.ks))
-        for label, metrics in results["metrics"].items():
-            print(format_table(f"popularity baseline, test, {label}", metrics, results["protocol"]))
+        results = popularity_baseline(dataset.leave_one_out(max_len=args.max_len), ks=tuple(args.ks),
+                                      reference=False)
+        print(format_table("popularity baseline (items ranked by their training interactions), test set",
+                           results["metrics"]["rank_topk"], results["protocol"]))
+    return 0
+
+
+def cmd_data_download(args) -> int:
+    from .data.download import DownloadError, download_dataset
+    from .data.registry import find_dataset
+
+    source = find_dataset(args.name)
+    try:
+        folder = download_dataset(source.name, args.to, verify=not args.no_verify, progress=args.progress)
+    except DownloadError as exc:
+        print(f"seqrec data download: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{source.name} is in {folder}; try: seqrec data stats --data {folder}  /  "
+          f"seqrec train --model sasrec --data {folder} --out runs/{source.name.lower()}")
     return 0
 
 
@@ -652,6 +764,7 @@ def _check_device(name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to print a resume command
     # train / pretrain hold their --out folder until they return: one writer per run folder.
     writes_folder = args.command in ("train", "pretrain") and args.out is not None
     if args.command in ("train", "evaluate", "pretrain") and os.environ.get("SEQREC_REUSE_FREED_MEMORY") != "0":
@@ -669,6 +782,8 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_pretrain(args)
             if args.command == "data" and args.data_command == "stats":
                 return cmd_data_stats(args)
+            if args.command == "data" and args.data_command == "download":
+                return cmd_data_download(args)
     except (DataError, FileNotFoundError, ValueError) as exc:
         print(f"seqrec {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -332,6 +332,8 @@ class SequenceDataset:
             "avg_length": float(lengths.mean()) if len(lengths) else 0.0,
             "min_length": int(lengths.min()) if len(lengths) else 0,
             "max_length": int(lengths.max()) if len(lengths) else 0,
+            "length_quartiles": (tuple(float(q) for q in np.quantile(lengths, [0.25, 0.5, 0.75]))
+                                 if len(lengths) else (0.0, 0.0, 0.0)),
             "density": self.num_interactions / max(1, self.num_users * self.num_items),
         }
         for name, f in self.attributes.items():
