@@ -140,6 +140,16 @@ def test_http_error_names_url_and_status(tmp_path):
             fetch(f"{srv.url}/missing.txt", tmp_path / "x.txt", progress=False)
 
 
+def test_offline_dataset_download_leaves_no_folder(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DownloadError, match="cannot download"):
+        download_dataset("Tiny", tmp_path, source=_s3rec_source(f"http://127.0.0.1:{port}", _pin(TXT), _pin(JSON)),
+                         progress=False)
+    assert not list(tmp_path.iterdir())
+
+
 def test_offline_names_url_and_cause(tmp_path):
     with socket.socket() as s:  # a port nobody listens on: connection refused
         s.bind(("127.0.0.1", 0))
@@ -183,7 +193,7 @@ def test_archive_member_mismatch_removes_everything(tmp_path):
         with pytest.raises(DownloadError, match=r"mini\.item does not match its pinned checksum"):
             download_dataset("mini", tmp_path, progress=False, log=lambda _: None,
                              source=_atomic_source(srv.url, {"mini.inter": _pin(INTER), "mini.item": _pin(ITEM)}))
-    assert not list((tmp_path / "mini").iterdir())
+    assert not (tmp_path / "mini").exists()  # no archive, no part, no empty folder
 
 
 def test_unpinned_dataset_is_refused_unless_no_verify(tmp_path):
@@ -229,6 +239,6 @@ def test_cli_download_and_its_errors(tmp_path, capsys, monkeypatch):
     # unpinned: refused with the way out, exit status 2, nothing written
     assert main(["data", "download", "Sports", "--to", str(tmp_path)]) == 2
     assert "no pinned checksum for Sports" in capsys.readouterr().err
-    assert not (tmp_path / "Sports").exists() or not list((tmp_path / "Sports").iterdir())
+    assert not (tmp_path / "Sports").exists()
     assert main(["data", "download", "Amazon", "--to", str(tmp_path)]) == 2
     assert "unknown dataset 'Amazon'" in capsys.readouterr().err

@@ -171,7 +171,18 @@ def download_dataset(name: str, to: str | Path = "data", *, verify: bool = True,
                             "what it would receive; pass --no-verify (verify=False) to accept an unverified "
                             "download")
     folder = Path(to) / source.name
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_files(source, folder, progress, log)
+    except BaseException:
+        if created and not any(folder.iterdir()):  # leave no empty folder behind a failure
+            folder.rmdir()
+        raise
+    return folder
+
+
+def _download_files(source: DatasetSource, folder: Path, progress: bool | None, log: Callable[[str], None]) -> None:
     for remote in source.files:
         if _in_place(folder, remote):
             log(f"{folder / remote.outputs[0]}{' etc.' if len(remote.outputs) > 1 else ''}: already there")
@@ -184,4 +195,3 @@ def download_dataset(name: str, to: str | Path = "data", *, verify: bool = True,
                 log(f"{path}: {path.stat().st_size} bytes, SHA-256 verified")
             else:
                 log(f"{path}: {path.stat().st_size} bytes, SHA-256 {sha256_of(path)} (UNVERIFIED: no pinned checksum)")
-    return folder
