@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a `seqrec train` folder / checkpoint.pt; prints which tensors were loaded. "
                         "Unset --hidden-size/--num-layers/--num-heads default to the checkpoint's")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: only on a terminal)")
+                   help="progress bars (default: on a terminal, off in CI or when stderr goes to a file)")
 
     _add_pretrain_parser(sub)
 
@@ -305,7 +305,7 @@ def _add_pretrain_parser(sub) -> None:
                    help="compiled operators (seqrec, default) or their plain-PyTorch references")
     p.add_argument("--resume", action="store_true", help="continue the pretraining saved in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: only on a terminal)")
+                   help="progress bar (default: on a terminal, off in CI or when stderr goes to a file)")
 
 
 def format_table(title: str, metrics: dict, protocol: str) -> str:
