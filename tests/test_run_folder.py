@@ -26,9 +26,10 @@ def test_run_folder_config_and_how_to_continue(tmp_path, capsys):
     assert config["train"]["epochs"] == 2 and shlex.split(config["command"])[1:] == argv
     for name in ("checkpoint.pt", "history.jsonl", "result.json", "config.json"):
         assert (out / name).exists(), name
-    assert f"run folder: {out} (checkpoint.pt, config.json, history.jsonl, result.json)" in captured.out
-    assert f"seqrec evaluate --checkpoint {out}" in captured.out
-    resume = next(line for line in captured.out.splitlines() if "resume it" in line).split(":  ", 1)[1]
+    assert f"run folder: {out} (checkpoint.pt, config.json, history.jsonl, result.json)" in captured.err
+    assert f"seqrec evaluate --checkpoint {out}" in captured.err
+    assert "run folder" not in captured.out  # stdout: the results only
+    resume = next(line for line in captured.err.splitlines() if "resume it" in line).split(":  ", 1)[1]
     resume_argv = shlex.split(resume)[1:]
     assert "--overwrite" not in resume_argv and resume_argv[-1] == "--resume"
     # the printed commands work as printed

@@ -576,12 +576,13 @@ def _clear_run_folder(args) -> None:
 
 
 def _print_run_folder(args) -> None:
+    """Where the run is and how to go on with it (stderr, like the header: stdout holds the results)."""
     out = Path(args.out)
     files = ", ".join(p.name for p in sorted(out.iterdir()) if not p.name.startswith("."))
     print(f"\nrun folder: {out} ({files})\n"
           f"  evaluate it:  {_program()} evaluate --checkpoint {out}\n"
           f"  resume it (after a kill, or with a larger --epochs):  "
-          f"{_command_line(args, drop=('--overwrite',), add=('--resume',))}")
+          f"{_command_line(args, drop=('--overwrite',), add=('--resume',))}", file=sys.stderr)
 
 
 def cmd_evaluate(args) -> int:
