@@ -2,6 +2,8 @@
 reproducibility, training on synthetic data, CLI."""
 from __future__ import annotations
 
+import json
+
 import copy
 import math
 
@@ -460,14 +462,20 @@ def test_cli_smoke(tmp_path, capsys):
             "--temperature", "0.2", "--confidence-lambda", "0.8", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     out = capsys.readouterr()
-    assert "test, full ranking" in out.out and "'num_intentions': 3" in out.err
-    assert "'seq2seq_weight': 0.5" in out.err and "'tau': 0.2" in out.err
+
+    def model_config(run: str) -> dict:  # the run folder's config.json holds every model setting
+        return json.loads((tmp_path / run / "config.json").read_text())["model"]["config"]
+
+    config = model_config("run")
+    assert "test, full ranking" in out.out and config["num_intentions"] == 3
+    assert config["seq2seq_weight"] == 0.5 and config["tau"] == 0.2
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run")]) == 0
     assert main(["train", "--model", "dss", *TINY, "--no-progress", "--preset", "seq2item-only",
-                 "--loss", "sampled", "--num-negatives", "5"]) == 0
-    assert "'seq2seq_weight': 0.0" in capsys.readouterr().err
-    assert main(["train", "--model", "dss", *TINY, "--no-progress", "--beta", "noise"]) == 0
-    assert "'beta': 'noise'" in capsys.readouterr().err
+                 "--loss", "sampled", "--num-negatives", "5", "--out", str(tmp_path / "s2i")]) == 0
+    assert model_config("s2i")["seq2seq_weight"] == 0.0
+    assert main(["train", "--model", "dss", *TINY, "--no-progress", "--beta", "noise",
+                 "--out", str(tmp_path / "noise")]) == 0
+    assert model_config("noise")["beta"] == "noise"
     assert main(["train", "--model", "dss", *TINY, "--num-heads", "2"]) == 2
     assert "single-head" in capsys.readouterr().err
     assert main(["train", "--model", "dss", *TINY, "--preset", "nope"]) == 2
