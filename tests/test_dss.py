@@ -436,6 +436,7 @@ def test_build_model_and_score_compiles():
     torch.testing.assert_close(compiled(inputs, lengths), model.score(inputs))
 
 
+@pytest.mark.slow  # minutes on 2 loaded cores; `make test-fast` leaves it out
 def test_short_training_beats_popularity_on_synthetic():
     from seqrec.eval.baselines import popularity_baseline
 

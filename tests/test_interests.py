@@ -80,6 +80,7 @@ def trained():
     return ds, model, before
 
 
+@pytest.mark.slow  # minutes on 2 loaded cores; `make test-fast` leaves it out
 def test_trained_concepts_recover_planted_intents(trained):
     ds, model, before = trained
     after = concept_intent_agreement(model, ds)

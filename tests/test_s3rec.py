@@ -601,6 +601,7 @@ def test_cli_errors(tmp_path, capsys):
     assert "mask_prob must be a number in [0, 1]" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # minutes on 2 loaded cores; `make test-fast` leaves it out
 def test_pretrain_then_finetune_on_synthetic_beats_popularity(tmp_path):
     from seqrec.eval.baselines import popularity_baseline
     from seqrec.train import TrainConfig, Trainer

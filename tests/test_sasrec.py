@@ -227,6 +227,7 @@ def test_losses_match_the_authors_formulas():
     torch.testing.assert_close(model_ce.loss(input_ids, target_ids), expected)
 
 
+@pytest.mark.slow  # minutes on 2 loaded cores; `make test-fast` leaves it out
 @pytest.mark.parametrize("loss_name", ["bce", "ce"])
 def test_overfits_a_tiny_batch(loss_name):
     torch.manual_seed(0)

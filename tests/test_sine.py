@@ -350,6 +350,7 @@ def test_recommend_excludes_history_and_agrees_with_score():
 # ---------------------------------------------------------------- training and CLI
 
 
+@pytest.mark.slow  # minutes on 2 loaded cores; `make test-fast` leaves it out
 def test_trained_sine_beats_popularity_on_synthetic():
     from seqrec.eval.baselines import popularity_baseline
 

@@ -30,6 +30,7 @@ def _cli(*args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # minutes on 2 loaded cores; `make test-fast` leaves it out
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     epochs = ["--epochs", "8"]
     full = _cli("train", *TINY, *epochs, "--out", str(tmp_path / "full"))
@@ -159,6 +160,7 @@ def test_data_stats_with_baseline(capsys):
     assert names == list(expected) and values == pytest.approx([round(expected[k], 4) for k in names], abs=1e-4)
 
 
+@pytest.mark.slow  # minutes on 2 loaded cores; `make test-fast` leaves it out
 def test_trained_sasrec_beats_popularity_on_synthetic():
     from seqrec.eval.baselines import popularity_baseline
 
