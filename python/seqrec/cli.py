@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--sampled-negatives; the S3-Rec authors' sampled-protocol runs select by its MRR)")
     t.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="cut-offs reported")
     t.add_argument("--sampled-negatives", type=int, default=99, help="negatives per user in the sampled protocol")
+    _add_eval_block_args(t)
     t.add_argument("--no-exclude-history", action="store_true",
                    help="rank items of the user's history too (default: excluded, except the target)")
     t.add_argument("--seed", type=int, default=42, help="seeds initialisation, batch order, negatives and dropout")
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="dataset (default: the one the run was trained on)")
     e.add_argument("--format", choices=["s3rec", "atomic"], default=None)
     e.add_argument("--device", default="cpu")
+    _add_eval_block_args(e, saved=True)
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -239,6 +241,18 @@ def _add_download_parser(dsub) -> None:
                         "always checked")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal, off in CI and logs)")
+
+
+def _add_eval_block_args(p, saved: bool = False) -> None:
+    was = " (default: the run's)" if saved else ""
+    p.add_argument("--eval-chunk-size", type=int, default=None, metavar="USERS",
+                   help="users per evaluation score block; takes precedence over --eval-memory for the users, "
+                        "which then only splits items if needed (alone: whole rows of USERS users)" + was)
+    p.add_argument("--eval-memory", default=None, metavar="SIZE",
+                   help="memory budget of the evaluation score blocks, e.g. 2GiB, 512MiB or bytes; sizes users "
+                        "per block (at most 1024) when --eval-chunk-size is not given (default: a quarter of the "
+                        "available RAM, on CUDA at most half the free device memory)"
+                        + ("; alone it replaces the run's chunk size" if saved else ""))
 
 
 class _DefaultsHelp(argparse.HelpFormatter):
@@ -489,6 +503,7 @@ def cmd_train(args) -> int:
         num_negatives=num_negatives,
         patience=args.patience, eval_every=args.eval_every, metric=args.metric, valid_ranking=args.valid_ranking,
         ks=tuple(args.ks), sampled_negatives=args.sampled_negatives, exclude_history=not args.no_exclude_history,
+        eval_chunk_size=args.eval_chunk_size, eval_memory=args.eval_memory,
         seed=args.seed, device=args.device, progress=args.progress)
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(name, backend=args.backend, **config)
@@ -610,6 +625,8 @@ def cmd_evaluate(args) -> int:
     _attach(model, dataset)
     cfg = dict(state["train_config"])
     cfg["device"] = args.device
+    if args.eval_chunk_size is not None or args.eval_memory is not None:
+        cfg["eval_chunk_size"], cfg["eval_memory"] = args.eval_chunk_size, args.eval_memory
     trainer = Trainer(model, dataset.leave_one_out(max_len=data["max_len"]), TrainConfig(**cfg))
     # Say which weights these are: an unfinished run (killed, or still training) is
     # evaluated at its best epoch so far.

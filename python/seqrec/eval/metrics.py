@@ -95,19 +95,27 @@ def _metrics_from_histogram(hist: np.ndarray, ks: tuple[int, ...], extra: tuple[
     # terms; trim them so every caller sums exactly the same array.
     nonzero = np.flatnonzero(hist)
     hist = hist[: nonzero[-1] + 1].astype(np.float64)
-    r = np.arange(hist.shape[0], dtype=np.float64)
-    gain = 1.0 / np.log2(r + 2.0)
+    # The same terms as hist / (r + 1) and hist[:k] / log2(r + 2) for r = 0, 1, ..., but
+    # with two arrays as long as the histogram instead of six (it is as long as the
+    # catalogue: 8 MB per array at 10^6 items).
+    def head(k: int) -> np.ndarray:  # r = 0 .. min(k, len) - 1
+        return np.arange(min(k, hist.shape[0]), dtype=np.float64)
+
     out: dict[str, float] = {}
     for k in ks:
         out[f"HR@{k}"] = float(hist[:k].sum() / n)
-        out[f"NDCG@{k}"] = float((hist[:k] * gain[:k]).sum() / n)
-    out["MRR"] = float((hist / (r + 1.0)).sum() / n)
+        out[f"NDCG@{k}"] = float((hist[:k] * (1.0 / np.log2(head(k) + 2.0))).sum() / n)
+    reciprocal = np.arange(hist.shape[0], dtype=np.float64)
+    reciprocal += 1.0
+    np.divide(hist, reciprocal, out=reciprocal)
+    out["MRR"] = float(reciprocal.sum() / n)
+    del reciprocal
     if "Precision" in extra:
         for k in ks:
             out[f"Precision@{k}"] = float(hist[:k].sum() / (n * k))
     if "MAP" in extra:
         for k in ks:
-            out[f"MAP@{k}"] = float((hist[:k] / (r[:k] + 1.0)).sum() / n)
+            out[f"MAP@{k}"] = float((hist[:k] / (head(k) + 1.0)).sum() / n)
     return out
 
 
@@ -156,12 +164,34 @@ class RankAccumulator:
         arr = _as_rank_array(rank)
         if arr.size == 0:
             return
-        counts = np.bincount(arr)
+        top = int(arr.max()) + 1
+        if top > self._hist.shape[0]:
+            self._grow(top)
+        np.add.at(self._hist, arr, 1)  # no [max rank] bincount for every chunk
+
+    def histogram(self) -> np.ndarray:
+        """A copy of the counts: ``histogram()[r]`` users had rank r (int64)."""
+        return self._hist.copy()
+
+    def add_histogram(self, counts: np.ndarray | Tensor) -> None:
+        """Add rank counts (``counts[r]`` more users of rank r), e.g. another
+        accumulator's :meth:`histogram` or a sum of them across processes: merging
+        histograms gives exactly the metrics of all the ranks together."""
+        counts = counts.detach().cpu().numpy() if isinstance(counts, Tensor) else np.asarray(counts)
+        if counts.ndim != 1 or (counts.size and not np.issubdtype(counts.dtype, np.integer)):
+            raise ValueError(f"counts must be a 1-dimensional integer array, got shape {counts.shape}, "
+                             f"dtype {counts.dtype}")
+        if counts.size and counts.min() < 0:
+            raise ValueError(f"counts must be >= 0, got {int(counts.min())}")
+        counts = counts.astype(np.int64, copy=False)
         if counts.shape[0] > self._hist.shape[0]:
-            grown = np.zeros(counts.shape[0], dtype=np.int64)
-            grown[: self._hist.shape[0]] = self._hist
-            self._hist = grown
+            self._grow(counts.shape[0])
         self._hist[: counts.shape[0]] += counts
+
+    def _grow(self, length: int) -> None:
+        grown = np.zeros(length, dtype=np.int64)
+        grown[: self._hist.shape[0]] = self._hist
+        self._hist = grown
 
     def compute(self) -> dict[str, float]:
         """The metrics (keys as :func:`metrics_from_ranks`) over every rank added."""
@@ -203,6 +233,19 @@ class TopKAccumulator:
     def counts(self, k: int) -> np.ndarray:
         """``[num_items + 1]`` how many top-``k`` lists hold each item (index 0 unused)."""
         return self._counts[self.ks.index(k)].copy()
+
+    def all_counts(self) -> np.ndarray:
+        """A copy of every count, ``[len(ks), num_items + 1]`` int64 (for merging)."""
+        return self._counts.copy()
+
+    def add_counts(self, counts: np.ndarray | Tensor) -> None:
+        """Add another accumulator's :meth:`all_counts` (or their sum across processes):
+        integer sums, so merged metrics equal those of all the lists together."""
+        counts = counts.detach().cpu().numpy() if isinstance(counts, Tensor) else np.asarray(counts)
+        if counts.shape != self._counts.shape or (counts.size and not np.issubdtype(counts.dtype, np.integer)):
+            raise ValueError(f"counts must be an integer array of shape {self._counts.shape}, got shape "
+                             f"{counts.shape}, dtype {counts.dtype}")
+        self._counts += counts.astype(np.int64, copy=False)
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -31,6 +31,7 @@ import torch
 
 from ..data.split import LeaveOneOutSplit
 from ..eval import Protocol, evaluate_full_ranking, evaluate_sampled
+from ..eval.memory import default_eval_memory, parse_memory
 from ..models.base import LossOutput
 from ..progress import progress_bar, progress_enabled, progress_stream
 from ..utils import atomic_write
@@ -57,7 +58,11 @@ class TrainConfig:
     valid_ranking: str = "full"
     patience: int = 10
     ks: tuple[int, ...] = (5, 10, 20)
-    eval_chunk_size: int = 1024
+    # Evaluation blocks (see seqrec.eval.memory): users per score block, and the memory
+    # budget that sizes what is not given (None: the machine's). A chunk size without a
+    # budget scores whole rows of that many users, as given.
+    eval_chunk_size: int | None = None
+    eval_memory: int | str | None = None
     exclude_history: bool = True
     sampled_negatives: int = 99
     seed: int = 42
@@ -69,8 +74,12 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_every", "eval_chunk_size", "sampled_negatives"):
+            if getattr(self, name) is None and name == "eval_chunk_size":
+                continue
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_memory is not None:
+            parse_memory(self.eval_memory, "TrainConfig.eval_memory")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.patience < 0:
@@ -150,9 +159,12 @@ class Trainer:
                     rows = rows.to(cfg.device)
                     return model.score(inputs[rows], lengths[rows]).float().cpu()
 
+                memory = cfg.eval_memory
+                if memory is None and cfg.eval_chunk_size is None:
+                    memory = default_eval_memory(cfg.device)
                 metrics, _ = evaluate_full_ranking(
                     score_fn, batch.target, batch.history_indptr, batch.history_items, ks=cfg.ks,
-                    chunk_size=cfg.eval_chunk_size, exclude_history=cfg.exclude_history)
+                    chunk_size=cfg.eval_chunk_size, exclude_history=cfg.exclude_history, memory=memory)
             elif ranking == "sampled":
                 if self.sampled_problem is not None:
                     raise ValueError(f"the sampled protocol cannot run: {self.sampled_problem}")
@@ -163,7 +175,7 @@ class Trainer:
                     return model.score(inputs[rows_d], lengths[rows_d], items=cand[rows].to(cfg.device)).float().cpu()
 
                 metrics, _ = evaluate_sampled(cand_score_fn, len(cand), ks=(1,) + cfg.ks,
-                                              chunk_size=cfg.eval_chunk_size)
+                                              chunk_size=cfg.eval_chunk_size or 1024)
             else:
                 raise ValueError(f"ranking must be 'full' or 'sampled', got {ranking!r}")
         finally:
@@ -314,7 +326,8 @@ class Trainer:
             torch.save(self.state_dict(), fh)
 
     # Settings a resumed run may change: how long it goes on, and where it runs.
-    RESUME_MAY_CHANGE = frozenset({"epochs", "patience", "eval_every", "eval_chunk_size", "device", "progress"})
+    RESUME_MAY_CHANGE = frozenset({"epochs", "patience", "eval_every", "eval_chunk_size", "eval_memory", "device",
+                                  "progress"})
 
     def resume(self) -> bool:
         """Load ``out_dir/checkpoint.pt`` if it exists; True when a run was resumed.
