@@ -246,8 +246,8 @@ def _add_download_parser(dsub) -> None:
 def _add_eval_block_args(p, saved: bool = False) -> None:
     was = " (default: the run's)" if saved else ""
     p.add_argument("--eval-chunk-size", type=int, default=None, metavar="USERS",
-                   help="users per evaluation score block; takes precedence over --eval-memory for the users, "
-                        "which then only splits items if needed (alone: whole rows of USERS users)" + was)
+                   help="users per evaluation score block; takes precedence over --eval-memory (the models score "
+                        "whole rows: a chunk over the budget is used as given, with a warning)" + was)
     p.add_argument("--eval-memory", default=None, metavar="SIZE",
                    help="memory budget of the evaluation score blocks, e.g. 2GiB, 512MiB or bytes; sizes users "
                         "per block (at most 1024) when --eval-chunk-size is not given (default: a quarter of the "
