@@ -288,8 +288,9 @@ def test_catalogue_too_small_for_the_sampled_protocol(tmp_path, capsys):
     assert re.search(r"test, sampled\n  protocol: not computed: user \d+ has only", out)
     # said before training, in the commands' own words rather than as a Python source line
     assert re.match(r"seqrec train: warning: the sampled protocol will be skipped: user \d+ has only", err)
-    assert main([*args, "--sampled-negatives", "0", "--out", str(tmp_path / "zero")]) == 2
-    assert "sampled_negatives must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):  # refused while parsing, naming the option
+        main([*args, "--sampled-negatives", "0", "--out", str(tmp_path / "zero")])
+    assert "argument --sampled-negatives: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_train_config_validation():

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -25,7 +27,8 @@ import numpy as np
 import torch
 
 from .data import DataError, load_dataset
-from .utils import atomic_write, lock_run_folder, reuse_freed_memory
+from .utils import (NoSpaceError, lock_run_folder, reuse_freed_memory, stale_temp_files, verify_torch_file,
+                    write_json)
 
 # Defaults of each model's paper, applied when the option is not given.
 MODEL_DEFAULTS = {
@@ -73,6 +76,55 @@ def _field_help(name: str) -> str:
         value = MODEL_DEFAULTS[model].get(name, field.default)
         defaults[model] = "4 x hidden size" if value is None and name == "inner_size" else value
     return f"{meta['help']} {_defaults_text(defaults)}"
+# ---------------------------------------------------------------- option types
+# argparse `type=` functions: a bad value is refused while parsing, in argparse's words,
+# "argument --lr: must be > 0, got 0", never replaced by a default later.
+def _number(text: str, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+SEED_LIMIT = 2**63  # the seed contract of every seqrec op and command: 0 <= seed < 2**63
+
+
+def seed_int(text: str) -> int:
+    value = _number(text, int)
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
 
 
 def _presets() -> dict:
@@ -88,10 +140,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "(.inter file, stem or folder)")
     p.add_argument("--format", choices=["s3rec", "atomic"], default=None,
                    help="input format (inferred from the path when omitted)")
-    p.add_argument("--synthetic-users", type=int, default=2000, help="users of the synthetic dataset")
-    p.add_argument("--synthetic-items", type=int, default=600, help="items of the synthetic dataset")
-    p.add_argument("--kcore", type=int, default=None, help="k-core filter users and items before splitting")
-    p.add_argument("--max-len", type=int, default=50, help="maximum sequence length (most recent items kept)")
+    p.add_argument("--synthetic-users", type=positive_int, default=2000, help="users of the synthetic dataset")
+    p.add_argument("--synthetic-items", type=positive_int, default=600, help="items of the synthetic dataset")
+    p.add_argument("--kcore", type=nonneg_int, default=None, help="k-core filter users and items before splitting")
+    p.add_argument("--max-len", type=positive_int, default=50,
+                   help="maximum sequence length (most recent items kept)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="named settings of a paper; explicit options override them (difsr: "
                         + ", ".join(sorted(_presets())) + "; sine: " + ", ".join(_sine_presets()) + "; dss: "
                         + ", ".join(_dss_presets()) + ")")
-    t.add_argument("--num-negatives", type=int, default=None,
+    t.add_argument("--num-negatives", type=positive_int, default=None,
                    help="sampled negatives per training position (default: the model's; sasrec 1, sine 100, "
                         "dss 100 with --loss sampled)")
     t.add_argument("--temperature", type=float, default=None,
@@ -171,31 +224,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no position score matrix (the model then has no position information)")
     dif.add_argument("--fusion-sees-masked", action="store_true",
                      help="DIF-SR's code: fusion maps read masked (future/padding) scores too")
-    t.add_argument("--epochs", type=int, default=200, help="training epochs (at most; see --patience)")
-    t.add_argument("--batch-size", type=int, default=None,
+    t.add_argument("--epochs", type=positive_int, default=200, help="training epochs (at most; see --patience)")
+    t.add_argument("--batch-size", type=positive_int, default=None,
                    help="users per batch " + _defaults_text({m: d["batch_size"] for m, d in MODEL_DEFAULTS.items()}))
-    t.add_argument("--lr", type=float, default=None,
+    t.add_argument("--lr", type=positive_float, default=None,
                    help="Adam learning rate " + _defaults_text({m: d["lr"] for m, d in MODEL_DEFAULTS.items()}))
-    t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: 0)")
-    t.add_argument("--patience", type=int, default=10, help="evaluations without improvement before stopping (0: never)")
-    t.add_argument("--eval-every", type=int, default=1, help="validate every N epochs")
+    t.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="Adam weight decay (default: 0)")
+    t.add_argument("--patience", type=nonneg_int, default=10,
+                   help="evaluations without improvement before stopping (0: never)")
+    t.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
     t.add_argument("--metric", default="NDCG@20", help="validation metric for early stopping and model selection")
     t.add_argument("--valid-ranking", choices=["full", "sampled"], default="full",
                    help="protocol of the validation that selects the epoch: full ranking, or sampled (target vs "
                         "--sampled-negatives; the S3-Rec authors' sampled-protocol runs select by its MRR)")
-    t.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="cut-offs reported")
-    t.add_argument("--sampled-negatives", type=int, default=99, help="negatives per user in the sampled protocol")
+    t.add_argument("--ks", type=positive_int, nargs="+", default=[5, 10, 20], help="cut-offs reported")
+    t.add_argument("--sampled-negatives", type=positive_int, default=99,
+                   help="negatives per user in the sampled protocol")
     _add_eval_block_args(t)
     t.add_argument("--no-exclude-history", action="store_true",
                    help="rank items of the user's history too (default: excluded, except the target)")
-    t.add_argument("--seed", type=int, default=42, help="seeds initialisation, batch order, negatives and dropout")
+    t.add_argument("--seed", type=seed_int, default=42,
+                   help="seeds initialisation, batch order, negatives and dropout; 0 <= seed < 2**63")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     t.add_argument("--backend", choices=["seqrec", "reference"], default=None,
                    help="compiled operators (seqrec) or their plain-PyTorch references")
     t.add_argument("--out", default=None, help="folder for checkpoint.pt, history.jsonl and result.json")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     t.add_argument("--overwrite", action="store_true",
-                   help="start afresh in --out, deleting the run saved there (its checkpoint, history, result)")
+                   help="start afresh in an --out folder that holds a run (its checkpoint, history and result "
+                        "are deleted); without it, and without --resume, such a folder is refused")
     t.add_argument("--init", default=None, metavar="CKPT",
                    help="initialise the weights by name from a checkpoint: a `seqrec pretrain` folder or its "
                         "pretrain.pt (required for --model s3rec, whose fine-tune model is a causal SASRec), "
@@ -220,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline", action="store_true",
                    help="also evaluate a popularity baseline (items ranked by training interactions), test set, "
                         "full ranking")
-    s.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
+    s.add_argument("--ks", type=positive_int, nargs="+", default=[5, 10, 20])
     _add_download_parser(dsub)
     return parser
 
@@ -281,14 +338,16 @@ def _add_pretrain_parser(sub) -> None:
     p.add_argument("--model", default="s3rec", choices=sorted(PRETRAIN_MODELS), help="model to pretrain (default: %(default)s)")
     _add_data_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for pretrain.pt and pretrain.jsonl")
-    p.add_argument("--epochs", type=int, default=150, help="pretraining epochs (default: %(default)s, the paper's)")
-    p.add_argument("--keep-every", type=int, default=0, metavar="N",
+    p.add_argument("--epochs", type=positive_int, default=150,
+                   help="pretraining epochs (default: %(default)s, the paper's)")
+    p.add_argument("--keep-every", type=nonneg_int, default=0, metavar="N",
                    help="also keep the weights after every N-th epoch as DIR/pretrain-epoch<epoch>.pt, to "
                         "fine-tune from an earlier point of the same run (`seqrec train --init "
                         "DIR/pretrain-epoch50.pt`); the authors keep every 10th. 0: only the last (default)")
-    p.add_argument("--batch-size", type=int, default=100, help="samples per batch (default: %(default)s, the authors')")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=100,
+                   help="samples per batch (default: %(default)s, the authors')")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="Adam weight decay (default: %(default)s)")
     p.add_argument("--mask-p", type=float, default=None, help=f"item masking probability (default: {defaults.mask_prob})")
     for name, label in (("aap", "item-attribute (AAP)"), ("mip", "masked item (MIP)"),
                         ("map", "masked attribute (MAP)"), ("sp", "segment (SP)")):
@@ -312,12 +371,17 @@ def _add_pretrain_parser(sub) -> None:
     p.add_argument("--num-heads", type=int, default=None, help=f"(default: {defaults.num_heads})")
     p.add_argument("--dropout", type=float, default=None,
                    help=f"hidden and attention dropout (default: {defaults.hidden_dropout})")
-    p.add_argument("--seed", type=int, default=42,
-                   help="seeds initialisation, sample order, masking and dropout (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=42,
+                   help="seeds initialisation, sample order, masking and dropout; 0 <= seed < 2**63 "
+                        "(default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu; masking always runs on the CPU)")
     p.add_argument("--backend", choices=["seqrec", "reference"], default=None,
                    help="compiled operators (seqrec, default) or their plain-PyTorch references")
     p.add_argument("--resume", action="store_true", help="continue the pretraining saved in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out folder that holds a pretraining run (its pretrain.pt, "
+                        "pretrain.jsonl and snapshots are deleted); without it, and without --resume, such a "
+                        "folder is refused")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal, off in CI or when stderr goes to a file)")
 
@@ -480,15 +544,16 @@ def cmd_train(args) -> int:
     from .models import build_model, read_pretrained_state
     from .train import TrainConfig, Trainer
 
-    if args.num_negatives is not None and args.num_negatives < 1:
-        raise ValueError(f"--num-negatives must be >= 1, got {args.num_negatives}")
+    from .train.trainer import RUN_FILES
+
+    previous_run = _check_run_folder(args, RUN_FILES)
     if args.model in PRETRAIN_MODELS and args.init is None:
         raise ValueError(f"--model {args.model} fine-tunes a pretrained model: give --init <folder or "
                          f"pretrain.pt of `seqrec pretrain --model {args.model}`> (without pretraining it is "
                          f"--model {PRETRAIN_MODELS[args.model]})")
     init_state = init_spec = init_path = None
     if args.init is not None:
-        init_state, init_spec, init_path = read_pretrained_state(args.init)
+        init_state, init_spec, init_path = _read_init(args.init, read_pretrained_state)
     _apply_preset(args)
     dataset = _load(args)
     split = dataset.leave_one_out(max_len=args.max_len)
@@ -498,8 +563,8 @@ def cmd_train(args) -> int:
     if num_negatives is None:
         num_negatives = 100 if config.get("loss") == "sampled" else defaults["num_negatives"]
     train_config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size or defaults["batch_size"], lr=args.lr or defaults["lr"],
-        weight_decay=args.weight_decay,
+        epochs=args.epochs, lr=args.lr if args.lr is not None else defaults["lr"],
+        batch_size=args.batch_size if args.batch_size is not None else defaults["batch_size"], weight_decay=args.weight_decay,
         num_negatives=num_negatives,
         patience=args.patience, eval_every=args.eval_every, metric=args.metric, valid_ranking=args.valid_ranking,
         ks=tuple(args.ks), sampled_negatives=args.sampled_negatives, exclude_history=not args.no_exclude_history,
@@ -516,12 +581,9 @@ def cmd_train(args) -> int:
     if init_state is not None:
         spec["init"] = _init_weights(args, model, dataset.num_items, init_spec, init_state, init_path)
         spec["finetune_of"] = args.model if args.model in PRETRAIN_MODELS else None
-    if args.overwrite:
-        _clear_run_folder(args)
     trainer = Trainer(model, split, train_config, out_dir=args.out, model_spec=spec)
+    _clear_run_folder(args, previous_run)  # --overwrite: only now that the new run is ready to start
     if args.resume:
-        if args.out is None:
-            raise SystemExit("seqrec train: --resume needs --out (the folder of the run to continue)")
         if trainer.resume():
             print(f"resumed {args.out} after epoch {trainer.epoch}", file=sys.stderr)
     # The whole configuration goes to the run folder, not the terminal.
@@ -568,26 +630,10 @@ def _program() -> str:
 
 def _write_run_config(args, spec: dict, train_config) -> Path:
     """``--out/config.json``: the command, the model (every config field) and the training settings."""
-    import json
-
     path = Path(args.out) / RUN_CONFIG
-    with atomic_write(path) as fh:
-        json.dump({"command": _command_line(args), "model": spec, "train": dataclasses.asdict(train_config)}, fh,
-                  indent=2, default=str)
+    write_json(path, {"command": _command_line(args), "model": spec, "train": dataclasses.asdict(train_config)},
+               default=str)
     return path
-
-
-def _clear_run_folder(args) -> None:
-    """--overwrite: delete the files of the run saved in --out (only those seqrec writes)."""
-    from .train.trainer import CHECKPOINT_NAME, LOG_NAME
-
-    if args.resume:
-        raise ValueError("--overwrite and --resume contradict each other: --resume continues the run in --out, "
-                         "--overwrite deletes it")
-    if args.out is None:
-        raise ValueError("--overwrite needs --out (the folder of the run to replace)")
-    for name in (CHECKPOINT_NAME, LOG_NAME, "result.json", RUN_CONFIG):
-        (Path(args.out) / name).unlink(missing_ok=True)
 
 
 def _print_run_folder(args) -> None:
@@ -614,12 +660,13 @@ def cmd_evaluate(args) -> int:
                          f"(seqrec train --model {state.get('model_spec', {}).get('name', 's3rec')} --init ...)")
     spec = state["model_spec"]
     data = spec["data"]
-    dataset = load_dataset(args.data or data["source"], args.format or data["format"], kcore=data["kcore"],
+    source = args.data if args.data is not None else data["source"]
+    dataset = load_dataset(source, args.format or data["format"], kcore=data["kcore"],
                            synthetic_size=(data["synthetic_users"], data["synthetic_items"]))
     trained_items = spec["config"].get("num_items")
     if trained_items is not None and trained_items != dataset.num_items:
         raise ValueError(f"{args.checkpoint}: the model was trained on {trained_items} items, the data "
-                         f"({args.data or data['source']}) has {dataset.num_items}; evaluate it on its own dataset")
+                         f"({source}) has {dataset.num_items}; evaluate it on its own dataset")
     model = build_model(spec["name"], backend=spec.get("backend"), **spec["config"])
     model.load_state_dict(state["best_state"] or state["model"])
     _attach(model, dataset)
@@ -658,8 +705,9 @@ def _print_interest_distinctness(model, split, device: str) -> None:
 def cmd_pretrain(args) -> int:
     from .models import build_model
     from .models.s3rec import OBJECTIVES, PRESETS, item_attribute_table
-    from .train.pretrain import PRETRAIN_CHECKPOINT, PretrainConfig, Pretrainer
+    from .train.pretrain import PRETRAIN_CHECKPOINT, RUN_FILES, PretrainConfig, Pretrainer
 
+    previous_run = _check_run_folder(args, RUN_FILES)
     dataset = _load(args)
     _, num_attributes, fields = item_attribute_table(dataset, args.attributes or ())
     config = dict(PRESETS[args.preset].model) if args.preset else {}
@@ -685,6 +733,7 @@ def cmd_pretrain(args) -> int:
             "data": {"source": args.data, "format": args.format, "kcore": args.kcore, "max_len": args.max_len,
                      "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items}}
     trainer = Pretrainer(model, dataset, pretrain_cfg, out_dir=args.out, model_spec=spec)
+    _clear_run_folder(args, previous_run)
     if args.resume and trainer.resume():
         print(f"resumed {args.out} after epoch {trainer.epoch}", file=sys.stderr)
     print(f"{dataset!r}; {len(trainer.samples)} pretraining samples ({args.samples}), "
@@ -702,6 +751,57 @@ def cmd_pretrain(args) -> int:
           f"--model {args.model} --data {args.data} --init {args.out}"
           + (f"\nearlier epochs kept: {', '.join(kept)} (give one to --init)" if kept else ""))
     return 0
+
+
+def _run_files(folder: Path, names: re.Pattern) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if names.fullmatch(p.name) and p.is_file()) if folder.is_dir() else []
+
+
+def _check_run_folder(args, names: re.Pattern) -> list[Path]:
+    """The run-folder rules of train / pretrain, checked before any work (the caller holds
+    the folder's lock): a folder that holds a run (files matching ``names``) is continued
+    with --resume or replaced with --overwrite, never silently overwritten; temporary files
+    that killed writes left behind are removed. Returns the run's files (for --overwrite)."""
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite discards it: give one of them")
+    if args.out is None:
+        if args.resume or args.overwrite:
+            raise ValueError(f"--{'resume' if args.resume else 'overwrite'} needs --out (the run folder)")
+        return []
+    folder = Path(args.out)
+    for stale in stale_temp_files(folder, names):
+        stale.unlink()  # only ours (atomic_write's names of this run's files), under the lock
+        print(f"removed {stale}: the temporary file of a write that was killed", file=sys.stderr)
+    existing = _run_files(folder, names)
+    if existing and not args.resume and not args.overwrite:
+        raise ValueError(f"--out {folder} already holds a run ({', '.join(p.name for p in existing)}): continue it "
+                         f"with --resume, or discard it and start afresh with --overwrite")
+    return existing if args.overwrite else []
+
+
+def _clear_run_folder(args, files: list[Path]) -> None:
+    """--overwrite: delete the previous run's files, so none of them outlives the new run's start."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    if files:
+        print(f"--overwrite: removed {', '.join(p.name for p in files)} of the previous run in {args.out}",
+              file=sys.stderr)
+
+
+def _read_init(spec: str, read_pretrained_state):
+    """--init's weights: the file's checksum checked before it is read, its tensors after."""
+    from .train.pretrain import PRETRAIN_CHECKPOINT
+    from .train.trainer import CHECKPOINT_NAME, check_finite_state
+
+    path = Path(spec)
+    if path.is_dir():  # the file read_pretrained_state picks, in its order
+        path = next((path / n for n in (PRETRAIN_CHECKPOINT, CHECKPOINT_NAME) if (path / n).exists()), path)
+    if path.is_file() and not verify_torch_file(path):
+        warnings.warn(f"{path}: has no checksum (written before seqrec checksummed its files, or by other code); "
+                      "its content is not verified")
+    state, init_spec, init_path = read_pretrained_state(path if path.is_file() else spec)
+    check_finite_state(init_path, {"model": state})
+    return state, init_spec, init_path
 
 
 def _load(args):
@@ -802,9 +902,12 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_data_stats(args)
             if args.command == "data" and args.data_command == "download":
                 return cmd_data_download(args)
-    except (DataError, FileNotFoundError, ValueError) as exc:
+    except (DataError, FileNotFoundError, ValueError) as exc:  # the input's fault
         print(f"seqrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (FloatingPointError, NoSpaceError) as exc:  # the run failed; what is on disk is intact
+        print(f"seqrec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     return 1
 
 

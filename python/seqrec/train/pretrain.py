@@ -20,8 +20,8 @@ pure function of its seed). A snapshot holds the weights, not the optimizer: ``s
 """
 from __future__ import annotations
 
-import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +33,8 @@ import torch
 from ..data import SequenceDataset
 from ..ops.seq_mask import SeqMaskOutput
 from ..progress import progress_bar
-from ..utils import atomic_write
+from ..utils import save_torch, write_jsonl
+from .trainer import check_finite_parameters, non_finite_loss_message
 
 __all__ = ["PretrainConfig", "PretrainSamples", "Pretrainer", "PRETRAIN_CHECKPOINT", "PRETRAIN_LOG",
            "SNAPSHOT_NAME", "CHECKPOINT_KIND"]
@@ -42,6 +43,9 @@ PRETRAIN_CHECKPOINT = "pretrain.pt"
 PRETRAIN_LOG = "pretrain.jsonl"
 SNAPSHOT_NAME = "pretrain-epoch{epoch}.pt"  # with PretrainConfig.keep_every
 CHECKPOINT_KIND = "pretrain"
+# Every file a pretraining run writes into its folder (what --overwrite replaces).
+RUN_FILES = re.compile(re.escape(PRETRAIN_CHECKPOINT) + "|" + re.escape(PRETRAIN_LOG) + "|"
+                       + re.escape(SNAPSHOT_NAME).replace(re.escape("{epoch}"), r"\d+"))
 SAMPLE_KINDS = ("prefixes", "users")
 
 
@@ -191,8 +195,9 @@ class Pretrainer:
             losses = model.pretrain_losses(masked)
             loss = model.weighted_loss(losses)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"pretraining epoch {epoch + 1}, batch {b}: the loss became "
-                                         f"{loss.item()} (lower the learning rate or check the data)")
+                raise FloatingPointError(non_finite_loss_message(
+                    f"pretraining epoch {epoch + 1}, step {b + 1} of {self.num_batches()}", loss.item(), cfg.lr,
+                    self.out_dir is not None))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -202,6 +207,7 @@ class Pretrainer:
                 sums[name] = sums.get(name, 0.0) + value.item()
             count += 1
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
+        check_finite_parameters(model, f"pretraining epoch {epoch + 1}", cfg.lr, self.out_dir is not None)
         return {k: v / max(count, 1) for k, v in sums.items()}
 
     def fit(self, *, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
@@ -244,8 +250,7 @@ class Pretrainer:
     def save_checkpoint(self) -> None:
         if self.out_dir is None:
             return
-        with atomic_write(self.out_dir / PRETRAIN_CHECKPOINT, "wb") as fh:
-            torch.save(self.state_dict(), fh)
+        save_torch(self.state_dict(), self.out_dir / PRETRAIN_CHECKPOINT)  # atomic, checksummed
 
     def snapshot_path(self, epoch: int) -> Path | None:
         """Where the weights after ``epoch`` are kept (with ``config.keep_every``)."""
@@ -257,15 +262,12 @@ class Pretrainer:
         if self.out_dir is None:
             return
         state = {k: v for k, v in self.state_dict().items() if k not in ("optimizer", "rng")}
-        with atomic_write(self.snapshot_path(self.epoch), "wb") as fh:
-            torch.save(state, fh)
+        save_torch(state, self.snapshot_path(self.epoch))
 
     def _log(self) -> None:
         if self.out_dir is None:
             return
-        with atomic_write(self.out_dir / PRETRAIN_LOG) as fh:  # rewritten whole: no torn line
-            for record in self.history:
-                fh.write(json.dumps(record) + "\n")
+        write_jsonl(self.out_dir / PRETRAIN_LOG, self.history)  # rewritten whole: no torn line; checksummed lines
 
     # Settings a resumed pretraining run may change.
     RESUME_MAY_CHANGE = frozenset({"epochs", "device", "progress", "keep_every"})

@@ -17,9 +17,9 @@ with the same RNG state, so it ends with exactly the metrics of an uninterrupted
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -34,10 +34,13 @@ from ..eval import Protocol, evaluate_full_ranking, evaluate_sampled
 from ..eval.memory import default_eval_memory, parse_memory
 from ..models.base import LossOutput
 from ..progress import progress_bar, progress_enabled, progress_stream
-from ..utils import atomic_write
+from ..utils import ChecksumError, load_torch, save_torch, write_json, write_jsonl
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "history.jsonl"
+RESULT_NAME = "result.json"
+# Every file a training run writes into its folder (what --overwrite replaces).
+RUN_FILES = re.compile("|".join(map(re.escape, (CHECKPOINT_NAME, LOG_NAME, RESULT_NAME))))
 
 
 @dataclass
@@ -201,7 +204,7 @@ class Trainer:
                                            num_negatives=cfg.num_negatives)
         bar = progress_bar(batches, progress=cfg.progress, total=self.split.num_train_batches(cfg.batch_size),
                            desc=f"epoch {epoch + 1}", leave=False)
-        for batch in bar:
+        for step, batch in enumerate(bar):
             batch = batch.to(cfg.device)
             out = model.loss_terms(batch.input_ids, batch.target_ids, batch.negative_ids)
             if not isinstance(out, LossOutput):
@@ -212,8 +215,9 @@ class Trainer:
                 if value.dim() == 0:
                     term_sums[name] = term_sums.get(name, 0) + value.detach().double()
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch + 1}: the loss became {loss.item()} "
-                                         "(lower the learning rate or check the data)")
+                raise FloatingPointError(non_finite_loss_message(
+                    f"epoch {epoch + 1}, step {step + 1} of {self.split.num_train_batches(cfg.batch_size)}",
+                    loss.item(), cfg.lr, self.out_dir is not None))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -222,6 +226,9 @@ class Trainer:
             total += loss.item()
             count += 1
             bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+        # A finite loss can still take a step to NaN/Inf weights (an Inf gradient): caught
+        # here, before they are validated or saved, rather than as NaN scores later.
+        check_finite_parameters(model, f"epoch {epoch + 1}", cfg.lr, self.out_dir is not None)
         return total / max(count, 1), {name: float(v) / max(count, 1) for name, v in term_sums.items()}
 
     def fit(self, *, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
@@ -267,9 +274,8 @@ class Trainer:
             test_sampled=test_sampled, history=self.history,
             protocol_full=self.protocol("full").describe(), protocol_sampled=protocol_sampled)
         if self.out_dir is not None:
-            with atomic_write(self.out_dir / "result.json") as fh:
-                json.dump(asdict(result) | {"model": self.model_spec, "train": asdict(cfg)}, fh, indent=2,
-                          default=str)
+            write_json(self.out_dir / RESULT_NAME, asdict(result) | {"model": self.model_spec, "train": asdict(cfg)},
+                       default=str)
         return result
 
     def _print_epoch(self, record: dict) -> None:
@@ -282,11 +288,9 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if self.out_dir is None:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        # Rewritten whole (atomically) so a kill never leaves a torn line behind.
-        with atomic_write(self.out_dir / LOG_NAME) as fh:
-            for r in self.history:
-                fh.write(json.dumps(r) + "\n")
+        # Rewritten whole (atomically) so a kill never leaves a torn line behind; each line
+        # carries its own checksum (seqrec.utils.read_jsonl checks them).
+        write_jsonl(self.out_dir / LOG_NAME, self.history)
 
     def state_dict(self) -> dict:
         return {
@@ -322,8 +326,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.out_dir is None:
             return
-        with atomic_write(self.out_dir / CHECKPOINT_NAME, "wb") as fh:
-            torch.save(self.state_dict(), fh)
+        save_torch(self.state_dict(), self.out_dir / CHECKPOINT_NAME)  # atomic, checksummed
 
     # Settings a resumed run may change: how long it goes on, and where it runs.
     RESUME_MAY_CHANGE = frozenset({"epochs", "patience", "eval_every", "eval_chunk_size", "eval_memory", "device",
@@ -397,19 +400,71 @@ def _complete_config(name: str | None, config: dict) -> dict:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint written by :class:`Trainer` (a clear error when it is not one)."""
+    """Read a checkpoint written by :class:`Trainer` or :class:`~seqrec.train.Pretrainer`
+    (a folder means its ``checkpoint.pt``), after checking its checksum and that every
+    floating-point tensor in it is finite. A checkpoint written before seqrec checksummed
+    its files loads with a warning.
+
+    Raises:
+        FileNotFoundError: no file there.
+        ValueError: (:class:`~seqrec.utils.ChecksumError` among them) the file changed
+            after it was written, is not a seqrec checkpoint, or holds NaN/Inf values;
+            the message names the file.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint there")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise ValueError(f"{path}: not a readable seqrec checkpoint ({exc})") from exc
+        state = load_torch(path)
+    except ValueError as exc:
+        if isinstance(exc, ChecksumError):
+            raise
+        raise ValueError(f"{path}: not a readable seqrec checkpoint ({exc.__cause__ or exc})") from exc
     if not isinstance(state, dict) or state.get("format") != 1:
         raise ValueError(f"{path}: not a seqrec checkpoint (missing format marker)")
+    check_finite_state(path, state)
     return state
+
+
+def _non_finite(named_tensors) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an Inf, else None."""
+    for name, tensor in named_tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def check_finite_state(path, state: dict) -> None:
+    """Raise ValueError naming ``path`` and the tensor when a checkpoint's weights (model,
+    best state, optimizer state) hold NaN or Inf: the trainers never save such weights,
+    so the checkpoint itself is at fault, not the run that loads it."""
+    parts = [(f"model[{k!r}]", v) for k, v in (state.get("model") or {}).items()]
+    parts += [(f"best_state[{k!r}]", v) for k, v in (state.get("best_state") or {}).items()]
+    for index, slots in ((state.get("optimizer") or {}).get("state") or {}).items():
+        parts += [(f"optimizer state[{index}][{k!r}]", v) for k, v in slots.items()]
+    bad = _non_finite(parts)
+    if bad is not None:
+        raise ValueError(f"{path}: the checkpoint's {bad} holds NaN or Inf values; seqrec never saves non-finite "
+                         "weights, so this file was damaged or written by other code and cannot be used")
+
+
+def non_finite_loss_message(where: str, value: float, lr: float, saved: bool) -> str:
+    return (f"{where}: the training loss is {value}, not finite; stopped before updating the weights with it. "
+            f"Likely causes: a learning rate too high (lr {lr:g}; try 10x lower), exploding gradients (clip "
+            "them), or input values out of range"
+            + ("; the checkpoint of the last finished epoch is intact" if saved else ""))
+
+
+def check_finite_parameters(model: torch.nn.Module, where: str, lr: float, saved: bool) -> None:
+    """Raise FloatingPointError when a parameter of ``model`` holds NaN or Inf."""
+    bad = _non_finite(model.named_parameters())
+    if bad is not None:
+        raise FloatingPointError(
+            f"{where}: parameter {bad!r} became NaN or Inf (every loss was finite: a step overflowed). "
+            f"Likely causes: a learning rate too high (lr {lr:g}; try 10x lower) or exploding gradients (clip them)"
+            + ("; the checkpoint of the last finished epoch is intact" if saved else ""))
 
 
 def _seed_everything(seed: int) -> None:
