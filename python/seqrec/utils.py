@@ -358,3 +358,28 @@ def reuse_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
     # twice that much free at its top, so kept blocks are not given back between steps.
     mapped = mallopt(_M_MMAP_THRESHOLD, threshold)
     return bool(mapped) and bool(mallopt(_M_TRIM_THRESHOLD, min(2 * threshold, int_max)))
+
+
+def release_freed_memory() -> bool:
+    """Hand the free memory that glibc's ``malloc`` keeps back to the kernel now
+    (``malloc_trim(0)``: the free pages inside the heap too, not only its top).
+
+    Why: with :func:`reuse_freed_memory` the heap is never trimmed between steps, and as
+    blocks of varying sizes (the last batch of an epoch, evaluation chunks) are freed and
+    reused the free space inside it grows with the epochs, and so does the RSS. The
+    trainers call this once per epoch, so the process comes back to what it uses at every
+    epoch's end: a bounded RSS for the cost of faulting one step's blocks in again.
+
+    Returns:
+        True when glibc released memory; False when there was none to release or the C
+        library is not glibc.
+    """
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only
+        trim = libc.malloc_trim
+    except (AttributeError, OSError, TypeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))

@@ -33,7 +33,7 @@ import torch
 from ..data import SequenceDataset
 from ..ops.seq_mask import SeqMaskOutput
 from ..progress import progress_bar
-from ..utils import save_torch, write_jsonl
+from ..utils import release_freed_memory, save_torch, write_jsonl
 from .trainer import check_finite_parameters, non_finite_loss_message
 
 __all__ = ["PretrainConfig", "PretrainSamples", "Pretrainer", "PRETRAIN_CHECKPOINT", "PRETRAIN_LOG",
@@ -229,6 +229,7 @@ class Pretrainer:
                 self.save_snapshot()
             self.save_checkpoint()
             self._log()
+            release_freed_memory()  # the RSS returns to what is in use at every epoch's end
             if on_epoch is not None:
                 on_epoch(record)
         return self.history

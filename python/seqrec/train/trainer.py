@@ -34,7 +34,7 @@ from ..eval import Protocol, evaluate_full_ranking, evaluate_sampled
 from ..eval.memory import default_eval_memory, parse_memory
 from ..models.base import LossOutput
 from ..progress import progress_bar, progress_enabled, progress_stream
-from ..utils import ChecksumError, load_torch, save_torch, write_json, write_jsonl
+from ..utils import ChecksumError, load_torch, release_freed_memory, save_torch, write_json, write_jsonl
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "history.jsonl"
@@ -264,6 +264,7 @@ class Trainer:
             # Checkpoint first: the log never runs ahead of what a resume restores.
             self.save_checkpoint()
             self._log(record)
+            release_freed_memory()  # the RSS returns to what is in use at every epoch's end
             if on_epoch is not None:
                 on_epoch(record)
         if self.best_state is not None:
