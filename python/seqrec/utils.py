@@ -364,11 +364,11 @@ def release_freed_memory() -> bool:
     """Hand the free memory that glibc's ``malloc`` keeps back to the kernel now
     (``malloc_trim(0)``: the free pages inside the heap too, not only its top).
 
-    Why: with :func:`reuse_freed_memory` the heap is never trimmed between steps, and as
-    blocks of varying sizes (the last batch of an epoch, evaluation chunks) are freed and
-    reused the free space inside it grows with the epochs, and so does the RSS. The
-    trainers call this once per epoch, so the process comes back to what it uses at every
-    epoch's end: a bounded RSS for the cost of faulting one step's blocks in again.
+    Why: with :func:`reuse_freed_memory` the heap is never trimmed between steps, and the
+    free space kept inside it grew with the epochs (SASRec CE on ml-100k: 632 MiB RSS after
+    epoch 1, 1,374 after 25; with this call after every epoch it stayed within 660-770).
+    The trainers call this once per epoch, so the process comes back to what it uses at
+    every epoch's end: a bounded RSS for the cost of faulting one step's blocks in again.
 
     Returns:
         True when glibc released memory; False when there was none to release or the C
