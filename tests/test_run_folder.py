@@ -47,6 +47,6 @@ def test_run_folder_config_and_how_to_continue(tmp_path, capsys):
 
 def test_overwrite_contradicts_resume(tmp_path, capsys):
     assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path), "--overwrite", "--resume"]) == 2
-    assert "--overwrite and --resume contradict each other" in capsys.readouterr().err
+    assert "--resume continues the run in --out, --overwrite discards it: give one of them" in capsys.readouterr().err
     assert main(["train", *TINY, "--epochs", "1", "--overwrite"]) == 2
     assert "--overwrite needs --out" in capsys.readouterr().err

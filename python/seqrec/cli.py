@@ -629,8 +629,12 @@ def _program() -> str:
 
 
 def _write_run_config(args, spec: dict, train_config) -> Path:
-    """``--out/config.json``: the command, the model (every config field) and the training settings."""
+    """``--out/config.json``: the command that started the run, the model (every config
+    field) and the training settings. A resumed run keeps it (the checkpoint holds what
+    --resume changed), so resuming writes nothing but the run's own files."""
     path = Path(args.out) / RUN_CONFIG
+    if args.resume and path.exists():
+        return path
     write_json(path, {"command": _command_line(args), "model": spec, "train": dataclasses.asdict(train_config)},
                default=str)
     return path
