@@ -8,11 +8,16 @@
 //
 // Importing seqrec._C runs the registrations.
 
+#include <cstring>
+#include <string_view>
+
 #include <torch/library.h>
+#include <pybind11/gil_safe_call_once.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "data/checks.h"
 #include "data/errors.h"
 #include "data/readers.h"
 #include "data/sampling.h"
@@ -44,12 +49,66 @@ py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape = {})
 
 py::list tokens_of(const sd::IdMap& map) { return py::cast(map.tokens()); }
 
+// Array arguments of the engine functions: 1-D, of the expected kind of number, as a
+// contiguous int64 / float64 array. Any other input (a float or string array where
+// ids are expected, a matrix) is a DataError naming the function and the argument;
+// what the values must satisfy is checked in csrc/data/checks.h.
+py::array as_numbers(const char* fn, const char* arg, const py::handle& obj, const char* kinds,
+                     const char* expected) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr) {
+    PyErr_Clear();
+    throw sd::DataError(std::string(fn) + ": " + arg + " must be an array of " + expected);
+  }
+  if (arr.ndim() != 1)
+    throw sd::DataError(std::string(fn) + ": " + arg + " must be 1-D, got " +
+                        std::to_string(arr.ndim()) + " dimensions");
+  if (arr.size() > 0 && std::string_view(kinds).find(arr.dtype().kind()) == std::string_view::npos)
+    throw sd::DataError(std::string(fn) + ": " + arg + " must hold " + expected + ", got dtype " +
+                        std::string(py::str(arr.dtype())));
+  return arr;
+}
+
+LongArray longs(const char* fn, const char* arg, const py::handle& obj) {
+  return LongArray::ensure(as_numbers(fn, arg, obj, "iu", "integers"));
+}
+
+DoubleArray doubles(const char* fn, const char* arg, const py::handle& obj) {
+  return DoubleArray::ensure(as_numbers(fn, arg, obj, "iuf", "numbers"));
+}
+
+int64_t size_of(const py::array& a) { return static_cast<int64_t>(a.size()); }
+
 sd::CsrView csr_view(const LongArray& indptr, const LongArray& items, int64_t num_items) {
-  return {indptr.data(), items.data(), static_cast<int64_t>(indptr.size()) - 1, num_items};
+  return {indptr.data(), items.data(), size_of(indptr) - 1, size_of(items), num_items};
+}
+
+// DataError messages quote file content; the readers make it printable UTF-8 already,
+// and decoding with backslashreplace keeps any byte that slips through visible instead
+// of turning the whole message into a UnicodeDecodeError.
+PYBIND11_CONSTINIT py::gil_safe_call_once_and_store<py::object> data_error_type;
+
+void register_data_error(py::module_& m) {
+  data_error_type.call_once_and_store_result(
+      [&]() { return py::object(py::exception<sd::DataError>(m, "DataError", PyExc_ValueError)); });
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const sd::DataError& e) {
+      const char* msg = e.what();
+      PyObject* text = PyUnicode_DecodeUTF8(msg, static_cast<Py_ssize_t>(std::strlen(msg)),
+                                            "backslashreplace");
+      if (text == nullptr) {
+        PyErr_Clear();
+        text = PyUnicode_FromString("(the error message could not be decoded)");
+      }
+      py::set_error(data_error_type.get_stored(), py::reinterpret_steal<py::object>(text));
+    }
+  });
 }
 
 void bind_data_engine(py::module_& m) {
-  py::register_exception<sd::DataError>(m, "DataError", PyExc_ValueError);
+  register_data_error(m);
 
   m.def("read_s3rec_text", [](const std::string& path) {
     sd::SequenceTable t;
@@ -92,23 +151,28 @@ void bind_data_engine(py::module_& m) {
   }, py::arg("path"), py::arg("fields") = std::vector<std::string>{},
      "Parse the requested columns of a RecBole atomic file (all when fields is empty).");
 
-  m.def("group_by_user", [](const LongArray& users, const LongArray& items,
-                            std::optional<DoubleArray> timestamps, int64_t num_users) {
-    const int64_t n = static_cast<int64_t>(users.size());
-    if (static_cast<int64_t>(items.size()) != n ||
-        (timestamps && static_cast<int64_t>(timestamps->size()) != n))
-      throw sd::DataError("group_by_user: users, items and timestamps must have the same length");
+  m.def("group_by_user", [](const py::object& users_in, const py::object& items_in,
+                            const py::object& timestamps_in, int64_t num_users) {
+    constexpr const char* fn = "group_by_user";
+    const LongArray users = longs(fn, "users", users_in);
+    const LongArray items = longs(fn, "items", items_in);
+    std::optional<DoubleArray> timestamps;
+    if (!timestamps_in.is_none()) timestamps = doubles(fn, "timestamps", timestamps_in);
+    sd::check::same_length(fn, "users", size_of(users), "items", size_of(items));
+    if (timestamps) sd::check::same_length(fn, "users", size_of(users), "timestamps", size_of(*timestamps));
     sd::Csr csr;
     {
       py::gil_scoped_release nogil;
       csr = sd::group_by_user(users.data(), items.data(), timestamps ? timestamps->data() : nullptr,
-                              n, num_users);
+                              size_of(users), num_users);
     }
     return py::make_tuple(to_numpy(std::move(csr.indptr)), to_numpy(std::move(csr.values)));
   }, py::arg("users"), py::arg("items"), py::arg("timestamps"), py::arg("num_users"));
 
-  m.def("kcore", [](const LongArray& indptr, const LongArray& items, int64_t num_items,
+  m.def("kcore", [](const py::object& indptr_in, const py::object& items_in, int64_t num_items,
                     int64_t min_user, int64_t min_item) {
+    const LongArray indptr = longs("kcore", "indptr", indptr_in);
+    const LongArray items = longs("kcore", "items", items_in);
     sd::Csr csr{{indptr.data(), indptr.data() + indptr.size()},
                 {items.data(), items.data() + items.size()}};
     sd::KCoreResult r;
@@ -122,12 +186,15 @@ void bind_data_engine(py::module_& m) {
   }, py::arg("indptr"), py::arg("items"), py::arg("num_items"), py::arg("min_user"),
      py::arg("min_item"));
 
-  m.def("train_batch", [](const LongArray& indptr, const LongArray& items, int64_t num_items,
-                          const LongArray& users, const LongArray& prefix_len, int64_t max_len,
-                          int64_t num_negatives, uint64_t seed, uint64_t stream) {
-    if (users.size() != prefix_len.size())
-      throw sd::DataError("train_batch: users and prefix_len must have the same length");
-    const int64_t b = static_cast<int64_t>(users.size());
+  m.def("train_batch", [](const py::object& indptr_in, const py::object& items_in, int64_t num_items,
+                          const py::object& users_in, const py::object& prefix_len_in,
+                          int64_t max_len, int64_t num_negatives, uint64_t seed, uint64_t stream) {
+    constexpr const char* fn = "train_batch";
+    const LongArray indptr = longs(fn, "indptr", indptr_in), items = longs(fn, "items", items_in);
+    const LongArray users = longs(fn, "users", users_in);
+    const LongArray prefix_len = longs(fn, "prefix_len", prefix_len_in);
+    sd::check::same_length(fn, "users", size_of(users), "prefix_len", size_of(prefix_len));
+    const int64_t b = size_of(users);
     sd::TrainBatch t;
     {
       py::gil_scoped_release nogil;
@@ -142,11 +209,14 @@ void bind_data_engine(py::module_& m) {
      py::arg("prefix_len"), py::arg("max_len"), py::arg("num_negatives"), py::arg("seed"),
      py::arg("stream"));
 
-  m.def("eval_batch", [](const LongArray& indptr, const LongArray& items, int64_t num_items,
-                         const LongArray& users, const LongArray& prefix_len, int64_t max_len) {
-    if (users.size() != prefix_len.size())
-      throw sd::DataError("eval_batch: users and prefix_len must have the same length");
-    const int64_t b = static_cast<int64_t>(users.size());
+  m.def("eval_batch", [](const py::object& indptr_in, const py::object& items_in, int64_t num_items,
+                         const py::object& users_in, const py::object& prefix_len_in, int64_t max_len) {
+    constexpr const char* fn = "eval_batch";
+    const LongArray indptr = longs(fn, "indptr", indptr_in), items = longs(fn, "items", items_in);
+    const LongArray users = longs(fn, "users", users_in);
+    const LongArray prefix_len = longs(fn, "prefix_len", prefix_len_in);
+    sd::check::same_length(fn, "users", size_of(users), "prefix_len", size_of(prefix_len));
+    const int64_t b = size_of(users);
     sd::EvalBatch e;
     {
       py::gil_scoped_release nogil;
@@ -160,10 +230,13 @@ void bind_data_engine(py::module_& m) {
   }, py::arg("indptr"), py::arg("items"), py::arg("num_items"), py::arg("users"),
      py::arg("prefix_len"), py::arg("max_len"));
 
-  m.def("sample_unseen", [](const LongArray& indptr, const LongArray& items, int64_t num_items,
-                            const LongArray& users, int64_t num_negatives, uint64_t seed,
+  m.def("sample_unseen", [](const py::object& indptr_in, const py::object& items_in, int64_t num_items,
+                            const py::object& users_in, int64_t num_negatives, uint64_t seed,
                             uint64_t stream) {
-    const int64_t b = static_cast<int64_t>(users.size());
+    constexpr const char* fn = "sample_unseen";
+    const LongArray indptr = longs(fn, "indptr", indptr_in), items = longs(fn, "items", items_in);
+    const LongArray users = longs(fn, "users", users_in);
+    const int64_t b = size_of(users);
     std::vector<int64_t> out;
     {
       py::gil_scoped_release nogil;

@@ -53,7 +53,7 @@ def test_s3rec_text_errors_name_file_line_field(tmp_path, text, message):
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="cannot open file"):
+    with pytest.raises(DataError, match="nope.txt: no such file"):
         SequenceDataset.from_s3rec(tmp_path / "nope.txt", attributes=None)
     assert issubclass(DataError, ValueError)
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "data/checks.h"
 #include "data/errors.h"
 
 namespace seqrec::data {
@@ -14,19 +15,23 @@ uint64_t mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-void check_user(const CsrView& seqs, int64_t user, int64_t row) {
-  if (user < 0 || user >= seqs.num_users)
-    throw DataError("users[" + std::to_string(row) + "] = " + std::to_string(user) +
-                    " is not a user index in 0.." + std::to_string(seqs.num_users - 1));
+void check_view(const char* fn, const CsrView& seqs) {
+  check::csr_ends(fn, seqs.indptr, seqs.num_users + 1, seqs.num_values, seqs.num_items);
 }
 
-int64_t checked_prefix(const CsrView& seqs, int64_t user, int64_t prefix, int64_t row,
-                       int64_t need_after) {
+// The row of users[row], checked before any of it is read.
+void check_user(const char* fn, const CsrView& seqs, int64_t user, int64_t row) {
+  check::csr_row(fn, "users[" + std::to_string(row) + "]", seqs.indptr, seqs.num_users, seqs.items,
+                 seqs.num_values, seqs.num_items, user);
+}
+
+int64_t checked_prefix(const char* fn, const CsrView& seqs, int64_t user, int64_t prefix,
+                       int64_t row, int64_t need_after) {
   const int64_t len = seqs.indptr[user + 1] - seqs.indptr[user];
-  if (prefix < 0 || prefix + need_after > len)
-    throw DataError("prefix_len[" + std::to_string(row) + "] = " + std::to_string(prefix) +
-                    " does not fit user " + std::to_string(user) + "'s " + std::to_string(len) +
-                    " items");
+  if (prefix < 0 || prefix > len - need_after)
+    throw DataError(std::string(fn) + ": prefix_len[" + std::to_string(row) + "] = " +
+                    std::to_string(prefix) + " does not fit user " + std::to_string(user) + "'s " +
+                    std::to_string(len) + " items");
   return prefix;
 }
 
@@ -91,20 +96,23 @@ uint64_t CounterRng::below(uint64_t n) {
 TrainBatch build_train_batch(const CsrView& seqs, const int64_t* users, const int64_t* prefix_len,
                              int64_t batch, int64_t max_len, int64_t num_negatives, uint64_t seed,
                              uint64_t stream) {
-  if (max_len < 1) throw DataError("max_len must be >= 1, got " + std::to_string(max_len));
-  if (num_negatives < 0)
-    throw DataError("num_negatives must be >= 0, got " + std::to_string(num_negatives));
+  constexpr const char* fn = "train_batch";
+  check_view(fn, seqs);
+  check::at_least(fn, "max_len", max_len, 1);
+  check::at_least(fn, "num_negatives", num_negatives, 0);
+  const auto cells = static_cast<size_t>(check::elements(fn, {{"users", batch}, {"max_len", max_len}}));
+  const auto negative_cells = static_cast<size_t>(check::elements(
+      fn, {{"users", batch}, {"max_len", max_len}, {"num_negatives", num_negatives}}));
   TrainBatch out;
-  const size_t cells = static_cast<size_t>(batch * max_len);
   out.input_ids.assign(cells, 0);
   out.target_ids.assign(cells, 0);
-  out.negative_ids.assign(cells * static_cast<size_t>(num_negatives), 0);
+  out.negative_ids.assign(negative_cells, 0);
   out.lengths.assign(static_cast<size_t>(batch), 0);
   std::vector<int64_t> seen;
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t user = users[b];
-    check_user(seqs, user, b);
-    const int64_t prefix = checked_prefix(seqs, user, prefix_len[b], b, 0);
+    check_user(fn, seqs, user, b);
+    const int64_t prefix = checked_prefix(fn, seqs, user, prefix_len[b], b, 0);
     if (prefix < 2) continue;
     const int64_t* seq = seqs.items + seqs.indptr[user];
     const int64_t len = std::min(prefix - 1, max_len);  // number of (input, target) pairs
@@ -126,16 +134,19 @@ TrainBatch build_train_batch(const CsrView& seqs, const int64_t* users, const in
 
 EvalBatch build_eval_batch(const CsrView& seqs, const int64_t* users, const int64_t* prefix_len,
                            int64_t batch, int64_t max_len) {
-  if (max_len < 1) throw DataError("max_len must be >= 1, got " + std::to_string(max_len));
+  constexpr const char* fn = "eval_batch";
+  check_view(fn, seqs);
+  check::at_least(fn, "max_len", max_len, 1);
+  const auto cells = static_cast<size_t>(check::elements(fn, {{"users", batch}, {"max_len", max_len}}));
   EvalBatch out;
-  out.input_ids.assign(static_cast<size_t>(batch * max_len), 0);
+  out.input_ids.assign(cells, 0);
   out.lengths.assign(static_cast<size_t>(batch), 0);
   out.target.assign(static_cast<size_t>(batch), 0);
   out.history_indptr.assign(static_cast<size_t>(batch) + 1, 0);
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t user = users[b];
-    check_user(seqs, user, b);
-    const int64_t prefix = checked_prefix(seqs, user, prefix_len[b], b, 1);
+    check_user(fn, seqs, user, b);
+    const int64_t prefix = checked_prefix(fn, seqs, user, prefix_len[b], b, 1);
     const int64_t* seq = seqs.items + seqs.indptr[user];
     const int64_t len = std::min(prefix, max_len);
     for (int64_t t = 0; t < len; ++t)
@@ -150,13 +161,15 @@ EvalBatch build_eval_batch(const CsrView& seqs, const int64_t* users, const int6
 
 std::vector<int64_t> sample_unseen(const CsrView& seqs, const int64_t* users, int64_t batch,
                                    int64_t num_negatives, uint64_t seed, uint64_t stream) {
-  if (num_negatives < 1)
-    throw DataError("num_negatives must be >= 1, got " + std::to_string(num_negatives));
-  std::vector<int64_t> out(static_cast<size_t>(batch * num_negatives));
+  constexpr const char* fn = "sample_unseen";
+  check_view(fn, seqs);
+  check::at_least(fn, "num_negatives", num_negatives, 1);
+  std::vector<int64_t> out(static_cast<size_t>(
+      check::elements(fn, {{"users", batch}, {"num_negatives", num_negatives}})));
   std::vector<int64_t> seen;
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t user = users[b];
-    check_user(seqs, user, b);
+    check_user(fn, seqs, user, b);
     sorted_history(seqs, user, seen);
     const int64_t free = seqs.num_items - static_cast<int64_t>(seen.size());
     if (free < num_negatives)

@@ -26,10 +26,13 @@ class CounterRng {
   uint64_t state_;
 };
 
+// Every function below checks the ends of the view (check::csr_ends) and each row it
+// reads (check::csr_row), so an inconsistent view is a DataError, never a stray read.
 struct CsrView {
   const int64_t* indptr;  // [num_users + 1]
-  const int64_t* items;   // [indptr[num_users]]
+  const int64_t* items;   // [num_values]
   int64_t num_users;
+  int64_t num_values;     // entries of `items`; indptr[num_users] must equal it
   int64_t num_items;      // item ids are 1..num_items
 };
 

@@ -1,23 +1,39 @@
 #include "data/sequences.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <string>
 
+#include "data/checks.h"
 #include "data/errors.h"
 
 namespace seqrec::data {
 
 Csr group_by_user(const int64_t* users, const int64_t* items, const double* timestamps, int64_t n,
                   int64_t num_users) {
+  constexpr const char* fn = "group_by_user";
+  check::at_least(fn, "num_users", num_users, 0);
+  check::at_least(fn, "len(users)", n, 0);
+  // Codes come from a vocabulary of the interactions, so every user has one: a larger
+  // num_users is a caller's mistake, and would size the result by it (memory for nothing).
+  if (num_users > n)
+    throw DataError("group_by_user: num_users = " + std::to_string(num_users) + " is more than the " +
+                    std::to_string(n) + " interactions given (every user code must occur)");
+  // NaN would break the strict weak order the sort below relies on (undefined behaviour).
+  if (timestamps != nullptr)
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(timestamps[i]))
+        throw DataError("group_by_user: timestamps[" + std::to_string(i) + "] = " +
+                        std::to_string(timestamps[i]) + " is not a finite number");
+  for (int64_t i = 0; i < n; ++i)
+    if (users[i] < 1 || users[i] > num_users)
+      throw DataError("group_by_user: users[" + std::to_string(i) + "] = " +
+                      std::to_string(users[i]) + " is not a user code in 1..num_users = " +
+                      std::to_string(num_users));
   Csr out;
   out.indptr.assign(static_cast<size_t>(num_users) + 1, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    if (users[i] < 1 || users[i] > num_users)
-      throw DataError("interaction " + std::to_string(i) + ": user code " +
-                      std::to_string(users[i]) + " outside 1.." + std::to_string(num_users));
-    ++out.indptr[users[i]];
-  }
+  for (int64_t i = 0; i < n; ++i) ++out.indptr[users[i]];
   std::partial_sum(out.indptr.begin(), out.indptr.end(), out.indptr.begin());
   // Counting sort by user keeps the input order within a user.
   std::vector<int64_t> order(static_cast<size_t>(n));
@@ -35,6 +51,13 @@ Csr group_by_user(const int64_t* users, const int64_t* items, const double* time
 }
 
 KCoreResult kcore(const Csr& seqs, int64_t num_items, int64_t min_user, int64_t min_item) {
+  constexpr const char* fn = "kcore";
+  check::at_least(fn, "min_user", min_user, 0);
+  check::at_least(fn, "min_item", min_item, 0);
+  check::csr(fn, seqs.indptr.data(), static_cast<int64_t>(seqs.indptr.size()), seqs.values.data(),
+             static_cast<int64_t>(seqs.values.size()), num_items);
+  // Three arrays of num_items + 1 entries (degrees, liveness, new ids) are allocated.
+  check::elements(fn, {{"num_items", num_items}, {"arrays per item", 3}});
   const int64_t num_users = static_cast<int64_t>(seqs.indptr.size()) - 1;
   std::vector<char> user_alive(num_users, 1), item_alive(num_items + 1, 1);
   item_alive[0] = 0;
@@ -47,9 +70,6 @@ KCoreResult kcore(const Csr& seqs, int64_t num_items, int64_t min_user, int64_t 
       if (!user_alive[u]) continue;
       for (int64_t j = seqs.indptr[u]; j < seqs.indptr[u + 1]; ++j) {
         const int64_t it = seqs.values[j];
-        if (it < 1 || it > num_items)
-          throw DataError("kcore: item id " + std::to_string(it) + " outside 1.." +
-                          std::to_string(num_items));
         if (item_alive[it]) ++user_deg[u], ++item_deg[it];
       }
     }

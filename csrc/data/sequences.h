@@ -11,7 +11,7 @@ struct Csr {
   std::vector<int64_t> values;  // [indptr.back()]
 };
 
-// Groups interactions by user (codes 1..num_users; row u-1 holds user u) and orders
+// Groups interactions by user (codes 1..num_users, num_users <= n; row u-1 holds user u) and orders
 // each user's items by timestamp, keeping the input order on ties (stable). With
 // timestamps == nullptr the input order is the chronological order.
 Csr group_by_user(const int64_t* users, const int64_t* items, const double* timestamps, int64_t n,

@@ -165,7 +165,7 @@ class SequenceDataset:
         must occur in the sequences.
         """
         path = Path(path)
-        parsed = _engine.read_s3rec_text(str(path))
+        parsed = _engine.read_s3rec_text(os.fsencode(path))
         name = name or path.stem
         fields = {}
         if attributes == "auto":
@@ -191,7 +191,7 @@ class SequenceDataset:
         inter_path = _atomic_path(Path(path), ".inter")
         name = name or inter_path.stem
         wanted = [user_field, item_field] + ([time_field] if time_field else [])
-        table = _engine.read_atomic(str(inter_path), wanted)
+        table = _engine.read_atomic(os.fsencode(inter_path), wanted)
         cols = {c["name"]: c for c in table["columns"]}
         for f in (user_field, item_field):
             if cols[f]["type"] != "token":
@@ -218,39 +218,13 @@ class SequenceDataset:
                     name: str = "arrays") -> "SequenceDataset":
         """Build from parallel arrays of interactions (raw user ids, raw item ids[, times]).
 
-        Raw ids may be integers or strings; dense ids follow their sorted order. Rows
-        are ordered by ``timestamps`` within a user (stably), or kept in array order.
-        ``item_attributes``: ``{field: {raw_item: value or list of values}}``; numeric
-        values make a numeric field, anything else a categorical one.
+        Raw ids may be integers or strings (one kind per array); dense ids follow their
+        sorted order. Rows are ordered by ``timestamps`` (numbers or ``datetime64``) within
+        a user (stably), or kept in array order. ``item_attributes``: ``{field: {raw_item:
+        value or list of values}}``; numeric values make a numeric field, anything else a
+        categorical one.
         """
-        users = np.asarray(users)
-        items = np.asarray(items)
-        if users.ndim != 1 or items.shape != users.shape:
-            raise DataError(f"{name}: users and items must be 1-D arrays of the same length, got "
-                            f"{users.shape} and {items.shape}")
-        if len(users) == 0:
-            raise DataError(f"{name}: no interactions")
-        ts = None
-        if timestamps is not None:
-            ts = np.asarray(timestamps, dtype=np.float64)
-            if ts.shape != users.shape:
-                raise DataError(f"{name}: timestamps has shape {ts.shape}, expected {users.shape}")
-            if not np.all(np.isfinite(ts)):
-                bad = int(np.flatnonzero(~np.isfinite(ts))[0])
-                raise DataError(f"{name}: timestamps[{bad}] is not a finite number")
-        for label, arr in (("users", users), ("items", items)):
-            if arr.dtype.kind == "f":
-                raise DataError(f"{name}: {label} must hold integer or string ids, got floats")
-            if arr.dtype == object and any(v is None for v in arr):
-                raise DataError(f"{name}: {label} contains a missing id (None)")
-        user_vocab, user_codes = np.unique(users, return_inverse=True)
-        item_vocab, item_codes = np.unique(items, return_inverse=True)
-        ds = cls._from_codes(user_codes + 1, [""] + [str(u) for u in user_vocab], item_codes + 1,
-                             [""] + [str(i) for i in item_vocab], ts, name=name,
-                             metadata={"format": "arrays"})
-        for field, mapping in (item_attributes or {}).items():
-            ds.attributes[field] = _field_from_mapping(field, mapping, ds.item_tokens)
-        return ds
+        return cls._build(users, items, timestamps, item_attributes, name, ("users", "items", "timestamps"))
 
     @classmethod
     def from_dataframe(cls, df, user_col: str = "user", item_col: str = "item",
@@ -270,9 +244,29 @@ class SequenceDataset:
             first = df.drop_duplicates(subset=[item_col], keep="first")
             for col in attribute_cols:
                 attrs[col] = dict(zip(first[item_col].tolist(), first[col].tolist()))
-        return cls.from_arrays(df[user_col].to_numpy(), df[item_col].to_numpy(),
-                               df[time_col].to_numpy() if time_col else None,
-                               item_attributes=attrs, name=name)
+        return cls._build(df[user_col].to_numpy(), df[item_col].to_numpy(),
+                          df[time_col].to_numpy() if time_col else None, attrs, name,
+                          (f"column {user_col!r}", f"column {item_col!r}", f"column {time_col!r}"))
+
+    @classmethod
+    def _build(cls, users, items, timestamps, item_attributes, name: str, labels: tuple[str, str, str]):
+        """from_arrays / from_dataframe; ``labels`` name the three inputs in error messages."""
+        users = _id_array(users, name, labels[0])
+        items = _id_array(items, name, labels[1])
+        if items.shape != users.shape:
+            raise DataError(f"{name}: {labels[0]} and {labels[1]} must have the same length, got "
+                            f"{len(users)} and {len(items)}")
+        if len(users) == 0:
+            raise DataError(f"{name}: no interactions")
+        ts = None if timestamps is None else _timestamp_array(timestamps, name, labels[2], len(users))
+        user_vocab, user_codes = np.unique(users, return_inverse=True)
+        item_vocab, item_codes = np.unique(items, return_inverse=True)
+        ds = cls._from_codes(user_codes + 1, [""] + [str(u) for u in user_vocab], item_codes + 1,
+                             [""] + [str(i) for i in item_vocab], ts, name=name,
+                             metadata={"format": "arrays"})
+        for field, mapping in (item_attributes or {}).items():
+            ds.attributes[field] = _field_from_mapping(field, mapping, ds.item_tokens)
+        return ds
 
     @classmethod
     def _from_codes(cls, user_codes, user_vocab, item_codes, item_vocab, timestamps, *, name, metadata):
@@ -357,9 +351,106 @@ def _natural(token: str):
         return (1, 0, token)
 
 
+def _is_missing(value) -> bool:
+    # None, float NaN (pandas' missing string), pandas.NA and NaT, without importing pandas.
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return value != value
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def _id_array(values, name: str, label: str) -> np.ndarray:
+    """Raw ids as a 1-D array of one kind that np.unique can sort: integers or strings.
+
+    Object arrays (pandas' string and mixed columns) are checked element by element, so a
+    missing value or a mix of kinds is named instead of failing inside the sort.
+    """
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise DataError(f"{name}: {label} must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        return arr.astype(np.int64)  # np.asarray([]) is float64: no id of either kind
+    kind = arr.dtype.kind
+    if kind in "iuU":
+        return arr
+    if kind == "S":
+        return _id_array([_decode_id(v, name, label, i) for i, v in enumerate(arr)], name, label)
+    if kind == "f":
+        raise DataError(f"{name}: {label} must hold integer or string ids, got floats "
+                        "(a missing value makes pandas store ids as floats)")
+    if kind != "O":
+        raise DataError(f"{name}: {label} must hold integer or string ids, got dtype {arr.dtype}")
+    is_str = np.fromiter((isinstance(v, str) for v in arr), bool, len(arr))
+    is_int = np.fromiter((isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in arr),
+                         bool, len(arr))
+    bad = np.flatnonzero(~(is_str | is_int))
+    if len(bad):
+        i = int(bad[0])
+        v = arr[i]
+        what = "a missing id" if _is_missing(v) else f"a {type(v).__name__}, not an integer or string id"
+        raise DataError(f"{name}: {_at(label, i)} = {v!r} is {what}")
+    if is_str.any() and is_int.any():
+        i, j = int(np.argmax(is_int)), int(np.argmax(is_str))
+        raise DataError(f"{name}: {label} mixes integer and string ids ({_at(label, i)} = {arr[i]!r}, "
+                        f"{_at(label, j)} = {arr[j]!r}); convert the ids to one type")
+    if is_str.all():
+        return arr.astype(str)
+    try:
+        return arr.astype(np.int64)
+    except OverflowError:
+        i = next(k for k, v in enumerate(arr) if not -(2**63) <= v < 2**63)
+        raise DataError(f"{name}: {_at(label, i)} = {arr[i]} does not fit in int64; pass ids as strings") from None
+
+
+def _at(label: str, index) -> str:
+    """Where an entry is: ``users[3]`` for an array, ``column 'user', row 3`` for a DataFrame."""
+    return f"{label}, row {index}" if label.startswith("column ") else f"{label}[{index}]"
+
+
+def _decode_id(value: bytes, name: str, label: str, index: int) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{name}: {_at(label, index)} = {value!r} is not valid UTF-8") from None
+
+
+def _timestamp_array(values, name: str, label: str, n: int) -> np.ndarray:
+    """Timestamps as finite float64 (datetime64 as its integer count); order is all they give."""
+    raw = np.asarray(values)
+    if raw.shape != (n,):
+        raise DataError(f"{name}: {label} has shape {raw.shape}, expected ({n},)")
+    if raw.dtype.kind == "M":
+        nat = np.flatnonzero(np.isnat(raw))
+        if len(nat):
+            raise DataError(f"{name}: {_at(label, nat[0])} is a missing time (NaT)")
+        ts = raw.astype("datetime64[ns]").astype(np.int64).astype(np.float64)
+    elif raw.dtype.kind in "iuf":
+        ts = raw.astype(np.float64)
+    else:
+        try:
+            ts = raw.astype(np.float64)
+        except (TypeError, ValueError):
+            for i, v in enumerate(raw.tolist()):
+                try:
+                    float(v)
+                except (TypeError, ValueError):
+                    raise DataError(f"{name}: {_at(label, i)} = {v!r} is not a number (give timestamps as "
+                                    "numbers or datetime64)") from None
+            raise DataError(f"{name}: {label} cannot be read as numbers (dtype {raw.dtype})") from None
+    finite = np.isfinite(ts)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise DataError(f"{name}: {_at(label, bad)} is not a finite number ({raw[bad]})")
+    return ts
+
+
 def _atomic_path(path: Path, suffix: str) -> Path:
     if path.is_dir():
-        path = path / f"{path.name}{suffix}"
+        inner = path / f"{path.name}{suffix}"
+        if not inner.exists():
+            raise DataError(f"{path}: is a folder without {inner.name} in it")
+        path = inner
     elif path.suffix != suffix:
         path = path.with_name(path.name + suffix) if not path.suffix else path.with_suffix(suffix)
     if not path.exists():
@@ -368,13 +459,36 @@ def _atomic_path(path: Path, suffix: str) -> Path:
 
 
 def _read_item2attributes(path: Path, item_tokens: list[str]) -> AttributeField:
+    def parse_int(digits: str) -> int:
+        # Python refuses to convert over 4300 digits with a message about sys settings.
+        if len(digits) > 100:
+            raise DataError(f"{path}: the integer {digits[:20]}... has {len(digits)} digits, too many for an id "
+                            "(quote it to make it a string id)")
+        return int(digits)
+
+    def unique_keys(pairs):
+        out = {}
+        for key, value in pairs:
+            if key in out:
+                raise DataError(f"{path}: key {key!r} appears twice in one object; which one holds is ambiguous")
+            out[key] = value
+        return out
+
     try:
-        with open(path) as fh:
-            raw = json.load(fh)
+        with open(path, encoding="utf-8-sig") as fh:
+            raw = json.load(fh, parse_int=parse_int, object_pairs_hook=unique_keys)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a JSON file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: byte {exc.start} is not valid UTF-8 ({exc.reason}); save the file as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: the JSON is nested too deeply (expected {{item: [attribute, ...]}})") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a JSON object {{item: [attribute, ...]}}, got {type(raw).__name__}")
     index = {t: i for i, t in enumerate(item_tokens) if i}
@@ -392,7 +506,7 @@ def _read_item2attributes(path: Path, item_tokens: list[str]) -> AttributeField:
 
 
 def _read_atomic_items(path: Path, item_field: str, fields, item_tokens) -> dict[str, AttributeField]:
-    table = _engine.read_atomic(str(path), [] if fields is None else [item_field, *fields])
+    table = _engine.read_atomic(os.fsencode(path), [] if fields is None else [item_field, *fields])
     cols = {c["name"]: c for c in table["columns"]}
     if item_field not in cols:
         raise DataError(f"{path}:1: missing column '{item_field}'")

@@ -26,6 +26,8 @@ def load_dataset(source: str, fmt: str | None = None, *, attributes: list[str] |
             fmt = _infer_format(path)
         if fmt == "s3rec":
             if path.is_dir():
+                if not (path / f"{path.name}.txt").exists():
+                    raise DataError(f"{path}: is a folder without {path.name}.txt in it")
                 path = path / f"{path.name}.txt"
             if not path.exists():
                 raise DataError(f"{path}: no such file")
