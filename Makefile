@@ -12,9 +12,10 @@ PIP    := $(PY) -m pip
 # The CPU build of torch this project is pinned to (a CUDA build works too: set TORCH_SPEC).
 TORCH_SPEC ?= torch==2.13.0
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "tqdm>=4.60"
-TEST_DEPS  := "pytest>=8" "pandas>=2.0" "nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6" "ipywidgets>=8" "matplotlib>=3.7"
+TEST_DEPS  := "pytest>=8" "pandas>=2.0" "nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6" "ipywidgets>=8" "matplotlib>=3.7" \
+              "hypothesis>=6" "pyarrow>=14"
 
-.PHONY: setup build run test test-fast bench clean
+.PHONY: setup build run test test-fast bench clean sanitize
 
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,9 +41,36 @@ test: build
 test-fast: build
 	$(PY) -m pytest -q -m "not slow and not compile and not shared_data" --ignore=tests/test_notebooks.py
 
+# The loader and op tests against a build of the C++ core with AddressSanitizer and
+# UndefinedBehaviorSanitizer, in its own venv and build folder (.venv and build/ stay as
+# they are). That venv reuses .venv's packages through a .pth file (no second torch);
+# the .pth files of .venv itself are not run, so .venv's seqrec stays out of it.
+SAN_VENV  ?= .venv-sanitize
+SAN_PY    := $(SAN_VENV)/bin/python
+SAN_TESTS ?= tests/test_data.py tests/test_hostile_data.py tests/test_fuzz_readers.py \
+             tests/test_rank_topk.py tests/test_dif_attention.py tests/test_intent_cluster.py \
+             tests/test_seq_mask.py tests/test_dropout.py
+# Python itself is not instrumented: the ASan runtime of the compiler that built the
+# module must be loaded first. Leaks are not checked (CPython keeps memory to exit on
+# purpose); any UBSan finding aborts the run (see CMakeLists.txt).
+SAN_ENV = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" \
+          ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+          UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+$(SAN_VENV)/.deps-stamp: $(VENV)/.deps-stamp
+	test -x $(SAN_PY) || $(PYTHON) -m venv $(SAN_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+	  "$$($(SAN_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_seqrec_base_venv.pth"
+	touch $@
+
+sanitize: $(SAN_VENV)/.deps-stamp
+	$(SAN_PY) -m pip install -q --no-build-isolation --no-deps -Ccmake.define.SEQREC_SANITIZE=ON \
+	  -Cbuild-dir=build-sanitize/{wheel_tag} -e .
+	$(SAN_ENV) $(SAN_PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS)
+
 # Every benchmark with its defaults (long: minutes each on 2 CPU cores).
 bench: build
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) build-sanitize $(SAN_VENV)
