@@ -258,6 +258,21 @@ def test_train_batches_are_reproducible_and_resumable(small):
     assert not torch.equal(a[0].users, d[0].users)
 
 
+def test_split_computes_the_sequence_lengths_once(small, monkeypatch):
+    # Batching must cost what the batch holds: lengths over all users (np.diff of indptr)
+    # once per split, not once per batch (quadratic in users over an epoch).
+    calls = []
+    lengths = SequenceDataset.lengths
+    monkeypatch.setattr(SequenceDataset, "lengths", property(lambda ds: calls.append(1) or lengths.fget(ds)))
+    split = small.leave_one_out(max_len=8)
+    batches = list(split.train_batches(4, seed=0, epoch=0)) + list(split.train_batches(4, seed=0, epoch=1))
+    assert len(batches) > 10
+    split.eval_batch("valid")
+    split.eval_batch("test", split.eval_users[:3])
+    split.sampled_candidates("test", 5)
+    assert len(calls) == 1
+
+
 def test_multiple_negatives_shape(small):
     batch = next(small.leave_one_out().train_batches(8, num_negatives=3))
     assert batch.negative_ids.shape == (8, 50, 3)

@@ -76,7 +76,9 @@ class LeaveOneOutSplit:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.dataset = dataset
         self.max_len = int(max_len)
-        lengths = dataset.lengths
+        # Per-dataset, so computed once: recomputing it for every batch made an epoch
+        # quadratic in the number of users (np.diff over all of them per batch).
+        self._lengths = lengths = dataset.lengths
         self.eval_users = np.flatnonzero(lengths >= 3).astype(np.int64)
         # Training needs at least one (input, target) pair in x_1..x_{T-2}.
         self.train_users = np.flatnonzero(lengths >= 4).astype(np.int64)
@@ -94,7 +96,7 @@ class LeaveOneOutSplit:
         if len(bad):
             raise DataError(f"users[{bad[0]}] = {users[bad[0]]} is not a user index in "
                             f"0..{self.dataset.num_users - 1}")
-        lengths = self.dataset.lengths[users]
+        lengths = self._lengths[users]
         offset = {"train": 2, "valid": 2, "test": 1}.get(stage)
         if offset is None:
             raise ValueError(f"stage must be 'train', 'valid' or 'test', got {stage!r}")
