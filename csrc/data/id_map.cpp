@@ -7,7 +7,7 @@
 namespace seqrec::data {
 
 int64_t IdMap::add(std::string_view token) {
-  auto it = ids_.find(std::string(token));
+  auto it = ids_.find(token);
   if (it != ids_.end()) return it->second;
   const int64_t id = static_cast<int64_t>(tokens_.size());
   tokens_.emplace_back(token);
@@ -16,7 +16,7 @@ int64_t IdMap::add(std::string_view token) {
 }
 
 int64_t IdMap::find(std::string_view token) const {
-  auto it = ids_.find(std::string(token));
+  auto it = ids_.find(token);
   return it == ids_.end() ? 0 : it->second;
 }
 

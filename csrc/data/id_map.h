@@ -27,8 +27,14 @@ class IdMap {
   std::vector<int64_t> sort_tokens();
 
  private:
+  // Transparent hash and equality: lookups by string_view build no std::string, which
+  // was one allocation per token read.
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   std::vector<std::string> tokens_;
-  std::unordered_map<std::string, int64_t> ids_;
+  std::unordered_map<std::string, int64_t, Hash, std::equal_to<>> ids_;
 };
 
 }  // namespace seqrec::data

@@ -70,14 +70,15 @@ std::vector<std::string_view> split_whitespace(std::string_view line) {
   return out;
 }
 
-std::vector<std::string_view> split_tabs(std::string_view line) {
-  std::vector<std::string_view> out;
+// Into `out` (cleared), so one buffer serves every line.
+void split_tabs(std::string_view line, std::vector<std::string_view>& out) {
+  out.clear();
   size_t start = 0;
   while (true) {
     size_t tab = line.find('\t', start);
     if (tab == std::string_view::npos) {
       out.push_back(line.substr(start));
-      return out;
+      return;
     }
     out.push_back(line.substr(start, tab - start));
     start = tab + 1;
@@ -154,6 +155,7 @@ AtomicTable read_atomic(const std::string& path, const std::vector<std::string>&
   table.path = path;
   std::vector<std::string> header_names, header_types;
   std::vector<int> source_of;  // for each requested column, its index in the header
+  std::vector<std::string_view> cells;
   int64_t expected_fields = 0;
   for (size_t i = 0; i < fields.size(); ++i)
     for (size_t j = 0; j < i; ++j)
@@ -169,7 +171,8 @@ AtomicTable read_atomic(const std::string& path, const std::vector<std::string>&
   };
   for_each_line(text, [&](int64_t line_no, std::string_view line) {
     if (line_no == 1) {
-      for (auto cell : split_tabs(line)) {
+      split_tabs(line, cells);
+      for (auto cell : cells) {
         const size_t colon = cell.rfind(':');
         if (colon == std::string_view::npos || colon == 0)
           throw DataError(where(path, 1) + "header field " + excerpt(cell) +
@@ -211,7 +214,7 @@ AtomicTable read_atomic(const std::string& path, const std::vector<std::string>&
       return;
     }
     if (line.empty()) return;  // blank lines carry no data
-    auto cells = split_tabs(line);
+    split_tabs(line, cells);
     if (static_cast<int64_t>(cells.size()) != expected_fields)
       throw DataError(where(path, line_no) + "expected " + std::to_string(expected_fields) +
                       " tab-separated fields, got " + std::to_string(cells.size()));
