@@ -141,6 +141,41 @@ def test_atomic_header_errors(tmp_path):
         SequenceDataset.from_atomic(tmp_path / "e.inter", item_fields=["genre"])
 
 
+# ---------------------------------------------------------------- parquet (optional pyarrow)
+def test_parquet_reads_what_atomic_reads(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [("u3", 20, 5.0), ("u1", 3, 2.0), ("u3", 100, 1.0), ("u1", 20, 1.0), ("u2", 3, 7.0), ("u3", 3, 1.0)]
+    write(tmp_path, "p.inter", "user_id:token\titem_id:token\ttimestamp:float\n"
+          + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in rows))
+    users, items, times = zip(*rows)
+    pq.write_table(pa.table({"user_id": list(users), "item_id": list(items), "timestamp": list(times),
+                             "rating": [1.0] * len(rows)}), tmp_path / "p.parquet")
+    a = SequenceDataset.from_atomic(tmp_path / "p.inter")
+    p = SequenceDataset.from_parquet(tmp_path / "p.parquet")
+    assert p.user_tokens == a.user_tokens == ["u3", "u1", "u2"]
+    assert p.item_tokens == a.item_tokens == ["", "3", "20", "100"]
+    assert p.indptr.tolist() == a.indptr.tolist() and p.items.tolist() == a.items.tolist()
+    assert p.item_raw(p.sequence(0)) == ["100", "3", "20"]  # u3 by time, ties in file order
+    via_loader = load_dataset(str(tmp_path / "p.parquet"))
+    assert via_loader.items.tolist() == p.items.tolist() and via_loader.metadata["format"] == "parquet"
+
+
+def test_parquet_timestamps_and_file_order(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    when = pa.array([3_000, 1_000, 2_000], pa.timestamp("s"))
+    pq.write_table(pa.table({"user_id": [1, 1, 1], "item_id": ["a", "b", "c"], "timestamp": when}),
+                   tmp_path / "t.parquet")
+    assert SequenceDataset.from_parquet(tmp_path / "t.parquet").item_raw(range(1, 4)) == ["a", "b", "c"]
+    ds = SequenceDataset.from_parquet(tmp_path / "t.parquet")
+    assert ds.item_raw(ds.sequence(0)) == ["b", "c", "a"]
+    ds = SequenceDataset.from_parquet(tmp_path / "t.parquet", time_field=None)
+    assert ds.item_raw(ds.sequence(0)) == ["a", "b", "c"]
+
+
 # ---------------------------------------------------------------- arrays / pandas
 def test_from_arrays_and_dataframe_agree():
     pd = pytest.importorskip("pandas")

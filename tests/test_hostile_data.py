@@ -76,6 +76,21 @@ def non_utf8_file_name(tmp: Path):
     return SequenceDataset.from_s3rec(path, attributes=None)
 
 
+def parquet(columns: dict, **kwargs):
+    def run(tmp):
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table(columns), tmp / "p.parquet")
+        return SequenceDataset.from_parquet(tmp / "p.parquet", **kwargs)
+    return run
+
+
+def not_parquet(tmp: Path):
+    pytest.importorskip("pyarrow")
+    return SequenceDataset.from_parquet(write(tmp, "n.parquet", b"PAR1 not really"))
+
+
 def i64(*values):
     return np.asarray(values, dtype=np.int64)
 
@@ -266,6 +281,17 @@ CASES = [
          DataError, "x.inter: is a folder without x.inter.inter in it"),
     case("read-atomic-directory", folder("y.inter", lambda p: engine.read_atomic(os.fsencode(p), [])),
          DataError, "y.inter: is a directory, not a data file"),
+    case("parquet-garbage", not_parquet, DataError, "n.parquet: cannot be read as Parquet"),
+    case("parquet-missing-column", parquet({"user": [1], "item_id": [2], "timestamp": [3]}),
+         DataError, "p.parquet: missing column(s) ['user_id']"),
+    case("parquet-null-id", parquet({"user_id": ["a", None], "item_id": [1, 2], "timestamp": [3, 4]}),
+         DataError, "p.parquet: column 'user_id', row 1 is missing (null)"),
+    case("parquet-float-ids", parquet({"user_id": [1, 2], "item_id": [1.5, 2.0], "timestamp": [3, 4]}),
+         DataError, "p.parquet: column 'item_id' must hold integer or string ids, has type double"),
+    case("parquet-string-timestamps", parquet({"user_id": [1, 2], "item_id": [1, 2], "timestamp": ["a", "b"]}),
+         DataError, "p.parquet: column 'timestamp' must hold numbers or timestamps, has type string"),
+    case("parquet-nan-timestamp", parquet({"user_id": [1, 2], "item_id": [1, 2], "timestamp": [1.0, float("nan")]}),
+         DataError, "p.parquet: column 'timestamp', row 1 is not a finite number"),
     case("read-device", lambda t: engine.read_s3rec_text("/dev/zero"),
          DataError, "/dev/zero: is not a regular file"),
 ]

@@ -214,6 +214,59 @@ class SequenceDataset:
         return ds
 
     @classmethod
+    def from_parquet(cls, path: str | os.PathLike, *, user_field: str = "user_id", item_field: str = "item_id",
+                     time_field: str | None = "timestamp", name: str | None = None) -> "SequenceDataset":
+        """Read interactions from a Parquet file (or a folder of them) with pyarrow.
+
+        One row per interaction; ``user_field`` and ``item_field`` hold raw ids (integers
+        or strings), ``time_field`` numbers or timestamps (None: file order). The result is
+        the dataset :meth:`from_atomic` gives for the same rows: users in order of first
+        appearance, items in natural order of their raw ids. Needs ``pyarrow`` (an optional
+        dependency: ``pip install pyarrow``).
+        """
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError("SequenceDataset.from_parquet needs pyarrow: pip install pyarrow") from None
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"{path}: no such file")
+        name = name or path.stem
+        wanted = [user_field, item_field] + ([time_field] if time_field else [])
+        try:
+            schema = pq.read_schema(path) if path.is_file() else pq.ParquetDataset(path).schema
+            missing = [f for f in wanted if f not in schema.names]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {missing}; the file has {schema.names}")
+            table = pq.read_table(path, columns=wanted)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: cannot be read as Parquet ({exc})") from None
+        if table.num_rows == 0:
+            raise DataError(f"{path}: no interactions")
+        codes, vocabs = [], []
+        for field in (user_field, item_field):
+            column = _arrow_column(table, field, path)
+            kind = column.type
+            if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise DataError(f"{path}: column {field!r} must hold integer or string ids, has type {kind}")
+            # Hashing in Arrow's C++: codes in order of first appearance, as the atomic reader.
+            encoded = column.dictionary_encode()
+            codes.append(encoded.indices.to_numpy().astype(np.int64) + 1)
+            vocabs.append([""] + encoded.dictionary.cast(pa.string()).to_pylist())
+        timestamps = None
+        if time_field:
+            column = _arrow_column(table, time_field, path)
+            if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
+                column = column.cast(pa.int64()) if pa.types.is_timestamp(column.type) else column.cast(pa.date32()).cast(pa.int32())
+            if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+                raise DataError(f"{path}: column {time_field!r} must hold numbers or timestamps, has type {column.type}")
+            timestamps = _timestamp_array(column.to_numpy().astype(np.float64), f"{path}", f"column {time_field!r}",
+                                          table.num_rows)
+        return cls._from_codes(codes[0], vocabs[0], codes[1], vocabs[1], timestamps, name=name,
+                               metadata={"format": "parquet", "path": str(path)})
+
+    @classmethod
     def from_arrays(cls, users, items, timestamps=None, *, item_attributes: Mapping[str, Mapping] | None = None,
                     name: str = "arrays") -> "SequenceDataset":
         """Build from parallel arrays of interactions (raw user ids, raw item ids[, times]).
@@ -349,6 +402,15 @@ def _natural(token: str):
         return (0, int(token), "")
     except ValueError:
         return (1, 0, token)
+
+
+def _arrow_column(table, field: str, path: Path):
+    """One column of a pyarrow table as a single array, refusing missing values."""
+    column = table.column(field).combine_chunks()
+    if column.null_count:
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{path}: column {field!r}, row {row} is missing (null)")
+    return column
 
 
 def _is_missing(value) -> bool:

@@ -11,9 +11,10 @@ def load_dataset(source: str, fmt: str | None = None, *, attributes: list[str] |
                  kcore: int | None = None, seed: int = 0,
                  synthetic_size: tuple[int, int] = (2000, 600)) -> SequenceDataset:
     """Load ``source``: ``"synthetic"``, an S3-Rec ``.txt`` file (or a folder holding
-    ``<folder>.txt``), or RecBole atomic files (``.inter`` file, stem or folder).
+    ``<folder>.txt``), RecBole atomic files (``.inter`` file, stem or folder), or a
+    ``.parquet`` file of interactions (user_id, item_id, timestamp; needs pyarrow).
 
-    ``fmt`` forces the format (``"s3rec"`` or ``"atomic"``); otherwise it is inferred.
+    ``fmt`` forces the format (``"s3rec"``, ``"atomic"`` or ``"parquet"``); otherwise it is inferred.
     ``attributes`` restricts the atomic ``.item`` fields loaded. ``kcore`` applies
     k-core filtering to users and items. ``synthetic_size`` is (users, items) of the
     synthetic dataset.
@@ -34,8 +35,10 @@ def load_dataset(source: str, fmt: str | None = None, *, attributes: list[str] |
             ds = SequenceDataset.from_s3rec(path)
         elif fmt == "atomic":
             ds = SequenceDataset.from_atomic(path, attributes)
+        elif fmt == "parquet":
+            ds = SequenceDataset.from_parquet(path)
         else:
-            raise ValueError(f"format must be 's3rec' or 'atomic', got {fmt!r}")
+            raise ValueError(f"format must be 's3rec', 'atomic' or 'parquet', got {fmt!r}")
     if kcore:
         ds = ds.kcore(kcore)
     return ds
@@ -46,6 +49,8 @@ def _infer_format(path: Path) -> str:
         return "s3rec"
     if path.suffix == ".inter":
         return "atomic"
+    if path.suffix == ".parquet":
+        return "parquet"
     if path.is_dir():
         if (path / f"{path.name}.txt").exists():
             return "s3rec"
