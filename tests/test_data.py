@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -139,6 +140,41 @@ def test_atomic_header_errors(tmp_path):
     write(tmp_path, "e.inter", INTER + "1\t2\t3\t4\n")
     with pytest.raises(DataError, match="attribute fields \\['genre'\\] asked for, but the file is missing"):
         SequenceDataset.from_atomic(tmp_path / "e.inter", item_fields=["genre"])
+
+
+def test_atomic_reader_in_parallel_stretches_matches_one_thread(tmp_path, monkeypatch):
+    # Over 4 MB a file is parsed in stretches on several threads and merged: the result,
+    # token numbering included, and the first error must be those of a one-thread read.
+    from seqrec._C import data as engine
+
+    rng = np.random.default_rng(0)
+    n = 270_000
+    lines = ["user_id:token\titem_id:token\tts:float\ttags:token_seq\tw:float_seq"]
+    users, items, tags = rng.integers(0, 5000, n), rng.zipf(1.3, n) % 9000, rng.integers(0, 50, (n, 2))
+    lines += [f"u{u}\t{i}\t{k}.5\tt{a} t{b}\t{k} {a}" for k, (u, i, (a, b)) in enumerate(zip(users, items, tags))]
+    path = write(tmp_path, "big.inter", "\n".join(lines) + "\n")
+    assert path.stat().st_size > 8 << 20  # three stretches
+
+    def read(threads, p=path):
+        monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
+        return engine.read_atomic(os.fsencode(p), [])
+
+    one, three = read(1), read(3)
+    assert one["num_rows"] == three["num_rows"] == n
+    for a, b in zip(one["columns"], three["columns"]):
+        assert a.keys() == b.keys() and a["name"] == b["name"]
+        for key in a:
+            if isinstance(a[key], np.ndarray):
+                assert np.array_equal(a[key], b[key]), (a["name"], key)
+            else:
+                assert a[key] == b[key], (a["name"], key)
+
+    lines[n - 10] = lines[n - 10].replace(".5\t", ".5x\t")  # an error in the last stretch...
+    lines[n // 2] = lines[n // 2] + "\textra"                # ...after one in the middle one
+    bad = write(tmp_path, "bad.inter", "\n".join(lines) + "\n")
+    for threads in (1, 3):
+        with pytest.raises(DataError, match=f"bad.inter:{n // 2 + 1}: expected 5 tab-separated fields, got 6"):
+            read(threads, bad)
 
 
 # ---------------------------------------------------------------- parquet (optional pyarrow)

@@ -1,6 +1,10 @@
 #include "data/readers.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
+#include <exception>
+#include <thread>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -40,17 +44,18 @@ std::string read_file(const std::string& path) {
   return text;
 }
 
-// Calls fn(line_number, line) for each line, without the trailing "\r\n" / "\n".
+// Calls fn(line_number, line) for each line, without the trailing "\r\n" / "\n";
+// the first line of `text` is line first_line + 1.
 template <typename Fn>
-void for_each_line(const std::string& text, Fn&& fn) {
+void for_each_line(std::string_view text, Fn&& fn, int64_t first_line = 0) {
   size_t start = 0;
-  int64_t line_no = 0;
+  int64_t line_no = first_line;
   while (start < text.size()) {
     size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
+    if (end == std::string_view::npos) end = text.size();
     size_t stop = end;
     if (stop > start && text[stop - 1] == '\r') --stop;
-    fn(++line_no, std::string_view(text).substr(start, stop - start));
+    fn(++line_no, text.substr(start, stop - start));
     start = end + 1;
   }
 }
@@ -149,19 +154,29 @@ SequenceTable read_s3rec_text(const std::string& path) {
   return table;
 }
 
-AtomicTable read_atomic(const std::string& path, const std::vector<std::string>& fields) {
-  const std::string text = read_file(path);
-  AtomicTable table;
-  table.path = path;
-  std::vector<std::string> header_names, header_types;
-  std::vector<int> source_of;  // for each requested column, its index in the header
-  std::vector<std::string_view> cells;
-  int64_t expected_fields = 0;
-  for (size_t i = 0; i < fields.size(); ++i)
-    for (size_t j = 0; j < i; ++j)
-      if (fields[i] == fields[j])
-        throw DataError("read_atomic: fields lists " + excerpt(fields[i]) + " twice");
+namespace {
 
+enum class Kind { kToken, kTokenSeq, kFloat, kFloatSeq };
+
+Kind kind_of(const std::string& type) {
+  if (type == "token") return Kind::kToken;
+  if (type == "token_seq") return Kind::kTokenSeq;
+  if (type == "float") return Kind::kFloat;
+  return Kind::kFloatSeq;
+}
+
+// The rows of one stretch of complete lines, parsed into columns shaped like the table's.
+struct RowsPart {
+  std::vector<AtomicColumn> columns;
+  int64_t num_rows = 0;
+  std::exception_ptr error;  // the stretch's first error (parsing stops there)
+};
+
+void parse_rows(std::string_view body, int64_t first_line, const std::string& path,
+                const std::vector<int>& source_of, int64_t expected_fields, RowsPart& part) {
+  std::vector<Kind> kinds;
+  for (const auto& col : part.columns) kinds.push_back(kind_of(col.type));
+  std::vector<std::string_view> cells;
   // New tokens only are checked for UTF-8: a repeated token was checked when first seen.
   const auto add_token = [&](AtomicColumn& col, std::string_view token, int64_t line_no) {
     const int64_t before = col.vocab.size();
@@ -169,66 +184,16 @@ AtomicTable read_atomic(const std::string& path, const std::vector<std::string>&
     if (col.vocab.size() != before) check_utf8(token, path, line_no, "field " + excerpt(col.name) + ":");
     return code;
   };
-  for_each_line(text, [&](int64_t line_no, std::string_view line) {
-    if (line_no == 1) {
+  try {
+    for_each_line(body, [&](int64_t line_no, std::string_view line) {
+      if (line.empty()) return;  // blank lines carry no data
       split_tabs(line, cells);
-      for (auto cell : cells) {
-        const size_t colon = cell.rfind(':');
-        if (colon == std::string_view::npos || colon == 0)
-          throw DataError(where(path, 1) + "header field " + excerpt(cell) +
-                          " is not of the form name:type");
-        std::string type(cell.substr(colon + 1));
-        if (type != "token" && type != "token_seq" && type != "float" && type != "float_seq")
-          throw DataError(where(path, 1) + "header field " + excerpt(cell) + " has unknown type " +
-                          excerpt(type) + " (expected token, token_seq, float or float_seq)");
-        std::string name(cell.substr(0, colon));
-        check_utf8(name, path, 1, "header field");
-        // Two columns of one name: whichever were read, the other would be dropped silently.
-        for (size_t c = 0; c < header_names.size(); ++c)
-          if (header_names[c] == name)
-            throw DataError(where(path, 1) + "header field " + excerpt(name) +
-                            " appears twice (columns " + std::to_string(c + 1) + " and " +
-                            std::to_string(header_names.size() + 1) + ")");
-        header_names.push_back(std::move(name));
-        header_types.push_back(std::move(type));
-      }
-      expected_fields = static_cast<int64_t>(header_names.size());
-      std::vector<std::string> wanted = fields.empty() ? header_names : fields;
-      for (const auto& name : wanted) {
-        int found = -1;
-        for (size_t c = 0; c < header_names.size(); ++c)
-          if (header_names[c] == name) found = static_cast<int>(c);
-        if (found < 0) {
-          std::string have;
-          for (const auto& h : header_names) have += (have.empty() ? "" : ", ") + printable(h);
-          throw DataError(where(path, 1) + "missing column " + excerpt(name) + " (the header has: " +
-                          have + ")");
-        }
-        source_of.push_back(found);
-        AtomicColumn col;
-        col.name = name;
-        col.type = header_types[found];
-        if (col.type == "token_seq" || col.type == "float_seq") col.indptr.push_back(0);
-        table.columns.push_back(std::move(col));
-      }
-      return;
-    }
-    if (line.empty()) return;  // blank lines carry no data
-    split_tabs(line, cells);
-    if (static_cast<int64_t>(cells.size()) != expected_fields)
-      throw DataError(where(path, line_no) + "expected " + std::to_string(expected_fields) +
-                      " tab-separated fields, got " + std::to_string(cells.size()));
-    for (size_t c = 0; c < table.columns.size(); ++c) {
-      AtomicColumn& col = table.columns[c];
-      std::string_view cell = cells[source_of[c]];
-      if (col.type == "token") {
-        if (cell.empty())
-          throw DataError(where(path, line_no) + "field " + excerpt(col.name) + ": empty token");
-        col.codes.push_back(add_token(col, cell, line_no));
-      } else if (col.type == "token_seq") {
-        for (auto tok : split_whitespace(cell)) col.codes.push_back(add_token(col, tok, line_no));
-        col.indptr.push_back(static_cast<int64_t>(col.codes.size()));
-      } else {
+      if (static_cast<int64_t>(cells.size()) != expected_fields)
+        throw DataError(where(path, line_no) + "expected " + std::to_string(expected_fields) +
+                        " tab-separated fields, got " + std::to_string(cells.size()));
+      for (size_t c = 0; c < part.columns.size(); ++c) {
+        AtomicColumn& col = part.columns[c];
+        std::string_view cell = cells[source_of[c]];
         auto parse = [&](std::string_view s) {
           double v = 0;
           auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
@@ -237,17 +202,162 @@ AtomicTable read_atomic(const std::string& path, const std::vector<std::string>&
                             " is not a finite number");
           return v;
         };
-        if (col.type == "float") {
-          col.values.push_back(parse(cell));
-        } else {
-          for (auto tok : split_whitespace(cell)) col.values.push_back(parse(tok));
-          col.indptr.push_back(static_cast<int64_t>(col.values.size()));
+        switch (kinds[c]) {
+          case Kind::kToken:
+            if (cell.empty())
+              throw DataError(where(path, line_no) + "field " + excerpt(col.name) + ": empty token");
+            col.codes.push_back(add_token(col, cell, line_no));
+            break;
+          case Kind::kTokenSeq:
+            for (auto tok : split_whitespace(cell)) col.codes.push_back(add_token(col, tok, line_no));
+            col.indptr.push_back(static_cast<int64_t>(col.codes.size()));
+            break;
+          case Kind::kFloat:
+            col.values.push_back(parse(cell));
+            break;
+          case Kind::kFloatSeq:
+            for (auto tok : split_whitespace(cell)) col.values.push_back(parse(tok));
+            col.indptr.push_back(static_cast<int64_t>(col.values.size()));
+            break;
         }
       }
+      ++part.num_rows;
+    }, first_line);
+  } catch (...) {
+    part.error = std::current_exception();
+  }
+}
+
+// Threads for parsing `bytes` of rows: one per 4 MB, at most the cores (or
+// OMP_NUM_THREADS when set, as torch reads it), at most 16.
+int reader_threads(size_t bytes) {
+  int64_t n = std::max(1u, std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    int64_t v = 0;
+    auto [ptr, ec] = std::from_chars(env, env + std::strlen(env), v);
+    if (ec == std::errc() && v >= 1) n = v;
+  }
+  const int64_t by_size = static_cast<int64_t>(bytes / (4u << 20)) + 1;
+  return static_cast<int>(std::min<int64_t>({n, by_size, 16}));
+}
+
+// Appends `src` (a part's column) to `dst`, renumbering tokens into dst's vocabulary so
+// codes follow first appearance over the whole file, as a sequential read numbers them.
+void append_column(AtomicColumn& dst, AtomicColumn&& src) {
+  const int64_t value_offset = static_cast<int64_t>(dst.type.rfind("token", 0) == 0 ? dst.codes.size()
+                                                                                       : dst.values.size());
+  if (dst.type.rfind("token", 0) == 0) {
+    std::vector<int64_t> to_global(static_cast<size_t>(src.vocab.size()) + 1, 0);
+    for (int64_t j = 1; j <= src.vocab.size(); ++j) to_global[j] = dst.vocab.add(src.vocab.token(j));
+    dst.codes.reserve(dst.codes.size() + src.codes.size());
+    for (int64_t code : src.codes) dst.codes.push_back(to_global[code]);
+  } else {
+    dst.values.insert(dst.values.end(), src.values.begin(), src.values.end());
+  }
+  if (!src.indptr.empty())
+    for (size_t r = 1; r < src.indptr.size(); ++r) dst.indptr.push_back(src.indptr[r] + value_offset);
+}
+
+}  // namespace
+
+AtomicTable read_atomic(const std::string& path, const std::vector<std::string>& fields) {
+  const std::string text = read_file(path);
+  AtomicTable table;
+  table.path = path;
+  for (size_t i = 0; i < fields.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (fields[i] == fields[j])
+        throw DataError("read_atomic: fields lists " + excerpt(fields[i]) + " twice");
+  if (text.empty()) throw DataError(printable(path) + ": file is empty (no header line)");
+
+  // ---- header: line 1
+  size_t header_end = text.find('\n');
+  if (header_end == std::string::npos) header_end = text.size();
+  std::string_view header = std::string_view(text).substr(0, header_end);
+  if (!header.empty() && header.back() == '\r') header.remove_suffix(1);
+  std::vector<std::string> header_names, header_types;
+  std::vector<int> source_of;  // for each requested column, its index in the header
+  std::vector<std::string_view> cells;
+  split_tabs(header, cells);
+  for (auto cell : cells) {
+    const size_t colon = cell.rfind(':');
+    if (colon == std::string_view::npos || colon == 0)
+      throw DataError(where(path, 1) + "header field " + excerpt(cell) + " is not of the form name:type");
+    std::string type(cell.substr(colon + 1));
+    if (type != "token" && type != "token_seq" && type != "float" && type != "float_seq")
+      throw DataError(where(path, 1) + "header field " + excerpt(cell) + " has unknown type " +
+                      excerpt(type) + " (expected token, token_seq, float or float_seq)");
+    std::string name(cell.substr(0, colon));
+    check_utf8(name, path, 1, "header field");
+    // Two columns of one name: whichever were read, the other would be dropped silently.
+    for (size_t c = 0; c < header_names.size(); ++c)
+      if (header_names[c] == name)
+        throw DataError(where(path, 1) + "header field " + excerpt(name) + " appears twice (columns " +
+                        std::to_string(c + 1) + " and " + std::to_string(header_names.size() + 1) + ")");
+    header_names.push_back(std::move(name));
+    header_types.push_back(std::move(type));
+  }
+  const auto expected_fields = static_cast<int64_t>(header_names.size());
+  for (const auto& name : fields.empty() ? header_names : fields) {
+    int found = -1;
+    for (size_t c = 0; c < header_names.size(); ++c)
+      if (header_names[c] == name) found = static_cast<int>(c);
+    if (found < 0) {
+      std::string have;
+      for (const auto& h : header_names) have += (have.empty() ? "" : ", ") + printable(h);
+      throw DataError(where(path, 1) + "missing column " + excerpt(name) + " (the header has: " + have + ")");
     }
-    ++table.num_rows;
-  });
-  if (header_names.empty()) throw DataError(printable(path) + ": file is empty (no header line)");
+    source_of.push_back(found);
+    AtomicColumn col;
+    col.name = name;
+    col.type = header_types[found];
+    if (col.type == "token_seq" || col.type == "float_seq") col.indptr.push_back(0);
+    table.columns.push_back(std::move(col));
+  }
+
+  // ---- rows: stretches of whole lines parsed in parallel, merged in file order
+  const std::string_view body =
+      header_end < text.size() ? std::string_view(text).substr(header_end + 1) : std::string_view();
+  const int threads = reader_threads(body.size());
+  std::vector<size_t> bounds{0};
+  for (int t = 1; t < threads; ++t) {
+    size_t cut = body.size() * static_cast<size_t>(t) / static_cast<size_t>(threads);
+    cut = std::max(cut, bounds.back());
+    const size_t nl = body.find('\n', cut);
+    bounds.push_back(nl == std::string_view::npos ? body.size() : nl + 1);
+  }
+  bounds.push_back(body.size());
+  std::vector<RowsPart> parts(static_cast<size_t>(threads));
+  std::vector<int64_t> first_line(static_cast<size_t>(threads), 1);  // the header is line 1
+  for (int t = 1; t < threads; ++t)
+    first_line[t] = first_line[t - 1] + std::count(body.begin() + static_cast<std::ptrdiff_t>(bounds[t - 1]),
+                                                   body.begin() + static_cast<std::ptrdiff_t>(bounds[t]), '\n');
+  const auto run = [&](int t) {
+    parts[t].columns = table.columns;  // empty columns of the right names and types
+    parse_rows(body.substr(bounds[t], bounds[t + 1] - bounds[t]), first_line[t], path, source_of,
+               expected_fields, parts[t]);
+  };
+  {
+    std::vector<std::thread> workers;
+    for (int t = 1; t < threads; ++t) workers.emplace_back(run, t);
+    run(0);
+    for (auto& w : workers) w.join();
+  }
+  // The first stretch with an error holds the file's first error: the one a sequential
+  // read would report.
+  for (auto& part : parts)
+    if (part.error) std::rethrow_exception(part.error);
+  if (threads == 1) {
+    table.columns = std::move(parts[0].columns);
+    table.num_rows = parts[0].num_rows;
+  } else {
+    for (auto& part : parts) {
+      for (size_t c = 0; c < table.columns.size(); ++c)
+        append_column(table.columns[c], std::move(part.columns[c]));
+      table.num_rows += part.num_rows;
+      part = RowsPart{};  // free each stretch once merged
+    }
+  }
   if (table.num_rows == 0) throw DataError(printable(path) + ": file has a header but no rows");
   return table;
 }
