@@ -51,9 +51,11 @@ SAN_TESTS ?= tests/test_data.py tests/test_hostile_data.py tests/test_fuzz_reade
              tests/test_rank_topk.py tests/test_dif_attention.py tests/test_intent_cluster.py \
              tests/test_seq_mask.py tests/test_dropout.py
 # Python itself is not instrumented: the ASan runtime of the compiler that built the
-# module must be loaded first. Leaks are not checked (CPython keeps memory to exit on
-# purpose); any UBSan finding aborts the run (see CMakeLists.txt).
-SAN_ENV = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" \
+# module must be loaded first, and libstdc++ with it (python does not link it, and ASan
+# finds no __cxa_throw to intercept otherwise: the first C++ exception aborts). Leaks
+# are not checked (CPython keeps memory to exit on purpose); any UBSan finding aborts
+# the run (see CMakeLists.txt).
+SAN_ENV = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
           ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1 \
           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
