@@ -262,11 +262,15 @@ TORCH_LIBRARY(seqrec, m) {
       "Tensor prototypes, Tensor probs, float tau, Tensor? active, Tensor? active_scale, "
       "Tensor? weights, Tensor? values, float eps, bool[5] output_mask) -> (Tensor grad_x, "
       "Tensor grad_prototypes, Tensor grad_active_scale, Tensor grad_weights, Tensor grad_values)");
-  m.def("seq_mask(Tensor item_seq, Tensor? item_attributes, *, int num_items, int mask_token, "
+  m.def("seq_mask(Tensor item_seq, Tensor? item_attributes=None, *, int num_items, int mask_token, "
         "float mask_prob, int seed, bool mask_last=True) -> (Tensor masked_items, "
         "Tensor pos_items, Tensor neg_items, Tensor masked_segment_seq, Tensor pos_segment, "
         "Tensor neg_segment, Tensor segment_start, Tensor segment_len, Tensor attribute_targets)");
-  m.def("dif_attention(Tensor q, Tensor k, Tensor v, Tensor[] side_q, Tensor[] side_k, Tensor[] fusion_params, Tensor? key_padding_mask, Tensor? seed, *, str fusion=\"sum\", bool causal=True, float? scale=None, bool fusion_sees_masked=False, float dropout_p=0.0) -> (Tensor out, Tensor lse)");
+  // Optional inputs are Tensor? / Tensor[]? with default None: AOTInductor's proxy
+  // executor passes an empty tensor list as None (a plain Tensor[] then fails with
+  // "Expected a value of type 'List[Tensor]' for argument 'side_q'"), and torch.export
+  // leaves out arguments at their defaults. None means [] for the lists.
+  m.def("dif_attention(Tensor q, Tensor k, Tensor v, Tensor[]? side_q=None, Tensor[]? side_k=None, Tensor[]? fusion_params=None, Tensor? key_padding_mask=None, Tensor? seed=None, *, str fusion=\"sum\", bool causal=True, float? scale=None, bool fusion_sees_masked=False, float dropout_p=0.0) -> (Tensor out, Tensor lse)");
   m.def("dif_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor[] side_q, Tensor[] side_k, Tensor[] fusion_params, Tensor? key_padding_mask, Tensor? seed, Tensor out, Tensor lse, str fusion, bool causal, float? scale, bool fusion_sees_masked, float dropout_p) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor[] grad_side_q, Tensor[] grad_side_k, Tensor[] grad_fusion_params)");
   m.def("dropout(Tensor x, Tensor seed, float p) -> Tensor");
 }

@@ -31,17 +31,32 @@ def _mark_by_what_it_runs(item) -> None:
         item.add_marker(pytest.mark.compile)
 
 
+def require_cuda_problem(has_cuda: bool, cuda_built: bool) -> str | None:
+    """Why SEQREC_REQUIRE_CUDA=1 cannot be honoured, or None. It means real CUDA kernels:
+    a build whose ops run their plain-PyTorch reference on CUDA does not qualify."""
+    from seqrec.ops._registry import REFERENCE_ON_CUDA
+
+    if not has_cuda:
+        return "SEQREC_REQUIRE_CUDA=1 but no CUDA device is available"
+    if not cuda_built:
+        return "SEQREC_REQUIRE_CUDA=1 but seqrec was built without CUDA kernels"
+    if REFERENCE_ON_CUDA:
+        return ("SEQREC_REQUIRE_CUDA=1 but these ops have no compiled CUDA kernel (they run the "
+                f"plain-PyTorch reference on CUDA): {', '.join(sorted(REFERENCE_ON_CUDA))}")
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         _mark_by_what_it_runs(item)
     require_cuda = os.environ.get("SEQREC_REQUIRE_CUDA") == "1"
     has_cuda = torch.cuda.is_available()
-    if has_cuda and require_cuda and not seqrec.cuda_built():
-        raise pytest.UsageError("SEQREC_REQUIRE_CUDA=1 but seqrec was built without CUDA kernels")
+    if require_cuda:
+        problem = require_cuda_problem(has_cuda, seqrec.cuda_built())
+        if problem:
+            raise pytest.UsageError(problem)
     if has_cuda:
         return
-    if require_cuda:
-        raise pytest.UsageError("SEQREC_REQUIRE_CUDA=1 but no CUDA device is available")
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "cuda" in item.keywords:

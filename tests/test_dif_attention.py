@@ -442,9 +442,49 @@ def test_scaled_dot_attention_routes_through_the_op():
     kw.update(dropout_p=0.0)
     torch.testing.assert_close(scaled_dot_attention(q, k, v, backend="seqrec", **kw),
                                scaled_dot_attention(q, k, v, backend="reference", **kw))
-    # no kernel for float16: the plain math runs instead of failing
+    # float16: the op computes in float32 and casts back
     h = scaled_dot_attention(q.detach().half(), k.detach().half(), v.detach().half(), backend="seqrec", **kw)
     assert h.dtype == torch.float16 and torch.isfinite(h).all()
+    # with dropout, both backends draw the same hashed mask (the reference used to run F.dropout)
+    kw.update(dropout_p=0.3)
+    torch.manual_seed(5)
+    a = scaled_dot_attention(q, k, v, backend="seqrec", **kw)
+    torch.manual_seed(5)
+    torch.testing.assert_close(a, scaled_dot_attention(q, k, v, backend="reference", **kw))
+
+
+@pytest.mark.parametrize("fusion", ["sum", "gate"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_accumulate_in_float32(dtype, fusion):
+    """bf16 / fp16 inputs (autocast) are accepted; against the float64 reference of the
+    same (rounded) inputs, the op's error is at most ~2x that of the plain-PyTorch
+    reference run in the half dtype itself (STYLE.md's tolerance rule), for the output
+    and the gradients."""
+    case = make_case(fusion=fusion, side_dims=(3,), padding="left", dtype=torch.float32, layout="heads")
+    names = ["q", "k", "v"]
+    half = {n: case[n].detach().to(dtype).requires_grad_() for n in names}
+    exact = {n: half[n].detach().double().requires_grad_() for n in names}
+    params = [p.detach() for p in case["fusion_params"]]
+    kw = dict(fusion=fusion, key_padding_mask=case["key_padding_mask"], causal=True)
+
+    def run(inputs, fp, backend):
+        as_input = [t.detach().to(dtype).to(inputs["q"].dtype) for t in (*case["side_q"], *case["side_k"])]
+        out = dif_attention(inputs["q"], inputs["k"], inputs["v"], side_q=as_input[:1], side_k=as_input[1:],
+                            fusion_params=fp, backend=backend, **kw)
+        grad_out = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape).to(out.dtype)
+        return out, torch.autograd.grad(out, [inputs[n] for n in names], grad_out)
+
+    want, want_grads = run(exact, [p.to(dtype).double() for p in params], "reference")
+    got, got_grads = run(half, [p.to(dtype) for p in params], "seqrec")
+    eager, eager_grads = run(half, [p.to(dtype) for p in params], "reference")
+    assert got.dtype == dtype and all(g.dtype == dtype for g in got_grads)
+
+    def err(a, b):
+        return (a.double() - b).abs().max().item()
+
+    assert err(got, want) <= 2 * err(eager, want) + 1e-6
+    for g, e, w in zip(got_grads, eager_grads, want_grads):
+        assert err(g, w) <= 2 * err(e, w) + 1e-6
 
 
 def test_matches_reference_through_at_mm():

@@ -158,7 +158,7 @@ def test_bad_inputs():
         dropout(torch.ones(3), 1.0)
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
         dropout(torch.ones(3), -0.1)
-    with pytest.raises(ValueError, match="seed must be an int or a one-element integer tensor"):
+    with pytest.raises(ValueError, match="'seed' must be an int or a one-element integer tensor"):
         dropout(torch.ones(3), 0.5, seed=torch.tensor([1.5]))
     with pytest.raises(RuntimeError, match="dropout: argument 'seed' must be a one-element int64 CPU tensor"):
         torch.ops.seqrec.dropout.default(torch.ones(3), torch.tensor([1, 2]), 0.5)

@@ -22,6 +22,7 @@ def np_rank_topk(scores, indptr, items, target, k, exclude_history=True):
     """Loop-per-user reference: candidates, rank with ties against, lexsorted top-k."""
     scores = np.asarray(scores, dtype=np.float64)  # exact for float16/bfloat16/float32
     num_users, num_items = scores.shape
+    k = max(min(k, num_items - 1), 0)  # a list holds at most the I - 1 candidate items
     topk = np.zeros((num_users, k), dtype=np.int64)
     rank = np.zeros(num_users, dtype=np.int64)
     for u in range(num_users):
@@ -84,7 +85,7 @@ def check_against_numpy(scores, indptr, items, target, k, exclude_history, backe
                                         else scores.numpy(), indptr.numpy(), items.numpy(), target.numpy(), k,
                                         exclude_history)
     assert topk.dtype == torch.int64 and rank.dtype == torch.int64
-    assert topk.shape == (scores.shape[0], k) and rank.shape == (scores.shape[0],)
+    assert topk.shape == (scores.shape[0], min(k, scores.shape[1] - 1)) and rank.shape == (scores.shape[0],)
     np.testing.assert_array_equal(rank.numpy(), want_rank)
     np.testing.assert_array_equal(topk.numpy(), want_topk)
     return topk, rank

@@ -308,9 +308,9 @@ def test_full_row_is_fine_when_nothing_needs_a_negative():
 
 def test_bad_seed_raises():
     seq = torch.tensor([[0, 1, 2]])
-    with pytest.raises(TypeError, match="seed must be an int"):
+    with pytest.raises(TypeError, match="'seed' must be an int"):
         seq_mask(seq, num_items=NUM_ITEMS, mask_token=MASK, seed=1.5)
-    with pytest.raises(ValueError, match=r"seed must lie in \[-2\*\*63, 2\*\*64\)"):
+    with pytest.raises(ValueError, match=r"'seed' must lie in \[-2\*\*63, 2\*\*64\)"):
         seq_mask(seq, num_items=NUM_ITEMS, mask_token=MASK, seed=2**64)
 
 

@@ -1,7 +1,7 @@
 // Shared argument checks for the operator kernels (see common/check.h).
 #include "ops/common/check.h"
 
-#include <sstream>
+#include <string>
 
 namespace seqrec::ops {
 
@@ -14,10 +14,35 @@ void check_tensor(const at::Tensor& t, const char* op, const char* name, at::Sca
               "-dimensional, got shape ", t.sizes());
 }
 
-void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op, const char* name_a,
-                       const char* name_b) {
-  TORCH_CHECK(a.device() == b.device(), op, ": '", name_a, "' is on ", a.device(), " but '",
-              name_b, "' is on ", b.device());
+SameDevice& SameDevice::operator()(const char* name, const at::Tensor& t) {
+  if (!t.defined()) return *this;
+  if (!first_device_) {
+    first_device_ = t.device();
+    first_name_ = name;
+    return *this;
+  }
+  TORCH_CHECK(t.device() == *first_device_, op_,
+              ": expected all tensors to be on the same device, but argument '", name, "' is on ",
+              t.device(), " while '", first_name_, "' is on ", *first_device_);
+  return *this;
+}
+
+SameDevice& SameDevice::operator()(const char* name, const std::optional<at::Tensor>& t) {
+  return t.has_value() ? (*this)(name, *t) : *this;
+}
+
+SameDevice& SameDevice::operator()(const char* name, at::TensorList ts) {
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const std::string element = std::string(name) + "[" + std::to_string(i) + "]";
+    (*this)(element.c_str(), ts[i]);
+  }
+  return *this;
+}
+
+void check_host_tensor(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": argument '", name,
+              "' must be a CPU tensor (it is read on the host, whatever the device of the other "
+              "arguments), got ", t.device());
 }
 
 }  // namespace seqrec::ops

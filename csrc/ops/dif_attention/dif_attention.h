@@ -5,12 +5,14 @@
 // Contract (checked by dif_attention_check, shared by the CPU kernel and a future
 // `dif_attention_cuda`, which must keep the same one, dropout hash included):
 //
-//   dif_attention(q, k, v, side_q, side_k, fusion_params, key_padding_mask, seed, *,
-//                 fusion="sum", causal=True, scale=None, fusion_sees_masked=False,
-//                 dropout_p=0.0) -> (out, lse)
-//   (key_padding_mask and seed are positional without defaults: register_autograd
-//   refuses kwarg-only tensors, and trailing defaults would be dropped from the inputs
-//   its backward must mirror.)
+//   dif_attention(q, k, v, side_q=None, side_k=None, fusion_params=None,
+//                 key_padding_mask=None, seed=None, *, fusion="sum", causal=True,
+//                 scale=None, fusion_sees_masked=False, dropout_p=0.0) -> (out, lse)
+//   (The optional inputs are positional, as register_autograd refuses kwarg-only
+//   tensors, with default None so that torch.export / AOTInductor can leave them out:
+//   the lists are Tensor[]?, None meaning [], because AOTInductor passes an empty list
+//   as None. The dispatcher drops trailing arguments at their defaults, so the Python
+//   backward returns one gradient per argument actually passed.)
 //
 //   q        [B, H, nq, dh]   item queries            (float32 / float64, any strides,
 //   k        [B, H, nk, dh]   item keys                stride 0 allowed: expanded
@@ -140,8 +142,9 @@ DifAttnProblem dif_attention_check(const at::Tensor& q, const at::Tensor& k, con
                                    std::vector<at::Tensor>& owned, const char* op);
 
 std::tuple<at::Tensor, at::Tensor> dif_attention_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::TensorList side_q,
-    at::TensorList side_k, at::TensorList fusion_params,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    std::optional<at::TensorList> side_q, std::optional<at::TensorList> side_k,
+    std::optional<at::TensorList> fusion_params,  // None = [] (how AOTInductor passes empty lists)
     const std::optional<at::Tensor>& key_padding_mask, const std::optional<at::Tensor>& seed,
     std::string_view fusion, bool causal, std::optional<double> scale, bool fusion_sees_masked,
     double dropout_p);

@@ -69,14 +69,15 @@ DifAttnProblem dif_attention_check(const at::Tensor& q, const at::Tensor& k, con
                                    double dropout_p, const std::optional<at::Tensor>& seed,
                                    std::vector<at::Tensor>& owned, const char* op) {
   TORCH_CHECK(q.defined(), op, ": argument 'q' is undefined");
+  SameDevice{op}("q", q)("k", k)("v", v)("side_q", side_q)("side_k", side_k)(
+      "fusion_params", fusion_params)("key_padding_mask", key_padding_mask);
+  if (seed.has_value() && seed->defined()) check_host_tensor(*seed, op, "seed");
   const auto dtype = q.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op,
               ": argument 'q' must be float32 or float64, got ", dtype);
   check_tensor(q, op, "q", dtype, 4);
   check_tensor(k, op, "k", dtype, 4);
   check_tensor(v, op, "v", dtype, 4);
-  check_same_device(q, k, op, "q", "k");
-  check_same_device(q, v, op, "q", "v");
 
   DifAttnProblem p;
   p.B = q.size(0);
@@ -109,8 +110,6 @@ DifAttnProblem dif_attention_check(const at::Tensor& q, const at::Tensor& k, con
     const at::Tensor& sk = side_k[j];
     check_tensor(sq, op, nq_name.c_str(), dtype, 4);
     check_tensor(sk, op, nk_name.c_str(), dtype, 4);
-    check_same_device(q, sq, op, "q", nq_name.c_str());
-    check_same_device(q, sk, op, "q", nk_name.c_str());
     TORCH_CHECK(sq.size(0) == p.B && sq.size(1) == p.H && sq.size(2) == p.nq && sq.size(3) >= 1, op,
                 ": argument '", nq_name, "' must be [B, H, nq, d] with B=", p.B, ", H=", p.H,
                 ", nq=", p.nq, ", d >= 1 (expand a batch-shared tensor), got shape ", sq.sizes());
@@ -129,7 +128,6 @@ DifAttnProblem dif_attention_check(const at::Tensor& q, const at::Tensor& k, con
   for (size_t j = 0; j < fusion_params.size(); ++j) {
     const std::string name = "fusion_params[" + std::to_string(j) + "]";
     check_tensor(fusion_params[j], op, name.c_str(), dtype, -1);
-    check_same_device(q, fusion_params[j], op, "q", name.c_str());
   }
   const int64_t S = p.num_sources, nk = p.nk;
   if (p.fusion == DifFusion::kConcat) {
@@ -170,7 +168,6 @@ DifAttnProblem dif_attention_check(const at::Tensor& q, const at::Tensor& k, con
   if (key_padding_mask.has_value() && key_padding_mask->defined()) {
     const at::Tensor& m = *key_padding_mask;
     check_tensor(m, op, "key_padding_mask", at::kBool, 2);
-    check_same_device(q, m, op, "q", "key_padding_mask");
     TORCH_CHECK(m.size(0) == p.B && m.size(1) == nk, op, ": argument 'key_padding_mask' must be [B, nk] = [",
                 p.B, ", ", nk, "], got shape ", m.sizes());
     owned.push_back(m.contiguous());
@@ -190,8 +187,6 @@ DifAttnProblem dif_attention_check(const at::Tensor& q, const at::Tensor& k, con
     check_tensor(*seed, op, "seed", at::kLong, -1);
     TORCH_CHECK(seed->numel() == 1, op, ": argument 'seed' must have one element, got shape ",
                 seed->sizes());
-    TORCH_CHECK(seed->device().is_cpu(), op, ": argument 'seed' must be a CPU tensor, got ",
-                seed->device());
     p.mixed_seed = mix64(static_cast<uint64_t>(seed->item<int64_t>()));
     p.dropout_threshold = dropout_threshold(dropout_p);
   }
@@ -859,11 +854,15 @@ int64_t fusion_param_numel(at::TensorList fusion_params) {
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> dif_attention_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::TensorList side_q,
-    at::TensorList side_k, at::TensorList fusion_params,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    std::optional<at::TensorList> side_q_opt, std::optional<at::TensorList> side_k_opt,
+    std::optional<at::TensorList> fusion_params_opt,
     const std::optional<at::Tensor>& key_padding_mask, const std::optional<at::Tensor>& seed,
     std::string_view fusion, bool causal, std::optional<double> scale, bool fusion_sees_masked,
     double dropout_p) {
+  const at::TensorList side_q = side_q_opt.value_or(at::TensorList{});
+  const at::TensorList side_k = side_k_opt.value_or(at::TensorList{});
+  const at::TensorList fusion_params = fusion_params_opt.value_or(at::TensorList{});
   std::vector<at::Tensor> owned;
   const DifAttnProblem p = dif_attention_check(q, k, v, side_q, side_k, fusion_params, fusion,
                                                key_padding_mask, causal, scale, fusion_sees_masked,
@@ -892,6 +891,8 @@ dif_attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q, cons
                            const at::Tensor& lse, std::string_view fusion, bool causal,
                            std::optional<double> scale, bool fusion_sees_masked, double dropout_p) {
   constexpr const char* op = "dif_attention_backward";
+  SameDevice{op}("grad_out", grad_out)("q", q)("k", k)("v", v)("side_q", side_q)("side_k", side_k)(
+      "fusion_params", fusion_params)("key_padding_mask", key_padding_mask)("out", out)("lse", lse);
   std::vector<at::Tensor> owned;
   const DifAttnProblem p = dif_attention_check(q, k, v, side_q, side_k, fusion_params, fusion,
                                                key_padding_mask, causal, scale, fusion_sees_masked,
@@ -900,7 +901,6 @@ dif_attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q, cons
   check_tensor(grad_out, op, "grad_out", dtype, 4);
   check_tensor(out, op, "out", dtype, 4);
   check_tensor(lse, op, "lse", dtype, 3);
-  check_same_device(q, grad_out, op, "q", "grad_out");
   const std::vector<int64_t> out_shape{p.B, p.H, p.nq, p.dv};
   TORCH_CHECK(grad_out.sizes() == out_shape, op, ": argument 'grad_out' must be [B, H, nq, dv] = ",
               at::IntArrayRef(out_shape), ", got shape ", grad_out.sizes());

@@ -55,9 +55,9 @@ at::Tensor dropout_cpu(const at::Tensor& x, const at::Tensor& seed, double p) {
   TORCH_CHECK(at::isFloatingType(x.scalar_type()),
               "dropout: argument 'x' must be a floating-point tensor, got ", x.scalar_type());
   check_tensor(seed, "dropout", "seed", at::kLong, -1);
-  TORCH_CHECK(seed.device().is_cpu() && seed.numel() == 1,
-              "dropout: argument 'seed' must be a one-element int64 CPU tensor, got ", seed.numel(),
-              " elements on ", seed.device());
+  check_host_tensor(seed, "dropout", "seed");
+  TORCH_CHECK(seed.numel() == 1, "dropout: argument 'seed' must be a one-element int64 CPU tensor, got ",
+              seed.numel(), " elements");
   TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout: argument 'p' must be in [0, 1), got ", p);
   TORCH_CHECK(x.device().is_cpu(), "dropout: argument 'x' must be a CPU tensor for this kernel, got ",
               x.device());

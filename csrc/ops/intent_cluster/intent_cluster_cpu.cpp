@@ -483,6 +483,8 @@ Checked check_inputs(const char* op, const at::Tensor& x, const at::Tensor& mask
                      const std::optional<at::Tensor>& weights,
                      const std::optional<at::Tensor>& values, double eps) {
   TORCH_CHECK(x.defined(), op, ": argument 'x' is undefined");
+  SameDevice{op}("x", x)("mask", mask)("prototypes", prototypes)("active", active)(
+      "active_scale", active_scale)("weights", weights)("values", values);
   TORCH_CHECK(x.dim() == 3, op, ": argument 'x' must be 3-dimensional [B, n, D], got shape ",
               x.sizes());
   const auto dtype = x.scalar_type();
@@ -503,12 +505,9 @@ Checked check_inputs(const char* op, const at::Tensor& x, const at::Tensor& mask
   TORCH_CHECK(std::isfinite(tau) && tau > 0, op, ": argument 'tau' must be positive and finite, got ",
               tau);
   TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": argument 'eps' must be positive, got ", eps);
-  check_same_device(x, mask, op, "x", "mask");
-  check_same_device(x, prototypes, op, "x", "prototypes");
   s.K = s.L;
   if (active) {
     check_tensor(*active, op, "active", at::kLong, 2);
-    check_same_device(x, *active, op, "x", "active");
     TORCH_CHECK(active->size(0) == s.B, op, ": argument 'active' must have shape [B, K] with B = ",
                 s.B, ", got ", active->sizes());
     s.K = active->size(1);
@@ -517,14 +516,12 @@ Checked check_inputs(const char* op, const at::Tensor& x, const at::Tensor& mask
   if (active_scale) {
     TORCH_CHECK(active.has_value(), op, ": argument 'active_scale' needs 'active'");
     check_tensor(*active_scale, op, "active_scale", dtype, 2);
-    check_same_device(x, *active_scale, op, "x", "active_scale");
     TORCH_CHECK(active_scale->sizes() == active->sizes(), op,
                 ": argument 'active_scale' must have the shape of 'active' ", active->sizes(),
                 ", got ", active_scale->sizes());
   }
   if (weights) {
     check_tensor(*weights, op, "weights", dtype, -1);
-    check_same_device(x, *weights, op, "x", "weights");
     s.weights_rank = static_cast<int>(weights->dim());
     const bool ok = (s.weights_rank == 2 && weights->size(0) == s.B && weights->size(1) == s.n) ||
                     (s.weights_rank == 3 && weights->size(0) == s.B && weights->size(1) == s.K &&
@@ -535,7 +532,6 @@ Checked check_inputs(const char* op, const at::Tensor& x, const at::Tensor& mask
   s.Dv = s.D;
   if (values) {
     check_tensor(*values, op, "values", dtype, 3);
-    check_same_device(x, *values, op, "x", "values");
     TORCH_CHECK(values->size(0) == s.B && values->size(1) == s.n, op,
                 ": argument 'values' must have shape [B, n, Dv] = [", s.B, ", ", s.n,
                 ", Dv], got ", values->sizes());
@@ -631,6 +627,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> intent_cl
     const std::optional<at::Tensor>& active, const std::optional<at::Tensor>& active_scale,
     const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& values,
     double eps, std::array<bool, 5> output_mask) {
+  SameDevice{kOpBwd}("grad_intents", grad_intents)("grad_probs", grad_probs)("x", x)("mask", mask)(
+      "prototypes", prototypes)("probs", probs)("active", active)("active_scale", active_scale)(
+      "weights", weights)("values", values);
   const Checked s =
       check_inputs(kOpBwd, x, mask, prototypes, tau, active, active_scale, weights, values, eps);
   const auto dtype = x.scalar_type();
@@ -647,8 +646,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> intent_cl
                   grad_intents.size(2) == s.Dv,
               kOpBwd, ": argument 'grad_intents' must have shape [B, K, Dv] = [", s.B, ", ", s.K,
               ", ", s.Dv, "], got ", grad_intents.sizes());
-  for (const auto* t : {&probs, &grad_probs, &grad_intents})
-    check_same_device(x, *t, kOpBwd, "x", "probs/grad_probs/grad_intents");
 
   const Contig c = make_contiguous(x, mask, prototypes, active, active_scale, weights, values);
   if (active) check_active_range(kOpBwd, c.active, s.L);

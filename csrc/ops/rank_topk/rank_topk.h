@@ -15,9 +15,10 @@
 //                     history_items[indptr[u]:indptr[u+1]] (order and duplicates do not
 //                     matter; 0 is allowed and means nothing: padding is never ranked).
 //     target          [U] int64 in 1..I-1.
-//     k               >= 0 (k = 0 computes only the rank).
+//     k               >= 0 (k = 0 computes only the rank). Capped at I - 1, the number
+//                     of candidate items, before anything is allocated: k' = min(k, I - 1).
 //   returns
-//     topk_items      [U, k] int64: the k best candidates, best first; order by score
+//     topk_items      [U, k'] int64: the k' best candidates, best first; order by score
 //                     descending, ties broken by the lower item id; padded with 0 when
 //                     the user has fewer than k candidates.
 //     rank            [U] int64: 0-based rank of the target =

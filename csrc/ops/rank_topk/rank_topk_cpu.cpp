@@ -309,9 +309,8 @@ std::tuple<at::Tensor, at::Tensor> rank_topk_cpu(const at::Tensor& scores,
   check_tensor(history_indptr, op, "history_indptr", at::kLong, 1);
   check_tensor(history_items, op, "history_items", at::kLong, 1);
   check_tensor(target, op, "target", at::kLong, 1);
-  check_same_device(scores, history_indptr, op, "scores", "history_indptr");
-  check_same_device(scores, history_items, op, "scores", "history_items");
-  check_same_device(scores, target, op, "scores", "target");
+  SameDevice{op}("scores", scores)("history_indptr", history_indptr)("history_items", history_items)(
+      "target", target);
   const int64_t U = scores.size(0);
   const int64_t I = scores.size(1);
   TORCH_CHECK(k >= 0, op, ": argument 'k' must be >= 0, got ", k);
@@ -346,6 +345,9 @@ std::tuple<at::Tensor, at::Tensor> rank_topk_cpu(const at::Tensor& scores,
                 ") (0 is padding), got target[", u, "] = ", tgt[u]);
   }
 
+  // A list never holds more than the I - 1 candidate items: cap k before allocating (a
+  // huge k would otherwise allocate U * k results, e.g. 3e9 for k = 1e9).
+  k = std::min(k, std::max<int64_t>(I - 1, 0));
   at::Tensor topk = at::empty({U, k}, scores.options().dtype(at::kLong));
   at::Tensor rank = at::empty({U}, scores.options().dtype(at::kLong));
   if (U == 0) return {topk, rank};

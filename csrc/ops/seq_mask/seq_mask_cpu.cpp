@@ -157,6 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 seq_mask_cpu(const at::Tensor& item_seq, const std::optional<at::Tensor>& item_attributes,
              int64_t num_items, int64_t mask_token, double mask_prob, int64_t seed,
              bool mask_last) {
+  SameDevice{kOp}("item_seq", item_seq)("item_attributes", item_attributes);
   check_tensor(item_seq, kOp, "item_seq", at::kLong, 2);
   TORCH_CHECK(num_items >= 1, kOp, ": num_items must be >= 1, got ", num_items);
   TORCH_CHECK(mask_token > num_items, kOp, ": mask_token must be > num_items (it may not be ",
@@ -167,7 +168,6 @@ seq_mask_cpu(const at::Tensor& item_seq, const std::optional<at::Tensor>& item_a
   at::Tensor attributes;
   if (has_attr) {
     check_tensor(*item_attributes, kOp, "item_attributes", at::kLong, 2);
-    check_same_device(item_seq, *item_attributes, kOp, "item_seq", "item_attributes");
     TORCH_CHECK(item_attributes->size(0) >= num_items + 1, kOp,
                 ": item_attributes needs a row per item id 0..num_items (", num_items + 1,
                 " rows), got shape ", item_attributes->sizes());

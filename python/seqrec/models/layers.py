@@ -15,14 +15,13 @@ position ``n - 1``; ``key_padding_mask`` is a bool tensor with True at real item
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.backend import get_backend, has_kernel
+from ..ops.backend import get_backend
 from ..ops.dif_attention import dif_attention
 from ..ops.dropout import dropout
 
@@ -105,11 +104,6 @@ def padding_mask(item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
     return from_lengths
 
 
-def _op_supports(q: Tensor) -> bool:
-    """Whether ``torch.ops.seqrec.dif_attention`` has a kernel for q's device and dtype."""
-    return q.dtype in (torch.float32, torch.float64) and has_kernel("dif_attention", q)
-
-
 def scaled_dot_attention(
     q: Tensor,
     k: Tensor,
@@ -139,14 +133,13 @@ def scaled_dot_attention(
         under causal masking with left padding) outputs exactly 0 and passes 0 gradient,
         never NaN. Masked keys get probability exactly 0.
 
-    ``backend="seqrec"`` runs ``torch.ops.seqrec.dif_attention`` (SASRec's attention is
-    its case with no attribute and no position score matrices, sum fusion), whose
-    dropout mask is a hash of a seed drawn from torch's generator (reproducible under
-    ``torch.manual_seed``, not the same draws as ``F.dropout``). ``"reference"`` runs
-    the plain-PyTorch math below, as does ``"seqrec"`` for a device or dtype the
-    compiled op has no kernel for (float16 / bfloat16; CUDA until its kernel lands).
+    It is :func:`seqrec.ops.dif_attention` with no side sources and sum fusion:
+    ``backend="seqrec"`` runs the op (on CUDA the reference registered as its kernel
+    until one is written; float16 / bfloat16 computed in float32), ``"reference"`` its
+    plain-PyTorch reference. Both draw the dropout mask from a hash of a seed taken
+    from torch's generator (reproducible under ``torch.manual_seed``, not the same
+    draws as ``F.dropout``).
     """
-    use_op = get_backend(backend) == "seqrec" and _op_supports(q)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             "q, k, v must be [B, H, n, d], got shapes "
@@ -169,30 +162,8 @@ def scaled_dot_attention(
             f"key_padding_mask must be a bool tensor [B={q.size(0)}, n={nk}], got "
             f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
         )
-    if use_op:
-        return dif_attention(
-            q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
-            training=training, backend="seqrec",
-        )
-
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.size(-1)))  # [B,H,nq,nk]
-    allowed: Tensor | None = None  # broadcastable to [B, H, nq, nk], True = may attend
-    if key_padding_mask is not None:
-        allowed = key_padding_mask[:, None, None, :]
-    if causal:
-        tri = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril()
-        allowed = tri if allowed is None else allowed & tri
-
-    if allowed is None:
-        probs = torch.softmax(scores, dim=-1)
-    else:
-        # finfo.min rather than -inf: a fully masked row stays finite through softmax
-        # (uniform), and is then zeroed, so its output and gradient are exactly 0.
-        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1)
-        probs = probs * allowed.any(dim=-1, keepdim=True).to(probs.dtype)
-    probs = F.dropout(probs, p=dropout_p, training=training)
-    return torch.matmul(probs, v)
+    return dif_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p,
+                         training=training, backend=backend)
 
 
 class PackedPositions:

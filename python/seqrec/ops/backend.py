@@ -1,6 +1,7 @@
 """The one switch between the compiled operators and their plain-PyTorch references.
 
-``backend="seqrec"`` (default) runs the C++/CUDA kernels; ``backend="reference"`` runs
+``backend="seqrec"`` (default) runs the operators, whatever kernel the dispatcher holds
+for the device (``seqrec.ops._registry``); ``backend="reference"`` runs
 ``seqrec.ops.reference``, the same math in plain PyTorch (slow, but handy to debug and
 the baseline of every test and benchmark). Models take a ``backend=`` argument; this
 module holds the process-wide default used when they don't.
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from typing import Iterator
-
-import torch
 
 BACKENDS = ("seqrec", "reference")
 _default = "seqrec"
@@ -43,11 +42,3 @@ def use_backend(backend: str) -> Iterator[None]:
     finally:
         _default = previous
 
-
-def has_kernel(op: str, x: torch.Tensor) -> bool:
-    """Whether ``torch.ops.seqrec.<op>`` has a compiled kernel for ``x``'s device (the CPU
-    always; CUDA where this build has one). Wrappers run the reference math elsewhere."""
-    if x.device.type == "cpu":
-        return True
-    key = {"cuda": "CUDA"}.get(x.device.type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"seqrec::{op}", key)

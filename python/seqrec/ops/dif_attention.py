@@ -17,13 +17,17 @@ from torch import Tensor
 import seqrec._loader  # noqa: F401  (registers torch.ops.seqrec.*)
 
 from . import reference
+from ._autograd import once_differentiable
+from ._checks import check_host_tensor, check_same_device
 from ._random import seed_tensor
+from ._registry import register_cuda_reference
 from .backend import get_backend
-from .reference.dif_attention import FUSIONS
+from .reference.dif_attention import FUSIONS, dif_attention_with_lse
 
 __all__ = ["dif_attention", "init_fusion_params", "fusion_param_shapes", "FUSIONS"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)  # accepted by the wrapper, computed in float32
 
 
 def fusion_param_shapes(fusion: str, n: int, num_sources: int, hidden: int | None = None) -> list[tuple[int, ...]]:
@@ -83,6 +87,9 @@ def init_fusion_params(fusion: str, n: int, num_sources: int, *, hidden: int | N
 # Fake kernels: shapes, dtypes and devices only (the C++ checks run on real tensors).
 
 def _check_common(q, k, v, side_q, side_k, fusion_params, fusion, key_padding_mask, causal, op):
+    # First: a call with one meta tensor among real ones lands here (see _checks.py).
+    check_same_device(op, q=q, k=k, v=v, side_q=side_q, side_k=side_k, fusion_params=fusion_params,
+                      key_padding_mask=key_padding_mask)
     torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
                  lambda: f"{op}: q, k, v must be 4-dimensional")
     torch._check(q.dtype in _FLOAT_DTYPES, lambda: f"{op}: argument 'q' must be float32 or float64, got {q.dtype}")
@@ -112,8 +119,10 @@ def _check_common(q, k, v, side_q, side_k, fusion_params, fusion, key_padding_ma
 
 
 @torch.library.register_fake("seqrec::dif_attention")
-def _dif_attention_fake(q, k, v, side_q, side_k, fusion_params, key_padding_mask, seed, *, fusion="sum",
-                        causal=True, scale=None, fusion_sees_masked=False, dropout_p=0.0):
+def _dif_attention_fake(q, k, v, side_q=None, side_k=None, fusion_params=None, key_padding_mask=None, seed=None,
+                        *, fusion="sum", causal=True, scale=None, fusion_sees_masked=False, dropout_p=0.0):
+    side_q, side_k, fusion_params = list(side_q or []), list(side_k or []), list(fusion_params or [])
+    check_host_tensor("dif_attention", "seed", seed)
     B, H, nq, nk, dv = _check_common(q, k, v, side_q, side_k, fusion_params, fusion, key_padding_mask,
                                      causal, "dif_attention")
     torch._check(0.0 <= dropout_p < 1.0, lambda: "dif_attention: argument 'dropout_p' must be in [0, 1)")
@@ -125,6 +134,8 @@ def _dif_attention_fake(q, k, v, side_q, side_k, fusion_params, key_padding_mask
 @torch.library.register_fake("seqrec::dif_attention_backward")
 def _dif_attention_backward_fake(grad_out, q, k, v, side_q, side_k, fusion_params, key_padding_mask, seed,
                                  out, lse, fusion, causal, scale, fusion_sees_masked, dropout_p):
+    check_same_device("dif_attention_backward", grad_out=grad_out, q=q, out=out, lse=lse)
+    check_host_tensor("dif_attention_backward", "seed", seed)
     B, H, nq, nk, dv = _check_common(q, k, v, side_q, side_k, fusion_params, fusion, key_padding_mask,
                                      causal, "dif_attention_backward")
     torch._check(tuple(grad_out.shape) == (B, H, nq, dv),
@@ -150,12 +161,19 @@ def _setup_context(ctx, inputs, keyword_only_inputs, output):
     fusion_sees_masked, dropout_p = kw["fusion_sees_masked"], kw["dropout_p"]
     out, lse = output
     ctx.mark_non_differentiable(lse)
+    # Tensor[]? lists: None means [], and its gradient is then None, not [].
+    ctx.lists_given = (side_q is not None, side_k is not None, fusion_params is not None)
+    side_q, side_k, fusion_params = list(side_q or []), list(side_k or []), list(fusion_params or [])
     ctx.num_side = len(side_q)
     ctx.num_fusion = len(fusion_params)
     ctx.opts = (fusion, causal, scale, fusion_sees_masked, dropout_p)
     ctx.save_for_backward(q, k, v, *side_q, *side_k, *fusion_params, out, lse, key_padding_mask, seed)
 
 
+# Once differentiable: the backward op has no derivative of its own, so a second
+# derivative (create_graph=True, gradgradcheck, torch.func.hessian) raises instead of
+# silently treating the backward as constant (which gave zero second derivatives).
+@once_differentiable("dif_attention")
 def _backward(ctx, grad_out, grad_lse):
     saved = ctx.saved_tensors
     q, k, v = saved[:3]
@@ -168,7 +186,10 @@ def _backward(ctx, grad_out, grad_lse):
     gq, gk, gv, gsq, gsk, gfp = torch.ops.seqrec.dif_attention_backward.default(
         grad_out, q, k, v, side_q, side_k, fusion_params, key_padding_mask, seed, out, lse, fusion, causal,
         scale, fusion_sees_masked, dropout_p)
-    return gq, gk, gv, gsq, gsk, gfp, None, None
+    # The dispatcher drops trailing arguments left at their defaults (seed,
+    # key_padding_mask = None): one gradient per argument actually passed.
+    gsq, gsk, gfp = (g if given else None for g, given in zip((gsq, gsk, gfp), ctx.lists_given))
+    return (gq, gk, gv, gsq, gsk, gfp, None, None)[:len(ctx.needs_input_grad)]
 
 
 torch.library.register_autograd("seqrec::dif_attention", _backward, setup_context=_setup_context)
@@ -223,8 +244,8 @@ def dif_attention(
         P = softmax_j(scale * F[i, j], disallowed j -> -inf);  out = dropout(P) @ v
 
     Args:
-        q: [B, H, nq, dh] item queries. float32 or float64 (the compiled CPU kernel);
-            any strides.
+        q: [B, H, nq, dh] item queries. float32 or float64; float16 / bfloat16 (e.g.
+            under autocast) are computed in float32 and the output cast back. Any strides.
         k: [B, H, nk, dh] item keys.
         v: [B, H, nk, dv] item values (the value path is item-only).
         side_q: per side source, queries [B, H, nq, d_s], or [H, nq, d_s] /
@@ -282,14 +303,62 @@ def dif_attention(
         raise ValueError(f"dif_attention: dropout_p must be in [0, 1), got {dropout_p}")
     p = float(dropout_p) if training else 0.0
 
-    seed_t = seed_tensor(seed, generator) if p > 0.0 else None
+    seed_t = seed_tensor(seed, generator, op="dif_attention") if p > 0.0 else None
 
     if get_backend(backend) == "reference":
         return reference.dif_attention(
             q, k, v, side_q, side_k, fusion=fusion, fusion_params=fusion_params,
             key_padding_mask=key_padding_mask, causal=causal, scale=scale,
             fusion_sees_masked=fusion_sees_masked, dropout_p=p, training=p > 0.0, seed=seed_t)
+    out_dtype = q.dtype
+    if out_dtype in _HALF_DTYPES:
+        # Half inputs (autocast): computed in float32 (accumulation included), out cast
+        # back; autograd through the casts gives half gradients. Scale as q's head size.
+        q, k, v = (t.float() for t in (q, k, v))
+        side_q, side_k = [t.float() for t in side_q], [t.float() for t in side_k]
+        fusion_params = [t.float() for t in fusion_params]
     out, _ = torch.ops.seqrec.dif_attention.default(
         q, k, v, side_q, side_k, fusion_params, key_padding_mask, seed_t, fusion=fusion, causal=causal,
         scale=scale, fusion_sees_masked=fusion_sees_masked, dropout_p=p)
-    return out
+    return out.to(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA: the reference until a CUDA kernel exists (see _registry.py).
+
+def _reference_with_lse(q, k, v, side_q, side_k, fusion_params, key_padding_mask, seed, fusion, causal,
+                        scale, fusion_sees_masked, dropout_p):
+    return dif_attention_with_lse(
+        q, k, v, side_q, side_k, fusion=fusion, fusion_params=fusion_params,
+        key_padding_mask=key_padding_mask, causal=causal, scale=scale,
+        fusion_sees_masked=fusion_sees_masked, dropout_p=dropout_p, training=dropout_p > 0.0, seed=seed)
+
+
+def _dif_attention_cuda(q, k, v, side_q=None, side_k=None, fusion_params=None, key_padding_mask=None, seed=None,
+                        *, fusion="sum", causal=True, scale=None, fusion_sees_masked=False, dropout_p=0.0):
+    side_q, side_k, fusion_params = list(side_q or []), list(side_k or []), list(fusion_params or [])
+    if dropout_p > 0.0 and seed is None:
+        raise RuntimeError("dif_attention: argument 'seed' (an int64 tensor with one element) is required "
+                           "when dropout_p > 0")
+    return _reference_with_lse(q, k, v, side_q, side_k, fusion_params, key_padding_mask, seed, fusion,
+                               causal, scale, fusion_sees_masked, dropout_p)
+
+
+def _dif_attention_backward_cuda(grad_out, q, k, v, side_q, side_k, fusion_params, key_padding_mask, seed,
+                                 out, lse, fusion, causal, scale, fusion_sees_masked, dropout_p):
+    # The reference's own autograd on detached copies (it recomputes the forward; out
+    # and lse are not needed).
+    inputs = [q, k, v, *side_q, *side_k, *fusion_params]
+    leaves = [t.detach().requires_grad_(True) for t in inputs]
+    m, f = len(side_q), len(fusion_params)
+    with torch.enable_grad():
+        o, _ = _reference_with_lse(leaves[0], leaves[1], leaves[2], leaves[3:3 + m],
+                                   leaves[3 + m:3 + 2 * m], leaves[3 + 2 * m:], key_padding_mask, seed,
+                                   fusion, causal, scale, fusion_sees_masked, dropout_p)
+        got = torch.autograd.grad(o, leaves, grad_out, allow_unused=True)
+    g = [torch.zeros_like(t) if gi is None else gi for t, gi in zip(leaves, got)]
+    return g[0], g[1], g[2], g[3:3 + m], g[3 + m:3 + 2 * m], g[3 + 2 * m:3 + 2 * m + f]
+
+
+register_cuda_reference("dif_attention", _dif_attention_cuda)
+register_cuda_reference("dif_attention_backward", _dif_attention_backward_cuda)

@@ -18,8 +18,10 @@ from torch import Tensor
 import seqrec._loader  # noqa: F401  (registers torch.ops.seqrec.*)
 
 from . import reference
+from ._checks import check_host_tensor
 from ._random import seed_tensor
-from .backend import get_backend, has_kernel
+from ._registry import register_cuda_reference
+from .backend import get_backend
 
 __all__ = ["dropout"]
 
@@ -47,8 +49,8 @@ def dropout(
             reproducible. The same seed and shape always give the same mask, on every
             backend and thread count.
         generator: see ``seed``.
-        backend: ``"seqrec"`` (the C++ kernel; devices without one run the reference)
-            or ``"reference"`` (plain PyTorch, the same mask); None uses the
+        backend: ``"seqrec"`` (the op: the C++ kernel on the CPU, the reference
+            registered as its CUDA kernel until one is written) or ``"reference"`` (plain PyTorch, the same mask); None uses the
             process-wide default.
 
     Returns:
@@ -63,14 +65,15 @@ def dropout(
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")
     if not training or p == 0.0:
         return x
-    seed_t = seed_tensor(seed, generator)
-    if get_backend(backend) == "reference" or not has_kernel("dropout", x):
+    seed_t = seed_tensor(seed, generator, op="dropout")
+    if get_backend(backend) == "reference":
         return reference.dropout(x, seed_t, float(p))
     return torch.ops.seqrec.dropout.default(x, seed_t, float(p))
 
 
 @torch.library.register_fake("seqrec::dropout")
 def _dropout_fake(x, seed, p):
+    check_host_tensor("dropout", "seed", seed)
     return x.new_empty(x.shape)  # contiguous, as the kernel's output
 
 
@@ -87,3 +90,6 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("seqrec::dropout", _backward, setup_context=_setup_context)
+
+
+register_cuda_reference("dropout", reference.dropout)

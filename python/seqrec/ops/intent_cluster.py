@@ -13,6 +13,9 @@ import torch
 import seqrec._loader  # noqa: F401  (registers torch.ops.seqrec.*)
 
 from . import reference
+from ._autograd import once_differentiable
+from ._checks import check_same_device
+from ._registry import register_cuda_reference
 from .backend import get_backend
 
 __all__ = ["intent_cluster"]
@@ -42,7 +45,8 @@ def intent_cluster(
         intents[b,k]  = sum_i probs[b,i,k] * w[b,(k),i] * values[b,i]
 
     Args:
-        x: ``[B, n, D]`` float32/float64 position representations (SINE: ``X W_3``;
+        x: ``[B, n, D]`` float32/float64 position representations (float16 /
+            bfloat16 are computed in float32, outputs cast back) (SINE: ``X W_3``;
             DSS: the encoder outputs ``z_i``). Any padding layout (seqrec pads on the
             left).
         mask: ``[B, n]`` bool, True at real positions. Padded positions get
@@ -85,14 +89,22 @@ def intent_cluster(
             x, mask, prototypes, tau, active=active, active_scale=active_scale,
             weights=weights, values=values, eps=eps,
         )
-    return torch.ops.seqrec.intent_cluster.default(
+    out_dtype = x.dtype
+    if out_dtype in (torch.float16, torch.bfloat16):
+        # Half inputs (autocast): computed in float32, outputs cast back.
+        x, prototypes, active_scale, weights, values = (
+            None if t is None else t.float() for t in (x, prototypes, active_scale, weights, values))
+    intents, probs = torch.ops.seqrec.intent_cluster.default(
         x, mask, prototypes, tau, active, active_scale, weights, values, eps
     )
+    return intents.to(out_dtype), probs.to(out_dtype)
 
 
 @torch.library.register_fake("seqrec::intent_cluster")
 def _intent_cluster_fake(x, mask, prototypes, tau, active=None, active_scale=None,
                          weights=None, values=None, eps=1e-5):
+    check_same_device("intent_cluster", x=x, mask=mask, prototypes=prototypes, active=active,
+                      active_scale=active_scale, weights=weights, values=values)
     torch._check(x.dim() == 3, lambda: "intent_cluster: argument 'x' must be [B, n, D]")
     torch._check(prototypes.dim() == 2, lambda: "intent_cluster: argument 'prototypes' must be [L, D]")
     b, n, d = x.shape
@@ -104,6 +116,9 @@ def _intent_cluster_fake(x, mask, prototypes, tau, active=None, active_scale=Non
 @torch.library.register_fake("seqrec::intent_cluster_backward")
 def _intent_cluster_backward_fake(grad_intents, grad_probs, x, mask, prototypes, probs, tau,
                                   active, active_scale, weights, values, eps, output_mask):
+    check_same_device("intent_cluster_backward", grad_intents=grad_intents, grad_probs=grad_probs, x=x,
+                      mask=mask, prototypes=prototypes, probs=probs, active=active,
+                      active_scale=active_scale, weights=weights, values=values)
     def pick(wanted: bool, like: torch.Tensor | None) -> torch.Tensor:
         return x.new_empty(like.shape) if wanted and like is not None else x.new_empty((0,))
 
@@ -125,6 +140,10 @@ def _setup_context(ctx, inputs, output):
     ctx.eps = eps
 
 
+# Once differentiable: the backward op has no derivative of its own, so a second
+# derivative (create_graph=True, gradgradcheck, torch.func.hessian) raises instead of
+# silently treating the backward as constant (which gave zero second derivatives).
+@once_differentiable("intent_cluster")
 def _backward(ctx, grad_intents, grad_probs):
     x, mask, prototypes, probs, active, active_scale, weights, values = ctx.saved_tensors
     # The dispatcher drops trailing arguments left at their defaults; pad to all nine.
@@ -156,3 +175,36 @@ def _backward(ctx, grad_intents, grad_probs):
 torch.library.register_autograd(
     "seqrec::intent_cluster", _backward, setup_context=_setup_context
 )
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA: the reference until a CUDA kernel exists (see _registry.py).
+
+def _intent_cluster_cuda(x, mask, prototypes, tau, active=None, active_scale=None, weights=None,
+                         values=None, eps=1e-5):
+    return reference.intent_cluster(x, mask, prototypes, tau, active=active, active_scale=active_scale,
+                                    weights=weights, values=values, eps=eps)
+
+
+def _intent_cluster_backward_cuda(grad_intents, grad_probs, x, mask, prototypes, probs, tau, active,
+                                  active_scale, weights, values, eps, output_mask):
+    # The reference's own autograd, on detached copies: the backward of the same math.
+    diff = [x, prototypes, active_scale, weights, values]
+    leaves = [t.detach().requires_grad_(bool(want)) if t is not None else None
+              for t, want in zip(diff, output_mask)]
+    wanted = [i for i, t in enumerate(leaves) if t is not None and t.requires_grad]
+    grads = [x.new_empty((0,))] * 5
+    if wanted:
+        with torch.enable_grad():
+            intents, probs_ref = reference.intent_cluster(
+                leaves[0], mask, leaves[1], tau, active=active, active_scale=leaves[2],
+                weights=leaves[3], values=leaves[4], eps=eps)
+            got = torch.autograd.grad((intents, probs_ref), [leaves[i] for i in wanted],
+                                      (grad_intents, grad_probs), allow_unused=True)
+        for i, g in zip(wanted, got):
+            grads[i] = torch.zeros_like(leaves[i]) if g is None else g
+    return tuple(grads)
+
+
+register_cuda_reference("intent_cluster", _intent_cluster_cuda)
+register_cuda_reference("intent_cluster_backward", _intent_cluster_backward_cuda)

@@ -12,6 +12,8 @@ from torch import Tensor
 import seqrec._loader  # noqa: F401  (registers torch.ops.seqrec.*)
 
 from . import reference
+from ._checks import check_same_device
+from ._registry import register_cuda_reference
 from .backend import get_backend
 
 __all__ = ["rank_topk", "rank_sampled"]
@@ -21,6 +23,8 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 @torch.library.register_fake("seqrec::rank_topk")
 def _rank_topk_fake(scores, history_indptr, history_items, target, k, exclude_history=True):
+    check_same_device("rank_topk", scores=scores, history_indptr=history_indptr,
+                      history_items=history_items, target=target)
     torch._check(scores.dim() == 2, lambda: f"rank_topk: argument 'scores' must be 2-dimensional, got {scores.dim()}")
     torch._check(scores.dtype in _FLOAT_DTYPES, lambda: f"rank_topk: argument 'scores' has dtype {scores.dtype}")
     for name, t in (("history_indptr", history_indptr), ("history_items", history_items), ("target", target)):
@@ -31,7 +35,9 @@ def _rank_topk_fake(scores, history_indptr, history_items, target, k, exclude_hi
     torch._check(history_indptr.shape[0] == num_users + 1,
                  lambda: "rank_topk: argument 'history_indptr' must have rows + 1 entries")
     torch._check(k >= 0, lambda: f"rank_topk: argument 'k' must be >= 0, got {k}")
-    topk = scores.new_empty((num_users, k), dtype=torch.int64)
+    # k capped at the I - 1 candidate items, as the kernel does before allocating.
+    kk = torch.sym_max(torch.sym_min(k, scores.shape[1] - 1), 0)
+    topk = scores.new_empty((num_users, kk), dtype=torch.int64)
     rank = scores.new_empty((num_users,), dtype=torch.int64)
     return topk, rank
 
@@ -57,14 +63,16 @@ def rank_topk(scores: Tensor, history_indptr: Tensor, history_items: Tensor, tar
             ``history_items[history_indptr[u]:history_indptr[u+1]]`` (order and
             duplicates do not matter; 0 is allowed and ignored).
         target: [U] int64 item ids in 1..I-1.
-        k: length of the lists, >= 0 (0 computes only the ranks).
+        k: length of the lists, >= 0 (0 computes only the ranks). Capped at I - 1, the
+            number of candidate items, before anything is allocated: a list cannot be
+            longer, so ``k = 10**9`` returns the [U, I-1] full order, not an OOM.
         exclude_history: exclusion rule. When True, the user's history items are not
             candidates, EXCEPT the target, which is always ranked. When False every
             item 1..I-1 is a candidate.
         backend: None (process default), "seqrec" or "reference".
 
     Returns:
-        topk_items: [U, k] int64, the k best candidates, best first: score descending,
+        topk_items: [U, min(k, I-1)] int64, the k best candidates, best first: score descending,
             ties broken by the lower item id; excluded items never appear; padded with 0
             when the user has fewer than k candidates. The target appears when it is
             among the best.
@@ -97,3 +105,7 @@ def rank_sampled(scores: Tensor, backend: str | None = None) -> Tensor:
     if get_backend(backend) == "reference":
         return reference.rank_sampled(scores)
     return torch.ops.seqrec.rank_sampled.default(scores)
+
+
+register_cuda_reference("rank_topk", reference.rank_topk)
+register_cuda_reference("rank_sampled", reference.rank_sampled)

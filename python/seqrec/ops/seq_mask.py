@@ -14,12 +14,12 @@ import torch
 from torch import Tensor
 
 from .. import _loader  # noqa: F401  (registers torch.ops.seqrec.*)
+from ._checks import check_same_device
+from ._random import seed_int64
+from ._registry import register_cuda_reference
 from .backend import get_backend
 
 __all__ = ["SeqMaskOutput", "seq_mask"]
-
-_INT64_MIN, _UINT64_END = -(1 << 63), 1 << 64
-
 
 class SeqMaskOutput(NamedTuple):
     """Result of :func:`seq_mask` (all int64; B batch, n max length, A attribute slots)."""
@@ -36,8 +36,9 @@ class SeqMaskOutput(NamedTuple):
 
 
 @torch.library.register_fake("seqrec::seq_mask")
-def _seq_mask_fake(item_seq, item_attributes, *, num_items, mask_token, mask_prob, seed,
+def _seq_mask_fake(item_seq, item_attributes=None, *, num_items, mask_token, mask_prob, seed,
                    mask_last=True):
+    check_same_device("seq_mask", item_seq=item_seq, item_attributes=item_attributes)
     torch._check(item_seq.dim() == 2, lambda: "seq_mask: item_seq must be 2-dimensional")
     torch._check(item_seq.dtype == torch.int64, lambda: "seq_mask: item_seq must be int64")
     batch, n = item_seq.shape
@@ -49,15 +50,6 @@ def _seq_mask_fake(item_seq, item_attributes, *, num_items, mask_token, mask_pro
     seqs = tuple(item_seq.new_empty((batch, n)) for _ in range(6))
     return (*seqs, item_seq.new_empty((batch,)), item_seq.new_empty((batch,)),
             item_seq.new_empty((batch, n, slots)))
-
-
-def _as_int64_seed(seed: int) -> int:
-    """Accept any seed in [-2**63, 2**64); the kernel sees its two's-complement int64."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seq_mask: seed must be an int, got {type(seed).__name__}")
-    if not _INT64_MIN <= seed < _UINT64_END:
-        raise ValueError(f"seq_mask: seed must lie in [-2**63, 2**64), got {seed}")
-    return seed - _UINT64_END if seed >= 1 << 63 else seed
 
 
 def seq_mask(
@@ -80,7 +72,8 @@ def seq_mask(
         mask_token: id of the mask token, > num_items (S3-Rec uses num_items + 1).
         mask_prob: probability p of masking each real item (paper: 0.2), in [0, 1].
         seed: the op is a pure function of its inputs and this seed (same seed, same
-            output; any thread count). Any int in [-2**63, 2**64).
+            output; any thread count). Any int in [-2**63, 2**64), the seed contract of
+            every seqrec op (``seqrec.ops._random``).
         item_attributes: optional [>= num_items+1, A] int64, row i = the attribute ids of
             item i padded with 0. Its rows are copied into ``attribute_targets``.
         mask_last: also mask the last real item of every row. The notes are silent; the
@@ -126,7 +119,7 @@ def seq_mask(
     ``csrc/ops/seq_mask/seq_mask.h``. Bounded integer draws use a multiply-shift with a
     bias below m / 2**64.
     """
-    seed = _as_int64_seed(seed)
+    seed = seed_int64(seed, "seq_mask")
     if get_backend(backend) == "reference":
         from .reference.seq_mask import seq_mask as reference_seq_mask
 
@@ -137,3 +130,18 @@ def seq_mask(
         item_seq, item_attributes, num_items=num_items, mask_token=mask_token,
         mask_prob=float(mask_prob), seed=seed, mask_last=mask_last)
     return SeqMaskOutput(*out)
+
+
+def _seq_mask_cuda(item_seq, item_attributes=None, *, num_items, mask_token, mask_prob, seed, mask_last=True):
+    # The reference of this op is a per-sample Python loop; its CPU kernel computes the
+    # identical output (same streams), so CUDA inputs run the CPU kernel on host copies
+    # and the outputs come back to the device. It is the data side of pretraining,
+    # O(B * n) integers, so the round trip is small.
+    check_same_device("seq_mask", item_seq=item_seq, item_attributes=item_attributes)
+    out = torch.ops.seqrec.seq_mask.default(
+        item_seq.cpu(), None if item_attributes is None else item_attributes.cpu(), num_items=num_items,
+        mask_token=mask_token, mask_prob=mask_prob, seed=seed, mask_last=mask_last)
+    return tuple(t.to(item_seq.device) for t in out)
+
+
+register_cuda_reference("seq_mask", _seq_mask_cuda)

@@ -15,9 +15,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .._checks import check_host_tensor, check_same_device
 from .dropout import dropout_keep_mask
 
-__all__ = ["dif_attention", "dropout_keep_mask", "FUSIONS"]  # dropout_keep_mask: re-exported
+__all__ = ["dif_attention", "dif_attention_with_lse", "dropout_keep_mask", "FUSIONS"]  # dropout_keep_mask: re-exported
 
 FUSIONS = ("sum", "concat", "gate")
 
@@ -69,8 +70,40 @@ def dif_attention(
     fine). With dropout active and ``seed`` None, a seed is drawn from ``generator`` as
     the wrapper does.
     """
+    return dif_attention_with_lse(
+        q, k, v, side_q, side_k, fusion=fusion, fusion_params=fusion_params,
+        key_padding_mask=key_padding_mask, causal=causal, scale=scale,
+        fusion_sees_masked=fusion_sees_masked, dropout_p=dropout_p, training=training, seed=seed,
+        generator=generator)[0]
+
+
+def dif_attention_with_lse(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    side_q: Sequence[Tensor] = (),
+    side_k: Sequence[Tensor] = (),
+    *,
+    fusion: str = "sum",
+    fusion_params: Sequence[Tensor] | None = None,
+    key_padding_mask: Tensor | None = None,
+    causal: bool = True,
+    scale: float | None = None,
+    fusion_sees_masked: bool = False,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    seed: int | Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`dif_attention` and the per-row log-sum-exp of the masked scaled logits
+    ([B, H, nq], -inf for a row with no allowed key): both outputs of the op
+    ``seqrec::dif_attention``, which devices without a kernel run through this."""
     side_q, side_k = list(side_q), list(side_k)
     fusion_params = list(fusion_params or [])
+    check_same_device("dif_attention", q=q, k=k, v=v, side_q=side_q, side_k=side_k,
+                      fusion_params=fusion_params, key_padding_mask=key_padding_mask)
+    if isinstance(seed, Tensor):
+        check_host_tensor("dif_attention", "seed", seed)
     B, H, nq, _ = q.shape
     nk = k.size(2)
     S = 1 + len(side_q)
@@ -106,6 +139,7 @@ def dif_attention(
         fused = (weights * X).sum(dim=-2)
 
     logits = fused * scale
+    lse = torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), dim=-1)  # [B, H, nq]
     # Fully masked rows get 0 logits instead of -inf so softmax and its gradient stay
     # finite; the rows are zeroed right after.
     logits = logits.masked_fill(~allowed & active, float("-inf")).masked_fill(~active, 0.0)
@@ -115,4 +149,4 @@ def dif_attention(
             seed = torch.randint(-(2 ** 63), 2 ** 63 - 1, (1,), dtype=torch.int64, generator=generator)
         keep = dropout_keep_mask(seed, (B, H, nq, nk), dropout_p, device=q.device)
         probs = probs * keep.to(q.dtype) * (1.0 / (1.0 - dropout_p))
-    return torch.matmul(probs, v)
+    return torch.matmul(probs, v), lse

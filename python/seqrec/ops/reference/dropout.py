@@ -8,6 +8,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .._checks import check_host_tensor
+
 __all__ = ["dropout", "dropout_keep_mask"]
 
 _MASK64 = (1 << 64) - 1
@@ -78,6 +80,8 @@ def dropout(x: Tensor, seed: int | Tensor, p: float) -> Tensor:
     once (in float32 for half types) as the kernel does. Differentiable by autograd."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if isinstance(seed, Tensor):
+        check_host_tensor("dropout", "seed", seed)
     keep = dropout_keep_mask(seed, x.shape, p, device=x.device)
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     scale = torch.tensor(1.0 / (1.0 - p), dtype=compute).item()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_same_device
+
 __all__ = ["rank_topk", "rank_sampled"]
 
 
@@ -36,7 +38,11 @@ def candidate_mask(num_items: int, history_indptr: Tensor, history_items: Tensor
 
 def rank_topk(scores: Tensor, history_indptr: Tensor, history_items: Tensor, target: Tensor, k: int,
               exclude_history: bool = True) -> tuple[Tensor, Tensor]:
-    """Reference of :func:`seqrec.ops.rank_topk` (no input validation beyond NaN)."""
+    """Reference of :func:`seqrec.ops.rank_topk` (no input validation beyond devices and NaN)."""
+    check_same_device("rank_topk", scores=scores, history_indptr=history_indptr,
+                      history_items=history_items, target=target)
+    if k < 0:
+        raise RuntimeError(f"rank_topk: argument 'k' must be >= 0, got {k}")
     scores_ranked = scores[:, 1:]
     _check_no_nan(scores_ranked, "rank_topk")
     num_users, num_items = scores.shape
@@ -50,9 +56,8 @@ def rank_topk(scores: Tensor, history_indptr: Tensor, history_items: Tensor, tar
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     by_cand = torch.sort(cand.gather(1, order).to(torch.uint8), dim=1, descending=True, stable=True).indices
     order = order.gather(1, by_cand)
-    kk = min(k, num_items)
-    topk = torch.zeros(num_users, k, dtype=torch.long, device=scores.device)
-    topk[:, :kk] = order[:, :kk]
+    k = max(min(k, num_items - 1), 0)  # capped at the I - 1 candidates, as the kernel
+    topk = order[:, :k].clone()
     n_cand = cand.sum(dim=1, keepdim=True)
     topk[torch.arange(k, device=scores.device)[None, :] >= n_cand] = 0
     return topk, rank
@@ -60,5 +65,6 @@ def rank_topk(scores: Tensor, history_indptr: Tensor, history_items: Tensor, tar
 
 def rank_sampled(scores: Tensor) -> Tensor:
     """Reference of :func:`seqrec.ops.rank_sampled`."""
+    check_same_device("rank_sampled", scores=scores)
     _check_no_nan(scores, "rank_sampled")
     return (scores[:, 1:] >= scores[:, :1]).sum(dim=1)

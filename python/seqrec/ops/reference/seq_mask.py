@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_same_device
+from .._random import seed_int64
 from ..seq_mask import SeqMaskOutput
 
 __all__ = ["seq_mask"]
@@ -83,6 +85,8 @@ def seq_mask(item_seq: Tensor, *, num_items: int, mask_token: int, mask_prob: fl
              seed: int, item_attributes: Tensor | None = None,
              mask_last: bool = True) -> SeqMaskOutput:
     """Same contract as :func:`seqrec.ops.seq_mask` (see there), one sequence at a time."""
+    check_same_device("seq_mask", item_seq=item_seq, item_attributes=item_attributes)
+    seed = seed_int64(seed, "seq_mask")
     _check(item_seq, item_attributes, num_items, mask_token, mask_prob)
     rows = item_seq.tolist()
     n = item_seq.shape[1]
