@@ -21,16 +21,22 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["once_differentiable"]
+__all__ = ["once_differentiable", "register_loop_vmap"]
 
 
 class _NoSecondDerivative(torch.autograd.Function):
-    """Identity on the first ``n`` tensors; differentiating through it raises."""
+    """Identity (a copy) on the first ``n`` tensors; differentiating through it raises.
+    In the setup_context form, so that torch.func transforms accept it."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, op: str, n: int, *tensors: Tensor):
-        ctx.op = op
-        return tuple(t.view_as(t) for t in tensors[:n])
+    def forward(op: str, n: int, *tensors: Tensor):
+        return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.op = inputs[0]
 
     @staticmethod
     def backward(ctx, *grads):
@@ -68,3 +74,37 @@ def once_differentiable(op: str) -> Callable:
         return wrapper
 
     return decorate
+
+
+# ---------------------------------------------------------------------------------------
+# vmap: a batching rule for every op, one slice at a time.
+
+def _take(arg, dim, i):
+    if isinstance(arg, (list, tuple)):
+        dims = dim if isinstance(dim, (list, tuple)) else [dim] * len(arg)
+        return type(arg)(_take(a, d, i) for a, d in zip(arg, dims))
+    if isinstance(arg, Tensor) and dim is not None:
+        return arg.select(dim, i)
+    return arg
+
+
+def _stack(outs):
+    first = outs[0]
+    if isinstance(first, (list, tuple)):
+        pairs = [_stack([o[j] for o in outs]) for j in range(len(first))]
+        return type(first)(p[0] for p in pairs), type(first)(p[1] for p in pairs)
+    return torch.stack(outs), 0
+
+
+def register_loop_vmap(name: str) -> None:
+    """Batching rule of ``seqrec::<name>`` for ``torch.vmap``: the op on each slice of the
+    mapped dimension, results stacked. Exactly ``map`` semantics (a dropout seed gives
+    every slice the mask it would get alone), at the cost of one call per slice; the ops'
+    own batch dimensions are where speed comes from."""
+    op = getattr(torch.ops.seqrec, name).default
+
+    def rule(info, in_dims, *args, **kwargs):
+        outs = [op(*(_take(a, d, i) for a, d in zip(args, in_dims)), **kwargs) for i in range(info.batch_size)]
+        return _stack(outs)
+
+    torch.library.register_vmap(f"seqrec::{name}", rule)

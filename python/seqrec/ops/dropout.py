@@ -18,6 +18,7 @@ from torch import Tensor
 import seqrec._loader  # noqa: F401  (registers torch.ops.seqrec.*)
 
 from . import reference
+from ._autograd import register_loop_vmap
 from ._checks import check_host_tensor
 from ._random import seed_tensor
 from ._registry import register_cuda_reference
@@ -68,7 +69,7 @@ def dropout(
     seed_t = seed_tensor(seed, generator, op="dropout")
     if get_backend(backend) == "reference":
         return reference.dropout(x, seed_t, float(p))
-    return torch.ops.seqrec.dropout.default(x, seed_t, float(p))
+    return _DropoutFunction.apply(x, seed_t, float(p))
 
 
 @torch.library.register_fake("seqrec::dropout")
@@ -90,6 +91,28 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("seqrec::dropout", _backward, setup_context=_setup_context)
+
+
+class _DropoutFunction(torch.autograd.Function):
+    """The same formula as an ``autograd.Function`` in the setup_context form, which the
+    wrapper calls, so that ``torch.func`` transforms accept it."""
+
+    generate_vmap_rule = True  # through the op's batching rule (register_loop_vmap)
+
+    @staticmethod
+    def forward(x, seed, p):
+        return torch.ops.seqrec.dropout.default(x, seed, p)
+
+    setup_context = staticmethod(_setup_context)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (seed,) = ctx.saved_tensors
+        # As _backward, through this Function again so that torch.func sees every order.
+        return _DropoutFunction.apply(grad, seed, ctx.p), None, None
+
+
+register_loop_vmap("dropout")
 
 
 register_cuda_reference("dropout", reference.dropout)

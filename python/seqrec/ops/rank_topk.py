@@ -12,6 +12,7 @@ from torch import Tensor
 import seqrec._loader  # noqa: F401  (registers torch.ops.seqrec.*)
 
 from . import reference
+from ._autograd import register_loop_vmap
 from ._checks import check_same_device
 from ._registry import register_cuda_reference
 from .backend import get_backend
@@ -109,3 +110,5 @@ def rank_sampled(scores: Tensor, backend: str | None = None) -> Tensor:
 
 register_cuda_reference("rank_topk", reference.rank_topk)
 register_cuda_reference("rank_sampled", reference.rank_sampled)
+register_loop_vmap("rank_topk")
+register_loop_vmap("rank_sampled")

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _loader  # noqa: F401  (registers torch.ops.seqrec.*)
+from ._autograd import register_loop_vmap
 from ._checks import check_same_device
 from ._random import seed_int64
 from ._registry import register_cuda_reference
@@ -145,3 +146,4 @@ def _seq_mask_cuda(item_seq, item_attributes=None, *, num_items, mask_token, mas
 
 
 register_cuda_reference("seq_mask", _seq_mask_cuda)
+register_loop_vmap("seq_mask")
