@@ -21,7 +21,7 @@ from seqrec import ops  # noqa: E402
 from seqrec.ops.reference.dif_attention import FUSIONS  # noqa: E402
 
 _EXAMPLES = os.environ.get("SEQREC_FUZZ_EXAMPLES")
-FUZZ = settings(max_examples=int(_EXAMPLES) if _EXAMPLES else 30, derandomize=_EXAMPLES is None,
+FUZZ = settings(max_examples=int(_EXAMPLES) if _EXAMPLES else 15, derandomize=_EXAMPLES is None,
                 deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CLEAR_ERRORS = (RuntimeError, ValueError)

@@ -295,6 +295,19 @@ def _rank_topk_k_rows() -> list[Case]:
                 a["scores"], a["history_indptr"], a["history_items"], a["target"], -1, backend=b),
                  RuntimeError, r"rank_topk: argument 'k' must be >= 0, got -1"),
         ]
+    # Bad ids fail alike on both backends (the fuzz test found the reference answering
+    # with an IndexError, or not at all when exclude_history=False).
+    for b in BACKENDS:
+        for exclude in (True, False):
+            rows.append(Case(f"rank_topk-{b}-history-id-out-of-range-exclude={exclude}", lambda b=b, e=exclude: rank_topk(
+                a["scores"], a["history_indptr"], torch.tensor([1, 2, 3, 4, 5, 8]), a["target"], 3, e, backend=b),
+                RuntimeError, r"rank_topk: argument 'history_items' must hold item ids in \[0, 8\)"))
+        rows.append(Case(f"rank_topk-{b}-target-padding", lambda b=b: rank_topk(
+            a["scores"], a["history_indptr"], a["history_items"], torch.tensor([1, 0, 3]), 3, backend=b),
+            RuntimeError, r"rank_topk: argument 'target' must hold item ids in \[1, 8\)"))
+        rows.append(Case(f"rank_topk-{b}-indptr-decreasing", lambda b=b: rank_topk(
+            a["scores"], torch.tensor([0, 4, 2, 6]), a["history_items"], a["target"], 3, backend=b),
+            RuntimeError, r"rank_topk: argument 'history_indptr' must .*non-decreasing"))
     rows.append(Case("rank_topk-fake-k-1e9-capped", lambda: OPS.rank_topk(
         a["scores"].to("meta"), a["history_indptr"].to("meta"), a["history_items"].to("meta"),
         a["target"].to("meta"), 10 ** 9, True), None, check=lambda r: _shape_is(r[0], (3, 7))))

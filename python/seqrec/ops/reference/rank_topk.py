@@ -22,6 +22,31 @@ def _check_no_nan(scores: Tensor, op: str) -> None:
         raise RuntimeError(f"{op}: argument 'scores' holds NaN in row {row}; NaN has no rank, fix the scores")
 
 
+def _check_index_args(scores: Tensor, indptr: Tensor, items: Tensor, target: Tensor, k: int) -> None:
+    op = "rank_topk"
+    if scores.dim() != 2:
+        raise RuntimeError(f"{op}: argument 'scores' must be 2-dimensional [users, items], got shape "
+                           f"{tuple(scores.shape)}")
+    for name, t in (("history_indptr", indptr), ("history_items", items), ("target", target)):
+        if t.dtype != torch.int64 or t.dim() != 1:
+            raise RuntimeError(f"{op}: argument '{name}' must be a 1-dimensional int64 tensor, got {t.dtype} "
+                               f"{tuple(t.shape)}")
+    num_users, num_items = scores.shape
+    if k < 0:
+        raise RuntimeError(f"{op}: argument 'k' must be >= 0, got {k}")
+    if target.shape[0] != num_users:
+        raise RuntimeError(f"{op}: argument 'target' must have shape [{num_users}] (one per row of 'scores')")
+    if indptr.shape[0] != num_users + 1:
+        raise RuntimeError(f"{op}: argument 'history_indptr' must have shape [{num_users + 1}] (rows of 'scores' + 1)")
+    if int(indptr[0]) != 0 or bool((indptr[1:] < indptr[:-1]).any()) or int(indptr[-1]) != items.shape[0]:
+        raise RuntimeError(f"{op}: argument 'history_indptr' must start at 0, be non-decreasing and end at "
+                           f"len(history_items) = {items.shape[0]}")
+    if items.numel() and bool(((items < 0) | (items >= num_items)).any()):
+        raise RuntimeError(f"{op}: argument 'history_items' must hold item ids in [0, {num_items})")
+    if target.numel() and bool(((target < 1) | (target >= num_items)).any()):
+        raise RuntimeError(f"{op}: argument 'target' must hold item ids in [1, {num_items}) (0 is padding)")
+
+
 def candidate_mask(num_items: int, history_indptr: Tensor, history_items: Tensor, target: Tensor,
                    exclude_history: bool = True) -> Tensor:
     """[U, I] bool: True where an item is ranked for that user (see ``rank_topk``)."""
@@ -38,11 +63,11 @@ def candidate_mask(num_items: int, history_indptr: Tensor, history_items: Tensor
 
 def rank_topk(scores: Tensor, history_indptr: Tensor, history_items: Tensor, target: Tensor, k: int,
               exclude_history: bool = True) -> tuple[Tensor, Tensor]:
-    """Reference of :func:`seqrec.ops.rank_topk` (no input validation beyond devices and NaN)."""
+    """Reference of :func:`seqrec.ops.rank_topk`, with the kernel's checks (the same
+    RuntimeErrors, so that a bad input fails on both backends alike)."""
     check_same_device("rank_topk", scores=scores, history_indptr=history_indptr,
                       history_items=history_items, target=target)
-    if k < 0:
-        raise RuntimeError(f"rank_topk: argument 'k' must be >= 0, got {k}")
+    _check_index_args(scores, history_indptr, history_items, target, k)
     scores_ranked = scores[:, 1:]
     _check_no_nan(scores_ranked, "rank_topk")
     num_users, num_items = scores.shape
