@@ -445,3 +445,19 @@ def test_protocol_describe():
         Protocol(ranking="topk")
     with pytest.raises(ValueError, match="tie_rule"):
         Protocol(tie_rule="random")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluator_lists_keep_their_width_when_k_exceeds_the_catalogue(backend):
+    # rank_topk caps k at the I - 1 candidates; the evaluator's lists (and the Coverage /
+    # Gini counts over the top-max(ks) lists) keep their documented width, 0-padded.
+    from seqrec.eval.ranking import evaluate_full_ranking
+
+    scores = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))  # items 1..5
+    indptr, items, target = torch.tensor([0, 1, 1, 2, 2]), torch.tensor([2, 4]), torch.tensor([1, 3, 5, 2])
+    metrics, ranks, lists = evaluate_full_ranking(lambda u: scores[u], target, indptr, items, ks=(2, 10),
+                                                  backend=backend, topk=8, metrics=("Coverage",))
+    assert lists.shape == (4, 8) and (lists[:, 5:] == 0).all()
+    capped, _ = rank_topk(scores, indptr, items, target, 8, backend=backend)
+    assert torch.equal(lists[:, :5], capped)
+    assert metrics["Coverage@10"] == 1.0

@@ -451,6 +451,9 @@ def evaluate_full_ranking(
             top, rank = rank_topk(scores, (ptr - start).to(dev), history_items[start:stop].to(dev),
                                   target[lo:hi].to(dev), list_k, exclude_history, backend=backend)
             del scores  # before the next block is scored: one block alive at a time
+        # rank_topk caps its lists at the I - 1 candidate items; the lists here keep
+        # list_k columns, padded with 0 (no item) as the op pads short lists.
+        top = torch.nn.functional.pad(top, (0, list_k - top.shape[1]))
         rank = rank.cpu()
         acc.add(rank)
         ranks.append(rank)
