@@ -68,8 +68,7 @@ def run_provider(args) -> dict:
     torch.manual_seed(0)
     config = DIFSRConfig(num_items=ds.num_items, **PRESETS["difsr-beauty"].model,
                          **attribute_config(ds, ("attributes",)))
-    model = DIFSR(config, backend=args.provider)
-    model.attach_dataset(ds)
+    model = DIFSR(config, backend=args.provider, attributes=ds)
     if args.provider == "reference":
         use_plain_pytorch(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)

@@ -18,8 +18,7 @@ def _models():
     ds = synthetic(num_users=20, num_items=NUM_ITEMS, num_intents=3, seed=1)
     small = dict(num_items=NUM_ITEMS, max_len=8, hidden_size=8)
     difsr = build_model("difsr", **small, num_layers=1, num_heads=2, inner_size=8, attribute_sizes=4, loss="bce",
-                        **attribute_config(ds, ["category"]))
-    difsr.attach_dataset(ds)
+                        attributes=ds, **attribute_config(ds, ["category"]))
     return {
         "sasrec": build_model("sasrec", **small, num_layers=1, num_heads=2, loss="bce"),
         "difsr": difsr,
@@ -92,3 +91,61 @@ def test_id_check_is_one_aminmax_and_skipped_under_compile(monkeypatch):
     base.check_ids("ids", ids, high=30)  # tracing: no data-dependent check
     with pytest.raises(ValueError, match="int64"):
         base.check_ids("ids", ids.float(), high=30)
+
+
+# ---------------------------------------------------------------- the batch object (issue 28 item 5)
+def _train_batch(**over):
+    from seqrec.data import TrainBatch
+
+    inputs, targets, negatives = _batch()
+    fields = dict(users=torch.arange(3), input_ids=inputs, target_ids=targets, negative_ids=negatives,
+                  lengths=(inputs != 0).sum(1))
+    fields.update(over)
+    return TrainBatch(**fields)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "difsr", "sine", "dss"])
+def test_loss_terms_takes_the_batch_and_builds_the_mask_from_its_lengths(name):
+    model = _models()[name].eval()
+    torch.manual_seed(3)  # DSS draws its split point
+    from_batch = model.loss_terms(_train_batch())
+    torch.manual_seed(3)
+    from_tensors = model.loss_terms(*_batch())
+    assert torch.equal(from_batch.loss, from_tensors.loss)
+    assert from_batch.terms.keys() == from_tensors.terms.keys()
+    # The lengths reach the padding mask: lengths that disagree with the zeros are refused.
+    wrong = _train_batch(lengths=torch.tensor([8, 8, 8]))
+    with pytest.raises(ValueError, match="lengths"):
+        model.loss_terms(wrong)
+
+
+def test_loss_terms_refuses_what_is_not_a_batch():
+    model = _models()["sasrec"]
+    with pytest.raises(ValueError, match="needs target_ids"):
+        model.loss_terms(_batch()[0])
+    with pytest.raises(ValueError, match="TrainBatch or an input_ids tensor, got dict without"):
+        model.loss_terms({"input_ids": _batch()[0]})
+    with pytest.raises(ValueError, match="from the batch, not beside it"):
+        model.loss_terms(_train_batch(), _batch()[1])
+
+
+def test_trainer_passes_the_batch_object():
+    from seqrec.data import TrainBatch
+    from seqrec.train import TrainConfig, Trainer
+
+    seen = []
+
+    class Recording(SASRec):
+        def batch_loss(self, input_ids, target_ids, negative_ids=None, *, lengths=None, features=None):
+            seen.append((lengths, features))
+            return super().batch_loss(input_ids, target_ids, negative_ids, lengths=lengths, features=features)
+
+    ds = synthetic(num_users=40, num_items=NUM_ITEMS, seed=2)
+    model = Recording(build_model("sasrec", num_items=ds.num_items, max_len=8, hidden_size=8, num_layers=1,
+                                  num_heads=1).config)
+    split = ds.leave_one_out(max_len=8)
+    Trainer(model, split, TrainConfig(epochs=1, batch_size=16, sampled_negatives=5)).fit()
+    first = next(split.train_batches(16, seed=TrainConfig().seed, epoch=0))
+    assert len(seen) == split.num_train_batches(16)
+    assert all(isinstance(lengths, torch.Tensor) and features == {} for lengths, features in seen)
+    assert isinstance(first, TrainBatch) and torch.equal(seen[0][0], first.lengths)

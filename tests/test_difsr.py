@@ -41,9 +41,7 @@ def make_model(ds=None, fields=("tags", "genre"), backend=None, **over) -> DIFSR
                attention_dropout=0.0, **attribute_config(ds, fields))
     cfg.update(over)
     torch.manual_seed(0)
-    model = DIFSR(DIFSRConfig(**cfg), backend=backend)
-    model.attach_dataset(ds)
-    return model
+    return DIFSR(DIFSRConfig(**cfg), backend=backend, attributes=ds)
 
 
 def batch(lengths, n=MAX_LEN, num_items=9, seed=0):
@@ -108,11 +106,64 @@ def test_shapes_scores_and_state_dict():
     torch.testing.assert_close(model.score(x, items=cand)[cand > 0], s.gather(1, cand)[cand > 0])
     ids, scores = model.recommend([[1, 2, 3], [4]], k=3)
     assert ids.shape == (2, 3) and not set(ids[0].tolist()) & {1, 2, 3}
-    # attribute tables are not in the state dict; a fresh model + attach reproduces the outputs
-    other = make_model()
+    # the attribute tables are in the state dict: a model built without them reproduces the outputs
+    assert {"_attr_0", "_attr_1"} <= set(model.state_dict())
+    other = DIFSR(model.config)
     other.load_state_dict(model.state_dict())
     torch.testing.assert_close(other.eval()(x), h)
-    assert not any(k.startswith("_attr") for k in model.state_dict())
+
+
+def _without_tables(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith("_attr")}
+
+
+def test_a_saved_model_is_self_contained():
+    """Issue 24 item 3 / 28 item 5: the side tables are persistent buffers, so a checkpoint
+    alone (weights_only load, no dataset) recommends for new sequences."""
+    model = make_model(fields=("tags", "price")).eval()
+    state = model.state_dict()
+    assert {"_attr_0", "_attr_1", "_attr_present_1"} <= set(state)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    fresh = DIFSR(model.config)  # no dataset
+    assert not fresh.has_attribute_tables
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert fresh.has_attribute_tables
+    seqs = [[1, 2, 3], [5, 4], [9]]
+    want_ids, want_scores = model.recommend(seqs, k=4)
+    ids, scores = fresh.recommend(seqs, k=4)
+    assert torch.equal(ids, want_ids) and torch.equal(scores, want_scores)
+
+
+def test_old_checkpoints_without_tables_still_load():
+    model = make_model(fields=("tags", "price")).eval()
+    x, _, _ = batch([12, 5, 1])
+    old = _without_tables(model.state_dict())  # what checkpoints held before the tables were saved
+    built = make_model(fields=("tags", "price"))  # built from the dataset: keeps its own tables
+    built.load_state_dict(old)  # strict
+    torch.testing.assert_close(built.eval()(x), model(x))
+    bare = DIFSR(model.config)
+    bare.load_state_dict(old)  # loads; the tables are still missing, and said so when used
+    with pytest.raises(RuntimeError, match="no item -> attribute tables"):
+        bare(x)
+    bad = model.state_dict()
+    bad["_attr_0"] = bad["_attr_0"] + 100
+    with pytest.raises(ValueError, match="'_attr_0': attribute ids outside \\[0, 5\\] of field 'tags'"):
+        DIFSR(model.config).load_state_dict(bad)
+    bad["_attr_0"] = bad["_attr_0"][:3]
+    with pytest.raises(ValueError, match="'_attr_0' must be a \\[num_items \\+ 1 = 10, m\\] int64 table"):
+        DIFSR(model.config).load_state_dict(bad)
+
+
+def test_attach_dataset_is_a_deprecated_alias():
+    model = make_model()
+    bare = DIFSR(model.config)
+    with pytest.warns(DeprecationWarning, match="attributes=dataset"):
+        bare.attach_dataset(tiny_dataset())
+    bare.load_state_dict(_without_tables(model.state_dict()))
+    x, _, _ = batch([12, 5, 1])
+    torch.testing.assert_close(bare.eval()(x), model.eval()(x))
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
@@ -226,16 +277,14 @@ def test_attach_errors():
     cfg = DIFSRConfig(num_items=ds.num_items, hidden_size=16, num_heads=2, attribute_sizes=4,
                       **attribute_config(ds, ["tags"]))
     model = DIFSR(cfg)
-    with pytest.raises(RuntimeError, match="call model.attach_dataset"):
+    with pytest.raises(RuntimeError, match="no item -> attribute tables: build it with DIFSR\\(config, attributes="):
         model(torch.tensor([[1, 2]]))
     with pytest.raises(ValueError, match="has no attribute field 'colour'; available"):
         attribute_config(ds, ["colour"])
-    wrong = DIFSR(DIFSRConfig(**{**cfg.__dict__, "attribute_vocab_sizes": (7,)}))
     with pytest.raises(ValueError, match="has 5 values, the model was built with attribute_vocab_sizes\\[0\\]=7"):
-        wrong.attach_dataset(ds)
-    numeric = DIFSR(DIFSRConfig(**{**cfg.__dict__, "attribute_vocab_sizes": (0,)}))
+        DIFSR(DIFSRConfig(**{**cfg.__dict__, "attribute_vocab_sizes": (7,)}), attributes=ds)
     with pytest.raises(ValueError, match="'tags' is categorical, the model was built for a numeric one"):
-        numeric.attach_dataset(ds)
+        DIFSR(DIFSRConfig(**{**cfg.__dict__, "attribute_vocab_sizes": (0,)}), attributes=ds)
     with pytest.raises(ValueError, match="sequence width 13 exceeds max_len=12"):
         make_model()(torch.ones(1, 13, dtype=torch.long))
 
@@ -339,8 +388,7 @@ def test_short_training_beats_popularity(one_thread):
     split = ds.leave_one_out(max_len=20)
     model = build_model("difsr", num_items=ds.num_items, max_len=20, hidden_size=32, num_heads=2, num_layers=1,
                         inner_size=32, attribute_sizes=8, hidden_dropout=0.2, attention_dropout=0.1,
-                        attribute_loss_weight=1.0, **attribute_config(ds, ["category", "brand"]))
-    model.attach_dataset(ds)
+                        attribute_loss_weight=1.0, attributes=ds, **attribute_config(ds, ["category", "brand"]))
     torch.manual_seed(0)
     result = Trainer(model, split, TrainConfig(epochs=8, batch_size=64, lr=3e-3, patience=0, seed=0,
                                                sampled_negatives=20)).fit()

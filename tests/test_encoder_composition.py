@@ -17,8 +17,7 @@ from seqrec.models.layers import CroppedGroups, MultiHeadSelfAttention, Transfor
 def _difsr(ds, **kw):
     torch.manual_seed(0)
     model = build_model("difsr", num_items=ds.num_items, max_len=10, hidden_size=8, num_layers=2, num_heads=2,
-                        inner_size=8, attribute_sizes=4, **attribute_config(ds, ["category"]), **kw)
-    model.attach_dataset(ds)
+                        inner_size=8, attribute_sizes=4, attributes=ds, **attribute_config(ds, ["category"]), **kw)
     return model
 
 

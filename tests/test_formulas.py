@@ -111,9 +111,8 @@ def _difsr(fusion, sizes, width_max=6):
     torch.manual_seed(0)
     model = build_model("difsr", num_items=ds.num_items, max_len=width_max, hidden_size=8, num_layers=1,
                         num_heads=2, inner_size=12, attribute_sizes=sizes, fusion=fusion, hidden_dropout=0.0,
-                        attention_dropout=0.0, attribute_predictor=False,
+                        attention_dropout=0.0, attribute_predictor=False, attributes=ds,
                         **attribute_config(ds, ["category", "brand"])).double()
-    model.attach_dataset(ds)
     _randomise(model, 2)
     return ds, model.eval()
 

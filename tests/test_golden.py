@@ -75,15 +75,14 @@ def run_case(name: str) -> tuple[list[float], float, str]:
     if model_name == "difsr":
         fields = {**fields, **attribute_config(ds, ["category", "brand"])}
     torch.manual_seed(1234)
-    model = build_model(model_name, num_items=ds.num_items, max_len=MAX_LEN, **fields)
-    if model_name == "difsr":
-        model.attach_dataset(ds)
+    side = {"attributes": ds} if model_name == "difsr" else {}
+    model = build_model(model_name, num_items=ds.num_items, max_len=MAX_LEN, **side, **fields)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     losses = []
     batches = split.train_batches(BATCH, seed=7, epoch=0, num_negatives=1)
     for _, batch in zip(range(STEPS), batches):
-        loss = model.loss(batch.input_ids, batch.target_ids, batch.negative_ids)
+        loss = model.loss(batch)  # as the trainer calls it: masks from batch.lengths
         opt.zero_grad()
         loss.backward()
         opt.step()

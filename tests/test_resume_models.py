@@ -29,10 +29,8 @@ def _model(name, ds):
     if name == "sasrec":
         return build_model("sasrec", **small, num_layers=1, num_heads=2, loss="ce")
     if name == "difsr":
-        model = build_model("difsr", **small, num_layers=1, num_heads=2, inner_size=8, attribute_sizes=4,
-                            fusion="gate", **attribute_config(ds, ["category", "brand"]))
-        model.attach_dataset(ds)
-        return model
+        return build_model("difsr", **small, num_layers=1, num_heads=2, inner_size=8, attribute_sizes=4,
+                           fusion="gate", attributes=ds, **attribute_config(ds, ["category", "brand"]))
     return build_model("dss", **small, num_layers=1, num_intentions=2)
 
 

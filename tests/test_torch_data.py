@@ -36,7 +36,8 @@ def by_user(batches) -> dict[int, tuple]:
     for b in batches:
         for r, u in enumerate(b.users.tolist()):
             assert u not in out
-            out[u] = tuple(t[r] for t in b)
+            out[u] = tuple(t[r] for t in b[:-1])  # the tensor fields (features: a dict, empty here)
+            assert b.features == {}
     return out
 
 
@@ -163,6 +164,25 @@ def test_collate_train_field_by_field(split):
         collate_train([])
 
 
+def test_features_travel_through_rows_collate_and_to(split):
+    from seqrec.data.torch_data import _rows
+
+    batch = TrainDataset(split, seed=0)[[0, 1, 2]]
+    assert batch.features == {} and batch.lengths.dtype == torch.int64
+    assert torch.equal(batch.lengths, (batch.input_ids != 0).sum(1))
+    side = {"price": batch.input_ids.double() / 4, "tags": torch.stack([batch.input_ids] * 2, -1)}
+    batch = batch._replace(features=side)
+    rows = _rows(batch)
+    assert rows[1].features["tags"].shape == (split.max_len, 2)
+    back = collate_train(rows)
+    assert back.features.keys() == side.keys()
+    assert all(torch.equal(back.features[k], side[k]) for k in side)
+    moved = back.to("cpu")
+    assert torch.equal(moved.features["price"], side["price"]) and torch.equal(moved.lengths, batch.lengths)
+    with pytest.raises(ValueError, match=r"row 1 has features \['price'\], row 0 has \['price', 'tags'\]"):
+        collate_train([rows[0], rows[1]._replace(features={"price": side["price"][1]})])
+
+
 @pytest.mark.parametrize("negatives", ["uniform", "in-batch"])
 def test_batch_sampler_fast_path_equals_row_path(split, negatives):
     from torch.utils.data import BatchSampler, RandomSampler
@@ -174,8 +194,9 @@ def test_batch_sampler_fast_path_equals_row_path(split, negatives):
     rows = list(DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate))
     assert len(fast) == len(rows)
     for a, b in zip(fast, rows):
-        for x, y in zip(a, b):
+        for x, y in zip(a[:-1], b[:-1]):
             assert torch.equal(x, y)
+        assert a.features == b.features == {}
     assert set(positions(fast).values()) == {1} and len(positions(fast)) == sum(int(b.lengths.sum()) for b in fast)
 
 

@@ -336,8 +336,8 @@ def test_loss_terms_without_a_loss_output_is_a_clear_error():
             self.inner = build_model("sasrec", num_items=ds.num_items, max_len=10, hidden_size=8, num_layers=1,
                                      num_heads=1, loss="ce")
 
-        def loss_terms(self, input_ids, target_ids, negative_ids=None):
-            return {"item": self.inner.loss(input_ids, target_ids, negative_ids)}
+        def loss_terms(self, batch):
+            return {"item": self.inner.loss(batch)}
 
     ds = synthetic(num_users=50, num_items=30, seed=0)
     config = TrainConfig(epochs=1, batch_size=16, sampled_negatives=5)

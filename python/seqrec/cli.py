@@ -534,12 +534,6 @@ def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, pat
     return {"path": str(path), **report.to_dict()}
 
 
-def _attach(model, dataset) -> None:
-    """Hand the dataset's side information to a model that uses it."""
-    if model.uses_side_information:
-        model.attach_dataset(dataset)
-
-
 def cmd_train(args) -> int:
     from .models import build_model, read_pretrained_state
     from .train import TrainConfig, Trainer
@@ -571,8 +565,7 @@ def cmd_train(args) -> int:
         eval_chunk_size=args.eval_chunk_size, eval_memory=args.eval_memory,
         seed=args.seed, device=args.device, progress=args.progress)
     torch.manual_seed(args.seed)  # parameter initialisation
-    model = build_model(name, backend=args.backend, **config)
-    _attach(model, dataset)
+    model = build_model(name, backend=args.backend, attributes=dataset, **config)
     # The whole config, defaults included: a later change of a default cannot change what a
     # checkpoint means (resume and evaluate rebuild the model from it).
     spec = {"name": name, "config": dataclasses.asdict(model.config), "backend": args.backend, "preset": args.preset,
@@ -671,9 +664,10 @@ def cmd_evaluate(args) -> int:
     if trained_items is not None and trained_items != dataset.num_items:
         raise ValueError(f"{args.checkpoint}: the model was trained on {trained_items} items, the data "
                          f"({source}) has {dataset.num_items}; evaluate it on its own dataset")
-    model = build_model(spec["name"], backend=spec.get("backend"), **spec["config"])
+    # The dataset's side tables serve checkpoints written before models saved theirs;
+    # a checkpoint that holds them replaces them on load.
+    model = build_model(spec["name"], backend=spec.get("backend"), attributes=dataset, **spec["config"])
     model.load_state_dict(state["best_state"] or state["model"])
-    _attach(model, dataset)
     cfg = dict(state["train_config"])
     cfg["device"] = args.device
     if args.eval_chunk_size is not None or args.eval_memory is not None:

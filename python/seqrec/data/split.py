@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from types import MappingProxyType
+from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ class TrainBatch(NamedTuple):
     users: ``[B]`` dense user ids. input_ids: ``[B, n]`` items. target_ids: ``[B, n]``
     the next item at every position (0 at padding). negative_ids: ``[B, n]`` one
     negative per position (``[B, n, k]`` when k > 1 negatives were asked for; 0 at
-    padding). lengths: ``[B]`` number of real positions.
+    padding). lengths: ``[B]`` number of real positions (models build their padding
+    masks from it). features: per-position side features, see below.
     """
 
     users: torch.Tensor
@@ -31,9 +33,16 @@ class TrainBatch(NamedTuple):
     target_ids: torch.Tensor
     negative_ids: torch.Tensor
     lengths: torch.Tensor
+    #: Per-position side features gathered by the data side, ``name -> [B, n, ...]``
+    #: tensors aligned with ``input_ids`` (empty when the data side gathers none).
+    #: Models that use side information read them from here; the default is a shared
+    #: read-only empty mapping, so build a new dict to add features.
+    features: Mapping[str, torch.Tensor] = MappingProxyType({})
 
     def to(self, device) -> "TrainBatch":
-        return TrainBatch(*(t.to(device, non_blocking=True) for t in self))
+        tensors = (None if t is None else t.to(device, non_blocking=True) for t in self[:-1])
+        features = {k: v.to(device, non_blocking=True) for k, v in self.features.items()}
+        return TrainBatch(*tensors, features=features)
 
 
 class EvalBatch(NamedTuple):

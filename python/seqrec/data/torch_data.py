@@ -57,7 +57,9 @@ def collate_train(items: Sequence[TrainBatch]) -> TrainBatch:
     kind = type(items[0])
     columns = []
     for name, column in zip(kind._fields, zip(*items)):
-        if all(c is None for c in column):
+        if name == "features":
+            columns.append(_collate_features(column))
+        elif all(c is None for c in column):
             columns.append(None)
         elif any(c is None for c in column):
             raise ValueError(f"collate_train: field {name!r} is None in some rows only")
@@ -66,10 +68,21 @@ def collate_train(items: Sequence[TrainBatch]) -> TrainBatch:
     return kind(*columns)
 
 
+def _collate_features(rows) -> dict[str, torch.Tensor]:
+    """Stack the rows' ``features`` mappings key by key (every row must have the same keys)."""
+    keys = set(rows[0])
+    for i, row in enumerate(rows):
+        if set(row) != keys:
+            raise ValueError(f"collate_train: row {i} has features {sorted(row)}, row 0 has {sorted(keys)}")
+    return {k: torch.stack([row[k] for row in rows]) for k in rows[0]}
+
+
 def _rows(batch: TrainBatch) -> list[TrainBatch]:
     n = batch.users.shape[0]
-    columns = [(None,) * n if t is None else t.unbind(0) for t in batch]  # unbind: one call per field
-    return [type(batch)._make(row) for row in zip(*columns)]
+    columns = [(None,) * n if t is None else t.unbind(0) for t in batch[:-1]]  # unbind: one call per field
+    features = {k: v.unbind(0) for k, v in batch.features.items()}
+    return [type(batch)._make((*row, {k: v[i] for k, v in features.items()}))
+            for i, row in enumerate(zip(*columns))]
 
 
 def _check_count(name: str, value, minimum: int) -> int:

@@ -2,15 +2,17 @@
 
 :class:`SequentialRecommender` is what the trainer, the evaluator and the CLI talk to:
 
-* ``loss_terms(input_ids, target_ids, negative_ids) -> LossOutput`` on a training batch
-  (``loss`` the total to minimise, ``terms`` the scalars worth logging);
+* ``loss_terms(batch) -> LossOutput`` on a :class:`~seqrec.data.TrainBatch` (``loss``
+  the total to minimise, ``terms`` the scalars worth logging); models implement
+  :meth:`~SequentialRecommender.batch_loss` on its fields (padding masks from
+  ``lengths``);
 * ``score(item_seq, lengths, items=None)``: full-ranking or candidate scores;
 * ``recommend(sequences, k)``: top-k for new sequences, batched, in dense ids;
 * ``item_embeddings()``: the item table for approximate nearest-neighbour export.
 
 Capabilities that only some models have are explicit: :attr:`has_interests` (then
-:meth:`interests` returns ``[B, K, D]``), :attr:`uses_side_information` (then
-:meth:`attach_dataset` must be called before training), :meth:`item_concepts` (SINE's
+:meth:`interests` returns ``[B, K, D]``), :attr:`uses_side_information` (their
+item side tables are constructor inputs, saved in the state dict), :meth:`item_concepts` (SINE's
 nearest prototype per item). A model whose score is a dot product of one user vector
 with the item table implements :meth:`encode_last` and inherits :meth:`score`.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -81,7 +83,7 @@ class SequentialRecommender(nn.Module):
     config: object
     #: True for models with several interest vectors per user (:meth:`interests`).
     has_interests: bool = False
-    #: True for models that need :meth:`attach_dataset` before training or scoring.
+    #: True for models that read item side information (tables given at construction).
     uses_side_information: bool = False
 
     # ------------------------------------------------------------------ to implement
@@ -95,10 +97,14 @@ class SequentialRecommender(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} scores with its own score(); it has no single "
                                   "last-position vector")
 
-    def loss_terms(self, input_ids: Tensor, target_ids: Tensor,
-                   negative_ids: Tensor | None = None) -> LossOutput:
-        """The training loss of a batch and its named terms (see :class:`LossOutput`)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement loss_terms()")
+    def batch_loss(self, input_ids: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
+                   lengths: Tensor | None = None, features: Mapping[str, Tensor] | None = None,
+                   **options) -> LossOutput:
+        """What :meth:`loss_terms` computes, from the batch's fields: ``lengths`` [B]
+        (None: taken from the zeros of ``input_ids``) builds the padding mask,
+        ``features`` holds the batch's per-position side features (unused by models
+        without side information), ``options`` are model-specific (DSS's ``split``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement batch_loss()")
 
     # ------------------------------------------------------------------ capabilities
     def interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -120,9 +126,35 @@ class SequentialRecommender(nn.Module):
         """:func:`check_ids` against this model's ``num_items`` (values included)."""
         check_ids(name, ids, shape, high=self.config.num_items)
 
-    def loss(self, input_ids: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None) -> Tensor:
+    def loss_terms(self, batch, target_ids: Tensor | None = None, negative_ids: Tensor | None = None,
+                   **options) -> LossOutput:
+        """The training loss of a batch and its named terms (see :class:`LossOutput`).
+
+        Args:
+            batch: a :class:`~seqrec.data.TrainBatch` (what the trainer passes: its
+                ``lengths`` give the padding mask, its ``features`` the side features),
+                or the input ids [B, n] themselves, with ``target_ids`` and
+                ``negative_ids`` given beside them (lengths then come from the zeros).
+            options: model-specific keywords, passed to :meth:`batch_loss`.
+        """
+        if isinstance(batch, Tensor):
+            if target_ids is None:
+                raise ValueError("loss_terms(input_ids, target_ids, ...) needs target_ids; or pass a TrainBatch")
+            return self.batch_loss(batch, target_ids, negative_ids, **options)
+        if target_ids is not None or negative_ids is not None:
+            raise ValueError("loss_terms(batch) takes the targets and negatives from the batch, not beside it")
+        fields = ("input_ids", "target_ids", "negative_ids", "lengths")
+        missing = [f for f in fields if not hasattr(batch, f)]
+        if missing:
+            raise ValueError(f"loss_terms: batch must be a TrainBatch or an input_ids tensor, got "
+                             f"{type(batch).__name__} without {missing}")
+        return self.batch_loss(batch.input_ids, batch.target_ids, batch.negative_ids, lengths=batch.lengths,
+                               features=getattr(batch, "features", None), **options)
+
+    def loss(self, batch, target_ids: Tensor | None = None, negative_ids: Tensor | None = None,
+             **options) -> Tensor:
         """The scalar training loss, ``loss_terms(...).loss``."""
-        return self.loss_terms(input_ids, target_ids, negative_ids).loss
+        return self.loss_terms(batch, target_ids, negative_ids, **options).loss
 
     def score(self, item_seq: Tensor, lengths: Tensor | None = None, items: Tensor | None = None) -> Tensor:
         """Next-item scores from the last position (the most recent item).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -368,15 +369,24 @@ class DIFSR(SequentialRecommender):
     - Predictor tables have V_f outputs (ids 1..V_f); DIF-SR keeps a padding column and
       drops it from the loss, which is the same.
 
-    Dataset side information is attached with :meth:`attach_dataset` (the CLI does it);
-    it is not part of the state dict.
+    Side information: the item -> attribute tables of the configured fields are
+    constructor inputs (``attributes``), stored as persistent buffers ``_attr_{i}``
+    (and ``_attr_present_{i}`` for numeric fields), so they travel in the state dict
+    and a loaded model scores new sequences without its dataset. A model built
+    without them takes them from the state dict it loads (see
+    :meth:`_load_from_state_dict`); checkpoints written before the tables were saved
+    load into a model built with ``attributes`` and keep its tables.
 
     Args:
         config: :class:`DIFSRConfig`.
+        attributes: the tables of ``config.attribute_fields``: a
+            :class:`~seqrec.data.SequenceDataset` or ``{name: AttributeField}``;
+            required before training or scoring when the config names fields (None
+            leaves them to :meth:`load_state_dict`).
         backend: ``"seqrec"`` / ``"reference"`` for the attention op, None = default.
     """
 
-    def __init__(self, config: DIFSRConfig, *, backend: str | None = None) -> None:
+    def __init__(self, config: DIFSRConfig, *, attributes=None, backend: str | None = None) -> None:
         super().__init__()
         if not isinstance(config, DIFSRConfig):
             raise ValueError(f"config must be a DIFSRConfig, got {type(config).__name__}")
@@ -401,39 +411,102 @@ class DIFSR(SequentialRecommender):
             for emb in self.embedding.attributes:
                 if isinstance(emb, _NumericFieldEmbedding):
                     emb.weight.normal_(0.0, config.initializer_range)
-        self._attached = not config.attribute_fields
+        # Registered after initialisation, so the parameter draws are unchanged; None
+        # until given (None buffers are left out of the state dict).
+        for i in range(len(config.attribute_fields)):
+            self.register_buffer(f"_attr_{i}", None)
+            if config.attribute_vocab_sizes[i] == 0:
+                self.register_buffer(f"_attr_present_{i}", None)
+        if attributes is not None:
+            if not isinstance(attributes, Mapping):  # a SequenceDataset
+                attributes = self._dataset_fields(attributes)
+            self._set_attributes(attributes)
 
     # Parameter names that changed (old prefix -> new): DIF-SR's blocks became the shared
     # encoder's (issue 28), so checkpoints written before load under the new names.
     RENAMED_PREFIXES: dict[str, str] = {"layers.": "encoder.layers."}
 
+    def _side_buffer_names(self) -> list[str]:
+        names = []
+        for i, vocab in enumerate(self.config.attribute_vocab_sizes):
+            names += [f"_attr_{i}"] + ([f"_attr_present_{i}"] if vocab == 0 else [])
+        return names
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for old, new in self.RENAMED_PREFIXES.items():
             for key in [k for k in state_dict if k.startswith(prefix + old)]:
                 state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        # Attribute tables: a saved table replaces the model's (its shape is the data's,
+        # not the config's, so the buffer takes the saved shape first); a checkpoint
+        # from before the tables were saved keeps the tables the model was built with.
+        for name in self._side_buffer_names():
+            key, current = prefix + name, getattr(self, name)
+            if key in state_dict:
+                saved = state_dict[key]
+                if not isinstance(saved, Tensor):
+                    continue  # super() reports it
+                self._check_saved_table(key, name, saved)
+                device = self.embedding.item.weight.device
+                if current is None or current.shape != saved.shape or current.dtype != saved.dtype:
+                    setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=device))
+            elif current is not None:
+                state_dict[key] = current
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_saved_table(self, key: str, name: str, saved: Tensor) -> None:
+        """A loaded attribute table must fit the config: one row per item (and padding),
+        int64 ids in [0, vocab] for a categorical field, a bool mask or floats else."""
+        cfg = self.config
+        i = int(name.rsplit("_", 1)[1])
+        vocab = cfg.attribute_vocab_sizes[i]
+        if name.startswith("_attr_present_"):
+            ok, want = saved.dtype == torch.bool, "bool"
+        elif vocab > 0:
+            ok, want = saved.dtype == torch.int64, "int64"
+            if ok and saved.numel() and not 0 <= int(saved.min()) <= int(saved.max()) <= vocab:
+                raise ValueError(f"state dict {key!r}: attribute ids outside [0, {vocab}] of field "
+                                 f"{cfg.attribute_fields[i]!r}")
+        else:
+            ok, want = saved.is_floating_point(), "floating point"
+        if not ok or saved.dim() != 2 or saved.size(0) != cfg.num_items + 1:
+            raise ValueError(f"state dict {key!r} must be a [num_items + 1 = {cfg.num_items + 1}, m] {want} table "
+                             f"of field {cfg.attribute_fields[i]!r}, got {saved.dtype} {tuple(saved.shape)}")
 
     # ------------------------------------------------------------------ side information
     @property
     def uses_side_information(self) -> bool:
-        """True when the config names attribute fields (then :meth:`attach_dataset` first)."""
+        """True when the config names attribute fields (then the model needs their tables)."""
         return bool(self.config.attribute_fields)
 
+    def _dataset_fields(self, dataset) -> dict:
+        """``{name: AttributeField}`` of the configured fields of a SequenceDataset."""
+        cfg = self.config
+        if dataset.num_items != cfg.num_items:
+            raise ValueError(f"dataset has {dataset.num_items} items, the model {cfg.num_items}")
+        return {name: dataset.attributes[name] for name in
+                attribute_config(dataset, cfg.attribute_fields)["attribute_fields"]}
+
     def attach_dataset(self, dataset) -> None:
-        """Store the item -> attribute tables of the configured fields of ``dataset`` (a
-        :class:`~seqrec.data.SequenceDataset`) as non-persistent buffers.
+        """Deprecated: pass ``attributes=dataset`` to the constructor. Replaces the
+        attribute tables by those of ``dataset``."""
+        warnings.warn("DIFSR.attach_dataset is deprecated: build the model with DIFSR(config, "
+                      "attributes=dataset) (the tables are then saved in the state dict)",
+                      DeprecationWarning, stacklevel=2)
+        self._set_attributes(self._dataset_fields(dataset))
+
+    def attach_attributes(self, fields: Mapping[str, object]) -> None:
+        """Deprecated: pass ``attributes={name: AttributeField}`` to the constructor."""
+        warnings.warn("DIFSR.attach_attributes is deprecated: build the model with DIFSR(config, "
+                      "attributes=fields)", DeprecationWarning, stacklevel=2)
+        self._set_attributes(fields)
+
+    def _set_attributes(self, fields: Mapping[str, object]) -> None:
+        """Store the item -> attribute tables ``{name: AttributeField}`` of the configured
+        fields as persistent buffers.
 
         Raises ValueError when a field is missing, covers another item count, changes
         kind, or has another number of values than the config was built with.
         """
-        cfg = self.config
-        if dataset.num_items != cfg.num_items:
-            raise ValueError(f"dataset has {dataset.num_items} items, the model {cfg.num_items}")
-        self.attach_attributes({name: dataset.attributes[name] for name in
-                                attribute_config(dataset, cfg.attribute_fields)["attribute_fields"]})
-
-    def attach_attributes(self, fields: Mapping[str, object]) -> None:
-        """Like :meth:`attach_dataset`, from ``{name: AttributeField}``."""
         cfg = self.config
         device = self.embedding.item.weight.device
         for i, (name, vocab) in enumerate(zip(cfg.attribute_fields, cfg.attribute_vocab_sizes)):
@@ -451,19 +524,23 @@ class DIFSR(SequentialRecommender):
                                  f"built with attribute_vocab_sizes[{i}]={vocab}")
             table = torch.from_numpy(np.ascontiguousarray(field.padded()))
             if kind == "categorical":
-                self.register_buffer(f"_attr_{i}", table.to(device=device, dtype=torch.int64), persistent=False)
+                setattr(self, f"_attr_{i}", table.to(device=device, dtype=torch.int64))
             else:
                 present = ~torch.isnan(table)
-                self.register_buffer(f"_attr_{i}", torch.nan_to_num(table).to(device=device, dtype=torch.float32),
-                                     persistent=False)
-                self.register_buffer(f"_attr_present_{i}", present.to(device), persistent=False)
-        self._attached = True
+                setattr(self, f"_attr_{i}", torch.nan_to_num(table).to(device=device, dtype=torch.float32))
+                setattr(self, f"_attr_present_{i}", present.to(device))
+
+    @property
+    def has_attribute_tables(self) -> bool:
+        """True when every configured field's item -> attribute table is present."""
+        return all(getattr(self, name) is not None for name in self._side_buffer_names())
 
     def _field_embeddings(self, item_seq: Tensor) -> list[Tensor]:
         """Pooled attribute embeddings of every position, per field: [*item_seq.shape, d_f]."""
-        if not self._attached:
-            raise RuntimeError(f"DIFSR uses attribute fields {list(self.config.attribute_fields)}: call "
-                               "model.attach_dataset(dataset) (or attach_attributes) first")
+        if not self.has_attribute_tables:
+            raise RuntimeError(f"DIFSR uses attribute fields {list(self.config.attribute_fields)} but has no "
+                               "item -> attribute tables: build it with DIFSR(config, attributes=dataset) "
+                               "or load a state dict that holds them")
         out = []
         for i, emb in enumerate(self.embedding.attributes):
             table = getattr(self, f"_attr_{i}")
@@ -559,17 +636,18 @@ class DIFSR(SequentialRecommender):
         return x[:, L - n:].masked_fill(~mask.unsqueeze(-1), 0.0)
 
     # ------------------------------------------------------------------ losses
-    def loss_terms(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None
-                   ) -> LossOutput:
+    def batch_loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
+                   lengths: Tensor | None = None, features=None) -> LossOutput:
         """Training loss over the real target positions (``target_ids > 0``): next-item
         loss + sum_f lambda_f * attribute loss_f (0 for a batch without real targets),
         with terms ``{"item": next-item loss, "attr:<field>": attribute BCE
-        (unweighted), ...}``."""
+        (unweighted), ...}``. ``lengths`` [B] gives the padding mask (None: the zeros of
+        ``item_seq``); the attributes come from the model's own tables, not ``features``."""
         self.check_ids("item_seq", item_seq)
         shape = tuple(item_seq.shape)
         self.check_ids("target_ids", target_ids, shape)
         real = target_ids > 0
-        mask = self._mask(item_seq, None)
+        mask = self._mask(item_seq, lengths)
         if self._takes_padded_path():
             hidden = self._encode_padded(item_seq, mask)[real]  # [N, D]
         else:

@@ -450,9 +450,9 @@ class DSS(SequentialRecommender):
         real = j[None, :] >= (width - future_len)[:, None]
         return full.gather(1, index.clamp(0, n)) * real
 
-    def loss_terms(self, input_ids: Tensor, target_ids: Tensor,
-                   negative_ids: Tensor | None = None, *, split: Tensor | None = None
-                   ) -> LossOutput:
+    def batch_loss(self, input_ids: Tensor, target_ids: Tensor,
+                   negative_ids: Tensor | None = None, *, split: Tensor | None = None,
+                   lengths: Tensor | None = None, features=None) -> LossOutput:
         """Both loss terms and what went into them (see the module docstring).
 
         Args:
@@ -461,6 +461,9 @@ class DSS(SequentialRecommender):
                 for the seq2seq term (as the trainer's batches do).
             negative_ids: [B, n] or [B, n, m] sampled negatives (``loss="sampled"``).
             split: optional [B] past lengths t in 1..m (default: :meth:`sample_split`).
+            lengths: optional [B] real input lengths m (the padding mask, see
+                :func:`layers.padding_mask`); None reads them from the zeros.
+            features: unused.
 
         Returns:
             :class:`LossOutput`: ``loss`` the total, terms ``seq2item``, ``seq2seq`` (0 when
@@ -475,7 +478,7 @@ class DSS(SequentialRecommender):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, n], got shape {shape}")
         # Columns that are padding in every row change nothing (right-aligned positions).
-        mask = input_ids != 0
+        mask = padding_mask(input_ids, lengths)
         width = int(mask.any(0).to(torch.int64).sum()) if input_ids.numel() else 0
         keep = slice(shape[1] - max(width, 1), shape[1])
         inputs, targets, mask = input_ids[:, keep], target_ids[:, keep], mask[:, keep]

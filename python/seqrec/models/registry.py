@@ -8,6 +8,7 @@ model from the config.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 from torch import nn
 
@@ -34,12 +35,15 @@ def available_models() -> list[str]:
     return sorted(MODELS)
 
 
-def build_model(name: str, *, backend: str | None = None, **config: object) -> nn.Module:
+def build_model(name: str, *, backend: str | None = None, attributes=None, **config: object) -> nn.Module:
     """Build model ``name`` from keyword config fields.
 
     Args:
         name: one of :func:`available_models` (case-insensitive).
         backend: attention/op backend for the model, None = process default.
+        attributes: item side information (a :class:`~seqrec.data.SequenceDataset` or
+            ``{name: AttributeField}``) for the models whose constructor takes it
+            (DIF-SR: the tables of its ``attribute_fields``); not passed to the others.
         **config: fields of the model's config dataclass (e.g. :class:`SASRecConfig`).
 
     Raises:
@@ -59,4 +63,6 @@ def build_model(name: str, *, backend: str | None = None, **config: object) -> n
         cfg = config_cls(**config)
     except TypeError as exc:  # a missing required field, e.g. num_items
         raise ValueError(f"cannot build {config_cls.__name__}: {exc}") from None
+    if attributes is not None and "attributes" in inspect.signature(model_cls).parameters:
+        return model_cls(cfg, backend=backend, attributes=attributes)
     return model_cls(cfg, backend=backend)

@@ -157,8 +157,9 @@ class SASRec(SequentialRecommender):
         rows = mask[:, -1].nonzero().squeeze(1)
         return picked.new_zeros(mask.size(0), picked.size(-1)).index_copy_(0, rows, picked)
 
-    def loss_terms(
-        self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None
+    def batch_loss(
+        self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
+        lengths: Tensor | None = None, features=None
     ) -> LossOutput:
         """Training loss (``config.loss``) over every real target position.
 
@@ -167,6 +168,8 @@ class SASRec(SequentialRecommender):
             target_ids: [B, n] next item at each position, 0 where there is none.
             negative_ids: [B, n] one sampled negative per position (0 at padding);
                 required for ``"bce"``, ignored for ``"ce"``.
+            lengths: optional [B] real lengths (the padding mask; see
+                :func:`layers.padding_mask`). features: unused.
 
         Returns:
             :class:`LossOutput` whose ``loss`` is the mean over positions with
@@ -187,12 +190,12 @@ class SASRec(SequentialRecommender):
             # One lookup of the item table for inputs, targets and negatives: one dense
             # table gradient instead of three (see layers.lookup_rows).
             inputs, targets, negatives = lookup_rows(self.embedding.item, item_seq, target_ids, negative_ids)
-            hidden = self.encoder(self.embedding(item_seq, inputs), padding_mask(item_seq))
+            hidden = self.encoder(self.embedding(item_seq, inputs), padding_mask(item_seq, lengths))
             pos = (hidden * targets).sum(-1)  # [B, n]
             neg = (hidden * negatives).sum(-1)
             per_position = -(F.logsigmoid(pos) + F.logsigmoid(-neg))
             return LossOutput((per_position * real).sum() / count)
-        hidden = self(item_seq)  # [B, n, D]
+        hidden = self(item_seq, lengths)  # [B, n, D]
         # Only positions with a target are scored: under left padding most of a batch is
         # padding (Beauty: 8.9 of 50), and the [positions, V] logits dominate the step
         # (hence softmax_nll, which makes fewer passes over them than F.cross_entropy).

@@ -388,11 +388,14 @@ class SINE(SequentialRecommender):
         return scores.masked_fill(items == 0, float("-inf"))
 
     # ------------------------------------------------------------------ training
-    def training_prefixes(self, item_seq: Tensor, target_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def training_prefixes(self, item_seq: Tensor, target_ids: Tensor,
+                          lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The training examples of a batch: one right-aligned prefix per real target.
 
         Args:
             item_seq: [B, n] left-padded inputs; target_ids: [B, n] next items (0 = none).
+            lengths: optional [B] real lengths (checked by :func:`layers.padding_mask`);
+                None counts the nonzero ids of ``item_seq``.
 
         Returns:
             ``(rows [R], cols [R], prefixes [R, W])``: example r is the prefix of row
@@ -407,14 +410,16 @@ class SINE(SequentialRecommender):
             real = real & (from_end <= self.config.max_prefixes)
         rows, cols = real.nonzero(as_tuple=True)
         n = item_seq.size(1)
-        first = n - (item_seq != 0).sum(1)  # first real column of each row
+        real_items = padding_mask(item_seq, lengths).sum(1) if lengths is not None else (item_seq != 0).sum(1)
+        first = n - real_items  # first real column of each row
         width = int((cols - first[rows] + 1).max()) if rows.numel() else 1
         src = cols.unsqueeze(1) - torch.arange(width - 1, -1, -1, device=cols.device)  # [R, W]
         prefixes = item_seq[rows.unsqueeze(1), src.clamp_min(0)] * (src >= 0)
         return rows, cols, prefixes
 
-    def loss_terms(
-        self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None
+    def batch_loss(
+        self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
+        lengths: Tensor | None = None, features=None
     ) -> LossOutput:
         """Sampled-softmax loss over every training prefix + covariance regulariser.
 
@@ -423,6 +428,8 @@ class SINE(SequentialRecommender):
             target_ids: [B, n] next item at each position, 0 where there is none.
             negative_ids: [B, n, m] (or [B, n] for m = 1) sampled negatives per
                 position (``TrainConfig.num_negatives`` = m); required.
+            lengths: optional [B] real lengths (else from the zeros of ``item_seq``).
+            features: unused.
 
         Returns:
             :class:`LossOutput`: ``loss`` = mean over examples of
@@ -443,7 +450,7 @@ class SINE(SequentialRecommender):
                 f"got {tuple(negative_ids.shape)}"
             )
         reg = self.config.reg_weight * covariance_regularizer(self.prototypes)
-        rows, cols, prefixes = self.training_prefixes(item_seq, target_ids)
+        rows, cols, prefixes = self.training_prefixes(item_seq, target_ids, lengths)
         if rows.numel() == 0:
             return LossOutput(reg)
         user = self(prefixes)  # [R, D]

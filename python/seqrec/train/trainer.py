@@ -3,7 +3,7 @@
 The trainer drives a :class:`~seqrec.models.base.SequentialRecommender` (every seqrec
 next-item model is one; a model of your own subclasses it):
 
-* ``model.loss_terms(input_ids, target_ids, negative_ids) -> LossOutput`` on a training
+* ``model.loss_terms(batch) -> LossOutput`` on a :class:`~seqrec.data.TrainBatch`
   batch (the total under ``.loss``, named scalars under ``.terms``);
 * ``model.score(input_ids, lengths) -> [B, num_items + 1]`` full-ranking scores, and
   ``model.score(input_ids, lengths, items=[B, C]) -> [B, C]`` candidate scores.
@@ -206,7 +206,7 @@ class Trainer:
                            desc=f"epoch {epoch + 1}", leave=False)
         for step, batch in enumerate(bar):
             batch = batch.to(cfg.device)
-            out = model.loss_terms(batch.input_ids, batch.target_ids, batch.negative_ids)
+            out = model.loss_terms(batch)
             if not isinstance(out, LossOutput):
                 raise TypeError(f"{type(model).__name__}.loss_terms must return a seqrec.models.LossOutput "
                                 f"(the total under .loss), got {type(out).__name__}")
