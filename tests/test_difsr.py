@@ -151,7 +151,7 @@ def test_old_checkpoints_without_tables_still_load():
     bad["_attr_0"] = bad["_attr_0"] + 100
     with pytest.raises(ValueError, match="'_attr_0': attribute ids outside \\[0, 5\\] of field 'tags'"):
         DIFSR(model.config).load_state_dict(bad)
-    bad["_attr_0"] = bad["_attr_0"][:3]
+    bad["_attr_0"] = model.state_dict()["_attr_0"][:3]
     with pytest.raises(ValueError, match="'_attr_0' must be a \\[num_items \\+ 1 = 10, m\\] int64 table"):
         DIFSR(model.config).load_state_dict(bad)
 

@@ -62,9 +62,9 @@ def test_pretrained_encoder_initialises_difsr_item_attention_and_ffn():
                      "feed_forward.dense_in", "feed_forward.dense_out", "feed_forward.norm"):
             for kind in ("weight", "bias"):
                 assert f"encoder.layers.{l}.{part}.{kind}" in report.loaded
-    # what stays DIF-SR's own: position / attribute projections and fusion maps
+    # what stays DIF-SR's own: position / attribute projections, fusion maps, its attribute tables
     assert all("position_" in n or "attribute_" in n or "fusion_params" in n or n.startswith(("predictors",
-               "embedding.attributes")) for n in report.missing), report.missing
+               "embedding.attributes", "_attr_")) for n in report.missing), report.missing
 
 
 def test_a_new_attention_is_a_new_class_not_a_new_encoder():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
@@ -16,6 +15,23 @@ _engine = _C.data
 # Streams keep the random draws of different purposes independent for one seed.
 _STREAM_SAMPLED = {"valid": 1 << 40, "test": 2 << 40}
 _STREAM_TRAIN = 3 << 40
+
+
+class _NoFeatures(dict):
+    """The default ``TrainBatch.features``: empty, read-only (one object shared by every
+    batch), and picklable (batches cross DataLoader worker processes)."""
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("TrainBatch.features defaults to a shared read-only mapping; build the batch with "
+                        "features={...} (or batch._replace(features=...)) to add features")
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _read_only
+
+    def __reduce__(self):
+        return (_NoFeatures, ())
+
+
+_NO_FEATURES = _NoFeatures()
 
 
 class TrainBatch(NamedTuple):
@@ -35,9 +51,8 @@ class TrainBatch(NamedTuple):
     lengths: torch.Tensor
     #: Per-position side features gathered by the data side, ``name -> [B, n, ...]``
     #: tensors aligned with ``input_ids`` (empty when the data side gathers none).
-    #: Models that use side information read them from here; the default is a shared
-    #: read-only empty mapping, so build a new dict to add features.
-    features: Mapping[str, torch.Tensor] = MappingProxyType({})
+    #: The default is a shared read-only empty mapping: build a new dict to add features.
+    features: Mapping[str, torch.Tensor] = _NO_FEATURES
 
     def to(self, device) -> "TrainBatch":
         tensors = (None if t is None else t.to(device, non_blocking=True) for t in self[:-1])
