@@ -14,9 +14,9 @@ Every file is saved under ``<to>/<NAME>/`` with the name seqrec's loaders look f
 
 The checksums of Beauty, LastFM and ml-100k are those of the files every result in
 README.md was computed from (our ../shared/data copies; for ml-100k the files inside the
-archive, which is checked member by member). The other datasets have no pinned checksum
-yet: we have no copy of them to hash, and a download is refused unless the user accepts it
-unverified (``--no-verify``; the downloader then prints the size and SHA-256 it received,
+archive, which is checked member by member); Sports, Toys and Yelp are pinned to the
+files of the authors' repository. ml-1m has no pinned checksum yet: we have no copy of it
+to hash, and a download is refused unless the user accepts it unverified (``--no-verify``; the downloader then prints the size and SHA-256 it received,
 to pin here).
 """
 from __future__ import annotations
@@ -94,9 +94,17 @@ DATASETS: dict[str, DatasetSource] = {d.name: d for d in (
     _s3rec("Beauty", "Beauty", "Amazon Beauty, S3-Rec preprocessing (5-core), brand + categories",
            Pinned(1090094, "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8"),
            Pinned(305674, "129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4")),
-    _s3rec("Sports", "Sports_and_Outdoors", "Amazon Sports and Outdoors, S3-Rec preprocessing"),
-    _s3rec("Toys", "Toys_and_Games", "Amazon Toys and Games, S3-Rec preprocessing"),
-    _s3rec("Yelp", "Yelp", "Yelp, S3-Rec preprocessing (business categories as attributes)"),
+    # Sports, Toys, Yelp: hashes of the files in the authors' repository (master, commit
+    # 2a81540), read from a snapshot of it; Beauty's and LastFM's there equal ours byte for byte.
+    _s3rec("Sports", "Sports_and_Outdoors", "Amazon Sports and Outdoors, S3-Rec preprocessing",
+           Pinned(1707483, "2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2"),
+           Pinned(653780, "7fb10733ac4f1811384a52144cdefa7fcc7536fa80a7232c5da9bd789155c34b")),
+    _s3rec("Toys", "Toys_and_Games", "Amazon Toys and Games, S3-Rec preprocessing",
+           Pinned(922166, "176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f"),
+           Pinned(327536, "d371acd25101eedac04afc727626464b7acec770c4eda708705d51eb76eb1ad0")),
+    _s3rec("Yelp", "Yelp", "Yelp, S3-Rec preprocessing (business categories as attributes)",
+           Pinned(1814224, "724b219106b81dd2349027da997334ddb6da9fe2f152ad6e0d97a93170f7caed"),
+           Pinned(600360, "f25acd5e1e680e0b22fd4e3f4fb6be4b2a7461e9222610616e3e1ee6702dd58d")),
     # Hashes of ../shared/data/LastFM, the files our LastFM results come from.
     _s3rec("LastFM", "LastFM", "LastFM, S3-Rec preprocessing (artist tags as attributes)",
            Pinned(239312, "9ded486adb5b0fe9dc761950afa0a9a05e93ff018992e0c52bf11afec529f802"),
