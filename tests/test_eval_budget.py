@@ -293,10 +293,15 @@ def test_cli_eval_chunk_size_and_memory(tmp_path, capsys, monkeypatch):
     # The budget reaches the evaluation (this one cannot hold a row of 151 scores) ...
     assert main(["train", *TINY, "--eval-memory", "1KiB"]) == 2
     assert "cannot hold one user's scores over 151 items" in capsys.readouterr().err
-    assert main(["train", *TINY, "--eval-memory", "lots"]) == 2
-    assert "TrainConfig.eval_memory must be a size" in capsys.readouterr().err
-    assert main(["train", *TINY, "--eval-chunk-size", "0"]) == 2
-    assert "TrainConfig.eval_chunk_size must be >= 1" in capsys.readouterr().err
+    # malformed values are refused while parsing, naming the option
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *TINY, "--eval-memory", "lots"])
+    assert exit_info.value.code == 2
+    assert "argument --eval-memory: the size must be a size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *TINY, "--eval-chunk-size", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --eval-chunk-size: must be >= 1" in capsys.readouterr().err
     # ... and `evaluate` takes the run's settings unless told otherwise.
     seen.clear()
     assert main(["evaluate", "--checkpoint", str(run)]) == 0

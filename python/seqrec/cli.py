@@ -120,6 +120,17 @@ def nonneg_float(text: str) -> float:
 SEED_LIMIT = 2**63  # the seed contract of every seqrec op and command: 0 <= seed < 2**63
 
 
+def memory_size(text: str) -> str:
+    """--eval-memory: checked while parsing (the setting keeps the text, as the run records it)."""
+    from .eval.memory import parse_memory
+
+    try:
+        parse_memory(text, "the size")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def seed_int(text: str) -> int:
     value = _number(text, int)
     if not 0 <= value < SEED_LIMIT:
@@ -302,10 +313,10 @@ def _add_download_parser(dsub) -> None:
 
 def _add_eval_block_args(p, saved: bool = False) -> None:
     was = " (default: the run's)" if saved else ""
-    p.add_argument("--eval-chunk-size", type=int, default=None, metavar="USERS",
+    p.add_argument("--eval-chunk-size", type=positive_int, default=None, metavar="USERS",
                    help="users per evaluation score block; takes precedence over --eval-memory (the models score "
                         "whole rows: a chunk over the budget is used as given, with a warning)" + was)
-    p.add_argument("--eval-memory", default=None, metavar="SIZE",
+    p.add_argument("--eval-memory", type=memory_size, default=None, metavar="SIZE",
                    help="memory budget of the evaluation score blocks, e.g. 2GiB, 512MiB or bytes; sizes users "
                         "per block (at most 1024) when --eval-chunk-size is not given (default: a quarter of the "
                         "available RAM, on CUDA at most half the free device memory)"
