@@ -72,6 +72,13 @@ def check_ids(name: str, ids: Tensor, shape: tuple[int, ...] | None = None, *,
         raise ValueError(f"{name} holds item id {bad} outside [0, num_items={high}] (0 is padding)")
 
 
+def check_candidates(item_seq: Tensor, items: Tensor) -> None:
+    """``score(item_seq, items=...)``'s candidates: [B, C] ids in range, one row per sequence."""
+    check_ids("items", items)
+    if items.dim() != 2 or items.size(0) != item_seq.size(0):
+        raise ValueError(f"items must be [B={item_seq.size(0)}, C], got shape {tuple(items.shape)}")
+
+
 class SequentialRecommender(nn.Module):
     """Base class of the next-item models (SASRec, DIF-SR, SINE, DSS).
 
@@ -169,9 +176,7 @@ class SequentialRecommender(nn.Module):
             a candidate is 0. Dropout follows the module mode: call ``eval()`` first.
         """
         if items is not None:
-            check_ids("items", items)
-            if items.dim() != 2 or items.size(0) != item_seq.size(0):
-                raise ValueError(f"items must be [B={item_seq.size(0)}, C], got shape {tuple(items.shape)}")
+            check_candidates(item_seq, items)
         last = self.encode_last(item_seq, lengths)  # [B, D]
         table = self.item_table()
         if items is None:

@@ -136,7 +136,7 @@ from .layers import (
     init_transformer_weights,
     padding_mask,
 )
-from .base import LossOutput, SequentialRecommender, check_ids
+from .base import LossOutput, SequentialRecommender, check_candidates, check_ids
 from .config import EncoderConfig, Preset, spec
 from .losses import mixture_nll
 
@@ -402,11 +402,7 @@ class DSS(SequentialRecommender):
             a candidate is 0. Dropout follows the module mode: call ``eval()`` first.
         """
         if items is not None:
-            check_ids("items", items)
-            if items.dim() != 2 or items.size(0) != item_seq.size(0):
-                raise ValueError(
-                    f"items must be [B={item_seq.size(0)}, C], got shape {tuple(items.shape)}"
-                )
+            check_candidates(item_seq, items)
         phi = self.interests(item_seq, lengths)
         scores = self._item_logits(phi, items).logsumexp(dim=1)
         if items is None:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..ops import intent_cluster
 from ..ops.backend import get_backend
 from .layers import Dropout, PackedPositions, padding_mask
-from .base import LossOutput, SequentialRecommender, check_ids
+from .base import LossOutput, SequentialRecommender, check_candidates, check_ids
 from .config import ConfigBase, Preset, spec
 
 __all__ = ["SINEConfig", "SINE", "SINEOutput", "SINE_PRESETS", "MERGES", "INTENT_ATTENTIONS",
@@ -375,11 +375,7 @@ class SINE(SequentialRecommender):
                 scores = (out.interests @ weight.t()).amax(dim=1)  # [B, K, V+1] -> [B, V+1]
             pad = torch.arange(scores.size(1), device=scores.device) == 0
             return scores.masked_fill(pad, float("-inf"))
-        check_ids("items", items)
-        if items.dim() != 2 or items.size(0) != item_seq.size(0):
-            raise ValueError(
-                f"items must be [B={item_seq.size(0)}, C], got shape {tuple(items.shape)}"
-            )
+        check_candidates(item_seq, items)
         cand = self.item(items)  # [B, C, D]
         if self.config.merge == "aggregate":
             scores = torch.bmm(cand, out.user.unsqueeze(-1)).squeeze(-1)
