@@ -38,12 +38,23 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import REPO_ROOT, SHARED_DATA
 
-from seqrec.utils import run_folder_in_use
+from seqrec.utils import read_json, read_jsonl, run_folder_in_use
+
+
+def read_record(path: Path):
+    """A run's record (result.json, or history.jsonl / pretrain.jsonl: a list), its
+    checksums verified (seqrec.utils.ChecksumError names a changed file or line). Records
+    archived before runs carried checksums read without one, silently: they are the
+    archive this script reports, and one warning per file would bury the table."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(has no checksum|without a checksum)")
+        return read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
@@ -554,7 +565,7 @@ def archive(runs: list[Run], root: Path, dest: Path) -> list[str]:
 # ---------------------------------------------------------------------------- report
 def _result(run: Run, root: Path) -> dict | None:
     path = run.folder(root) / "result.json"
-    return json.loads(path.read_text()) if run.command == "train" and path.exists() else None
+    return read_record(path) if run.command == "train" and path.exists() else None
 
 
 def _cell(values: list[float]) -> str:
@@ -575,9 +586,9 @@ def status_line(run: Run, root: Path) -> str:
     else:
         state = "killed" if run.started(root) else "new"
     log = run.folder(root) / ("history.jsonl" if run.command == "train" else "pretrain.jsonl")
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    records = read_record(log) if log.exists() else []
     if not records and run.finished(root) and run.command == "train":  # archived: result.json only
-        records = json.loads((run.folder(root) / "result.json").read_text()).get("history", [])
+        records = read_record(run.folder(root) / "result.json").get("history", [])
     budget = run.args[run.args.index("--epochs") + 1] if "--epochs" in run.args else "?"
     line = f"{run.name:28s} {state:8s} epoch {len(records)}/{budget}"
     valid = [(r["epoch"], r["valid"]) for r in records if "valid" in r]

@@ -207,3 +207,27 @@ def test_difsr_paper_sasrec_row_uses_the_difsr_beauty_preset(tmp_path):
         assert float(flags[flag]) == float(value), flag
     sasrec = next(r for r in reproduce.suite_runs("difsr-paper", tmp_path) if r.name == "beauty_sasrec_paper")
     assert "--loss" in sasrec.args and sasrec.args[sasrec.args.index("--loss") + 1] == model["loss"]
+
+
+def test_report_verifies_record_checksums(tmp_path):
+    """A record changed after it was written is refused, naming the file; an archived
+    record from before checksums (plain JSON) still reads, without a warning per file."""
+    import warnings
+
+    from seqrec.utils import ChecksumError, write_json
+
+    run = _tiny("x", 1)
+    result = {"best_epoch": 1, "history": [{"epoch": 1, "valid": {"NDCG@20": 0.25}}], "test_full": {"NDCG@20": 0.125}}
+    (tmp_path / "x").mkdir()
+    path = tmp_path / "x" / "result.json"
+    write_json(path, result)
+    assert "0.1250" in reproduce.report([run], tmp_path, metrics=("NDCG@20",))
+    path.write_text(path.read_text().replace("0.125", "0.925"))
+    with pytest.raises(ChecksumError, match="result.json"):
+        reproduce.report([run], tmp_path, metrics=("NDCG@20",))
+    with pytest.raises(ChecksumError, match="result.json"):
+        reproduce.status_line(run, tmp_path)
+    path.write_text(json.dumps(result))  # an archived record from before checksums
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "0.1250" in reproduce.report([run], tmp_path, metrics=("NDCG@20",))
