@@ -18,7 +18,9 @@ _POP = ("from seqrec.eval.baselines import popularity_baseline as _pb\n"
 # name -> code of the check cell: prints {"models": {name: test metrics}, "pop": ..., extra}
 CHECKS = {
     "quickstart.ipynb": _POP + "_out = dict(models={'sasrec': result.test_full}, pop=_pop, "
-                               "recommended=[int(i) for i in items[0]], history=[int(i) for i in history])\n",
+                               "recommended=[int(i) for i in items[0]], history=[int(i) for i in history], "
+                               "csv=curve.to_dict('list'), fit_history=result.history, "
+                               "warmup=trainer.config.warmup_steps, steps_per_epoch=trainer.steps_per_epoch)\n",
     "s3rec_pretraining.ipynb": _POP + "_out = dict(models={k: r.test_full for k, r in rows.items()}, pop=_pop, "
                                       "pretrain_loss=[r['loss'] for r in pre_history])\n",
     "interests.ipynb": "_out = dict(models={k: r['result'].test_full for k, r in runs.items()}, pop=pop, "
@@ -75,6 +77,14 @@ def test_notebook_executes_and_shows_sound_results(path, monkeypatch):
         checked = [max(checked, key=lambda kv: kv[1]["NDCG@20"])]
     for name, metrics in checked:
         assert metrics["NDCG@20"] > pop, f"{path.name} {name}: NDCG@20 {metrics['NDCG@20']:.4f} <= popularity {pop:.4f}"
+    if path.name == "quickstart.ipynb":  # the CSV logger's file, plotted, is the run's history
+        csv, history = out["csv"], out["fit_history"]
+        assert csv["epoch"] == [r["epoch"] for r in history]
+        assert csv["loss"] == pytest.approx([r["loss"] for r in history], rel=1e-12)
+        assert csv["valid/NDCG@20"] == pytest.approx([r["valid"]["NDCG@20"] for r in history], rel=1e-12)
+        # one epoch of warmup reaches the full rate; the cosine then lowers it every epoch
+        assert out["warmup"] == out["steps_per_epoch"] and csv["lr"][0] == pytest.approx(3e-3)
+        assert all(b < a for a, b in zip(csv["lr"], csv["lr"][1:]))
     for name, nmi in out.get("nmi", {}).items():
         assert nmi > MIN_NMI[path.name], f"{path.name} {name}: NMI {nmi:.3f}"
         assert nmi > out["nmi_untrained"][name], f"{path.name} {name}: training did not raise the NMI"

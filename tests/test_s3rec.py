@@ -413,7 +413,7 @@ def test_pretrain_samples_are_the_authors_prefixes():
     assert samples.batch([0]).shape == (1, 1)  # width = the longest row
 
 
-def pretrainer(tmp_path, epochs, ds=None, **settings):
+def pretrainer(tmp_path, epochs, ds=None, trainer_kw=None, **settings):
     ds = ds or tiny_dataset()
     table, count, fields = item_attribute_table(ds)
     torch.manual_seed(0)
@@ -421,7 +421,7 @@ def pretrainer(tmp_path, epochs, ds=None, **settings):
                               hidden_size=16, num_layers=1))
     model.attach_dataset(ds)
     return Pretrainer(model, ds, PretrainConfig(epochs=epochs, batch_size=64, seed=5, progress=False, **settings),
-                      out_dir=tmp_path, model_spec={"name": "s3rec"})
+                      out_dir=tmp_path, model_spec={"name": "s3rec"}, **(trainer_kw or {}))
 
 
 def test_pretraining_lowers_the_loss_and_resumes_exactly(tmp_path):
@@ -448,6 +448,31 @@ def test_pretraining_lowers_the_loss_and_resumes_exactly(tmp_path):
         other.resume()
     for name, value in full.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[name]), name
+
+
+def test_pretraining_with_an_injected_optimizer_and_scheduler_resumes_exactly(tmp_path):
+    import functools
+
+    def kw():
+        return {"optimizer": functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+                "scheduler": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)}
+
+    full = pretrainer(tmp_path / "full", 3, trainer_kw=kw())
+    history = full.fit()
+    assert type(full.optimizer) is torch.optim.SGD
+    assert full.scheduler.last_epoch == 3 * full.num_batches()
+    first = pretrainer(tmp_path / "split", 1, trainer_kw=kw())
+    first.fit()
+    second = pretrainer(tmp_path / "split", 3, trainer_kw=kw())
+    assert second.resume() and second.scheduler.last_epoch == second.num_batches()
+    second.fit()
+    assert [r["loss"] for r in second.history] == [r["loss"] for r in history]
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[name]), name
+    with pytest.raises(ValueError, match="the checkpoint's optimizer is SGD, this run's is Adam"):
+        pretrainer(tmp_path / "split", 4).resume()
+    with pytest.raises(ValueError, match="with a learning-rate schedule, this run has none"):
+        pretrainer(tmp_path / "split", 4, trainer_kw={"optimizer": kw()["optimizer"]}).resume()
 
 
 def test_snapshots_are_the_shorter_runs(tmp_path):

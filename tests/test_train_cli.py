@@ -1,6 +1,7 @@
 """Trainer, checkpoints (resume after a real kill), CLI and the popularity baseline."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -344,3 +345,88 @@ def test_loss_terms_without_a_loss_output_is_a_clear_error():
     trainer = Trainer(NoTotal(), ds.leave_one_out(max_len=10), config)
     with pytest.raises(TypeError, match="NoTotal.loss_terms must return a seqrec.models.LossOutput"):
         trainer.fit()
+
+
+# ---------------------------------------------------------------- trainer and split options (issue 26)
+def test_cli_trainer_options_reach_the_run(tmp_path, capsys):
+    from seqrec.utils import read_jsonl
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out), "--scheduler", "cosine", "--warmup-steps", "2",
+                 "--clip-grad-norm", "1.5", "--accumulate", "2", "--autocast", "bf16", "--logger", "jsonl,csv",
+                 "--metrics", "Precision", "Coverage"]) == 0
+    printed = capsys.readouterr().out
+    assert "Precision@5" in printed and "Coverage@20" in printed
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert (train["scheduler"], train["warmup_steps"], train["grad_clip"], train["accumulate"], train["autocast"],
+            train["metrics"]) == ("cosine", 2, 1.5, 2, "bf16", ["Precision", "Coverage"])
+    history = read_jsonl(out / "history.jsonl")
+    assert history[-1]["lr"] == 0.0  # cosine ends at 0
+    header = (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "loss", "lr", "valid/NDCG@20", "valid/Precision@5", "valid/Coverage@20"} <= set(header)
+    assert main(["evaluate", "--checkpoint", str(out)]) == 0  # a bf16-trained run evaluates on the CPU
+    assert "Precision@5" in capsys.readouterr().out
+
+
+def _timed_atomic(tmp_path):
+    """The tiny synthetic data as RecBole atomic files with timestamps (a global clock)."""
+    ds = synthetic(num_users=300, num_items=150, seed=0)
+    rng = np.random.default_rng(0)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(ds.num_users):
+        seq = ds.sequence(u)
+        times = np.sort(rng.uniform(0, 1000, len(seq)))
+        lines += [f"u{u}\ti{int(i)}\t{t:.3f}" for i, t in zip(seq, times)]
+    path = tmp_path / "timed" / "timed.inter"
+    path.parent.mkdir()
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("split_args,name", [
+    (["--split", "temporal", "--temporal-cut", "0.7"], "temporal (cut t="),
+    (["--split", "ratio", "--ratios", "0.6", "0.2", "0.2"], "ratio 0.6/0.2/0.2"),
+    (["--negatives", "popularity"], "leave-one-out"),
+])
+def test_cli_split_and_negatives_options(tmp_path, capsys, split_args, name):
+    data = _timed_atomic(tmp_path)
+    tiny = [a if a != "synthetic" else str(data) for a in TINY]
+    out = tmp_path / "run"
+    assert main(["train", *tiny, "--epochs", "1", "--out", str(out), *split_args]) == 0
+    captured = capsys.readouterr()
+    assert f"split: {name}" in captured.err  # the split's card
+    result = json.loads((out / "result.json").read_text())
+    assert name in result["protocol_full"] and name in result["protocol_sampled"]
+    popular = "--negatives" in split_args
+    assert ("popularity-sampled negatives" in result["protocol_sampled"]) == popular
+    assert main(["evaluate", "--checkpoint", str(out)]) == 0  # rebuilds the same split
+    printed = capsys.readouterr().out
+    assert name in printed
+    assert f"{result['test_full']['NDCG@20']:.4f}" in printed and f"{result['test_sampled']['MRR']:.4f}" in printed
+    # resuming with another split is refused
+    assert main(["train", *tiny, "--epochs", "2", "--out", str(out), "--resume", "--split", "leave-one-out"]) == 2
+    assert "differs in split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--autocast", "fp16"], "autocast 'fp16' needs a CUDA device"),
+    (["--logger", "jsonl,wandb"], "argument --logger: unknown logger"),
+    (["--scheduler", "linear"], "argument --scheduler: invalid choice"),
+    (["--warmup-steps", "-1"], "argument --warmup-steps: must be >= 0"),
+    (["--accumulate", "0"], "argument --accumulate: must be >= 1"),
+    (["--clip-grad-norm", "0"], "argument --clip-grad-norm: must be > 0"),
+    (["--lr-gamma", "1.5"], r"argument --lr-gamma: must lie in \(0, 1\]"),
+    (["--ratios", "0.5", "0.2", "0.2", "--split", "ratio"], "--ratios must sum to 1"),
+    (["--ratios", "0.6", "0.2", "0.2"], "--ratios applies to --split ratio"),
+    (["--temporal-cut", "0.8"], "--temporal-cut applies to --split temporal"),
+    (["--split", "temporal", "--temporal-cut", "0.9", "0.8"], "must come after the first"),
+    (["--split", "temporal", "--temporal-cut", "1.2"], "argument --temporal-cut: must lie strictly between 0 and 1"),
+    (["--split", "temporal"], "a temporal split needs timestamps"),
+    (["--metrics", "Gini", "--metric", "Gini@20"], "TrainConfig.metric must be one of"),
+    (["--metrics", "Coverage", "--valid-ranking", "sampled", "--metric", "MRR"], "full-ranking top-K lists"),
+])
+def test_cli_refuses_bad_trainer_options(capsys, args, message):
+    with pytest.raises(SystemExit) if "argument" in message else contextlib.nullcontext():
+        code = main(["train", *TINY, "--epochs", "1", *args])
+        assert code == 2
+    assert re.search(message, capsys.readouterr().err)

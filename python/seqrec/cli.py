@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=positive_float, default=None,
                    help="Adam learning rate " + _defaults_text({m: d["lr"] for m, d in MODEL_DEFAULTS.items()}))
     t.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="Adam weight decay (default: 0)")
+    _add_trainer_args(t)
     t.add_argument("--patience", type=nonneg_int, default=10,
                    help="evaluations without improvement before stopping (0: never)")
     t.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
@@ -291,6 +292,123 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ks", type=positive_int, nargs="+", default=[5, 10, 20])
     _add_download_parser(dsub)
     return parser
+
+
+def unit_fraction(text: str) -> float:
+    """A number in (0, 1): a quantile or a share."""
+    value = _number(text, float)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+def gamma_float(text: str) -> float:
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def logger_names(text: str) -> str:
+    """--logger: comma-separated names, checked while parsing (the TensorBoard import is
+    checked when the run starts, before any training)."""
+    from .train.callbacks import LOGGERS
+
+    names = [n.strip() for n in text.split(",")] if text.strip() not in ("", "none") else []
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown logger(s) {', '.join(map(repr, unknown))}; choose from "
+                                         f"{', '.join(LOGGERS)} (comma-separated) or none")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a logger named twice in {text!r}")
+    return ",".join(names)
+
+
+def _add_trainer_args(t) -> None:
+    """Optimisation, logging, split and evaluation options of `seqrec train` (TrainConfig's
+    fields and the split; the model options are elsewhere)."""
+    from .eval.metrics import EXTRA_METRICS
+    from .train.optim import AUTOCAST, SCHEDULERS
+
+    o = t.add_argument_group("optimisation and logging")
+    o.add_argument("--scheduler", choices=SCHEDULERS, default="none",
+                   help="learning-rate schedule, stepped per optimizer step: none (constant), cosine (to 0 at the "
+                        "end of --epochs; a resume cannot change --epochs), step (times --lr-gamma every "
+                        "--lr-step-epochs epochs) (default: none)")
+    o.add_argument("--warmup-steps", type=nonneg_int, default=0, metavar="N",
+                   help="linear warmup over the first N optimizer steps, before the schedule (default: 0)")
+    o.add_argument("--lr-step-epochs", type=positive_int, default=10, metavar="N",
+                   help="--scheduler step: epochs between two decays (default: 10)")
+    o.add_argument("--lr-gamma", type=gamma_float, default=0.1,
+                   help="--scheduler step: factor of each decay, in (0, 1] (default: 0.1)")
+    o.add_argument("--clip-grad-norm", type=positive_float, default=None, metavar="MAX",
+                   help="clip the global L2 norm of the gradients to MAX before each step (default: no clipping)")
+    o.add_argument("--accumulate", type=positive_int, default=1, metavar="N",
+                   help="sum the gradients of N batches (each loss / N) into one optimizer step; the last group of "
+                        "an epoch may be smaller (default: 1)")
+    o.add_argument("--autocast", choices=AUTOCAST, default="none",
+                   help="mixed precision of the training forward pass: bf16 (CPU and CUDA) or fp16 (CUDA only, "
+                        "with a gradient scaler); evaluation stays in float32 (default: none)")
+    o.add_argument("--logger", type=logger_names, default="jsonl", metavar="NAMES",
+                   help="comma-separated loggers writing each epoch's record into --out: jsonl (history.jsonl), "
+                        "csv (history.csv), tensorboard (tensorboard/; needs pip install 'seqrec[tensorboard]'), "
+                        "or none (default: jsonl)")
+    e = t.add_argument_group("split and evaluation protocol")
+    e.add_argument("--split", choices=["leave-one-out", "temporal", "ratio"], default="leave-one-out",
+                   help="leave-one-out (default); temporal: one global time cut, training strictly before it "
+                        "(needs timestamps); ratio: per user, chronological shares")
+    e.add_argument("--temporal-cut", type=unit_fraction, nargs="+", default=None, metavar="Q",
+                   help="--split temporal: the cut as a quantile of all interaction times (default 0.8); a second "
+                        "quantile gives a separate test cut (valid in [Q1, Q2), test after Q2)")
+    e.add_argument("--ratios", type=unit_fraction, nargs=3, default=None, metavar=("TRAIN", "VALID", "TEST"),
+                   help="--split ratio: the three shares, summing to 1 (default 0.8 0.1 0.1)")
+    e.add_argument("--negatives", choices=["uniform", "popularity"], default="uniform",
+                   help="negatives of the sampled evaluation protocol: uniform among the user's unseen items, or "
+                        "popularity-proportional (training counts); named in the protocol card (default: uniform)")
+    e.add_argument("--metrics", nargs="+", choices=EXTRA_METRICS, default=[], metavar="NAME",
+                   help="metrics beside HR, NDCG and MRR, from the same ranking pass: " + ", ".join(EXTRA_METRICS)
+                        + " (Coverage and Gini: full ranking only)")
+
+
+def _split_spec(args) -> dict:
+    """The split options of `seqrec train`, checked together, as the run's spec records them."""
+    if args.temporal_cut is not None and args.split != "temporal":
+        raise ValueError(f"--temporal-cut applies to --split temporal, not --split {args.split}")
+    if args.ratios is not None and args.split != "ratio":
+        raise ValueError(f"--ratios applies to --split ratio, not --split {args.split}")
+    spec = {"kind": args.split, "negatives": args.negatives}
+    if args.split == "temporal":
+        cuts = args.temporal_cut or [0.8]
+        if len(cuts) > 2:
+            raise ValueError(f"--temporal-cut takes one or two quantiles, got {len(cuts)}")
+        if len(cuts) == 2 and not cuts[0] < cuts[1]:
+            raise ValueError(f"--temporal-cut: the test cut ({cuts[1]}) must come after the first ({cuts[0]})")
+        spec["cut"], spec["test_cut"] = cuts[0], (cuts[1] if len(cuts) == 2 else None)
+    elif args.split == "ratio":
+        ratios = args.ratios or [0.8, 0.1, 0.1]
+        if abs(sum(ratios) - 1) > 1e-6:
+            raise ValueError(f"--ratios must sum to 1, got {' + '.join(map(str, ratios))} = {sum(ratios):g}")
+        spec["ratios"] = list(ratios)
+    return spec
+
+
+def build_split(dataset, spec: dict | None, max_len: int):
+    """The split a run's spec names (``spec["data"]["split"]``; None: leave-one-out, as
+    runs recorded before the option existed)."""
+    from .data.splits import LeaveOneOut, RatioSplit, TemporalSplit
+
+    spec = spec or {"kind": "leave-one-out", "negatives": "uniform"}
+    negatives = spec.get("negatives", "uniform")
+    if spec["kind"] == "leave-one-out":
+        # The original split object where it suffices: the same batches and candidates.
+        return dataset.leave_one_out(max_len=max_len) if negatives == "uniform" else \
+            LeaveOneOut(dataset, max_len, eval_negatives=negatives)
+    if spec["kind"] == "temporal":
+        return TemporalSplit.at_quantiles(dataset, spec["cut"], spec.get("test_cut"), max_len=max_len,
+                                          eval_negatives=negatives)
+    if spec["kind"] == "ratio":
+        return RatioSplit(dataset, tuple(spec["ratios"]), max_len=max_len, eval_negatives=negatives)
+    raise ValueError(f"unknown split {spec['kind']!r}; the splits are leave-one-out, temporal, ratio")
 
 
 def _add_download_parser(dsub) -> None:
@@ -560,8 +678,9 @@ def cmd_train(args) -> int:
     if args.init is not None:
         init_state, init_spec, init_path = _read_init(args.init, read_pretrained_state)
     _apply_preset(args)
+    split_spec = _split_spec(args)
     dataset = _load(args)
-    split = dataset.leave_one_out(max_len=args.max_len)
+    split = build_split(dataset, split_spec, args.max_len)
     name, config = _model_config(args, dataset, (init_spec or {}).get("config"))
     defaults = MODEL_DEFAULTS[args.model]
     num_negatives = args.num_negatives
@@ -574,18 +693,25 @@ def cmd_train(args) -> int:
         patience=args.patience, eval_every=args.eval_every, metric=args.metric, valid_ranking=args.valid_ranking,
         ks=tuple(args.ks), sampled_negatives=args.sampled_negatives, exclude_history=not args.no_exclude_history,
         eval_chunk_size=args.eval_chunk_size, eval_memory=args.eval_memory,
-        seed=args.seed, device=args.device, progress=args.progress)
+        seed=args.seed, device=args.device, progress=args.progress,
+        grad_clip=args.clip_grad_norm, scheduler=args.scheduler, warmup_steps=args.warmup_steps,
+        lr_step_epochs=args.lr_step_epochs, lr_gamma=args.lr_gamma, accumulate=args.accumulate,
+        autocast=args.autocast, metrics=tuple(args.metrics))
+    from .train.callbacks import make_loggers
+
+    loggers = make_loggers(args.logger)  # a missing tensorboard is said now, before any training
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(name, backend=args.backend, attributes=dataset, **config)
     # The whole config, defaults included: a later change of a default cannot change what a
     # checkpoint means (resume and evaluate rebuild the model from it).
     spec = {"name": name, "config": dataclasses.asdict(model.config), "backend": args.backend, "preset": args.preset,
             "data": {"source": args.data, "format": args.format, "kcore": args.kcore, "max_len": args.max_len,
-                     "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items}}
+                     "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items,
+                     "split": split_spec}}
     if init_state is not None:
         spec["init"] = _init_weights(args, model, dataset.num_items, init_spec, init_state, init_path)
         spec["finetune_of"] = args.model if args.model in PRETRAIN_MODELS else None
-    trainer = Trainer(model, split, train_config, out_dir=args.out, model_spec=spec)
+    trainer = Trainer(model, split, train_config, out_dir=args.out, model_spec=spec, loggers=loggers)
     _clear_run_folder(args, previous_run)  # --overwrite: only now that the new run is ready to start
     if args.resume:
         if trainer.resume():
@@ -596,6 +722,8 @@ def cmd_train(args) -> int:
              else "--out DIR keeps the run and its config")
     print(f"{dataset!r}; {split.info.name}, max_len {split.max_len}\nmodel {name}, {num_params:,} parameters; "
           f"{where}", file=sys.stderr)
+    if hasattr(split, "describe"):  # the splits of seqrec.data.splits carry their protocol card
+        print(split.describe(), file=sys.stderr)
 
     def on_epoch(rec):
         valid = rec.get("valid")
@@ -681,9 +809,10 @@ def cmd_evaluate(args) -> int:
     model.load_state_dict(state["best_state"] or state["model"])
     cfg = dict(state["train_config"])
     cfg["device"] = args.device
+    cfg["autocast"] = "none"  # a training setting (fp16 would refuse a CPU device); evaluation runs in float32
     if args.eval_chunk_size is not None or args.eval_memory is not None:
         cfg["eval_chunk_size"], cfg["eval_memory"] = args.eval_chunk_size, args.eval_memory
-    trainer = Trainer(model, dataset.leave_one_out(max_len=data["max_len"]), TrainConfig(**cfg))
+    trainer = Trainer(model, build_split(dataset, data.get("split"), data["max_len"]), TrainConfig(**cfg))
     # Say which weights these are: an unfinished run (killed, or still training) is
     # evaluated at its best epoch so far.
     finished = state["epoch"] >= cfg["epochs"] or (cfg["patience"] and state["bad_evals"] >= cfg["patience"])

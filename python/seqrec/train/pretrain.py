@@ -34,6 +34,7 @@ from ..data import SequenceDataset
 from ..ops.seq_mask import SeqMaskOutput
 from ..progress import progress_bar
 from ..utils import release_freed_memory, save_torch, write_jsonl
+from . import optim
 from .trainer import check_finite_parameters, non_finite_loss_message
 
 __all__ = ["PretrainConfig", "PretrainSamples", "Pretrainer", "PRETRAIN_CHECKPOINT", "PRETRAIN_LOG",
@@ -131,6 +132,12 @@ class PretrainSamples:
 _MASK64 = (1 << 64) - 1
 
 
+class _NoSchedule:
+    """PretrainConfig has no schedule fields: a scheduler comes only as an argument."""
+
+    scheduler, warmup_steps = "none", 0
+
+
 def _mix64(z: int) -> int:  # splitmix64's finaliser
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
@@ -153,14 +160,18 @@ class Pretrainer:
     """
 
     def __init__(self, model: torch.nn.Module, dataset: SequenceDataset, config: PretrainConfig,
-                 out_dir: str | Path | None = None, model_spec: dict | None = None):
+                 out_dir: str | Path | None = None, model_spec: dict | None = None, *, optimizer=None,
+                 scheduler=None):
         self.model = model.to(config.device)
         self.config = config
         self.samples = PretrainSamples(dataset, model.config.max_len, config.samples)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.model_spec = model_spec or {}
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                                          weight_decay=config.weight_decay, fused=True)
+        # As the Trainer's (seqrec.train.optim): an optimizer or a factory f(params), default
+        # fused Adam; a scheduler or a factory f(optimizer), stepped per optimizer step.
+        self.optimizer = optim.resolve_optimizer(optimizer, model, config)
+        self.scheduler = optim.resolve_scheduler(scheduler, self.optimizer, _NoSchedule, self.num_batches()) \
+            if scheduler is not None else None
         self.epoch = 0
         self.history: list[dict] = []
         self._seeded = False
@@ -203,6 +214,8 @@ class Pretrainer:
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
             for name, value in (("loss", loss), *losses.items()):
                 sums[name] = sums.get(name, 0.0) + value.item()
             count += 1
@@ -243,6 +256,8 @@ class Pretrainer:
             "pretrain_config": asdict(self.config),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "optimizer_class": type(self.optimizer).__qualname__,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
             "history": self.history,
             "rng": {"torch": torch.get_rng_state()},
@@ -262,7 +277,8 @@ class Pretrainer:
         the optimizer and RNG (not resumable; ``pretrain.pt`` is)."""
         if self.out_dir is None:
             return
-        state = {k: v for k, v in self.state_dict().items() if k not in ("optimizer", "rng")}
+        state = {k: v for k, v in self.state_dict().items()
+                 if k not in ("optimizer", "optimizer_class", "scheduler", "rng")}
         save_torch(state, self.snapshot_path(self.epoch))
 
     def _log(self) -> None:
@@ -289,8 +305,18 @@ class Pretrainer:
             raise ValueError(f"{path}: not a pretraining checkpoint")
         check_resumable(path, state.get("pretrain_config", {}), asdict(self.config), state.get("model_spec", {}),
                         self.model_spec, self.RESUME_MAY_CHANGE)
+        saved_class = state.get("optimizer_class")
+        if saved_class is not None and saved_class != type(self.optimizer).__qualname__:
+            raise ValueError(f"{path}: cannot resume: the checkpoint's optimizer is {saved_class}, this run's is "
+                             f"{type(self.optimizer).__qualname__}")
+        if (self.scheduler is None) != (state.get("scheduler") is None):
+            raise ValueError(f"{path}: cannot resume: the checkpoint was trained "
+                             + ("without a learning-rate schedule, this run has one" if self.scheduler is not None
+                                else "with a learning-rate schedule, this run has none"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = state["epoch"]
         self.history = state["history"]
         torch.set_rng_state(state["rng"]["torch"])

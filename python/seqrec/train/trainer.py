@@ -11,12 +11,18 @@ next-item model is one; a model of your own subclasses it):
 Resume is exact on CPU: the epoch's user order and negatives are pure functions of
 (seed, epoch) (see :meth:`LeaveOneOutSplit.train_batches`), and a checkpoint written at
 the end of every epoch holds the model, the optimizer, every RNG state, the early-stop
-state and the history. A run killed mid-epoch restarts that epoch from its beginning
-with the same RNG state, so it ends with exactly the metrics of an uninterrupted run.
+state and the history (and the learning-rate schedule and fp16 gradient scaler where
+used). A run killed mid-epoch restarts that epoch from its beginning with the same RNG
+state, so it ends with exactly the metrics of an uninterrupted run. Gradient
+accumulation groups never cross an epoch's end, so an epoch boundary holds no
+half-accumulated gradient.
+
+Extension points (see :mod:`seqrec.train.optim` and :mod:`seqrec.train.callbacks`):
+``Trainer(..., optimizer=, scheduler=, callbacks=, loggers=)``; the config's
+``scheduler``/``warmup_steps``, ``grad_clip``, ``accumulate`` and ``autocast``.
 """
 from __future__ import annotations
 
-import copy
 import math
 import random
 import re
@@ -24,23 +30,25 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..data.split import LeaveOneOutSplit
 from ..eval import Protocol, evaluate_full_ranking, evaluate_sampled
+from ..eval.metrics import EXTRA_METRICS, LIST_METRICS, _check_extra
 from ..eval.memory import default_eval_memory, parse_memory
 from ..models.base import LossOutput
 from ..progress import progress_bar, progress_enabled, progress_stream
-from ..utils import ChecksumError, load_torch, release_freed_memory, save_torch, write_json, write_jsonl
+from ..utils import ChecksumError, load_torch, release_freed_memory, save_torch, write_json
+from . import optim
+from .callbacks import CSV_NAME, LOG_NAME, Callback, Checkpoint, EarlyStopping, JSONLinesLogger, LambdaCallback
 
 CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "history.jsonl"
 RESULT_NAME = "result.json"
 # Every file a training run writes into its folder (what --overwrite replaces).
-RUN_FILES = re.compile("|".join(map(re.escape, (CHECKPOINT_NAME, LOG_NAME, RESULT_NAME))))
+RUN_FILES = re.compile("|".join(map(re.escape, (CHECKPOINT_NAME, LOG_NAME, RESULT_NAME, CSV_NAME))))
 
 
 @dataclass
@@ -70,7 +78,24 @@ class TrainConfig:
     sampled_negatives: int = 99
     seed: int = 42
     device: str = "cpu"
+    # Clip the gradients' global L2 norm to this before each step (None: no clipping).
     grad_clip: float | None = None
+    # Learning-rate schedule, stepped per optimizer step (seqrec.train.optim.build_scheduler):
+    # "none", "cosine" (to 0 at the last epoch's end) or "step" (times lr_gamma every
+    # lr_step_epochs epochs), after warmup_steps of linear warmup.
+    scheduler: str = "none"
+    warmup_steps: int = 0
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    # Batches whose gradients are summed (each loss divided by the group's size) into one
+    # optimizer step; a group never crosses an epoch's end.
+    accumulate: int = 1
+    # Mixed precision of the training forward pass: "none", "bf16" (CPU and CUDA) or
+    # "fp16" (CUDA only, with a gradient scaler). Evaluation runs in the model's precision.
+    autocast: str = "none"
+    # Opt-in metric families beside HR/NDCG/MRR (seqrec.eval.metrics.EXTRA_METRICS):
+    # Precision, MAP (every protocol), Coverage, Gini (full ranking only).
+    metrics: tuple[str, ...] = ()
     # None: on where a person watches (a terminal, a notebook), off in CI and logs
     # (seqrec.progress.progress_enabled); True / False force it.
     progress: bool | None = None
@@ -91,8 +116,32 @@ class TrainConfig:
         self.ks = tuple(int(k) for k in self.ks)
         if self.valid_ranking not in ("full", "sampled"):
             raise ValueError(f"TrainConfig.valid_ranking must be 'full' or 'sampled', got {self.valid_ranking!r}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"TrainConfig.grad_clip must be a finite number > 0 or None, got {self.grad_clip}")
+        if self.scheduler not in optim.SCHEDULERS:
+            raise ValueError(f"TrainConfig.scheduler must be one of {list(optim.SCHEDULERS)}, got {self.scheduler!r}")
+        for name, minimum in (("warmup_steps", 0), ("lr_step_epochs", 1), ("accumulate", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"TrainConfig.{name} must be an int >= {minimum}, got {value!r}")
+        if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
+            raise ValueError(f"TrainConfig.lr_gamma must lie in (0, 1], got {self.lr_gamma}")
+        if self.autocast not in optim.AUTOCAST:
+            raise ValueError(f"TrainConfig.autocast must be one of {list(optim.AUTOCAST)}, got {self.autocast!r}")
+        if self.autocast == "fp16" and torch.device(self.device).type != "cuda":
+            raise ValueError(f"TrainConfig.autocast 'fp16' needs a CUDA device (it scales the loss with a "
+                             f"GradScaler, a CUDA feature here), got device {self.device!r}; use 'bf16' on the CPU")
+        try:
+            self.metrics = _check_extra(self.metrics)
+        except ValueError as exc:
+            raise ValueError(f"TrainConfig.metrics: {exc}") from None
+        if self.valid_ranking == "sampled" and any(m in LIST_METRICS for m in self.metrics):
+            raise ValueError(f"TrainConfig.metrics: {[m for m in self.metrics if m in LIST_METRICS]} describe "
+                             "full-ranking top-K lists; they cannot be computed with valid_ranking='sampled'")
         ks = self.ks + ((1,) if self.valid_ranking == "sampled" else ())  # sampled runs also report @1
-        valid_metrics = {f"{m}@{k}" for m in ("HR", "NDCG") for k in ks} | {"MRR"}
+        # Selection maximises the metric: Gini (lower = less concentrated) cannot select.
+        valid_metrics = {f"{m}@{k}" for m in ("HR", "NDCG") + tuple(e for e in self.metrics if e != "Gini")
+                         for k in ks} | {"MRR"}
         if self.metric not in valid_metrics:
             raise ValueError(f"TrainConfig.metric must be one of {sorted(valid_metrics)}, got {self.metric!r}")
 
@@ -110,25 +159,48 @@ class FitResult:
 
 class Trainer:
     """Train ``model`` on ``split`` with ``config``; write checkpoints and a JSON-lines log
-    into ``out_dir`` when given."""
+    into ``out_dir`` when given.
+
+    Args:
+        optimizer: a :class:`torch.optim.Optimizer` over ``model``'s parameters, or a
+            factory ``f(params) -> Optimizer`` (e.g. ``functools.partial(torch.optim.AdamW,
+            lr=3e-4)``); default: fused Adam with the config's ``lr``, ``betas`` and
+            ``weight_decay`` (:func:`seqrec.train.optim.build_optimizer`).
+        scheduler: an ``LRScheduler`` over that optimizer, or a factory ``f(optimizer) ->
+            LRScheduler``; stepped once per optimizer step. Default: the config's
+            ``scheduler`` / ``warmup_steps`` (none: a constant rate).
+        callbacks: :class:`~seqrec.train.callbacks.Callback` objects (hooks on train start,
+            step end, evaluation end, epoch end, train end).
+        loggers: callbacks that write the history; default ``[JSONLinesLogger()]``
+            (``out_dir/history.jsonl``); ``[]`` for none. See
+            :func:`seqrec.train.callbacks.make_loggers`.
+    """
 
     def __init__(self, model: torch.nn.Module, split: LeaveOneOutSplit, config: TrainConfig,
-                 out_dir: str | Path | None = None, model_spec: dict | None = None):
+                 out_dir: str | Path | None = None, model_spec: dict | None = None, *,
+                 optimizer: torch.optim.Optimizer | optim.OptimizerFactory | None = None,
+                 scheduler=None, callbacks: Sequence[Callback] = (), loggers: Sequence[Callback] | None = None):
         self.model = model.to(config.device)
         self.split = split
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.model_spec = model_spec or {}
-        # fused: one kernel for all parameters (25x faster than the per-tensor loop on CPU).
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                                          weight_decay=config.weight_decay, fused=True)
+        self.optimizer = optim.resolve_optimizer(optimizer, model, config)
+        self.steps_per_epoch = -(-split.num_train_batches(config.batch_size) // config.accumulate)
+        self.scheduler = optim.resolve_scheduler(scheduler, self.optimizer, config, self.steps_per_epoch)
+        self.precision = optim.Precision(config.autocast, config.device)
         self.epoch = 0  # epochs completed
-        self.best_metric = -math.inf
-        self.best_epoch = -1
-        self.best_valid: dict = {}
-        self.best_state: dict | None = None
-        self.bad_evals = 0
+        self.global_step = 0  # optimizer steps taken
+        self.should_stop = False  # set by a callback (early stopping) to end fit() after this epoch
         self.history: list[dict] = []
+        self.early_stopping = EarlyStopping()
+        for callback in [*callbacks, *(loggers or ())]:
+            if not isinstance(callback, Callback):
+                raise TypeError(f"callbacks and loggers must be seqrec.train.callbacks.Callback objects, got "
+                                f"{type(callback).__name__}")
+        self.loggers = list(loggers) if loggers is not None else [JSONLinesLogger()]
+        # The checkpoint before the loggers: no log runs ahead of what a resume restores.
+        self.callbacks: list[Callback] = [self.early_stopping, Checkpoint(), *self.loggers, *callbacks]
         # The sampled protocol needs `sampled_negatives` unseen items for every user, which
         # a small catalogue can lack: find out now rather than after training.
         self.sampled_problem: str | None = split.sampled_shortfall(config.sampled_negatives)
@@ -137,6 +209,17 @@ class Trainer:
             if config.valid_ranking == "sampled":
                 raise ValueError(f"sampled validation cannot run: {self.sampled_problem}")
             warnings.warn(f"the sampled protocol will be skipped: {self.sampled_problem}", stacklevel=2)
+
+    # Model selection lives in the EarlyStopping callback; these read it.
+    best_metric = property(lambda self: self.early_stopping.best_metric)
+    best_epoch = property(lambda self: self.early_stopping.best_epoch)
+    best_valid = property(lambda self: self.early_stopping.best_valid)
+    best_state = property(lambda self: self.early_stopping.best_state)
+    bad_evals = property(lambda self: self.early_stopping.bad_evals)
+
+    def _call(self, hook: str, *args, callbacks: Sequence[Callback] | None = None) -> None:
+        for callback in self.callbacks if callbacks is None else callbacks:
+            getattr(callback, hook)(self, *args)
 
     # ------------------------------------------------------------------ protocols
     def protocol(self, ranking: str) -> Protocol:
@@ -167,7 +250,8 @@ class Trainer:
                     memory = default_eval_memory(cfg.device)
                 metrics, _ = evaluate_full_ranking(
                     score_fn, batch.target, batch.history_indptr, batch.history_items, ks=cfg.ks,
-                    chunk_size=cfg.eval_chunk_size, exclude_history=cfg.exclude_history, memory=memory)
+                    chunk_size=cfg.eval_chunk_size, exclude_history=cfg.exclude_history, memory=memory,
+                    metrics=cfg.metrics)
             elif ranking == "sampled":
                 if self.sampled_problem is not None:
                     raise ValueError(f"the sampled protocol cannot run: {self.sampled_problem}")
@@ -177,8 +261,10 @@ class Trainer:
                     rows_d = rows.to(cfg.device)
                     return model.score(inputs[rows_d], lengths[rows_d], items=cand[rows].to(cfg.device)).float().cpu()
 
+                # Coverage and Gini describe full-ranking top-K lists: not computed here.
                 metrics, _ = evaluate_sampled(cand_score_fn, len(cand), ks=(1,) + cfg.ks,
-                                              chunk_size=cfg.eval_chunk_size or 1024)
+                                              chunk_size=cfg.eval_chunk_size or 1024,
+                                              metrics=[m for m in cfg.metrics if m not in LIST_METRICS])
             else:
                 raise ValueError(f"ranking must be 'full' or 'sampled', got {ranking!r}")
         finally:
@@ -200,13 +286,15 @@ class Trainer:
         model.train()
         total, count = 0.0, 0
         term_sums: dict[str, torch.Tensor] = {}  # summed on the device: no sync per term
+        num_batches = self.split.num_train_batches(cfg.batch_size)
         batches = self.split.train_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                            num_negatives=cfg.num_negatives)
-        bar = progress_bar(batches, progress=cfg.progress, total=self.split.num_train_batches(cfg.batch_size),
-                           desc=f"epoch {epoch + 1}", leave=False)
+        bar = progress_bar(batches, progress=cfg.progress, total=num_batches, desc=f"epoch {epoch + 1}", leave=False)
+        group_loss = 0.0
         for step, batch in enumerate(bar):
             batch = batch.to(cfg.device)
-            out = model.loss_terms(batch)
+            with self.precision.autocast():
+                out = model.loss_terms(batch)
             if not isinstance(out, LossOutput):
                 raise TypeError(f"{type(model).__name__}.loss_terms must return a seqrec.models.LossOutput "
                                 f"(the total under .loss), got {type(out).__name__}")
@@ -216,14 +304,22 @@ class Trainer:
                     term_sums[name] = term_sums.get(name, 0) + value.detach().double()
             if not torch.isfinite(loss):
                 raise FloatingPointError(non_finite_loss_message(
-                    f"epoch {epoch + 1}, step {step + 1} of {self.split.num_train_batches(cfg.batch_size)}",
+                    f"epoch {epoch + 1}, step {step + 1} of {num_batches}",
                     loss.item(), cfg.lr, self.out_dir is not None))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            total += loss.item()
+            # Accumulation: batches [first, first + size) make one step; the last group of
+            # an epoch may be smaller, and each loss is divided by its own group's size.
+            first = step - step % cfg.accumulate
+            size = min(cfg.accumulate, num_batches - first)
+            if step == first:
+                self.optimizer.zero_grad(set_to_none=True)
+            self.precision.backward(loss / size if size > 1 else loss)
+            loss_value = loss.item()
+            group_loss += loss_value
+            if step + 1 == first + size:
+                self._optimizer_step()
+                self._call("on_step_end", self.global_step, group_loss / size)
+                group_loss = 0.0
+            total += loss_value
             count += 1
             bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
         # A finite loss can still take a step to NaN/Inf weights (an Inf gradient): caught
@@ -231,42 +327,54 @@ class Trainer:
         check_finite_parameters(model, f"epoch {epoch + 1}", cfg.lr, self.out_dir is not None)
         return total / max(count, 1), {name: float(v) / max(count, 1) for name, v in term_sums.items()}
 
+    def _optimizer_step(self) -> None:
+        """One optimizer step from the accumulated gradients: unscale (fp16), clip, step,
+        then the schedule."""
+        self.precision.unscale_(self.optimizer)
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.precision.step(self.optimizer)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.global_step += 1
+
     def fit(self, *, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
         """Train until ``epochs`` or early stopping, restore the best model (by the
         validation metric) and evaluate it on the test set, full and sampled.
 
-        ``on_epoch(record)`` is called after every epoch; without one, and with progress
-        on (``config.progress``), one line per epoch is printed (loss, validation metric)."""
+        ``on_epoch(record)`` is called after every epoch (after the trainer's callbacks; a
+        shorthand for ``callbacks=[LambdaCallback(on_epoch_end=...)]``); without one, and
+        with progress on (``config.progress``), one line per epoch is printed (loss,
+        validation metric)."""
         cfg = self.config
         if on_epoch is None and progress_enabled(cfg.progress):
             on_epoch = self._print_epoch
+        callbacks = self.callbacks + ([LambdaCallback(on_epoch_end=lambda _, record: on_epoch(record))]
+                                      if on_epoch is not None else [])
         if self.epoch == 0 and not self.history:
             _seed_everything(cfg.seed)
-        while self.epoch < cfg.epochs and (cfg.patience == 0 or self.bad_evals < cfg.patience):
+        self._call("on_train_start", callbacks=callbacks)
+        while self.epoch < cfg.epochs and not self.should_stop:
             start = time.perf_counter()
             loss, terms = self._train_epoch(self.epoch)
             record = {"epoch": self.epoch + 1, "loss": loss, "train_seconds": time.perf_counter() - start}
             if terms:
                 record["loss_terms"] = terms
+            if self.scheduler is not None:  # the rate of the epoch's last step (a constant rate is not logged)
+                record["lr"] = self.scheduler.get_last_lr()[0]
+            valid = None
             if (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs:
                 t0 = time.perf_counter()
                 valid = self.evaluate("valid", cfg.valid_ranking)
                 record["valid"] = valid
                 record["eval_seconds"] = time.perf_counter() - t0
-                if valid[cfg.metric] > self.best_metric:
-                    self.best_metric, self.best_epoch, self.best_valid = valid[cfg.metric], self.epoch + 1, valid
-                    self.best_state = copy.deepcopy(self.model.state_dict())
-                    self.bad_evals = 0
-                else:
-                    self.bad_evals += 1
             self.epoch += 1
+            if valid is not None:  # model selection and early stopping (EarlyStopping)
+                self._call("on_eval_end", "valid", cfg.valid_ranking, valid, callbacks=callbacks)
             self.history.append(record)
-            # Checkpoint first: the log never runs ahead of what a resume restores.
-            self.save_checkpoint()
-            self._log(record)
             release_freed_memory()  # the RSS returns to what is in use at every epoch's end
-            if on_epoch is not None:
-                on_epoch(record)
+            # The checkpoint, then the loggers, then the caller's callbacks.
+            self._call("on_epoch_end", record, callbacks=callbacks)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         test_sampled, protocol_sampled = self.evaluate_sampled_or_why("test")
@@ -274,9 +382,13 @@ class Trainer:
             best_epoch=self.best_epoch, best_valid=self.best_valid, test_full=self.evaluate("test", "full"),
             test_sampled=test_sampled, history=self.history,
             protocol_full=self.protocol("full").describe(), protocol_sampled=protocol_sampled)
+        self._call("on_eval_end", "test", "full", result.test_full, callbacks=callbacks)
+        if test_sampled:
+            self._call("on_eval_end", "test", "sampled", test_sampled, callbacks=callbacks)
         if self.out_dir is not None:
             write_json(self.out_dir / RESULT_NAME, asdict(result) | {"model": self.model_spec, "train": asdict(cfg)},
                        default=str)
+        self._call("on_train_end", result, callbacks=callbacks)
         return result
 
     def _print_epoch(self, record: dict) -> None:
@@ -286,12 +398,15 @@ class Trainer:
               f"({record['train_seconds']:.1f}s)", file=progress_stream(), flush=True)
 
     # ------------------------------------------------------------------ persistence
-    def _log(self, record: dict) -> None:
-        if self.out_dir is None:
-            return
-        # Rewritten whole (atomically) so a kill never leaves a torn line behind; each line
-        # carries its own checksum (seqrec.utils.read_jsonl checks them).
-        write_jsonl(self.out_dir / LOG_NAME, self.history)
+    def _callback_states(self) -> dict:
+        states = {}
+        for callback in self.callbacks:
+            if callback is self.early_stopping:
+                continue  # saved at the top level, where seqrec evaluate and older checkpoints have it
+            state = callback.state_dict()
+            if state is not None:
+                states[callback.state_key or type(callback).__qualname__] = state
+        return states
 
     def state_dict(self) -> dict:
         return {
@@ -300,26 +415,40 @@ class Trainer:
             "train_config": asdict(self.config),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "optimizer_class": type(self.optimizer).__qualname__,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "grad_scaler": self.precision.state_dict(),
             "epoch": self.epoch,
-            "best_metric": self.best_metric,
-            "best_epoch": self.best_epoch,
-            "best_valid": self.best_valid,
-            "best_state": self.best_state,
-            "bad_evals": self.bad_evals,
+            "global_step": self.global_step,
+            **self.early_stopping.state_dict(),  # best_metric, best_epoch, best_valid, best_state, bad_evals
             "history": self.history,
+            "callbacks": self._callback_states(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
 
     def load_state_dict(self, state: dict) -> None:
+        saved_class = state.get("optimizer_class")
+        if saved_class is not None and saved_class != type(self.optimizer).__qualname__:
+            raise ValueError(f"cannot resume: the checkpoint's optimizer is {saved_class}, this trainer's is "
+                             f"{type(self.optimizer).__qualname__}")
+        if (self.scheduler is None) != (state.get("scheduler") is None):
+            raise ValueError("cannot resume: the checkpoint was trained " + (
+                "without a learning-rate schedule, this run has one" if self.scheduler is not None
+                else "with a learning-rate schedule, this run has none"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("grad_scaler"))
         self.epoch = state["epoch"]
-        self.best_metric = state["best_metric"]
-        self.best_epoch = state["best_epoch"]
-        self.best_valid = state["best_valid"]
-        self.best_state = state["best_state"]
-        self.bad_evals = state["bad_evals"]
+        self.global_step = state.get("global_step", 0)
+        self.early_stopping.load_state_dict(state)
         self.history = state["history"]
+        saved = state.get("callbacks") or {}
+        for callback in self.callbacks:
+            key = callback.state_key or type(callback).__qualname__
+            if callback is not self.early_stopping and key in saved:
+                callback.load_state_dict(saved[key])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
@@ -346,8 +475,11 @@ class Trainer:
             return False
         path = self.out_dir / CHECKPOINT_NAME
         state = load_checkpoint(path)
+        may_change = self.RESUME_MAY_CHANGE
+        if self.config.scheduler == "cosine":  # the cosine schedule's horizon is the epoch budget
+            may_change = may_change - {"epochs"}
         check_resumable(path, state.get("train_config", {}), asdict(self.config), state.get("model_spec", {}),
-                        self.model_spec, self.RESUME_MAY_CHANGE)
+                        self.model_spec, may_change)
         self.load_state_dict(state)
         return True
 
@@ -372,6 +504,10 @@ def check_resumable(path, saved: dict, current: dict, saved_spec: dict, current_
             differ.append("model config")
             detail = "; ".join(filter(None, [detail, *(f"{f}: {saved_config.get(f)!r} in the checkpoint, "
                                                       f"{current_config.get(f)!r} now" for f in changed)]))
+    saved_split, current_split = ((spec.get("data") or {}).get("split") for spec in (saved_spec, current_spec))
+    if saved_split is not None and current_split is not None and saved_split != current_split:
+        differ.append("split")
+        detail = "; ".join(filter(None, [detail, f"split: {saved_split} in the checkpoint, {current_split} now"]))
     if differ:
         raise ValueError(f"{path}: cannot resume, the run differs in {', '.join(differ)}"
                          + (f" ({detail})" if detail else "")
