@@ -454,12 +454,12 @@ def test_pretraining_with_an_injected_optimizer_and_scheduler_resumes_exactly(tm
     import functools
 
     def kw():
-        return {"optimizer": functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+        return {"optimizer": functools.partial(torch.optim.AdamW, lr=2e-3, weight_decay=0.1),
                 "scheduler": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)}
 
     full = pretrainer(tmp_path / "full", 3, trainer_kw=kw())
     history = full.fit()
-    assert type(full.optimizer) is torch.optim.SGD
+    assert type(full.optimizer) is torch.optim.AdamW
     assert full.scheduler.last_epoch == 3 * full.num_batches()
     first = pretrainer(tmp_path / "split", 1, trainer_kw=kw())
     first.fit()
@@ -469,7 +469,7 @@ def test_pretraining_with_an_injected_optimizer_and_scheduler_resumes_exactly(tm
     assert [r["loss"] for r in second.history] == [r["loss"] for r in history]
     for name, value in full.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[name]), name
-    with pytest.raises(ValueError, match="the checkpoint's optimizer is SGD, this run's is Adam"):
+    with pytest.raises(ValueError, match="the checkpoint's optimizer is AdamW, this run's is Adam"):
         pretrainer(tmp_path / "split", 4).resume()
     with pytest.raises(ValueError, match="with a learning-rate schedule, this run has none"):
         pretrainer(tmp_path / "split", 4, trainer_kw={"optimizer": kw()["optimizer"]}).resume()
