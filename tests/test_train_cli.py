@@ -355,8 +355,10 @@ def test_cli_trainer_options_reach_the_run(tmp_path, capsys):
     assert main(["train", *TINY, "--epochs", "2", "--out", str(out), "--scheduler", "cosine", "--warmup-steps", "2",
                  "--clip-grad-norm", "1.5", "--accumulate", "2", "--autocast", "bf16", "--logger", "jsonl,csv",
                  "--metrics", "Precision", "Coverage"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "Precision@5" in printed and "Coverage@20" in printed
+    assert re.search(r"epoch   2 loss .* lr 0 \(", captured.err)  # the epoch line shows the rate
     train = json.loads((out / "config.json").read_text())["train"]
     assert (train["scheduler"], train["warmup_steps"], train["grad_clip"], train["accumulate"], train["autocast"],
             train["metrics"]) == ("cosine", 2, 1.5, 2, "bf16", ["Precision", "Coverage"])
@@ -430,3 +432,15 @@ def test_cli_refuses_bad_trainer_options(capsys, args, message):
         code = main(["train", *TINY, "--epochs", "1", *args])
         assert code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_cli_logger_tensorboard_without_tensorboard_is_a_clear_error(capsys, monkeypatch):
+    import seqrec.train.callbacks as callbacks
+
+    def missing():
+        raise ImportError("TensorBoard logging needs the tensorboard package: pip install 'seqrec[tensorboard]'")
+
+    monkeypatch.setattr(callbacks, "_summary_writer_class", missing)
+    assert main(["train", *TINY, "--epochs", "1", "--logger", "jsonl,tensorboard"]) == 2
+    err = capsys.readouterr().err
+    assert "seqrec train: error: --logger jsonl,tensorboard: TensorBoard logging needs the tensorboard package" in err

@@ -201,16 +201,28 @@ def test_fp16_autocast_is_refused_on_cpu():
 
 
 @pytest.mark.cuda
-def test_fp16_autocast_with_a_scaler_on_cuda_resumes_exactly(tmp_path):
+def test_fp16_autocast_with_a_scaler_on_cuda_resumes_its_scaler(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     ds = _dataset()
     config = _config(epochs=2, autocast="fp16", device="cuda")
-    full = Trainer(_model(ds), ds.leave_one_out(max_len=10), config, out_dir=tmp_path / "full")
-    assert full.precision.scaler is not None
-    full.fit()
-    state = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    assert state["grad_scaler"]["scale"] > 0
+
+    class Killed(Exception):
+        pass
+
+    def kill(record):
+        raise Killed
+
+    first = Trainer(_model(ds, loss="bce"), ds.leave_one_out(max_len=10), config, out_dir=tmp_path)
+    assert first.precision.scaler is not None
+    with pytest.raises(Killed):
+        first.fit(on_epoch=kill)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["grad_scaler"]
+    assert saved == first.precision.scaler.state_dict() and saved["scale"] > 0
+    second = Trainer(_model(ds, loss="bce"), ds.leave_one_out(max_len=10), config, out_dir=tmp_path)
+    assert second.resume() and second.precision.scaler.state_dict() == saved
+    result = second.fit()
+    assert all(math.isfinite(r["loss"]) for r in result.history)
 
 
 # ---------------------------------------------------------------------- callbacks

@@ -699,7 +699,10 @@ def cmd_train(args) -> int:
         autocast=args.autocast, metrics=tuple(args.metrics))
     from .train.callbacks import make_loggers
 
-    loggers = make_loggers(args.logger)  # a missing tensorboard is said now, before any training
+    try:  # a missing tensorboard is said now, before any training
+        loggers = make_loggers(args.logger)
+    except ImportError as exc:
+        raise ValueError(f"--logger {args.logger}: {exc}") from None
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(name, backend=args.backend, attributes=dataset, **config)
     # The whole config, defaults included: a later change of a default cannot change what a
@@ -730,7 +733,8 @@ def cmd_train(args) -> int:
         extra = f" valid {args.metric} {valid[args.metric]:.4f}" if valid else ""
         terms = "".join(f", {k} {v:.4g}" for k, v in rec.get("loss_terms", {}).items())
         terms = f" ({terms[2:]})" if terms else ""
-        print(f"epoch {rec['epoch']:3d} loss {rec['loss']:.4f}{terms}{extra} ({rec['train_seconds']:.1f}s)",
+        rate = f" lr {rec['lr']:.3g}" if "lr" in rec else ""  # with a schedule: the epoch's last rate
+        print(f"epoch {rec['epoch']:3d} loss {rec['loss']:.4f}{terms}{extra}{rate} ({rec['train_seconds']:.1f}s)",
               file=sys.stderr)
 
     result = trainer.fit(on_epoch=on_epoch)

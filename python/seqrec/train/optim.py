@@ -10,7 +10,7 @@ Each part is built by one function that other code can extend or replace:
   ``cosine``, ``step``) with ``warmup_steps`` of linear warmup; ``scheduler=`` takes an
   ``LRScheduler`` or a factory ``f(optimizer) -> LRScheduler`` instead. A schedule is
   stepped once per optimizer step (not per batch when gradients are accumulated).
-* :class:`Precision` — ``TrainConfig.autocast``: ``none``, ``bf16`` (CPU and CUDA) or
+* :class:`MixedPrecision` — ``TrainConfig.autocast``: ``none``, ``bf16`` (CPU and CUDA) or
   ``fp16`` (CUDA only, with a :class:`torch.amp.GradScaler`).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import torch
 
 __all__ = ["build_optimizer", "build_scheduler", "resolve_optimizer", "resolve_scheduler", "schedule_factor",
-           "Precision", "SCHEDULERS", "AUTOCAST"]
+           "MixedPrecision", "SCHEDULERS", "AUTOCAST"]
 
 SCHEDULERS = ("none", "cosine", "step")
 AUTOCAST = ("none", "bf16", "fp16")
@@ -118,7 +118,7 @@ def resolve_scheduler(scheduler, optimizer: torch.optim.Optimizer, config, steps
     return scheduler
 
 
-class Precision:
+class MixedPrecision:
     """``TrainConfig.autocast`` for the training step: the autocast context of the
     forward pass and, for fp16, the :class:`torch.amp.GradScaler` of the backward.
 
@@ -164,11 +164,6 @@ class Precision:
     def load_state_dict(self, state: dict | None) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
-
-
-def clip_gradients(parameters: Iterable[torch.Tensor], max_norm: float | None) -> None:
-    if max_norm:
-        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]

@@ -37,7 +37,7 @@ import torch
 
 from ..data.split import LeaveOneOutSplit
 from ..eval import Protocol, evaluate_full_ranking, evaluate_sampled
-from ..eval.metrics import EXTRA_METRICS, LIST_METRICS, _check_extra
+from ..eval.metrics import LIST_METRICS, _check_extra
 from ..eval.memory import default_eval_memory, parse_memory
 from ..models.base import LossOutput
 from ..progress import progress_bar, progress_enabled, progress_stream
@@ -188,7 +188,7 @@ class Trainer:
         self.optimizer = optim.resolve_optimizer(optimizer, model, config)
         self.steps_per_epoch = -(-split.num_train_batches(config.batch_size) // config.accumulate)
         self.scheduler = optim.resolve_scheduler(scheduler, self.optimizer, config, self.steps_per_epoch)
-        self.precision = optim.Precision(config.autocast, config.device)
+        self.precision = optim.MixedPrecision(config.autocast, config.device)
         self.epoch = 0  # epochs completed
         self.global_step = 0  # optimizer steps taken
         self.should_stop = False  # set by a callback (early stopping) to end fit() after this epoch
