@@ -13,7 +13,7 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "tqdm>=4.60"
 TEST_DEPS  := "pytest>=8" "pandas>=2.0" "nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6" "ipywidgets>=8" "matplotlib>=3.7" \
-              "hypothesis>=6" "pyarrow>=14"
+              "hypothesis>=6" "pyarrow>=14" "tensorboard>=2.14"
 
 .PHONY: setup build run test test-fast bench clean sanitize
 
