@@ -64,6 +64,13 @@ def test_evaluation_card_is_saved(tmp_path):
     assert loaded.evaluation == {"evaluated": True, **card}
     _, bare = _saved("sine", tmp_path)
     assert seqrec.from_pretrained(bare).evaluation["evaluated"] is False
+    # Metrics as NumPy / torch scalars are written as numbers; other objects are refused.
+    import numpy as np
+
+    _, folder = _saved("dss", tmp_path, evaluation={"test_full": {"HR@10": np.float32(0.5), "MRR": torch.tensor(0.25)}})
+    assert seqrec.from_pretrained(folder).evaluation["test_full"] == {"HR@10": 0.5, "MRR": 0.25}
+    with pytest.raises(ValueError, match="evaluation must hold JSON values"):
+        _saved("sasrec", tmp_path / "x", evaluation={"model": object()})
 
 
 @pytest.mark.parametrize("file", ["model.safetensors", "vocab.json", "evaluation.json", "config.json"])

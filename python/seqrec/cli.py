@@ -8,6 +8,7 @@
     seqrec train --model s3rec --data ../shared/data/Beauty --init runs/s3rec-pre --out runs/s3rec
     seqrec train --model dss --data ../shared/data/Beauty --seq2seq-weight 0   # seq2item-only
     seqrec evaluate --checkpoint runs/beauty
+    seqrec export --checkpoint runs/beauty --out models/beauty   # self-contained: seqrec.from_pretrained
     seqrec data stats --data ../shared/data/ml-100k --baseline
     seqrec data download Beauty --to data              # -> data/Beauty/
 """

@@ -201,10 +201,21 @@ def save_pretrained(model: nn.Module, folder: str | Path, *, vocab=None, evaluat
     return folder
 
 
+def _plain(value):
+    """JSON for what an evaluation card may hold beside plain values: NumPy / torch scalars."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write a {type(value).__name__} to JSON")
+
+
 def _sealed_json(value: dict) -> bytes:
     from .utils import _sealed
 
-    return (json.dumps(_sealed(value), indent=1) + "\n").encode()
+    try:
+        sealed = _sealed(value, default=_plain)
+    except TypeError as exc:
+        raise ValueError(f"save_pretrained: evaluation must hold JSON values: {exc}") from None
+    return (json.dumps(sealed, indent=1) + "\n").encode()
 
 
 def _as_vocab(vocab, model) -> ItemVocab:

@@ -37,7 +37,8 @@ from .ops import reference
 from .ops.reference.dif_attention import dif_attention_with_lse
 from .ops.reference.dropout import dropout_keep_mask
 
-__all__ = ["TopK", "DECOMPOSITIONS", "export_topk", "decompose_seqrec_ops", "aoti_package", "onnx_program"]
+__all__ = ["TopK", "DECOMPOSITIONS", "export_topk", "decompose_seqrec_ops", "seqrec_ops_in", "aoti_package",
+           "onnx_program"]
 
 
 class TopK(nn.Module):
@@ -152,14 +153,22 @@ DECOMPOSITIONS: dict[torch._ops.OpOverload, Callable] = {
 }
 
 
-def decompose_seqrec_ops(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """``program`` with every ``seqrec::*`` operator of :data:`DECOMPOSITIONS` replaced by
-    ATen operators (and the rest decomposed as ``torch.export``'s defaults do)."""
-    table = torch.export.default_decompositions()
-    table.update(DECOMPOSITIONS)
-    decomposed = program.run_decompositions(table)
-    left = sorted({str(n.target) for n in decomposed.graph.nodes
+def seqrec_ops_in(program: torch.export.ExportedProgram) -> list[str]:
+    """Names of the ``seqrec::*`` operators ``program``'s graph calls."""
+    return sorted({str(n.target) for n in program.graph.nodes
                    if n.op == "call_function" and str(n.target).startswith("seqrec.")})
+
+
+def decompose_seqrec_ops(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``program`` with every ``seqrec::*`` operator replaced by its ATen decomposition
+    (:data:`DECOMPOSITIONS`); other operators are left as they are (an exporter such as
+    ONNX applies its own decompositions to them).
+
+    Raises:
+        RuntimeError: naming the seqrec operators that have no decomposition.
+    """
+    decomposed = program.run_decompositions(dict(DECOMPOSITIONS))
+    left = seqrec_ops_in(decomposed)
     if left:
         raise RuntimeError(f"seqrec operators without a decomposition are left in the graph: {left}")
     return decomposed
@@ -218,8 +227,9 @@ def onnx_program(model: nn.Module, k: int = 10, *, path: str | os.PathLike | Non
             raise ImportError(f"onnx_program needs the optional package {package!r}: pip install 'seqrec[onnx]'") \
                 from None
     program = export_topk(model, k) if program is None else program
-    decomposed = decompose_seqrec_ops(program)
-    onnx = torch.onnx.export(decomposed, dynamo=True, input_names=["history", "exclude"],
+    if seqrec_ops_in(program):  # a program decomposed already is taken as it is
+        program = decompose_seqrec_ops(program)
+    onnx = torch.onnx.export(program, dynamo=True, input_names=["history", "exclude"],
                              output_names=["ids", "scores"], verbose=False)
     if path is not None:
         from .utils import atomic_write

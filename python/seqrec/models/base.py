@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -273,7 +273,7 @@ class SequentialRecommender(nn.Module):
         rows = vocab.dense(sequences, unknown)
         excluded = None
         if exclude is not None:
-            if isinstance(exclude, (str, bytes)) or not isinstance(exclude, (Sequence, set, frozenset)):
+            if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Iterable):
                 raise ValueError(f"exclude must be a set or list of raw item ids, got {type(exclude).__name__}")
             excluded = torch.tensor(vocab.dense([list(exclude)], unknown, what="exclude")[0], dtype=torch.int64)
         ids, scores = self.recommend(rows, k, batch_size=batch_size, exclude_items=excluded)
