@@ -11,9 +11,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # The CPU build of torch this project is pinned to (a CUDA build works too: set TORCH_SPEC).
 TORCH_SPEC ?= torch==2.13.0
-BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "tqdm>=4.60"
+BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "tqdm>=4.60" "safetensors>=0.4"
 TEST_DEPS  := "pytest>=8" "pandas>=2.0" "nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6" "ipywidgets>=8" "matplotlib>=3.7" \
-              "hypothesis>=6" "pyarrow>=14" "tensorboard>=2.14"
+              "hypothesis>=6" "pyarrow>=14" "tensorboard>=2.14" "onnx>=1.16" "onnxscript>=0.2" "onnxruntime>=1.18" "faiss-cpu>=1.8"
 
 .PHONY: setup build run test test-fast bench clean sanitize
 

@@ -30,6 +30,8 @@ CHECKS = {
     "dss_intents.ipynb": _POP + "_out = dict(models={k: r[1].test_full for k, r in runs.items()}, pop=_pop, "
                                 "nmi={k: r[2][-1] for k, r in runs.items()}, "
                                 "nmi_untrained={k: r[2][0] for k, r in runs.items()})\n",
+    "retrieval.ipynb": _POP + "_out = dict(models={k: r.test_full for k, r in results.items()}, pop=_pop, "
+                              "exact_equal=exact_equal, hnsw_recall=hnsw_recall, recall=recall, multi=multi)\n",
 }
 # Lowest NMI with the planted intents accepted at the notebooks' small sizes (3 epochs,
 # seeded; measured on CPU: SINE .53 / .56, DSS .135 / .198); training must also raise it
@@ -41,7 +43,14 @@ MIN_NMI = {"interests.ipynb": 0.3, "dss_intents.ipynb": 0.1}
 BEST_ONLY = {"s3rec_pretraining.ipynb"}
 
 
+# Optional packages a notebook needs beyond the test extra's: the notebook is skipped, saying
+# so, where pip could not install them.
+NEEDS = {"retrieval.ipynb": ("faiss", "faiss-cpu: pip install 'seqrec[faiss]'")}
+
+
 def _execute(path, monkeypatch) -> dict:
+    if path.name in NEEDS:
+        pytest.importorskip(NEEDS[path.name][0], reason=f"{path.name} needs {NEEDS[path.name][1]}")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("SEQREC_NOTEBOOK_SMALL", "1")
@@ -85,6 +94,15 @@ def test_notebook_executes_and_shows_sound_results(path, monkeypatch):
         # one epoch of warmup reaches the full rate; the cosine then lowers it every epoch
         assert out["warmup"] == out["steps_per_epoch"] and csv["lr"][0] == pytest.approx(3e-3)
         assert all(b < a for a, b in zip(csv["lr"], csv["lr"][1:]))
+    if path.name == "retrieval.ipynb":
+        # Exact inner-product search is recommend(): every user's top-10 list, in order.
+        assert out["exact_equal"] == 1.0, out["exact_equal"]
+        # HNSW at efSearch=64 on 200 items finds nearly all of the exact top-10.
+        assert out["hnsw_recall"] >= 0.95, out["recall"]
+        # SINE (merge="max"): per-interest search merged by max is exact; DSS (log-sum-exp):
+        # re-scored candidates of the K searches find nearly all of its top-10.
+        assert out["multi"]["sine"]["equal"] == 1.0, out["multi"]
+        assert out["multi"]["dss"]["recall"] >= 0.95, out["multi"]
     for name, nmi in out.get("nmi", {}).items():
         assert nmi > MIN_NMI[path.name], f"{path.name} {name}: NMI {nmi:.3f}"
         assert nmi > out["nmi_untrained"][name], f"{path.name} {name}: training did not raise the NMI"

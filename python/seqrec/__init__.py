@@ -12,9 +12,17 @@ from . import ops
 __version__ = "0.1.0"
 
 
+def from_pretrained(folder, *, backend: str | None = None, device="cpu"):
+    """Load a model saved with ``model.save_pretrained(folder)`` (no dataset, no pickle);
+    see :func:`seqrec.saved.from_pretrained`."""
+    from .saved import from_pretrained as _from_pretrained
+
+    return _from_pretrained(folder, backend=backend, device=device)
+
+
 def cuda_built() -> bool:
     """True when this build contains the CUDA kernels."""
     return bool(_C.cuda_built())
 
 
-__all__ = ["ops", "cuda_built", "__version__"]
+__all__ = ["ops", "cuda_built", "from_pretrained", "__version__"]

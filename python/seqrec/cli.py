@@ -8,6 +8,7 @@
     seqrec train --model s3rec --data ../shared/data/Beauty --init runs/s3rec-pre --out runs/s3rec
     seqrec train --model dss --data ../shared/data/Beauty --seq2seq-weight 0   # seq2item-only
     seqrec evaluate --checkpoint runs/beauty
+    seqrec export --checkpoint runs/beauty --out models/beauty   # self-contained: seqrec.from_pretrained
     seqrec data stats --data ../shared/data/ml-100k --baseline
     seqrec data download Beauty --to data              # -> data/Beauty/
 """
@@ -281,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["s3rec", "atomic"], default=None)
     e.add_argument("--device", default="cpu")
     _add_eval_block_args(e, saved=True)
+
+    x = sub.add_parser("export", help="convert a run folder into a self-contained model (seqrec.from_pretrained)")
+    x.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt of `seqrec train`")
+    x.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, vocab.json, "
+                                                "evaluation.json); a saved model there is replaced")
+    x.add_argument("--data", default=None, help="dataset for the item vocabulary (default: the one the run was "
+                                                "trained on)")
+    x.add_argument("--format", choices=["s3rec", "atomic"], default=None)
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -930,6 +939,14 @@ def _clear_run_folder(args, files: list[Path]) -> None:
               file=sys.stderr)
 
 
+def cmd_export(args) -> int:
+    from .saved import export_run
+
+    folder = export_run(args.checkpoint, args.out, data=args.data, format=args.format)
+    print(f"saved {folder}; load it with: seqrec.from_pretrained({str(folder)!r})")
+    return 0
+
+
 def _read_init(spec: str, read_pretrained_state):
     """--init's weights: the file's checksum checked before it is read, its tensors after."""
     from .train.pretrain import PRETRAIN_CHECKPOINT
@@ -1040,6 +1057,8 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_evaluate(args)
             if args.command == "pretrain":
                 return cmd_pretrain(args)
+            if args.command == "export":
+                return cmd_export(args)
             if args.command == "data" and args.data_command == "stats":
                 return cmd_data_stats(args)
             if args.command == "data" and args.data_command == "download":

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -92,6 +92,10 @@ class SequentialRecommender(nn.Module):
     has_interests: bool = False
     #: True for models that read item side information (tables given at construction).
     uses_side_information: bool = False
+    #: Raw ids of items 1..num_items (a :class:`~seqrec.saved.ItemVocab`), or None: set
+    #: by :meth:`set_item_vocab`, :meth:`save_pretrained` and ``seqrec.from_pretrained``;
+    #: what :meth:`recommend_raw` maps through.
+    item_vocab = None
 
     # ------------------------------------------------------------------ to implement
     def item_table(self) -> nn.Embedding:
@@ -196,12 +200,98 @@ class SequentialRecommender(nn.Module):
         return self.item_table().weight.detach()
 
     @torch.no_grad()
+    def user_embedding(self, sequences: Tensor | Sequence[Sequence[int]], batch_size: int = 1024) -> Tensor:
+        """The user side of the scores, for approximate nearest-neighbour search against
+        :meth:`item_embeddings`, in eval mode, batched.
+
+        Args:
+            sequences: as :meth:`recommend` (dense ids; the last ``max_len`` are encoded).
+
+        Returns:
+            Models with one user vector (SASRec, S3-Rec fine-tuned, DIF-SR): the last
+            hidden state, [B, D]; its dot products with the item rows are :meth:`score`.
+            Models with :attr:`has_interests` (SINE, DSS): the K interest vectors,
+            [B, K, D] (their scores merge the K dot products: SINE by its ``merge``, DSS
+            by log-sum-exp).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        history = self._history_tensor(sequences).to(self.item_embeddings().device)[:, -self.config.max_len:]
+        encode = self.interests if self.has_interests else self.encode_last
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.cat([encode(history[start : start + batch_size])
+                              for start in range(0, max(history.size(0), 1), batch_size)])
+        finally:
+            self.train(was_training)
+
+    def set_item_vocab(self, vocab) -> None:
+        """Attach the raw ids of items 1..num_items: a :class:`~seqrec.data.SequenceDataset`,
+        a :class:`~seqrec.saved.ItemVocab` or a list of raw ids in dense-id order."""
+        from ..saved import ItemVocab
+
+        if hasattr(vocab, "item_tokens"):
+            vocab = ItemVocab.from_dataset(vocab)
+        elif not isinstance(vocab, ItemVocab):
+            vocab = ItemVocab(vocab)
+        if len(vocab) != self.config.num_items:
+            raise ValueError(f"item vocabulary has {len(vocab)} items, the model {self.config.num_items}")
+        self.item_vocab = vocab
+
+    def save_pretrained(self, folder, *, vocab=None, evaluation=None):
+        """Write this model as a self-contained folder (config, safetensors weights, item
+        vocabulary, side tables, evaluation card); see :func:`seqrec.saved.save_pretrained`.
+        Load it with ``seqrec.from_pretrained(folder)``."""
+        from ..saved import save_pretrained
+
+        return save_pretrained(self, folder, vocab=vocab, evaluation=evaluation)
+
+    def recommend_raw(self, sequences, k: int = 10, exclude=None, unknown: str = "skip",
+                      batch_size: int = 1024) -> tuple[list[list[str]], list[list[float]]]:
+        """Top-k for new users given in raw item ids, answered in raw item ids.
+
+        Args:
+            sequences: a list of lists of raw item ids (as in the data: strings, or
+                ints meaning their decimal text), oldest first.
+            k: 1 <= k <= num_items.
+            exclude: raw ids never to recommend to anyone (out of stock), besides each
+                row's own history; None = none.
+            unknown: ``"skip"`` drops raw ids the vocabulary does not hold (a new item;
+                a row left empty gets the model's answer for an empty history);
+                ``"error"`` raises ValueError naming the row, position and id. Applies to
+                ``exclude`` too.
+
+        Returns:
+            ``(items, scores)``: per row, up to k raw ids best first and their scores
+            (fewer than k when the exclusions leave fewer items).
+        """
+        if self.item_vocab is None:
+            raise ValueError("recommend_raw needs the item vocabulary: load the model with seqrec.from_pretrained, "
+                             "or call model.set_item_vocab(dataset) first")
+        vocab = self.item_vocab
+        rows = vocab.dense(sequences, unknown)
+        excluded = None
+        if exclude is not None:
+            if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Iterable):
+                raise ValueError(f"exclude must be a set or list of raw item ids, got {type(exclude).__name__}")
+            excluded = torch.tensor(vocab.dense([list(exclude)], unknown, what="exclude")[0], dtype=torch.int64)
+        ids, scores = self.recommend(rows, k, batch_size=batch_size, exclude_items=excluded)
+        items, values = [], []
+        for id_row, score_row in zip(ids.tolist(), scores.tolist()):
+            kept = [(i, s) for i, s in zip(id_row, score_row) if i != 0]
+            items.append(vocab.raw(i for i, _ in kept))
+            values.append([s for _, s in kept])
+        return items, values
+
+    @torch.no_grad()
     def recommend(
         self,
         sequences: Tensor | Sequence[Sequence[int]],
         k: int = 10,
         exclude_history: bool = True,
         batch_size: int = 1024,
+        exclude_items: Tensor | Sequence[int] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Top-k next items for new sequences, in eval mode, batched.
 
@@ -213,6 +303,8 @@ class SequentialRecommender(nn.Module):
             exclude_history: drop every item of the whole given sequence (not only the
                 encoded window) from the candidates.
             batch_size: rows encoded at once.
+            exclude_items: dense ids never recommended to any row (out of stock),
+                besides the history; None = none.
 
         Returns:
             ``(item_ids [B, k] int64, scores [B, k])`` on the model's device, best
@@ -227,6 +319,11 @@ class SequentialRecommender(nn.Module):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         weight = self.item_embeddings()
         history = self._history_tensor(sequences).to(weight.device)  # [B, L] left-padded
+        if exclude_items is not None:
+            exclude_items = torch.as_tensor(exclude_items, device=weight.device)
+            check_ids("exclude_items", exclude_items, high=num_items)
+            if exclude_items.dim() != 1:
+                raise ValueError(f"exclude_items must be a 1-D list of item ids, got shape {tuple(exclude_items.shape)}")
         ids = torch.zeros(history.size(0), k, dtype=torch.int64, device=weight.device)
         scores = torch.full((history.size(0), k), float("-inf"), dtype=weight.dtype, device=weight.device)
         was_training = self.training
@@ -237,6 +334,8 @@ class SequentialRecommender(nn.Module):
                 batch_scores = self.score(rows[:, -self.config.max_len :])
                 if exclude_history:
                     batch_scores.scatter_(1, rows, float("-inf"))  # column 0 is -inf anyway
+                if exclude_items is not None:
+                    batch_scores[:, exclude_items] = float("-inf")
                 top_scores, top_ids = batch_scores.topk(k, dim=1)
                 scores[start : start + batch_size] = top_scores
                 empty = top_scores == float("-inf")  # fewer than k admissible items
