@@ -47,6 +47,10 @@ Csr group_by_user(const int64_t* users, const int64_t* items, const double* time
   }
   out.values.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) out.values[i] = items[order[i]];
+  if (timestamps != nullptr) {
+    out.times.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) out.times[i] = timestamps[order[i]];
+  }
   return out;
 }
 
