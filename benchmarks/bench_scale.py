@@ -1,23 +1,31 @@
-"""Scale of the data side (issue 25 part 5): reading interactions and batching an epoch.
+"""Scale of the data side (issue 25 part 5): reading interactions, opening a prepared
+dataset, and batching an epoch.
 
-Synthetic Zipf data (users = interactions / 20, items Zipf-popular), written once per
-size as a RecBole atomic .inter file (and a Parquet file when pyarrow is installed).
-Providers, in the same run:
+Synthetic Zipf data (users = interactions / 20, ``--items`` Zipf(1.1)-popular items),
+written once per size as a RecBole atomic .inter file (and a Parquet file when pyarrow is
+installed). Each measurement runs in a fresh process, its libraries loaded first: time,
+and peak resident memory above the process's size before the load, per interaction. Providers, in the same run:
 
-  * load: ``SequenceDataset.from_atomic`` vs ``pd.read_csv`` + a stable sort by (user,
-    time) into the same CSR (what a pandas user writes); with pyarrow also
-    ``SequenceDataset.from_parquet`` vs ``pd.read_parquet`` + the same grouping.
-  * epoch: one data-only training epoch (``train_batches``, batch 256) per interaction,
-    to show the cost stays linear in the data.
+  * load .inter: ``SequenceDataset.from_atomic`` vs ``pd.read_csv`` + a stable sort by
+    (user, time) into the same CSR (what a pandas user writes);
+  * load parquet: ``SequenceDataset.from_parquet`` vs ``pd.read_parquet`` + the same;
+  * prepared: ``SequenceDataset.open_prepared`` of the folder ``seqrec data prepare``
+    writes (checksums verified / not), against the parse of the .inter file it replaces;
+    its memory is the mapped file pages, shared by every process that opens the folder;
+  * epoch: one data-only training epoch (``train_batches``, batch 256, max_len 50, one
+    negative) vs a per-user NumPy sampler building the same batches in Python.
 
-Prints seconds, ratios (pandas / seqrec: > 1 means seqrec is faster) and ns per interaction.
+Prints seconds and ratios (reference / seqrec: > 1 means seqrec is faster).
 
-    python benchmarks/bench_scale.py [--sizes 1e6 1e7] [--repeats 3] [--threads 1]
+    python benchmarks/bench_scale.py [--sizes 1e6 1e7] [--items 1e4 1e5] [--repeats 3] [--no-epoch]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -25,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common import median_seconds, print_table
+from common import print_table, rss_bytes, run_child
+
+HERE = Path(__file__).resolve()
 
 
-def zipf_interactions(n: int, seed: int = 0):
+def zipf_interactions(n: int, num_items: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     num_users = max(n // 20, 1)
-    num_items = max(n // 100, 10)
     users = rng.integers(0, num_users, n)
     # Zipf(1.1) popularity over the catalogue, as in real interaction logs.
     weights = 1.0 / np.arange(1, num_items + 1) ** 1.1
@@ -41,12 +50,21 @@ def zipf_interactions(n: int, seed: int = 0):
 
 
 def write_atomic(path: Path, users, items, times) -> None:
-    with open(path, "w") as fh:
-        fh.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        chunk = 1_000_000
-        for s in range(0, len(users), chunk):
-            rows = np.stack([users[s:s + chunk], items[s:s + chunk], times[s:s + chunk]], axis=1)
-            np.savetxt(fh, rows, fmt="%d", delimiter="\t")
+    header = "user_id:token\titem_id:token\ttimestamp:float\n"
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError:
+        with open(path, "w") as fh:
+            fh.write(header)
+            for s in range(0, len(users), 1_000_000):
+                rows = np.stack([users[s:s + 1_000_000], items[s:s + 1_000_000], times[s:s + 1_000_000]], axis=1)
+                np.savetxt(fh, rows, fmt="%d", delimiter="\t")
+        return
+    with open(path, "wb") as fh:
+        fh.write(header.encode())
+        pacsv.write_csv(pa.table({"u": users, "i": items, "t": times}), fh,
+                        pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"))
 
 
 def pandas_csr(df):
@@ -61,29 +79,133 @@ def pandas_csr(df):
     return indptr, item_codes[order] + 1
 
 
-def pandas_atomic(path: Path):
-    import pandas as pd
+def numpy_epoch(indptr, items, num_items: int, batch_size: int = 256, max_len: int = 50, seed: int = 0) -> int:
+    """A per-user sampler in NumPy, as a PyTorch Dataset over users would be written:
+    each user's training prefix (all but the last two items), its last max_len + 1 items
+    as (input, target) pairs, one negative per position drawn uniformly from the items the
+    user never touched (rejection), padded into batch arrays. Returns the batch count."""
+    import torch
 
-    # pandas' defaults: integer ids parse as int64, its fastest path.
-    df = pd.read_csv(path, sep="\t", header=0, names=["user_id", "item_id", "timestamp"])
-    return pandas_csr(df)
+    rng = np.random.default_rng(seed)
+    lengths = np.diff(indptr)
+    users = rng.permutation(np.flatnonzero(lengths >= 4))
+    batches = 0
+    for s in range(0, len(users), batch_size):
+        chunk = users[s:s + batch_size]
+        inp = np.zeros((len(chunk), max_len), np.int64)
+        tgt = np.zeros_like(inp)
+        neg = np.zeros_like(inp)
+        for r, u in enumerate(chunk):
+            history = items[indptr[u]:indptr[u + 1]]
+            prefix = history[:-2][-(max_len + 1):]
+            n = len(prefix) - 1
+            inp[r, :n], tgt[r, :n] = prefix[:-1], prefix[1:]
+            seen = np.unique(history)
+            draw = rng.integers(1, num_items + 1, n)
+            bad = np.isin(draw, seen)
+            while bad.any():
+                draw[bad] = rng.integers(1, num_items + 1, int(bad.sum()))
+                bad = np.isin(draw, seen)
+            neg[r, :n] = draw
+        torch.from_numpy(inp), torch.from_numpy(tgt), torch.from_numpy(neg)
+        batches += 1
+    return batches
 
 
-def pandas_parquet(path: Path):
-    import pandas as pd
+# ---------------------------------------------------------------- child mode: one measurement
 
-    return pandas_csr(pd.read_parquet(path))
+def child(task: str, path: str) -> dict:
+    import torch  # noqa: F401  (loaded before the baseline, as seqrec loads it)
+
+    from seqrec.data import SequenceDataset
+
+    # Libraries loaded before the clock and the memory baseline, for every provider alike.
+    import pandas  # noqa: F401
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        pass
+    base = rss_bytes()
+    _hwm_reset()
+    start = time.perf_counter()
+    result = {}
+    if task == "seqrec_atomic":
+        ds = SequenceDataset.from_atomic(path)
+        result["n"] = ds.num_interactions
+    elif task == "pandas_atomic":
+        import pandas as pd
+
+        # pandas' defaults: integer ids parse as int64, its fastest path.
+        indptr, items = pandas_csr(pd.read_csv(path, sep="\t", header=0, names=["user_id", "item_id", "timestamp"]))
+        result["n"] = len(items)
+    elif task == "seqrec_parquet":
+        ds = SequenceDataset.from_parquet(path)
+        result["n"] = ds.num_interactions
+    elif task == "pandas_parquet":
+        import pandas as pd
+
+        indptr, items = pandas_csr(pd.read_parquet(path))
+        result["n"] = len(items)
+    elif task in ("open_verify", "open_noverify"):
+        ds = SequenceDataset.open_prepared(path, verify=task == "open_verify")
+        result["n"] = ds.num_interactions
+    elif task == "epochs":
+        ds = SequenceDataset.open_prepared(path, verify=False)
+        split = ds.leave_one_out(max_len=50)
+        start = time.perf_counter()
+        for _ in split.train_batches(256, seed=0, epoch=0):
+            pass
+        result["seqrec_epoch"] = time.perf_counter() - start
+        start = time.perf_counter()
+        numpy_epoch(ds.indptr, ds.items, ds.num_items)
+        result["numpy_epoch"] = time.perf_counter() - start
+        return result
+    else:
+        raise SystemExit(f"unknown task {task}")
+    result["seconds"] = time.perf_counter() - start
+    result["peak_bytes"] = _hwm_bytes() - base
+    return result
+
+
+def _hwm_reset() -> None:
+    """Peak RSS from now on (Linux: /proc/self/clear_refs), not the imports' peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _hwm_bytes() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(task: str, path: Path, repeats: int) -> tuple[float, float, int]:
+    """(median seconds, peak bytes of the first run, interactions) over fresh processes."""
+    runs = [run_child(str(HERE), ["--child", task, str(path)]) for _ in range(repeats)]
+    return statistics.median(r["seconds"] for r in runs), runs[0]["peak_bytes"], runs[0]["n"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6])
+    parser.add_argument("--items", type=float, nargs="+", default=[1e5], help="catalogue sizes")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="OMP_NUM_THREADS for the readers (default: as set in the environment)")
+    parser.add_argument("--no-epoch", action="store_true", help="skip the epoch rows")
+    parser.add_argument("--no-parquet", action="store_true", help="skip the Parquet rows")
+    parser.add_argument("--tmp", default=None, help="folder for the generated files (default: the system's)")
+    parser.add_argument("--child", nargs=2, metavar=("TASK", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return 0
     try:
         import pandas  # noqa: F401
     except ImportError:
@@ -91,51 +213,58 @@ def main(argv=None) -> int:
         return 0
     try:
         import pyarrow  # noqa: F401
-        have_arrow = True
+        have_arrow = not args.no_parquet
     except ImportError:
         have_arrow = False
     from seqrec.data import SequenceDataset
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    r = args.repeats
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for size in args.sizes:
-            n = int(size)
-            users, items, times = zipf_interactions(n)
-            inter = Path(tmp) / f"zipf{n}.inter"
-            start = time.perf_counter()
-            write_atomic(inter, users, items, times)
-            mb = inter.stat().st_size / 1e6
-            print(f"n={n}: wrote {mb:.0f} MB in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+            for catalogue in args.items:
+                n, m = int(size), int(catalogue)
+                tag = f"{n:.0e}/{m:.0e}".replace("e+0", "e")
+                users, items, times = zipf_interactions(n, m)
+                inter = Path(tmp) / f"zipf{n}_{m}.inter"
+                start = time.perf_counter()
+                write_atomic(inter, users, items, times)
+                mb = inter.stat().st_size / 1e6
+                print(f"{tag}: wrote {mb:.0f} MB in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
-            ds = SequenceDataset.from_atomic(inter)
-            ref_indptr, _ = pandas_atomic(inter)
-            assert ds.num_interactions == n and ds.num_users == len(ref_indptr) - 1, "providers disagree"
-            t_seqrec, _ = median_seconds(lambda: SequenceDataset.from_atomic(inter), args.repeats)
-            t_pandas, _ = median_seconds(lambda: pandas_atomic(inter), args.repeats)
-            rows.append([n, "atomic .inter", t_seqrec, t_pandas, t_pandas / t_seqrec, 1e9 * t_seqrec / n,
-                         mb / t_seqrec])
+                t_s, b_s, n_s = measure("seqrec_atomic", inter, r)
+                t_p, b_p, n_p = measure("pandas_atomic", inter, r)
+                assert n_s == n_p == n, "providers disagree"
+                rows.append([tag, "load .inter", t_s, t_p, t_p / t_s, b_s / n, b_p / n, mb / t_s])
+                if have_arrow:
+                    import pyarrow as pa
+                    import pyarrow.parquet as pq
 
-            if have_arrow:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
+                    parquet = Path(tmp) / f"zipf{n}_{m}.parquet"
+                    pq.write_table(pa.table({"user_id": users, "item_id": items, "timestamp": times}), parquet)
+                    t_s2, b_s2, _ = measure("seqrec_parquet", parquet, r)
+                    t_p2, b_p2, _ = measure("pandas_parquet", parquet, r)
+                    rows.append([tag, "load parquet", t_s2, t_p2, t_p2 / t_s2, b_s2 / n, b_p2 / n, ""])
+                    parquet.unlink()
+                del users, items, times
 
-                parquet = Path(tmp) / f"zipf{n}.parquet"
-                pq.write_table(pa.table({"user_id": users, "item_id": items, "timestamp": times}), parquet)
-                t_seqrec, _ = median_seconds(lambda: SequenceDataset.from_parquet(parquet), args.repeats)
-                t_pandas, _ = median_seconds(lambda: pandas_parquet(parquet), args.repeats)
-                rows.append([n, "parquet", t_seqrec, t_pandas, t_pandas / t_seqrec, 1e9 * t_seqrec / n, ""])
-
-            split = ds.leave_one_out(max_len=50)
-
-            def epoch():
-                for _ in split.train_batches(256, seed=0, epoch=0):
-                    pass
-
-            t_epoch, _ = median_seconds(epoch, 1, warmup=0)
-            rows.append([n, "epoch (batch 256)", t_epoch, "", "", 1e9 * t_epoch / n, ""])
-            del ds, split
-    print_table("Data side at scale (seconds; ratio = pandas / seqrec, > 1: seqrec faster)",
-                ["interactions", "task", "seqrec s", "pandas s", "ratio", "ns/interaction", "MB/s"], rows)
+                cache = Path(tmp) / f"zipf{n}_{m}.prepared"
+                start = time.perf_counter()
+                SequenceDataset.from_atomic(inter).prepare(cache)
+                print(f"{tag}: prepared in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+                inter.unlink()
+                for task, label in (("open_verify", "open prepared (sha256)"),
+                                    ("open_noverify", "open prepared (no hash)")):
+                    t_o, b_o, _ = measure(task, cache, r)
+                    rows.append([tag, label, t_o, t_s, t_s / t_o, b_o / n, "", ""])
+                if not args.no_epoch:
+                    e = run_child(str(HERE), ["--child", "epochs", str(cache)])
+                    rows.append([tag, "epoch, batch 256", e["seqrec_epoch"], e["numpy_epoch"],
+                                 e["numpy_epoch"] / e["seqrec_epoch"], "", "", ""])
+    print_table("Data side at scale (n/items; seconds; ratio = reference / seqrec, > 1: seqrec faster; "
+                "reference: pandas for loads, the .inter parse for opens, a per-user NumPy sampler for epochs)",
+                ["n/items", "task", "seqrec s", "reference s", "ratio", "seqrec B/inter", "pandas B/inter",
+                 "MB/s"], rows)
     return 0
 
 

@@ -166,8 +166,23 @@ void bind_data_engine(py::module_& m) {
       csr = sd::group_by_user(users.data(), items.data(), timestamps ? timestamps->data() : nullptr,
                               size_of(users), num_users);
     }
-    return py::make_tuple(to_numpy(std::move(csr.indptr)), to_numpy(std::move(csr.values)));
-  }, py::arg("users"), py::arg("items"), py::arg("timestamps"), py::arg("num_users"));
+    py::object times = py::none();
+    if (timestamps) times = to_numpy(std::move(csr.times));
+    return py::make_tuple(to_numpy(std::move(csr.indptr)), to_numpy(std::move(csr.values)), times);
+  }, py::arg("users"), py::arg("items"), py::arg("timestamps"), py::arg("num_users"),
+     "CSR of users' items in time order: (indptr, items, timestamps in that order or None).");
+
+  m.def("natural_order", [](const std::vector<std::string>& tokens) -> py::object {
+    std::vector<int64_t> order;
+    bool known;
+    {
+      py::gil_scoped_release nogil;
+      known = sd::natural_order(tokens, order);
+    }
+    if (!known) return py::none();
+    return to_numpy(std::move(order));
+  }, py::arg("tokens"),
+     "Indices of tokens in natural order (integers by value, then text), or None when Python must decide.");
 
   m.def("kcore", [](const py::object& indptr_in, const py::object& items_in, int64_t num_items,
                     int64_t min_user, int64_t min_item) {

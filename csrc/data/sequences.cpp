@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <utility>
 
 #include "data/checks.h"
 #include "data/errors.h"
@@ -40,13 +41,27 @@ Csr group_by_user(const int64_t* users, const int64_t* items, const double* time
   std::vector<int64_t> cursor(out.indptr.begin(), out.indptr.end() - 1);
   for (int64_t i = 0; i < n; ++i) order[cursor[users[i] - 1]++] = i;
   if (timestamps != nullptr) {
+    // Each user's (time, row) pairs sorted in a contiguous buffer: the comparisons then
+    // read neighbouring memory instead of timestamps[] at random rows. Rows rise within
+    // a user, so ordering by (time, row) is the stable order by time.
+    std::vector<std::pair<double, int64_t>> pairs;
     for (int64_t u = 0; u < num_users; ++u) {
-      std::stable_sort(order.begin() + out.indptr[u], order.begin() + out.indptr[u + 1],
-                       [&](int64_t a, int64_t b) { return timestamps[a] < timestamps[b]; });
+      const int64_t begin = out.indptr[u], end = out.indptr[u + 1];
+      bool sorted = true;
+      for (int64_t j = begin + 1; j < end && sorted; ++j) sorted = timestamps[order[j - 1]] <= timestamps[order[j]];
+      if (sorted) continue;
+      pairs.clear();
+      for (int64_t j = begin; j < end; ++j) pairs.emplace_back(timestamps[order[j]], order[j]);
+      std::sort(pairs.begin(), pairs.end());
+      for (int64_t j = begin; j < end; ++j) order[j] = pairs[j - begin].second;
     }
   }
   out.values.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) out.values[i] = items[order[i]];
+  if (timestamps != nullptr) {
+    out.times.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) out.times[i] = timestamps[order[i]];
+  }
   return out;
 }
 

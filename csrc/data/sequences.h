@@ -9,11 +9,13 @@ namespace seqrec::data {
 struct Csr {
   std::vector<int64_t> indptr;  // [rows + 1]
   std::vector<int64_t> values;  // [indptr.back()]
+  std::vector<double> times;    // group_by_user with timestamps: aligned with values; else empty
 };
 
 // Groups interactions by user (codes 1..num_users, num_users <= n; row u-1 holds user u) and orders
 // each user's items by timestamp, keeping the input order on ties (stable). With
-// timestamps == nullptr the input order is the chronological order.
+// timestamps == nullptr the input order is the chronological order. With timestamps,
+// `times` holds them in the order of `values` (so the caller need not sort them again).
 Csr group_by_user(const int64_t* users, const int64_t* items, const double* timestamps, int64_t n,
                   int64_t num_users);
 

@@ -26,8 +26,9 @@ DataError.__module__ = "seqrec.data"
 class SequenceDataset:
     """Users' chronological item sequences with dense ids and optional item attributes.
 
-    Build one with :meth:`from_s3rec`, :meth:`from_atomic`, :meth:`from_arrays`,
-    :meth:`from_dataframe` or :func:`seqrec.data.synthetic`.
+    Build one with :meth:`from_s3rec`, :meth:`from_atomic`, :meth:`from_parquet`,
+    :meth:`from_arrays`, :meth:`from_dataframe` or :func:`seqrec.data.synthetic`; open a
+    prepared (memory-mapped) one with :meth:`open_prepared`.
 
     Attributes:
         indptr: ``[num_users + 1]`` int64; user ``u``'s items are ``items[indptr[u]:indptr[u+1]]``.
@@ -267,6 +268,23 @@ class SequenceDataset:
                                metadata={"format": "parquet", "path": str(path)})
 
     @classmethod
+    def open_prepared(cls, path: str | os.PathLike, *, verify: bool = True) -> "SequenceDataset":
+        """Open a folder written by :meth:`prepare` (or ``seqrec data prepare``): its arrays
+        are memory-mapped read-only, shared by every process that opens it. ``verify``
+        checks each file's SHA-256 against the manifest (see
+        :func:`seqrec.data.prepared.open_prepared`); a mismatch raises DataError."""
+        from .prepared import open_prepared
+
+        return open_prepared(path, verify=verify)
+
+    def prepare(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write this dataset as a folder of memory-mappable arrays and a checksummed
+        manifest, for :meth:`open_prepared` (atomically: complete or absent)."""
+        from .prepared import prepare_dataset
+
+        return prepare_dataset(self, out, overwrite=overwrite)
+
+    @classmethod
     def from_arrays(cls, users, items, timestamps=None, *, item_attributes: Mapping[str, Mapping] | None = None,
                     name: str = "arrays") -> "SequenceDataset":
         """Build from parallel arrays of interactions (raw user ids, raw item ids[, times]).
@@ -325,17 +343,13 @@ class SequenceDataset:
     def _from_codes(cls, user_codes, user_vocab, item_codes, item_vocab, timestamps, *, name, metadata):
         user_codes = np.asarray(user_codes, np.int64)
         item_codes = np.asarray(item_codes, np.int64)
-        indptr, seq_items = _engine.group_by_user(user_codes, item_codes, timestamps, len(user_vocab) - 1)
-        # Dense item ids follow the natural order of the raw ids.
-        order = sorted(range(1, len(item_vocab)), key=lambda i: _natural(item_vocab[i]))
+        # timestamps come back in the order of the grouped items.
+        indptr, seq_items, timestamps = _engine.group_by_user(user_codes, item_codes, timestamps,
+                                                              len(user_vocab) - 1)
+        order = _natural_order(item_vocab)
         old_to_new = np.zeros(len(item_vocab), np.int64)
-        old_to_new[np.asarray(order, np.int64)] = np.arange(1, len(item_vocab))
-        item_tokens = [""] + [item_vocab[i] for i in order]
-        if timestamps is not None:
-            # Each user's times sorted: the order group_by_user gave its items (ties,
-            # whichever order, carry equal times).
-            timestamps = np.asarray(timestamps, np.float64)
-            timestamps = timestamps[np.lexsort((timestamps, user_codes))]
+        old_to_new[order] = np.arange(1, len(item_vocab))
+        item_tokens = [""] + [item_vocab[i] for i in order.tolist()]
         return cls(indptr, old_to_new[seq_items], list(user_vocab)[1:], item_tokens, name=name, metadata=metadata,
                    timestamps=timestamps)
 
@@ -395,6 +409,20 @@ class SequenceDataset:
         attrs = f", attributes={list(self.attributes)}" if self.attributes else ""
         return (f"SequenceDataset({self.name!r}: {self.num_users} users, {self.num_items} items, "
                 f"{self.num_interactions} interactions{attrs})")
+
+
+def _natural_order(vocab: Sequence[str]) -> np.ndarray:
+    """Codes ``1..len(vocab)-1`` of ``vocab`` (``vocab[0]`` is padding) in the natural
+    order of their tokens (:func:`_natural`, stable): sorted in C++ when every token's
+    class is plain, else by Python's own ``int()``."""
+    tokens = vocab[1:] if isinstance(vocab, list) else list(vocab)[1:]
+    try:
+        order = _engine.natural_order(tokens)
+    except (UnicodeEncodeError, TypeError):  # a str with lone surrogates has no UTF-8 form
+        order = None
+    if order is None:
+        return np.asarray(sorted(range(1, len(tokens) + 1), key=lambda i: _natural(tokens[i - 1])), np.int64)
+    return order + 1
 
 
 def _natural(token: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .dataset import DataError, SequenceDataset
+from .prepared import MANIFEST
 from .synthetic import synthetic
 
 
@@ -12,9 +13,11 @@ def load_dataset(source: str, fmt: str | None = None, *, attributes: list[str] |
                  synthetic_size: tuple[int, int] = (2000, 600)) -> SequenceDataset:
     """Load ``source``: ``"synthetic"``, an S3-Rec ``.txt`` file (or a folder holding
     ``<folder>.txt``), RecBole atomic files (``.inter`` file, stem or folder), or a
-    ``.parquet`` file of interactions (user_id, item_id, timestamp; needs pyarrow).
+    ``.parquet`` file of interactions (user_id, item_id, timestamp; needs pyarrow), or a
+    folder written by ``seqrec data prepare`` (memory-mapped, see :mod:`seqrec.data.prepared`).
 
-    ``fmt`` forces the format (``"s3rec"``, ``"atomic"`` or ``"parquet"``); otherwise it is inferred.
+    ``fmt`` forces the format (``"s3rec"``, ``"atomic"``, ``"parquet"`` or ``"prepared"``);
+    otherwise it is inferred.
     ``attributes`` restricts the atomic ``.item`` fields loaded. ``kcore`` applies
     k-core filtering to users and items. ``synthetic_size`` is (users, items) of the
     synthetic dataset.
@@ -37,8 +40,10 @@ def load_dataset(source: str, fmt: str | None = None, *, attributes: list[str] |
             ds = SequenceDataset.from_atomic(path, attributes)
         elif fmt == "parquet":
             ds = SequenceDataset.from_parquet(path)
+        elif fmt == "prepared":
+            ds = SequenceDataset.open_prepared(path)
         else:
-            raise ValueError(f"format must be 's3rec', 'atomic' or 'parquet', got {fmt!r}")
+            raise ValueError(f"format must be 's3rec', 'atomic', 'parquet' or 'prepared', got {fmt!r}")
     if kcore:
         ds = ds.kcore(kcore)
     return ds
@@ -52,6 +57,8 @@ def _infer_format(path: Path) -> str:
     if path.suffix == ".parquet":
         return "parquet"
     if path.is_dir():
+        if (path / MANIFEST).is_file():
+            return "prepared"
         if (path / f"{path.name}.txt").exists():
             return "s3rec"
         if (path / f"{path.name}.inter").exists():
