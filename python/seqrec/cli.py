@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -31,52 +32,35 @@ from .data import DataError, load_dataset
 from .utils import (NoSpaceError, lock_run_folder, reuse_freed_memory, stale_temp_files, verify_torch_file,
                     write_json)
 
-# Defaults of each model's paper, applied when the option is not given.
-MODEL_DEFAULTS = {
-    "sasrec": dict(hidden_size=64, num_layers=2, num_heads=2, dropout=0.5, loss="bce", lr=1e-3,
-                   batch_size=256, num_negatives=1),
-    # Fine-tuning a pretrained S3-Rec: a causal SASRec (pairwise BCE, one negative) whose
-    # weights come from --init; architecture defaults come from the checkpoint.
-    "s3rec": dict(hidden_size=64, num_layers=2, num_heads=2, dropout=0.5, loss="bce", lr=1e-3,
-                  batch_size=256, num_negatives=1),
-    # SINE: the concept pool, K, tau and lambda come from SINEConfig / --preset.
-    "sine": dict(hidden_size=64, dropout=0.0, lr=1e-3, batch_size=256, num_negatives=100),
-    # DIF-SR's Beauty settings (the difsr-beauty preset; see seqrec.models.difsr.PRESETS).
-    "difsr": dict(hidden_size=256, num_layers=4, num_heads=8, dropout=0.5, attention_dropout=0.3, loss="ce",
-                  lr=1e-4, batch_size=256, inner_size=256, num_negatives=1),
-    # DSS: SASRec's Beauty budget, single head, the paper's softmax seq2item loss (no
-    # negatives; --loss sampled draws 100 unless --num-negatives says otherwise).
-    "dss": dict(hidden_size=64, num_layers=2, num_heads=1, dropout=0.5, loss="ce", lr=1e-3,
-                batch_size=256, num_negatives=1),
-}
 # Models `seqrec pretrain` knows, and the fine-tune model `seqrec train` builds for them.
 PRETRAIN_MODELS = {"s3rec": "sasrec"}
 
 
-def _defaults_text(per_model: dict) -> str:
-    """"(default: 64)" when every model agrees, else "(default: difsr 256, sasrec 64, ...)"."""
-    values = {m: v for m, v in per_model.items() if v is not None}
-    if len(set(map(str, values.values()))) == 1:
-        return f"(default: {next(iter(values.values()))})"
-    return "(default: " + ", ".join(f"{m} {v}" for m, v in sorted(values.items())) + ")"
+@functools.cache
+def _train_options():
+    """The model options of `seqrec train`: every registered model, by the model it builds."""
+    from .model_options import ModelOptions
+    from .models.registry import REGISTRY
+
+    return ModelOptions({name: PRETRAIN_MODELS.get(name, name) for name in REGISTRY})
 
 
-def _field_help(name: str) -> str:
-    """Help of an encoder flag from the config fields' metadata, with each model's default
-    (the config's, or the CLI's model default where it sets one)."""
-    from .models.config import EncoderConfig
-    from .models.registry import MODELS
+@functools.cache
+def _pretrain_options():
+    """The model options of `seqrec pretrain`."""
+    from .model_options import ModelOptions
 
-    meta = EncoderConfig.__dataclass_fields__[name].metadata["seqrec"]
-    defaults = {}
-    for model in MODEL_DEFAULTS:
-        config_cls = MODELS[PRETRAIN_MODELS.get(model, model)][0]
-        field = config_cls.__dataclass_fields__.get(name)
-        if field is None or not field.metadata.get("seqrec", {}).get("cli", True):
-            continue
-        value = MODEL_DEFAULTS[model].get(name, field.default)
-        defaults[model] = "4 x hidden size" if value is None and name == "inner_size" else value
-    return f"{meta['help']} {_defaults_text(defaults)}"
+    return ModelOptions({name: name for name in PRETRAIN_MODELS})
+
+
+def _train_defaults_text(name: str) -> str:
+    """"(default: ...)" of a training setting whose default is each model's paper's."""
+    from .model_options import defaults_text
+
+    options = _train_options()
+    return defaults_text({m: options.registration(m).defaults.train.get(name) for m in options.models})
+
+
 # ---------------------------------------------------------------- option types
 # argparse `type=` functions: a bad value is refused while parsing, in argparse's words,
 # "argument --lr: must be > 0, got 0", never replaced by a default later.
@@ -139,13 +123,6 @@ def seed_int(text: str) -> int:
     return value
 
 
-def _presets() -> dict:
-    """Named settings: {name: (model, {"model": {...}, "train": {...}})}."""
-    from .models.difsr import PRESETS as DIFSR_PRESETS
-
-    return {name: ("difsr", p) for name, p in DIFSR_PRESETS.items()}
-
-
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="synthetic",
                    help="'synthetic' (default), an S3-Rec .txt file / folder, or RecBole atomic files "
@@ -167,80 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     # the help does not state it and it is not None).
     t = sub.add_parser("train", help="train a model, select by validation, report test metrics",
                        formatter_class=_DefaultsHelp)
-    t.add_argument("--model", default="sasrec", choices=sorted(MODEL_DEFAULTS), help="model to train")
+    options = _train_options()
+    t.add_argument("--model", default="sasrec", choices=sorted(options.models), help="model to train")
     _add_data_args(t)
-    t.add_argument("--loss", choices=["bce", "ce", "sampled"], default=None,
-                   help="bce: pairwise BCE with sampled negatives; ce: softmax cross-entropy over all items; "
-                        "sampled: softmax over the target and --num-negatives sampled items (dss) "
-                        "(default: the model paper's)")
-    t.add_argument("--hidden-size", type=int, default=None, help=_field_help("hidden_size"))
-    t.add_argument("--num-layers", type=int, default=None, help=_field_help("num_layers"))
-    t.add_argument("--num-heads", type=int, default=None, help=_field_help("num_heads"))
-    t.add_argument("--dropout", type=float, default=None,
-                   help="hidden dropout, and attention dropout unless --attention-dropout is given "
-                        + _defaults_text({m: MODEL_DEFAULTS[m]["dropout"] for m in MODEL_DEFAULTS}))
-    t.add_argument("--attention-dropout", type=float, default=None, help=_field_help("attention_dropout"))
-    t.add_argument("--inner-size", type=int, default=None, help=_field_help("inner_size"))
     t.add_argument("--preset", default=None,
-                   help="named settings of a paper; explicit options override them (difsr: "
-                        + ", ".join(sorted(_presets())) + "; sine: " + ", ".join(_sine_presets()) + "; dss: "
-                        + ", ".join(_dss_presets()) + ")")
+                   help=f"named settings of a paper; explicit options override them ({options.preset_help()})")
     t.add_argument("--num-negatives", type=positive_int, default=None,
                    help="sampled negatives per training position (default: the model's; sasrec 1, sine 100, "
                         "dss 100 with --loss sampled)")
-    t.add_argument("--temperature", type=float, default=None,
-                   help="sine: tau of the interest aggregation; dss: clustering temperature tau of p(k|i) "
-                        "(default: dss 0.5, sine 0.1)")
-    dss = t.add_argument_group("DSS (--model dss; defaults: DSSConfig's)")
-    dss.add_argument("--num-intentions", type=int, default=None, help="K intention prototypes / vectors (default 4)")
-    dss.add_argument("--seq2seq-weight", type=float, default=None,
-                     help="weight of the seq2seq InfoNCE term; 0 = the seq2item-only ablation (default 0.1)")
-    dss.add_argument("--seq2seq-temperature", type=float, default=None,
-                     help="extra temperature of the seq2seq logits (already divided by sqrt(D))")
-    dss.add_argument("--confidence-lambda", type=float, default=None,
-                     help="fraction in (0, 1] of the intention pairs present on both sides kept by the "
-                          "top-lambda confidence cut (default 0.5)")
-    dss.add_argument("--beta", choices=["learned", "noise"], default=None,
-                     help="the aggregation bias beta: learned parameters per side (default), or fresh "
-                          "N(0, 1/D) noise per side in training and 0 at evaluation")
-    g = t.add_argument_group("SINE (--model sine)")
-    g.add_argument("--num-prototypes", type=int, default=None, help="L, size of the concept pool (default 500)")
-    g.add_argument("--num-interests", type=int, default=None, help="K, concepts activated per user (default 4)")
-    g.add_argument("--assign-temperature", type=float, default=None,
-                   help="temperature of the intention assignment softmax (default 0.1)")
-    g.add_argument("--reg-weight", type=float, default=None,
-                   help="lambda of the covariance regulariser on the prototypes (default 0.1)")
-    g.add_argument("--merge", choices=["aggregate", "max"], default=None,
-                   help="how scores use the K interests: the paper's aggregated user vector (default) or "
-                        "the max over interests")
-    g.add_argument("--intent-attention", choices=["paper", "assigned"], default=None,
-                   help="per-intention attention: the paper's (default) or the authors' code's, scaled by the "
-                        "assignment (more distinct interests)")
-    g.add_argument("--max-prefixes", type=int, default=None,
-                   help="training prefixes per sequence, most recent first (default: all)")
-    dif = t.add_argument_group("DIF-SR (--model difsr)")
-    dif.add_argument("--attributes", nargs="+", default=None, metavar="FIELD",
-                     help="attribute fields of the dataset used as side information (S3-Rec json data: "
-                          "'attributes'; RecBole atomic: the .item columns, e.g. 'class')")
-    dif.add_argument("--attribute-size", type=int, nargs="+", default=None, metavar="D",
-                     help="attribute embedding size, one for all fields or one per field (default 64)")
-    dif.add_argument("--fusion", choices=["sum", "concat", "gate"], default=None,
-                     help="fusion of the score matrices (default gate)")
-    dif.add_argument("--pooling", choices=["sum", "mean", "max"], default=None,
-                     help="pooling of an item's several values of one field (default sum)")
-    dif.add_argument("--attribute-weight", type=float, nargs="+", default=None, metavar="LAMBDA",
-                     help="weight of the attribute prediction loss, one or one per field (default 10)")
-    dif.add_argument("--no-attribute-predictor", action="store_true",
-                     help="train without the auxiliary attribute predictors")
-    dif.add_argument("--no-position-scores", action="store_true",
-                     help="no position score matrix (the model then has no position information)")
-    dif.add_argument("--fusion-sees-masked", action="store_true",
-                     help="DIF-SR's code: fusion maps read masked (future/padding) scores too")
+    # One flag per config field (seqrec.model_options), the flags of one model in its group.
+    groups = options.add_to(t)
+    takers = [m for m in options.models if options.registration(m).side_information is not None]
+    (groups[takers[0]] if len(takers) == 1 else t).add_argument(
+        "--attributes", nargs="+", default=None, metavar="FIELD",
+        help="attribute fields of the dataset used as side information (S3-Rec json data: 'attributes'; RecBole "
+             "atomic: the .item columns, e.g. 'class')")
     t.add_argument("--epochs", type=positive_int, default=200, help="training epochs (at most; see --patience)")
     t.add_argument("--batch-size", type=positive_int, default=None,
-                   help="users per batch " + _defaults_text({m: d["batch_size"] for m, d in MODEL_DEFAULTS.items()}))
-    t.add_argument("--lr", type=positive_float, default=None,
-                   help="Adam learning rate " + _defaults_text({m: d["lr"] for m, d in MODEL_DEFAULTS.items()}))
+                   help="users per batch " + _train_defaults_text("batch_size"))
+    t.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate " + _train_defaults_text("lr"))
     t.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="Adam weight decay (default: 0)")
     _add_trainer_args(t)
     t.add_argument("--patience", type=nonneg_int, default=10,
@@ -474,9 +396,8 @@ class _DefaultsHelp(argparse.HelpFormatter):
 
 
 def _add_pretrain_parser(sub) -> None:
-    from .models.s3rec import PRESETS, S3RecConfig
+    from .models.registry import REGISTRY
 
-    defaults = S3RecConfig(num_items=1, num_attributes=1)
     p = sub.add_parser(
         "pretrain", formatter_class=_DefaultsHelp,
         help="self-supervised pretraining (S3-Rec); fine-tune with `seqrec train --model s3rec --init DIR`",
@@ -498,29 +419,17 @@ def _add_pretrain_parser(sub) -> None:
                    help="samples per batch (default: %(default)s, the authors')")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="Adam weight decay (default: %(default)s)")
-    p.add_argument("--mask-p", type=float, default=None, help=f"item masking probability (default: {defaults.mask_prob})")
     for name, label in (("aap", "item-attribute (AAP)"), ("mip", "masked item (MIP)"),
                         ("map", "masked attribute (MAP)"), ("sp", "segment (SP)")):
         p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True,
                        help=f"{label} objective on/off, for ablations (default: on)")
-        p.add_argument(f"--{name}-weight", type=float, default=None,
-                       help=f"weight of the {name.upper()} loss (default: {getattr(defaults, name + '_weight')})")
-    p.add_argument("--aap-input", choices=["item", "sequence"], default=None,
-                   help="what AAP scores: 'sequence' = the encoder output at the item's position (the "
-                        "authors' code; default), 'item' = the item embedding (the paper's formula)")
-    p.add_argument("--reduction", choices=["sum", "mean"], default=None,
-                   help="sum each loss over its scored positions (the authors', default) or average it")
+    _pretrain_options().add_to(p)  # one flag per S3RecConfig field (seqrec.model_options)
     p.add_argument("--attributes", nargs="+", default=None, metavar="FIELD",
                    help="categorical item fields used as attributes (default: all)")
     p.add_argument("--samples", choices=["prefixes", "users"], default="prefixes",
                    help="every prefix of each training sequence (the authors', default) or one sample per user")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+    p.add_argument("--preset", choices=sorted(REGISTRY["s3rec"].presets), default=None,
                    help="named model settings (paper: the S3-Rec paper's; explicit options override it)")
-    p.add_argument("--hidden-size", type=int, default=None, help=f"(default: {defaults.hidden_size})")
-    p.add_argument("--num-layers", type=int, default=None, help=f"(default: {defaults.num_layers})")
-    p.add_argument("--num-heads", type=int, default=None, help=f"(default: {defaults.num_heads})")
-    p.add_argument("--dropout", type=float, default=None,
-                   help=f"hidden and attention dropout (default: {defaults.hidden_dropout})")
     p.add_argument("--seed", type=seed_int, default=42,
                    help="seeds initialisation, sample order, masking and dropout; 0 <= seed < 2**63 "
                         "(default: %(default)s)")
@@ -546,121 +455,13 @@ def format_table(title: str, metrics: dict, protocol: str) -> str:
     return "\n".join(lines)
 
 
-def _sine_presets() -> list[str]:
-    from .models.sine import SINE_PRESETS
-
-    return sorted(SINE_PRESETS)
-
-
-def _apply_preset(args) -> None:
-    """--preset: its model settings become the defaults that explicit options override."""
-    if args.preset is None:
-        return
-    presets = _presets()
-    if args.preset not in presets:
-        if args.model == "difsr":
-            raise ValueError(f"unknown difsr preset {args.preset!r}; available: {sorted(presets)}")
-        return  # another model's preset (sine, dss): _model_config applies or rejects it
-    model, preset = presets[args.preset]
-    if args.model != model:
-        raise ValueError(f"preset {args.preset!r} is for --model {model}, not {args.model}")
-    m, tr = preset.model, preset.train
-    for key, value in (("hidden_size", m.get("hidden_size")), ("num_layers", m.get("num_layers")),
-                       ("num_heads", m.get("num_heads")), ("inner_size", m.get("inner_size")),
-                       ("dropout", m.get("hidden_dropout")), ("attention_dropout", m.get("attention_dropout")),
-                       ("loss", m.get("loss")), ("fusion", m.get("fusion")), ("pooling", m.get("pooling")),
-                       ("lr", tr.get("lr")), ("batch_size", tr.get("batch_size"))):
-        if value is not None and getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.attribute_size is None and "attribute_sizes" in m:
-        args.attribute_size = list(np.atleast_1d(m["attribute_sizes"]))
-    if args.attribute_weight is None and "attribute_loss_weight" in m:
-        args.attribute_weight = list(np.atleast_1d(m["attribute_loss_weight"]))
-    if m.get("attribute_predictor") is False:
-        args.no_attribute_predictor = True
-
-
-def _dss_presets() -> list[str]:
-    from .models.dss import PRESETS
-
-    return sorted(PRESETS)
-
-
-def _dss_config(args, num_items: int) -> dict:
-    from .models.dss import PRESETS, DSSConfig
-
-    if args.preset is not None and args.preset not in PRESETS:
-        raise ValueError(f"--preset {args.preset!r}: dss has presets {sorted(PRESETS)}")
-    defaults = {**MODEL_DEFAULTS["dss"], **(PRESETS[args.preset].model if args.preset else {})}
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
-    if pick("num_heads") != 1:
-        raise ValueError("--num-heads: dss uses a single-head encoder (1)")
-    dropout = pick("dropout")
-    config = dict(num_items=num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
-                  num_layers=pick("num_layers"), hidden_dropout=dropout, attention_dropout=dropout,
-                  loss=pick("loss"))
-    for field, flag in (("num_intentions", "num_intentions"), ("tau", "temperature"),
-                        ("seq2seq_weight", "seq2seq_weight"), ("seq2seq_temperature", "seq2seq_temperature"),
-                        ("confidence_lambda", "confidence_lambda"), ("beta", "beta")):
-        value = getattr(args, flag)
-        # Every DSS field is written out, so the run's spec does not depend on later defaults.
-        config[field] = value if value is not None else defaults.get(
-            field, DSSConfig.__dataclass_fields__[field].default)
-    return config
-
-
 def _model_config(args, dataset, init_config: dict | None = None) -> tuple[str, dict]:
-    defaults = MODEL_DEFAULTS[args.model]
-    if init_config:  # architecture of the --init checkpoint, unless given on the command line
-        defaults = {**defaults, **{k: init_config[k] for k in ("hidden_size", "num_layers", "num_heads")
-                                   if k in init_config}}
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
-    if args.model == "sine":
-        from .models.sine import SINE_PRESETS
-
-        if args.preset is not None and args.preset not in SINE_PRESETS:
-            raise ValueError(f"unknown sine preset {args.preset!r}; available: {sorted(SINE_PRESETS)}")
-        config = dict(num_items=dataset.num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
-                      dropout=pick("dropout"), **(SINE_PRESETS[args.preset].model if args.preset else {}))
-        for name in ("num_prototypes", "num_interests", "temperature", "assign_temperature", "reg_weight",
-                     "merge", "intent_attention", "max_prefixes"):
-            if getattr(args, name) is not None:
-                config[name] = getattr(args, name)
-        return args.model, config
-    if args.model == "dss":
-        return args.model, _dss_config(args, dataset.num_items)
-    if args.preset is not None and args.model != "difsr":  # difsr's presets were applied by _apply_preset
-        raise ValueError(f"--preset: model {args.model!r} has no presets")
-    dropout = pick("dropout")
-    attention_dropout = args.attention_dropout if args.attention_dropout is not None else \
-        defaults.get("attention_dropout", dropout) if args.dropout is None else dropout
-    config = dict(num_items=dataset.num_items, max_len=args.max_len, hidden_size=pick("hidden_size"),
-                  num_layers=pick("num_layers"), num_heads=pick("num_heads"), hidden_dropout=dropout,
-                  attention_dropout=attention_dropout, loss=pick("loss"))
-    if args.inner_size is not None or "inner_size" in defaults:
-        config["inner_size"] = pick("inner_size")
-    if args.model == "difsr":
-        from .models.difsr import attribute_config
-
-        one_or_list = lambda v: v[0] if len(v) == 1 else tuple(v)  # noqa: E731
-        config.update(attribute_config(dataset, args.attributes or ()))
-        if args.attribute_size is not None:
-            config["attribute_sizes"] = one_or_list([int(v) for v in args.attribute_size])
-        if args.attribute_weight is not None:
-            config["attribute_loss_weight"] = one_or_list([float(v) for v in args.attribute_weight])
-        for key in ("fusion", "pooling"):
-            if getattr(args, key) is not None:
-                config[key] = getattr(args, key)
-        config["attribute_predictor"] = not args.no_attribute_predictor
-        config["position_scores"] = not args.no_position_scores
-        config["fusion_sees_masked"] = args.fusion_sees_masked
-    elif args.attributes or args.fusion or args.pooling or args.attribute_size or args.attribute_weight:
-        raise ValueError(f"--attributes/--fusion/--pooling/--attribute-size/--attribute-weight are DIF-SR "
-                         f"options; --model {args.model} takes none")
-    if init_config:
-        config.update({k: init_config[k] for k in ("inner_size", "hidden_act", "layer_norm_eps")
-                       if k in init_config})
-    return PRETRAIN_MODELS.get(args.model, args.model), config
+    """The model `seqrec train` builds and its config fields: from the model flags, the
+    --preset, the --init checkpoint's config and the dataset (seqrec.model_options)."""
+    options = _train_options()
+    config = options.config(args, init_config)
+    config.update(num_items=dataset.num_items, max_len=args.max_len, **options.side_information(args, dataset))
+    return options.models[args.model], config
 
 
 def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, path) -> dict:
@@ -698,12 +499,11 @@ def cmd_train(args) -> int:
     init_state = init_spec = init_path = None
     if args.init is not None:
         init_state, init_spec, init_path = _read_init(args.init, read_pretrained_state)
-    _apply_preset(args)
     split_spec = _split_spec(args)
     dataset = _load(args)
     split = build_split(dataset, split_spec, args.max_len)
     name, config = _model_config(args, dataset, (init_spec or {}).get("config"))
-    defaults = MODEL_DEFAULTS[args.model]
+    defaults = _train_options().train_defaults(args)  # the preset's, else the model paper's
     num_negatives = args.num_negatives
     if num_negatives is None:
         num_negatives = 100 if config.get("loss") == "sampled" else defaults["num_negatives"]
@@ -867,25 +667,17 @@ def _print_interest_distinctness(model, split, device: str) -> None:
 
 def cmd_pretrain(args) -> int:
     from .models import build_model
-    from .models.s3rec import OBJECTIVES, PRESETS, item_attribute_table
+    from .models.s3rec import OBJECTIVES
     from .train.pretrain import PRETRAIN_CHECKPOINT, RUN_FILES, PretrainConfig, Pretrainer
 
     previous_run = _check_run_folder(args, RUN_FILES)
     dataset = _load(args)
-    _, num_attributes, fields = item_attribute_table(dataset, args.attributes or ())
-    config = dict(PRESETS[args.preset].model) if args.preset else {}
-    config.update(num_items=dataset.num_items, num_attributes=num_attributes, attribute_fields=fields,
-                  max_len=args.max_len)
-    for flag, field in (("hidden_size", "hidden_size"), ("num_layers", "num_layers"), ("num_heads", "num_heads"),
-                        ("dropout", "hidden_dropout"), ("dropout", "attention_dropout"), ("mask_p", "mask_prob"),
-                        ("aap_input", "aap_input"), ("reduction", "reduction")):
-        if getattr(args, flag) is not None:
-            config[field] = getattr(args, flag)
-    for name in OBJECTIVES:
+    options = _pretrain_options()
+    config = options.config(args)
+    config.update(num_items=dataset.num_items, max_len=args.max_len, **options.side_information(args, dataset))
+    for name in OBJECTIVES:  # --no-NAME switches an objective off, whatever its weight
         if not getattr(args, name):
             config[f"{name}_weight"] = 0.0
-        elif getattr(args, f"{name}_weight") is not None:
-            config[f"{name}_weight"] = getattr(args, f"{name}_weight")
     pretrain_cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                weight_decay=args.weight_decay, samples=args.samples, seed=args.seed,
                                device=args.device, progress=args.progress, keep_every=args.keep_every)

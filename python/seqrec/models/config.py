@@ -5,8 +5,9 @@ accept (:func:`spec`): an int with a minimum, a probability, a positive number, 
 few choices... :class:`ConfigBase` checks them all in one ``__post_init__`` with one
 message format (``SASRecConfig.hidden_size must be an int >= 1, got 0``), then runs the
 config's cross-field checks (:meth:`ConfigBase.validate`). The command line reads the
-same metadata (:func:`cli_fields`): a flag per field, its type, its default and its help
-line come from here, so they are stated once.
+same metadata (:func:`cli_fields`, :func:`flag_name`; :mod:`seqrec.model_options`): a
+flag per field, its type, its choices, each model's default and its help line come from
+here, so they are stated once.
 
 :class:`EncoderConfig` holds the fields of the Transformer encoder that SASRec, S3-Rec,
 DIF-SR and DSS share (sizes, dropouts, init, activation, norm epsilon).
@@ -16,16 +17,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["spec", "ConfigBase", "EncoderConfig", "Preset", "cli_fields"]
+__all__ = ["spec", "ConfigBase", "EncoderConfig", "Preset", "cli_fields", "flag_name"]
 
 _KINDS = ("int", "number", "probability", "positive", "choice", "bool", "any")
 
 
 def spec(default: Any = dataclasses.MISSING, *, kind: str, help: str, minimum: float | None = None,
          maximum: float | None = None, below: float | None = None, above: float | None = None,
-         choices: Sequence | None = None, optional: bool = False, cli: bool = True) -> Any:
+         choices: Sequence | None = None, optional: bool = False, cli: bool = True, flag: str | None = None,
+         follows: str | None = None, several: type | None = None) -> Any:
     """A dataclass field with its check and help in its metadata.
 
     Args:
@@ -36,13 +38,23 @@ def spec(default: Any = dataclasses.MISSING, *, kind: str, help: str, minimum: f
         help: one line for the command line and the docs.
         minimum / maximum: inclusive bounds (int and number).
         below / above: exclusive bounds (number).
-        optional: None is accepted too.
+        optional: None is accepted too. The help says what None means as
+            ``"(None: ...)"``; the command line shows that as the default.
         cli: whether the command line offers the field as a flag.
+        flag: the flag's name without ``--`` when it is not the field's name with
+            dashes (``hidden_dropout``: ``dropout``). Fields of several models that share
+            a flag name share the flag. A bool field's flag switches it away from its
+            default: ``--NAME`` for a False default, ``--no-NAME`` for a True one.
+        follows: another field whose flag, when given, also sets this field unless this
+            field's own flag is given (``attention_dropout`` follows ``hidden_dropout``).
+        several: kind ``"any"`` fields given as one or several values on the command
+            line (``int`` or ``float``): one value is stored as such, several as a tuple.
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
     meta = dict(kind=kind, help=help, minimum=minimum, maximum=maximum, below=below, above=above,
-                choices=tuple(choices) if choices is not None else None, optional=optional, cli=cli)
+                choices=tuple(choices) if choices is not None else None, optional=optional, cli=cli, flag=flag,
+                follows=follows, several=several)
     return dataclasses.field(default=default, metadata={"seqrec": meta})
 
 
@@ -110,7 +122,15 @@ def _ok(meta: dict, v: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ConfigBase:
-    """Checks every field declared with :func:`spec`, then :meth:`validate`."""
+    """Checks every field declared with :func:`spec`, then :meth:`validate`.
+
+    ``init_defaults`` / ``init_fixed``: fields that ``seqrec train --init CKPT`` takes
+    from the checkpoint's config: the former unless given on the command line, the
+    latter always (flags have no say: the checkpoint's weights were shaped by them).
+    """
+
+    init_defaults: ClassVar[tuple[str, ...]] = ()
+    init_fixed: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -140,6 +160,11 @@ class ConfigBase:
 class EncoderConfig(ConfigBase):
     """The Transformer encoder's fields (defaults = the S3-Rec authors' SASRec)."""
 
+    # A checkpoint given to --init is an encoder of this shape (sizes the flags leave
+    # unset default to it; widths and activation are its own).
+    init_defaults: ClassVar[tuple[str, ...]] = ("hidden_size", "num_layers", "num_heads")
+    init_fixed: ClassVar[tuple[str, ...]] = ("inner_size", "hidden_act", "layer_norm_eps")
+
     num_items: int = spec(kind="int", minimum=1, cli=False,
                           help="number of real items; ids 1..num_items, 0 is padding")
     max_len: int = spec(50, kind="int", minimum=1, cli=False, help="longest input (learned positions)")
@@ -148,8 +173,10 @@ class EncoderConfig(ConfigBase):
     num_heads: int = spec(2, kind="int", minimum=1, help="attention heads (must divide the hidden size)")
     inner_size: int | None = spec(None, kind="int", minimum=1, optional=True,
                                   help="feed-forward width (None: 4 x hidden size)")
-    hidden_dropout: float = spec(0.5, kind="probability", help="dropout on embeddings and sub-layer outputs")
-    attention_dropout: float = spec(0.5, kind="probability", help="dropout on attention probabilities")
+    hidden_dropout: float = spec(0.5, kind="probability", flag="dropout",
+                                 help="dropout on embeddings and sub-layer outputs")
+    attention_dropout: float = spec(0.5, kind="probability", follows="hidden_dropout",
+                                    help="dropout on attention probabilities")
     initializer_range: float = spec(0.02, kind="positive", cli=False, help="std of the normal init")
     hidden_act: str = spec("gelu", kind="choice", choices=("gelu", "relu"), cli=False,
                            help="feed-forward activation")
@@ -179,3 +206,12 @@ def cli_fields(config_cls: type) -> list[dataclasses.Field]:
     """The fields of ``config_cls`` the command line offers (declared with ``cli=True``)."""
     return [f for f in dataclasses.fields(config_cls)
             if f.metadata.get("seqrec", {}).get("cli", False)]
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    """The command-line flag of a field declared with :func:`spec`, without ``--``."""
+    meta = field.metadata["seqrec"]
+    name = meta["flag"] or field.name.replace("_", "-")
+    if meta["kind"] == "bool" and meta["flag"] is None and field.default is True:
+        return f"no-{name}"
+    return name

@@ -117,24 +117,26 @@ class DIFSRConfig(EncoderConfig):
     num_heads: int = spec(8, kind="int", minimum=1, help="attention heads (must divide the hidden size and "
                                                           "every attribute size)")
     inner_size: int = spec(256, kind="int", minimum=1, help="feed-forward width")
-    attention_dropout: float = spec(0.3, kind="probability", help="dropout on attention probabilities")
+    attention_dropout: float = spec(0.3, kind="probability", follows="hidden_dropout",
+                                    help="dropout on attention probabilities")
     # Side information and fusion.
     attribute_fields: tuple[str, ...] = spec((), kind="any", cli=False,
                                              help="attribute fields of the dataset used as side sources")
     attribute_vocab_sizes: tuple[int, ...] = spec((), kind="any", cli=False,
                                                   help="values per field (0: numeric), from the dataset")
-    attribute_sizes: int | tuple[int, ...] = spec(64, kind="any", cli=False,
+    attribute_sizes: int | tuple[int, ...] = spec(64, kind="any", flag="attribute-size", several=int,
                                                   help="attribute embedding size, one for all fields or one per field")
     fusion: str = spec("gate", kind="choice", choices=FUSIONS, help="fusion of the score matrices")
-    position_scores: bool = spec(True, kind="bool", cli=False, help="position information as its own scores")
+    position_scores: bool = spec(True, kind="bool",
+                                 help="position information as its own scores (without: no position information)")
     pooling: str = spec("sum", kind="choice", choices=POOLINGS,
                         help="pooling of an item's several values of one field")
-    attribute_predictor: bool = spec(True, kind="bool", cli=False, help="the auxiliary attribute predictors")
-    attribute_loss_weight: float | tuple[float, ...] = spec(10.0, kind="any", cli=False,
+    attribute_predictor: bool = spec(True, kind="bool", help="the auxiliary attribute predictors")
+    attribute_loss_weight: float | tuple[float, ...] = spec(10.0, kind="any", flag="attribute-weight", several=float,
                                                            help="lambda of the attribute loss, one or one per field")
     loss: str = spec("ce", kind="choice", choices=LOSSES,
                      help="ce: softmax over all items (the paper's); bce: one sampled negative")
-    fusion_sees_masked: bool = spec(False, kind="bool", cli=False,
+    fusion_sees_masked: bool = spec(False, kind="bool",
                                     help="DIF-SR's code: fusion maps read masked (future/padding) scores too")
 
     def validate(self) -> None:

@@ -122,7 +122,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import partial
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -191,9 +191,9 @@ class DSSConfig(EncoderConfig):
             inside the cosine of p(k|i).
     """
 
-    num_heads: int = spec(1, kind="int", minimum=1, maximum=1, cli=False, help="single-head encoder")
+    num_heads: int = spec(1, kind="int", minimum=1, maximum=1, help="attention heads: one (a single-head encoder)")
     num_intentions: int = spec(4, kind="int", minimum=1, help="K intention prototypes / vectors")
-    tau: float = spec(0.5, kind="positive", help="clustering temperature tau of p(k|i)")
+    tau: float = spec(0.5, kind="positive", flag="temperature", help="clustering temperature tau of p(k|i)")
     seq2seq_weight: float = spec(0.1, kind="number", minimum=0,
                                  help="weight of the seq2seq InfoNCE term; 0 = the seq2item-only ablation")
     seq2seq_temperature: float = spec(1.0, kind="positive",
@@ -206,6 +206,11 @@ class DSSConfig(EncoderConfig):
     loss: str = spec("ce", kind="choice", choices=LOSSES,
                      help="seq2item over all items (ce) or over the target and sampled negatives (sampled)")
     cluster_eps: float = spec(1e-5, kind="positive", cli=False, help="layer-norm epsilon inside the cosine of p(k|i)")
+
+    # --init loads weights by name and leaves the architecture to the options (a
+    # single-head DSS starts from SASRec checkpoints of other head counts).
+    init_defaults: ClassVar[tuple[str, ...]] = ()
+    init_fixed: ClassVar[tuple[str, ...]] = ()
 
 
 class DSSEncoding(NamedTuple):

@@ -4,30 +4,76 @@ Models never look each other up by string; code that knows which model it wants
 imports the class. ``build_model("sasrec", num_items=100, hidden_size=64)`` builds the
 config dataclass from the keyword arguments (so every field is validated there) and the
 model from the config.
+
+Each model is registered with its presets (``seqrec train --preset NAME``) and the
+training settings of its paper (:class:`~seqrec.models.config.Preset` both), so the
+command line derives everything it offers for a model from here and from the config
+fields.
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable, Mapping
 
 from torch import nn
 
-from .s3rec import S3Rec, S3RecConfig
-from .difsr import DIFSR, DIFSRConfig
-from .dss import DSS, DSSConfig
+from .config import Preset
+from . import difsr, s3rec
+from .difsr import DIFSR, DIFSRConfig, PRESETS as DIFSR_PRESETS
+from .dss import DSS, DSSConfig, PRESETS as DSS_PRESETS
+from .s3rec import S3Rec, S3RecConfig, PRESETS as S3REC_PRESETS
 from .sasrec import SASRec, SASRecConfig
-from .sine import SINE, SINEConfig
+from .sine import SINE, SINEConfig, SINE_PRESETS
 
-__all__ = ["MODELS", "build_model", "available_models"]
+__all__ = ["MODELS", "REGISTRY", "Registration", "build_model", "available_models"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """A model as the command line knows it.
+
+    Attributes:
+        config: its config dataclass (the flags are its fields', see
+            :func:`~seqrec.models.config.spec`).
+        model: its ``nn.Module`` class, built as ``model(config, backend=...)``.
+        label: its name in help texts.
+        presets: named settings, ``--preset NAME``.
+        defaults: the settings of its paper that are not config fields (``train``:
+            :class:`~seqrec.train.TrainConfig` fields), used when neither a flag nor the
+            preset gives them.
+        side_information: ``(dataset, field names) -> config fields`` for models that take
+            item attributes (``--attributes``: the names given, or an empty tuple); None
+            for those that take none.
+    """
+
+    config: type
+    model: type[nn.Module]
+    label: str
+    presets: Mapping[str, Preset] = dataclasses.field(default_factory=dict)
+    defaults: Preset = dataclasses.field(default_factory=Preset)
+    side_information: Callable | None = None
+
+
+REGISTRY: dict[str, Registration] = {
+    "sasrec": Registration(SASRecConfig, SASRec, "SASRec",
+                           defaults=Preset(train=dict(lr=1e-3, batch_size=256, num_negatives=1))),
+    # DSS: SASRec's Beauty budget, single head, the paper's softmax seq2item loss.
+    "dss": Registration(DSSConfig, DSS, "DSS", DSS_PRESETS,
+                        defaults=Preset(train=dict(lr=1e-3, batch_size=256, num_negatives=1))),
+    # SINE: its loss is a softmax over the target and 100 sampled items.
+    "sine": Registration(SINEConfig, SINE, "SINE", SINE_PRESETS,
+                         defaults=Preset(train=dict(lr=1e-3, batch_size=256, num_negatives=100))),
+    # Pretraining (`seqrec pretrain`); fine-tuning is SASRec (seqrec train --init).
+    "s3rec": Registration(S3RecConfig, S3Rec, "S3-Rec", S3REC_PRESETS, side_information=s3rec.attribute_config),
+    # DIF-SR's Beauty settings (its difsr-beauty preset).
+    "difsr": Registration(DIFSRConfig, DIFSR, "DIF-SR", DIFSR_PRESETS,
+                          defaults=Preset(train=dict(lr=1e-4, batch_size=256, num_negatives=1)),
+                          side_information=difsr.attribute_config),
+}
 
 # name -> (config dataclass, model class); a model is built as model_cls(config, backend=...).
-MODELS: dict[str, tuple[type, type[nn.Module]]] = {
-    "sasrec": (SASRecConfig, SASRec),
-    "dss": (DSSConfig, DSS),
-    "sine": (SINEConfig, SINE),
-    "s3rec": (S3RecConfig, S3Rec),  # pretraining; fine-tuning is SASRec (seqrec train --init)
-    "difsr": (DIFSRConfig, DIFSR),
-}
+MODELS: dict[str, tuple[type, type[nn.Module]]] = {name: (r.config, r.model) for name, r in REGISTRY.items()}
 
 
 def available_models() -> list[str]:

@@ -32,7 +32,7 @@ from .config import EncoderConfig, Preset, spec
 if TYPE_CHECKING:
     from ..data import SequenceDataset
 
-__all__ = ["S3RecConfig", "S3Rec", "PRESETS", "OBJECTIVES", "item_attribute_table"]
+__all__ = ["S3RecConfig", "S3Rec", "PRESETS", "OBJECTIVES", "attribute_config", "item_attribute_table"]
 
 OBJECTIVES = ("aap", "mip", "map", "sp")
 AAP_INPUTS = ("item", "sequence")
@@ -82,7 +82,7 @@ class S3RecConfig(EncoderConfig):
                                help="attribute ids 1..num_attributes (0: no side information)")
     attribute_fields: tuple[str, ...] = spec((), kind="any", cli=False,
                                              help="categorical fields used as attributes (empty: all)")
-    mask_prob: float = spec(0.2, kind="number", minimum=0, maximum=1, help="item masking probability p")
+    mask_prob: float = spec(0.2, kind="number", minimum=0, maximum=1, flag="mask-p", help="item masking probability p")
     aap_weight: float = spec(0.2, kind="number", minimum=0, help="weight of the AAP loss (0: off)")
     mip_weight: float = spec(1.0, kind="number", minimum=0, help="weight of the MIP loss (0: off)")
     map_weight: float = spec(1.0, kind="number", minimum=0, help="weight of the MAP loss (0: off)")
@@ -109,6 +109,13 @@ class S3RecConfig(EncoderConfig):
     def objectives(self) -> tuple[str, ...]:
         """The objectives switched on (weight > 0), in the paper's order."""
         return tuple(o for o in OBJECTIVES if getattr(self, f"{o}_weight") > 0)
+
+
+def attribute_config(dataset: "SequenceDataset", fields: tuple[str, ...] | list[str] = ()) -> dict:
+    """``num_attributes`` and ``attribute_fields`` of :class:`S3RecConfig` for the named
+    categorical fields of ``dataset`` (all of them when none is named)."""
+    _, num_attributes, fields = item_attribute_table(dataset, fields)
+    return dict(num_attributes=num_attributes, attribute_fields=fields)
 
 
 def item_attribute_table(dataset: "SequenceDataset", fields: tuple[str, ...] | list[str] = ()
