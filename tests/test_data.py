@@ -421,7 +421,7 @@ def test_split_argument_errors(small):
         next(split.train_batches(0))
     with pytest.raises(DataError, match=r"users\[0\] = 100000 is not a user index"):
         split.eval_batch("test", [100000])
-    with pytest.raises(ValueError, match="max_len must be >= 1"):
+    with pytest.raises(ValueError, match="max_len must be an int >= 1, got 0"):
         small.leave_one_out(max_len=0)
     short = SequenceDataset.from_arrays([1, 1, 2], [1, 2, 3])
     with pytest.raises(DataError, match="no user has the 3 interactions"):

@@ -151,6 +151,7 @@ def test_ratio_split_exact_assignment():
 
 
 def test_generic_leave_one_out_equals_leave_one_out_split():
+    assert LeaveOneOutSplit is LeaveOneOut  # one implementation, two public names
     ds = synthetic(num_users=60, num_items=80, seed=1)
     old, new = LeaveOneOutSplit(ds, max_len=7), LeaveOneOut(ds, max_len=7)
     assert np.array_equal(old.train_users, new.train_users) and np.array_equal(old.eval_users, new.eval_users)

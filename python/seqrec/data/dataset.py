@@ -377,10 +377,10 @@ class SequenceDataset:
         )
 
     def leave_one_out(self, max_len: int = 50):
-        """The leave-one-out split (see :class:`seqrec.data.LeaveOneOutSplit`)."""
-        from .split import LeaveOneOutSplit
+        """The leave-one-out split (:class:`seqrec.data.splits.LeaveOneOut`)."""
+        from .splits import LeaveOneOut
 
-        return LeaveOneOutSplit(self, max_len=max_len)
+        return LeaveOneOut(self, max_len=max_len)
 
     def stats(self) -> dict:
         """Sizes and length statistics, plus one entry per attribute field."""

@@ -61,21 +61,8 @@ def counter_uniform(seed: int, stream: int, *keys) -> np.ndarray:
 
 
 def train_item_counts(split) -> np.ndarray:
-    """``[num_items + 1]`` count of each item in ``split``'s training part (index 0 = 0).
-
-    For a :class:`~seqrec.data.splits.PrefixSplit`: every user's training prefix. For
-    :class:`~seqrec.data.LeaveOneOutSplit`: the same rule as its generic twin
-    :class:`~seqrec.data.LeaveOneOut`: all but the last two items of each user with at
-    least 3 (users with fewer are neither trained on nor evaluated).
-    """
-    from .split import LeaveOneOutSplit
-
-    ds = split.dataset
-    if isinstance(split, LeaveOneOutSplit):
-        lengths = ds.lengths
-        prefix = np.where(lengths >= 3, lengths - 2, 0)
-        index_in_user = np.arange(ds.num_interactions) - np.repeat(ds.indptr[:-1], lengths)
-        return np.bincount(ds.items[index_in_user < np.repeat(prefix, lengths)], minlength=ds.num_items + 1)
+    """``[num_items + 1]`` count of each item in ``split``'s training part (index 0 = 0):
+    every user's training prefix (:meth:`~seqrec.data.splits.PrefixSplit.train_item_counts`)."""
     return split.train_item_counts()
 
 

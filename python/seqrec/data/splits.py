@@ -9,9 +9,9 @@ excluded from full ranking = the first ``p`` items. A split offers the interface
 ``eval_batch``, ``sampled_candidates``, ``sampled_shortfall``, ``max_len``, ``info``),
 so ``Trainer(model, split, config)`` runs on any of them.
 
-* :class:`LeaveOneOut`: today's :class:`~seqrec.data.LeaveOneOutSplit` through this
-  interface (identical batches and candidates, tested), plus popularity-sampled
-  evaluation negatives.
+* :class:`LeaveOneOut`: the leave-one-out split (also named
+  :class:`~seqrec.data.LeaveOneOutSplit`, what ``SequenceDataset.leave_one_out``
+  returns), with uniform or popularity-sampled evaluation negatives.
 * :class:`TemporalSplit`: one global time cut (Sun et al., "Take a Fresh Look at
   Recommender Systems from an Evaluation Standpoint", SIGIR 2023; Ji et al., "A Critical
   Study on Data Leakage in Recommender System Offline Evaluation", TOIS 2023): nothing
@@ -123,14 +123,17 @@ class PrefixSplit:
             raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
         return self._instances[stage]
 
-    def train_prefix(self, users: np.ndarray) -> np.ndarray:
-        """How many of each user's first items are training data."""
+    def _check_users(self, users) -> np.ndarray:
         users = np.asarray(users, np.int64)
         bad = np.flatnonzero((users < 0) | (users >= self.dataset.num_users))
         if len(bad):
             raise DataError(f"users[{bad[0]}] = {users[bad[0]]} is not a user index in "
                             f"0..{self.dataset.num_users - 1}")
-        return self._train_prefix[users]
+        return users
+
+    def train_prefix(self, users: np.ndarray) -> np.ndarray:
+        """How many of each user's first items are training data."""
+        return self._train_prefix[self._check_users(users)]
 
     def train_mask(self) -> np.ndarray:
         """``[num_interactions]`` bool: the interactions in a training prefix."""
@@ -180,7 +183,7 @@ class PrefixSplit:
         inst_users, prefix = self.instances(stage)
         if users is None:
             return inst_users, prefix
-        users = np.asarray(users, np.int64)
+        users = self._check_users(users)
         missing = users[~np.isin(users, inst_users)]
         if len(missing):
             raise DataError(f"user {missing[0]} has no {stage} instance in the {self.info.name} split")
@@ -247,6 +250,9 @@ class PrefixSplit:
         """Why :meth:`sampled_candidates` cannot draw ``num_negatives`` for every
         evaluated user, or None when it can (without drawing them)."""
         ds = self.dataset
+        if self.eval_negatives == "uniform" and (
+                len(self.eval_users) == 0 or ds.lengths[self.eval_users].max() <= ds.num_items - int(num_negatives)):
+            return None  # no user has seen more items than its length: none falls short
         allowed = np.ones(ds.num_items + 1, bool)
         allowed[0] = False
         what = "unseen items"
@@ -281,16 +287,14 @@ class PrefixSplit:
 
 def build_train_batch(split, users: np.ndarray, *, seed: int, epoch: int, num_negatives: int = 1,
                       negatives="uniform") -> TrainBatch:
-    """Training rows of ``users`` for any split (a :class:`PrefixSplit` or a
-    :class:`~seqrec.data.LeaveOneOutSplit`): the C++ engine lays out inputs and targets
-    (and draws uniform negatives); other samplers fill ``negative_ids`` afterwards."""
-    from .split import LeaveOneOutSplit
-
+    """Training rows of ``users`` for a :class:`PrefixSplit`: the C++ engine lays out
+    inputs and targets (and draws uniform negatives); other samplers fill
+    ``negative_ids`` afterwards."""
     if num_negatives < 0:
         raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
     sampler = make_sampler(negatives, split)
     users = np.ascontiguousarray(users, dtype=np.int64)
-    prefix = split._prefix(users, "train") if isinstance(split, LeaveOneOutSplit) else split.train_prefix(users)
+    prefix = split.train_prefix(users)
     ds = split.dataset
     inp, tgt, neg, lengths = _engine.train_batch(
         ds.indptr, ds.items, ds.num_items, users, np.ascontiguousarray(prefix, np.int64), split.max_len,
@@ -361,9 +365,15 @@ def _popular_unseen(ds: SequenceDataset, q: np.ndarray, users: np.ndarray, n: in
 
 # ---------------------------------------------------------------------- the splits
 class LeaveOneOut(PrefixSplit):
-    """Leave-one-out (test = last item, valid = second last, train = the rest) as a
-    :class:`PrefixSplit`: the same users, batches and uniform candidates as
-    :class:`~seqrec.data.LeaveOneOutSplit`, and ``eval_negatives="popularity"`` too."""
+    """Leave-one-out split of a :class:`SequenceDataset` (also named
+    :class:`~seqrec.data.LeaveOneOutSplit`; ``dataset.leave_one_out(max_len)``).
+
+    For a user with items ``x_1..x_T``: test target ``x_T`` (input ``x_1..x_{T-1}``), valid
+    target ``x_{T-1}`` (input ``x_1..x_{T-2}``), training pairs ``(x_t -> x_{t+1})`` for
+    ``t < T-2``. Users with fewer than 3 items are neither trained on nor evaluated
+    (their items still count as history). Inputs keep the most recent ``max_len`` items.
+    Sampled-protocol negatives: uniform (default) or ``eval_negatives="popularity"``.
+    """
 
     def __init__(self, dataset: SequenceDataset, max_len: int = 50, *, eval_negatives: str = "uniform"):
         lengths = dataset.lengths
