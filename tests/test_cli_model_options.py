@@ -188,7 +188,7 @@ class _Built(Exception):
 
 
 class _Stop:
-    def __init__(self, model, data, config, *, out_dir=None, model_spec=None):
+    def __init__(self, model, data, config, *, model_spec=None, **options):
         raise _Built(model_spec, config)
 
 
