@@ -157,7 +157,8 @@ CHANGED = {
                                     "--model difsr"}, _REFUSED),
     "dss-fusion": ({"error": "seqrec train: error: --fusion is an option of --model difsr, not of --model dss"},
                    _REFUSED),
-    "dss-two-heads": ({"error": "seqrec train: error: DSSConfig.num_heads must be an int >= 1 and <= 1, got 2"},
+    "dss-two-heads": ({"error": "seqrec train: error: DSSConfig.num_heads must be 1 (DSS is a single-head encoder), "
+                                "got 2"},
                       "DSSConfig's own check of the field (the old CLI restated it)"),
     # DSS has these encoder fields; the old CLI ignored their flags.
     "dss-attention-dropout": ({"config": {"attention_dropout": 0.1}}, "DSS's --attention-dropout was ignored"),

@@ -191,7 +191,7 @@ class DSSConfig(EncoderConfig):
             inside the cosine of p(k|i).
     """
 
-    num_heads: int = spec(1, kind="int", minimum=1, maximum=1, help="attention heads: one (a single-head encoder)")
+    num_heads: int = spec(1, kind="int", minimum=1, help="attention heads: one (a single-head encoder)")
     num_intentions: int = spec(4, kind="int", minimum=1, help="K intention prototypes / vectors")
     tau: float = spec(0.5, kind="positive", flag="temperature", help="clustering temperature tau of p(k|i)")
     seq2seq_weight: float = spec(0.1, kind="number", minimum=0,
@@ -206,6 +206,11 @@ class DSSConfig(EncoderConfig):
     loss: str = spec("ce", kind="choice", choices=LOSSES,
                      help="seq2item over all items (ce) or over the target and sampled negatives (sampled)")
     cluster_eps: float = spec(1e-5, kind="positive", cli=False, help="layer-norm epsilon inside the cosine of p(k|i)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_heads != 1:
+            self.fail("num_heads", "1 (DSS is a single-head encoder)", self.num_heads)
 
     # --init loads weights by name and leaves the architecture to the options (a
     # single-head DSS starts from SASRec checkpoints of other head counts).
