@@ -256,15 +256,14 @@ def test_torchrun_cli_rank0_writes_and_matches_one_process(tmp_path):
     assert again.returncode == 2, again.stderr[-3000:]
     assert "world size 2" in again.stderr and "world size 1" in again.stderr, again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in ddp_out.iterdir() if p.name in before} == before
-    # evaluate under torchrun: sharded, the same metrics as the one-process evaluation.
+    # evaluate under torchrun (sharded): the tables the training printed for the same weights.
     evaluate = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "seqrec", "evaluate", "--checkpoint", str(ddp_out)]
     sharded = subprocess.run(evaluate, env=env, capture_output=True, text=True, timeout=300)
     assert sharded.returncode == 0, sharded.stdout[-3000:] + sharded.stderr[-3000:]
-    local = _seqrec("evaluate", "--checkpoint", str(ddp_out), env=env)
-    assert local.returncode == 0, local.stderr[-3000:]
-    table = lambda text: text[text.index("test, full ranking"):]  # noqa: E731
-    assert table(sharded.stdout) == table(local.stdout)
+    table = lambda text: text[text.index("test, full ranking"):].strip()  # noqa: E731
+    assert sharded.stdout.count("test, full ranking") == 1
+    assert table(sharded.stdout) == table(ddp.stdout)
 
 
 def test_resume_with_another_world_size_is_refused():
