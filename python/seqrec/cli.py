@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Unset --hidden-size/--num-layers/--num-heads default to the checkpoint's")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: on a terminal, off in CI or when stderr goes to a file)")
+    _add_distributed_arg(t)
 
     _add_pretrain_parser(sub)
 
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["s3rec", "atomic"], default=None)
     e.add_argument("--device", default="cpu")
     _add_eval_block_args(e, saved=True)
+    _add_distributed_arg(e)
 
     x = sub.add_parser("export", help="convert a run folder into a self-contained model (seqrec.from_pretrained)")
     x.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt of `seqrec train`")
@@ -384,6 +386,25 @@ def _add_eval_block_args(p, saved: bool = False) -> None:
                         + ("; alone it replaces the run's chunk size" if saved else ""))
 
 
+def _add_distributed_arg(p) -> None:
+    # [DDP] seqrec.train.distributed
+    p.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
+                   help="data-parallel over torch.distributed (DDP; gloo on the CPU, NCCL on CUDA): the default "
+                        "detects torchrun (torchrun --nproc_per_node N --no-python seqrec ...); --batch-size is "
+                        "then the global batch, split over the ranks; rank 0 alone writes --out")
+
+
+def _writer(args, fn, *fn_args):
+    """[DDP] ``fn(*fn_args)`` on rank 0 alone (its failure stops every rank); one process: run it."""
+    ddp = getattr(args, "ddp", None)
+    return fn(*fn_args) if ddp is None else ddp.on_writer(fn, *fn_args)
+
+
+def _is_writer(args) -> bool:
+    ddp = getattr(args, "ddp", None)
+    return ddp is None or ddp.is_writer
+
+
 class _DefaultsHelp(argparse.HelpFormatter):
     """Appends "(default: X)" where the help does not say it and X is not None or a switch."""
 
@@ -437,6 +458,7 @@ def _add_pretrain_parser(sub) -> None:
     p.add_argument("--backend", choices=["seqrec", "reference"], default=None,
                    help="compiled operators (seqrec, default) or their plain-PyTorch references")
     p.add_argument("--resume", action="store_true", help="continue the pretraining saved in --out")
+    _add_distributed_arg(p)
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out folder that holds a pretraining run (its pretrain.pt, "
                         "pretrain.jsonl and snapshots are deleted); without it, and without --resume, such a "
@@ -491,7 +513,7 @@ def cmd_train(args) -> int:
 
     from .train.trainer import RUN_FILES
 
-    previous_run = _check_run_folder(args, RUN_FILES)
+    previous_run = _writer(args, _check_run_folder, args, RUN_FILES) or []  # [DDP] rank 0 only
     if args.model in PRETRAIN_MODELS and args.init is None:
         raise ValueError(f"--model {args.model} fine-tunes a pretrained model: give --init <folder or "
                          f"pretrain.pt of `seqrec pretrain --model {args.model}`> (without pretraining it is "
@@ -517,7 +539,7 @@ def cmd_train(args) -> int:
         seed=args.seed, device=args.device, progress=args.progress,
         grad_clip=args.clip_grad_norm, scheduler=args.scheduler, warmup_steps=args.warmup_steps,
         lr_step_epochs=args.lr_step_epochs, lr_gamma=args.lr_gamma, accumulate=args.accumulate,
-        autocast=args.autocast, metrics=tuple(args.metrics))
+        autocast=args.autocast, metrics=tuple(args.metrics), distributed=args.distributed)
     from .train.callbacks import make_loggers
 
     try:  # a missing tensorboard is said now, before any training
@@ -536,13 +558,13 @@ def cmd_train(args) -> int:
         spec["init"] = _init_weights(args, model, dataset.num_items, init_spec, init_state, init_path)
         spec["finetune_of"] = args.model if args.model in PRETRAIN_MODELS else None
     trainer = Trainer(model, split, train_config, out_dir=args.out, model_spec=spec, loggers=loggers)
-    _clear_run_folder(args, previous_run)  # --overwrite: only now that the new run is ready to start
+    _writer(args, _clear_run_folder, args, previous_run)  # --overwrite: only now that the new run is ready to start
     if args.resume:
         if trainer.resume():
             print(f"resumed {args.out} after epoch {trainer.epoch}", file=sys.stderr)
     # The whole configuration goes to the run folder, not the terminal.
     num_params = sum(p.numel() for p in model.parameters())
-    where = (f"config: {_write_run_config(args, spec, train_config)}" if args.out is not None
+    where = (f"config: {_writer(args, _write_run_config, args, spec, train_config)}" if args.out is not None
              else "--out DIR keeps the run and its config")
     print(f"{dataset!r}; {split.info.name}, max_len {split.max_len}\nmodel {name}, {num_params:,} parameters; "
           f"{where}", file=sys.stderr)
@@ -564,7 +586,7 @@ def cmd_train(args) -> int:
     print(format_table("test, sampled", result.test_sampled, result.protocol_sampled))
     if model.has_interests:
         _print_interest_distinctness(model, split, args.device)
-    if args.out is not None:
+    if args.out is not None and _is_writer(args):
         _print_run_folder(args)
     return 0
 
@@ -635,6 +657,7 @@ def cmd_evaluate(args) -> int:
     cfg = dict(state["train_config"])
     cfg["device"] = args.device
     cfg["autocast"] = "none"  # a training setting (fp16 would refuse a CPU device); evaluation runs in float32
+    cfg["distributed"] = args.distributed  # [DDP] evaluation sharded over the ranks
     if args.eval_chunk_size is not None or args.eval_memory is not None:
         cfg["eval_chunk_size"], cfg["eval_memory"] = args.eval_chunk_size, args.eval_memory
     trainer = Trainer(model, build_split(dataset, data.get("split"), data["max_len"]), TrainConfig(**cfg))
@@ -670,7 +693,7 @@ def cmd_pretrain(args) -> int:
     from .models.s3rec import OBJECTIVES
     from .train.pretrain import PRETRAIN_CHECKPOINT, RUN_FILES, PretrainConfig, Pretrainer
 
-    previous_run = _check_run_folder(args, RUN_FILES)
+    previous_run = _writer(args, _check_run_folder, args, RUN_FILES) or []  # [DDP] rank 0 only
     dataset = _load(args)
     options = _pretrain_options()
     config = options.config(args)
@@ -680,7 +703,8 @@ def cmd_pretrain(args) -> int:
             config[f"{name}_weight"] = 0.0
     pretrain_cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                weight_decay=args.weight_decay, samples=args.samples, seed=args.seed,
-                               device=args.device, progress=args.progress, keep_every=args.keep_every)
+                               device=args.device, progress=args.progress, keep_every=args.keep_every,
+                               distributed=args.distributed)
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(args.model, backend=args.backend, **config)
     model.attach_dataset(dataset)
@@ -688,7 +712,7 @@ def cmd_pretrain(args) -> int:
             "data": {"source": args.data, "format": args.format, "kcore": args.kcore, "max_len": args.max_len,
                      "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items}}
     trainer = Pretrainer(model, dataset, pretrain_cfg, out_dir=args.out, model_spec=spec)
-    _clear_run_folder(args, previous_run)
+    _writer(args, _clear_run_folder, args, previous_run)
     if args.resume and trainer.resume():
         print(f"resumed {args.out} after epoch {trainer.epoch}", file=sys.stderr)
     print(f"{dataset!r}; {len(trainer.samples)} pretraining samples ({args.samples}), "
@@ -701,7 +725,8 @@ def cmd_pretrain(args) -> int:
 
     trainer.fit(on_epoch=on_epoch)
     # Those on disk: a run resumed with another --keep-every kept other epochs before.
-    kept = [str(path) for path in map(trainer.snapshot_path, range(1, trainer.epoch + 1)) if path.exists()]
+    kept = [str(path) for path in map(trainer.snapshot_path, range(1, trainer.epoch + 1))
+            if _is_writer(args) and path.exists()]
     print(f"wrote {Path(args.out) / PRETRAIN_CHECKPOINT} (epoch {trainer.epoch}); fine-tune with: seqrec train "
           f"--model {args.model} --data {args.data} --init {args.out}"
           + (f"\nearlier epochs kept: {', '.join(kept)} (give one to --init)" if kept else ""))
@@ -860,8 +885,14 @@ def main(argv: list[str] | None = None) -> int:
     writes_folder = args.command in ("train", "pretrain") and args.out is not None
     if args.command in ("train", "evaluate", "pretrain") and os.environ.get("SEQREC_REUSE_FREED_MEMORY") != "0":
         reuse_freed_memory()  # CPU steps stop page-faulting their large matrices in again
+    args.ddp = None
     try:
-        with warnings.catch_warnings(), (lock_run_folder(args.out) if writes_folder else contextlib.nullcontext()):
+        # [DDP] under torchrun: one process group per command; rank 0 alone locks the run folder
+        # and prints (the other ranks print only their errors).
+        args.ddp = _setup_distributed(args)
+        with warnings.catch_warnings(), _quiet_rank(args.ddp), \
+                (_writer(args, lock_run_folder, args.out) or contextlib.nullcontext() if writes_folder
+                 else contextlib.nullcontext()):
             warnings.showwarning = _cli_warnings(args.command)
             if getattr(args, "device", None) is not None:
                 _check_device(args.device)
@@ -885,7 +916,36 @@ def main(argv: list[str] | None = None) -> int:
     except (FloatingPointError, NoSpaceError) as exc:  # the run failed; what is on disk is intact
         print(f"seqrec {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:
+        from .train.distributed import RankZeroFailed
+
+        if isinstance(exc, RankZeroFailed):  # [DDP] another rank: rank 0 prints why
+            return 1
+        raise
+    finally:
+        if args.ddp is not None:
+            args.ddp.close()
     return 1
+
+
+def _setup_distributed(args):
+    """[DDP] The command's :class:`~seqrec.train.distributed.Distributed` (None: one process)."""
+    if args.command not in ("train", "evaluate", "pretrain"):
+        return None
+    from .train.distributed import Distributed
+
+    return Distributed.setup(args.distributed, args.device)
+
+
+def _quiet_rank(ddp):
+    """[DDP] ranks other than 0 print nothing but their errors (main prints those outside this)."""
+    if ddp is None or ddp.is_writer:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    sink = stack.enter_context(open(os.devnull, "w"))
+    stack.enter_context(contextlib.redirect_stdout(sink))
+    stack.enter_context(contextlib.redirect_stderr(sink))
+    return stack
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,7 @@ from ..ops.seq_mask import SeqMaskOutput
 from ..progress import progress_bar
 from ..utils import release_freed_memory, save_torch, write_jsonl
 from . import optim
+from .distributed import Distributed, check_world_size
 from .trainer import check_finite_parameters, non_finite_loss_message
 
 __all__ = ["PretrainConfig", "PretrainSamples", "Pretrainer", "PRETRAIN_CHECKPOINT", "PRETRAIN_LOG",
@@ -65,6 +66,10 @@ class PretrainConfig:
     grad_clip: float | None = None
     progress: bool | None = None  # None: seqrec.progress.progress_enabled decides
     keep_every: int = 0  # also keep the weights of every keep_every-th epoch (0: only the last)
+    # DDP (seqrec.train.distributed): None detects torchrun, True requires it, False: one
+    # process. batch_size is then the global batch; every rank corrupts it whole (seq_mask
+    # draws from the batch) and keeps its rows.
+    distributed: bool | None = None
 
     def __post_init__(self):
         for name, least in (("epochs", 1), ("batch_size", 1), ("keep_every", 0)):
@@ -78,6 +83,9 @@ class PretrainConfig:
         if self.samples not in SAMPLE_KINDS:
             raise ValueError(f"PretrainConfig.samples must be one of {SAMPLE_KINDS}, got {self.samples!r}")
         self.betas = tuple(self.betas)
+        if self.distributed not in (None, True, False):
+            raise ValueError(f"PretrainConfig.distributed must be None (detect torchrun), True or False, "
+                             f"got {self.distributed!r}")
 
 
 class PretrainSamples:
@@ -162,7 +170,14 @@ class Pretrainer:
     def __init__(self, model: torch.nn.Module, dataset: SequenceDataset, config: PretrainConfig,
                  out_dir: str | Path | None = None, model_spec: dict | None = None, *, optimizer=None,
                  scheduler=None):
+        # [DDP] under torchrun: this rank's device, the process group, the DDP-wrapped model.
+        self.ddp = Distributed.setup(config.distributed, config.device)
+        if self.ddp is not None:
+            self.ddp.check_batch_size(config.batch_size, "PretrainConfig.batch_size")
+            if self.ddp.device != config.device:
+                config = replace(config, device=self.ddp.device)
         self.model = model.to(config.device)
+        self._ddp_model = self.ddp.wrap(self.model) if self.ddp is not None else None
         self.config = config
         self.samples = PretrainSamples(dataset, model.config.max_len, config.samples)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -201,10 +216,15 @@ class Pretrainer:
             # Corruption on the CPU (the data side; seq_mask has no CUDA kernel yet), then
             # the whole batch moves to the model's device at once.
             masked = model.corrupt(seq, seed=batch_seed(cfg.seed, epoch, b))
+            if self.ddp is not None:  # [DDP] this rank's rows of the corrupted global batch
+                masked = self.ddp.pretrain_rows(masked, len(seq))
             if cfg.device != "cpu":
                 masked = SeqMaskOutput(*(t.to(cfg.device, non_blocking=True) for t in masked))
-            losses = model.pretrain_losses(masked)
-            loss = model.weighted_loss(losses)
+            if self.ddp is None:
+                losses = model.pretrain_losses(masked)
+                loss = model.weighted_loss(losses)
+            else:  # [DDP] through DistributedDataParallel; loss: the global batch's
+                losses, loss = self.ddp.pretrain_losses(self._ddp_model, masked)
             if not torch.isfinite(loss):
                 raise FloatingPointError(non_finite_loss_message(
                     f"pretraining epoch {epoch + 1}, step {b + 1} of {self.num_batches()}", loss.item(), cfg.lr,
@@ -221,12 +241,16 @@ class Pretrainer:
             count += 1
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
         check_finite_parameters(model, f"pretraining epoch {epoch + 1}", cfg.lr, self.out_dir is not None)
+        if self.ddp is not None:  # [DDP] each rank summed its share of every objective
+            sums = self.ddp.sum_tensors({k: v for k, v in sums.items() if k != "loss"}) | {"loss": sums["loss"]}
         return {k: v / max(count, 1) for k, v in sums.items()}
 
     def fit(self, *, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
         """Pretrain until ``config.epochs``; returns the history (one dict per epoch)."""
         if self.epoch == 0 and not self._seeded:
             torch.manual_seed(self.config.seed)  # dropout
+            if self.ddp is not None:
+                self.ddp.seed_rank(self.config.seed)  # [DDP] each rank its own dropout stream
             self._seeded = True
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
@@ -261,12 +285,20 @@ class Pretrainer:
             "epoch": self.epoch,
             "history": self.history,
             "rng": {"torch": torch.get_rng_state()},
+            "world_size": 1 if self.ddp is None else self.ddp.world_size,
         }
+
+    def _on_writer(self, fn, *args, **kwargs):
+        """[DDP] rank 0 alone writes into the run folder; one process writes."""
+        return fn(*args, **kwargs) if self.ddp is None else self.ddp.on_writer(fn, *args, **kwargs)
 
     def save_checkpoint(self) -> None:
         if self.out_dir is None:
             return
-        save_torch(self.state_dict(), self.out_dir / PRETRAIN_CHECKPOINT)  # atomic, checksummed
+        state = self.state_dict()
+        if self.ddp is not None:  # [DDP] every rank's dropout stream, for an exact resume
+            state["rng_ranks"] = self.ddp.gather_rng()
+        self._on_writer(save_torch, state, self.out_dir / PRETRAIN_CHECKPOINT)  # atomic, checksummed
 
     def snapshot_path(self, epoch: int) -> Path | None:
         """Where the weights after ``epoch`` are kept (with ``config.keep_every``)."""
@@ -279,15 +311,15 @@ class Pretrainer:
             return
         state = {k: v for k, v in self.state_dict().items()
                  if k not in ("optimizer", "optimizer_class", "scheduler", "rng")}
-        save_torch(state, self.snapshot_path(self.epoch))
+        self._on_writer(save_torch, state, self.snapshot_path(self.epoch))
 
     def _log(self) -> None:
         if self.out_dir is None:
             return
-        write_jsonl(self.out_dir / PRETRAIN_LOG, self.history)  # rewritten whole: no torn line; checksummed lines
+        self._on_writer(write_jsonl, self.out_dir / PRETRAIN_LOG, self.history)  # rewritten whole: no torn line; checksummed lines
 
     # Settings a resumed pretraining run may change.
-    RESUME_MAY_CHANGE = frozenset({"epochs", "device", "progress", "keep_every"})
+    RESUME_MAY_CHANGE = frozenset({"epochs", "device", "progress", "keep_every", "distributed"})
 
     def resume(self) -> bool:
         """Continue from ``out_dir/pretrain.pt`` if it exists; True when resumed.
@@ -295,12 +327,17 @@ class Pretrainer:
         Raises:
             ValueError: not a pretraining checkpoint, or one of another model
                 configuration or other settings than ``RESUME_MAY_CHANGE``."""
-        if self.out_dir is None or not (self.out_dir / PRETRAIN_CHECKPOINT).exists():
+        if self.out_dir is None:
             return False
         from .trainer import check_resumable, load_checkpoint
 
         path = self.out_dir / PRETRAIN_CHECKPOINT
-        state = load_checkpoint(path)
+        read = lambda: load_checkpoint(path) if path.exists() else None  # noqa: E731
+        # [DDP] rank 0 reads the run folder; every rank gets its checkpoint
+        state = read() if self.ddp is None else self.ddp.from_writer(read)
+        if state is None:
+            return False
+        check_world_size(path, state.get("world_size"), 1 if self.ddp is None else self.ddp.world_size)
         if state.get("kind") != CHECKPOINT_KIND:
             raise ValueError(f"{path}: not a pretraining checkpoint")
         check_resumable(path, state.get("pretrain_config", {}), asdict(self.config), state.get("model_spec", {}),
@@ -319,6 +356,6 @@ class Pretrainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = state["epoch"]
         self.history = state["history"]
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"] if self.ddp is None else state["rng_ranks"][self.ddp.rank])
         self._seeded = True
         return True

@@ -23,6 +23,7 @@ Extension points (see :mod:`seqrec.train.optim` and :mod:`seqrec.train.callbacks
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -37,11 +38,13 @@ import torch
 
 from ..data.split import LeaveOneOutSplit
 from ..eval import Protocol, evaluate_full_ranking, evaluate_sampled
+from ..eval.distributed import LOCAL
 from ..eval.metrics import LIST_METRICS, _check_extra
 from ..eval.memory import default_eval_memory, parse_memory
 from ..models.base import LossOutput
 from ..progress import progress_bar, progress_enabled, progress_stream
 from ..utils import ChecksumError, load_torch, release_freed_memory, save_torch, write_json
+from .distributed import Distributed, check_world_size
 from . import optim
 from .callbacks import CSV_NAME, LOG_NAME, Callback, Checkpoint, EarlyStopping, JSONLinesLogger, LambdaCallback
 
@@ -99,8 +102,14 @@ class TrainConfig:
     # None: on where a person watches (a terminal, a notebook), off in CI and logs
     # (seqrec.progress.progress_enabled); True / False force it.
     progress: bool | None = None
+    # DDP (seqrec.train.distributed): None detects torchrun (several processes: DDP),
+    # True requires it, False keeps one process. batch_size is then the global batch.
+    distributed: bool | None = None
 
     def __post_init__(self):
+        if self.distributed not in (None, True, False):
+            raise ValueError(f"TrainConfig.distributed must be None (detect torchrun), True or False, "
+                             f"got {self.distributed!r}")
         for name in ("epochs", "batch_size", "eval_every", "eval_chunk_size", "sampled_negatives"):
             if getattr(self, name) is None and name == "eval_chunk_size":
                 continue
@@ -180,7 +189,14 @@ class Trainer:
                  out_dir: str | Path | None = None, model_spec: dict | None = None, *,
                  optimizer: torch.optim.Optimizer | optim.OptimizerFactory | None = None,
                  scheduler=None, callbacks: Sequence[Callback] = (), loggers: Sequence[Callback] | None = None):
+        # [DDP] under torchrun: this rank's device, the process group, the DDP-wrapped model.
+        self.ddp = Distributed.setup(config.distributed, config.device)
+        if self.ddp is not None:
+            self.ddp.check_batch_size(config.batch_size, "TrainConfig.batch_size")
+            if self.ddp.device != config.device:
+                config = dataclasses.replace(config, device=self.ddp.device)
         self.model = model.to(config.device)
+        self._ddp_model = self.ddp.wrap(self.model) if self.ddp is not None else None
         self.split = split
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -199,6 +215,8 @@ class Trainer:
                 raise TypeError(f"callbacks and loggers must be seqrec.train.callbacks.Callback objects, got "
                                 f"{type(callback).__name__}")
         self.loggers = list(loggers) if loggers is not None else [JSONLinesLogger()]
+        if self.ddp is not None and not self.ddp.is_writer:
+            self.loggers = []  # [DDP] rank 0 alone writes the logs
         # The checkpoint before the loggers: no log runs ahead of what a resume restores.
         self.callbacks: list[Callback] = [self.early_stopping, Checkpoint(), *self.loggers, *callbacks]
         # The sampled protocol needs `sampled_negatives` unseen items for every user, which
@@ -251,6 +269,7 @@ class Trainer:
                 metrics, _ = evaluate_full_ranking(
                     score_fn, batch.target, batch.history_indptr, batch.history_items, ks=cfg.ks,
                     chunk_size=cfg.eval_chunk_size, exclude_history=cfg.exclude_history, memory=memory,
+                    process_group=self._eval_group(),
                     metrics=cfg.metrics)
             elif ranking == "sampled":
                 if self.sampled_problem is not None:
@@ -264,12 +283,17 @@ class Trainer:
                 # Coverage and Gini describe full-ranking top-K lists: not computed here.
                 metrics, _ = evaluate_sampled(cand_score_fn, len(cand), ks=(1,) + cfg.ks,
                                               chunk_size=cfg.eval_chunk_size or 1024,
-                                              metrics=[m for m in cfg.metrics if m not in LIST_METRICS])
+                                              metrics=[m for m in cfg.metrics if m not in LIST_METRICS],
+                                              process_group=self._eval_group())
             else:
                 raise ValueError(f"ranking must be 'full' or 'sampled', got {ranking!r}")
         finally:
             model.train(was_training)
         return metrics
+
+    def _eval_group(self):
+        """[DDP] the users are sharded over the ranks, metrics merged exactly; else one process."""
+        return self.ddp.group if self.ddp is not None else LOCAL
 
     def evaluate_sampled_or_why(self, stage: str) -> tuple[dict, str]:
         """``(metrics, protocol description)`` of the sampled protocol on ``stage``, or
@@ -289,12 +313,16 @@ class Trainer:
         num_batches = self.split.num_train_batches(cfg.batch_size)
         batches = self.split.train_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                            num_negatives=cfg.num_negatives)
+        if self.ddp is not None:  # [DDP] this rank's rows of each global batch
+            batches = self.ddp.train_batches(self.split, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                             num_negatives=cfg.num_negatives)
         bar = progress_bar(batches, progress=cfg.progress, total=num_batches, desc=f"epoch {epoch + 1}", leave=False)
         group_loss = 0.0
         for step, batch in enumerate(bar):
             batch = batch.to(cfg.device)
             with self.precision.autocast():
-                out = model.loss_terms(batch)
+                # [DDP] through DistributedDataParallel; .loss is then the global batch's loss
+                out = model.loss_terms(batch) if self.ddp is None else self.ddp.loss_terms(self._ddp_model, batch)
             if not isinstance(out, LossOutput):
                 raise TypeError(f"{type(model).__name__}.loss_terms must return a seqrec.models.LossOutput "
                                 f"(the total under .loss), got {type(out).__name__}")
@@ -325,6 +353,8 @@ class Trainer:
         # A finite loss can still take a step to NaN/Inf weights (an Inf gradient): caught
         # here, before they are validated or saved, rather than as NaN scores later.
         check_finite_parameters(model, f"epoch {epoch + 1}", cfg.lr, self.out_dir is not None)
+        if self.ddp is not None:  # [DDP] each rank summed its share of every term
+            term_sums = self.ddp.sum_tensors(term_sums)
         return total / max(count, 1), {name: float(v) / max(count, 1) for name, v in term_sums.items()}
 
     def _optimizer_step(self) -> None:
@@ -353,6 +383,8 @@ class Trainer:
                                       if on_epoch is not None else [])
         if self.epoch == 0 and not self.history:
             _seed_everything(cfg.seed)
+            if self.ddp is not None:
+                self.ddp.seed_rank(cfg.seed)  # [DDP] each rank its own dropout stream
         self._call("on_train_start", callbacks=callbacks)
         while self.epoch < cfg.epochs and not self.should_stop:
             start = time.perf_counter()
@@ -385,9 +417,9 @@ class Trainer:
         self._call("on_eval_end", "test", "full", result.test_full, callbacks=callbacks)
         if test_sampled:
             self._call("on_eval_end", "test", "sampled", test_sampled, callbacks=callbacks)
-        if self.out_dir is not None:
-            write_json(self.out_dir / RESULT_NAME, asdict(result) | {"model": self.model_spec, "train": asdict(cfg)},
-                       default=str)
+        if self.out_dir is not None:  # [DDP] rank 0 alone writes
+            self._on_writer(write_json, self.out_dir / RESULT_NAME,
+                            asdict(result) | {"model": self.model_spec, "train": asdict(cfg)}, default=str)
         self._call("on_train_end", result, callbacks=callbacks)
         return result
 
@@ -398,6 +430,10 @@ class Trainer:
               f"({record['train_seconds']:.1f}s)", file=progress_stream(), flush=True)
 
     # ------------------------------------------------------------------ persistence
+    def _on_writer(self, fn, *args, **kwargs):
+        """[DDP] rank 0 alone writes into the run folder; one process writes."""
+        return fn(*args, **kwargs) if self.ddp is None else self.ddp.on_writer(fn, *args, **kwargs)
+
     def _callback_states(self) -> dict:
         states = {}
         for callback in self.callbacks:
@@ -424,6 +460,7 @@ class Trainer:
             "history": self.history,
             "callbacks": self._callback_states(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "world_size": 1 if self.ddp is None else self.ddp.world_size,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -449,18 +486,21 @@ class Trainer:
             key = callback.state_key or type(callback).__qualname__
             if callback is not self.early_stopping and key in saved:
                 callback.load_state_dict(saved[key])
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"] if self.ddp is None else state["rng_ranks"][self.ddp.rank])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
 
     def save_checkpoint(self) -> None:
         if self.out_dir is None:
             return
-        save_torch(self.state_dict(), self.out_dir / CHECKPOINT_NAME)  # atomic, checksummed
+        state = self.state_dict()
+        if self.ddp is not None:  # [DDP] every rank's dropout stream, for an exact resume
+            state["rng_ranks"] = self.ddp.gather_rng()
+        self._on_writer(save_torch, state, self.out_dir / CHECKPOINT_NAME)  # atomic, checksummed
 
     # Settings a resumed run may change: how long it goes on, and where it runs.
     RESUME_MAY_CHANGE = frozenset({"epochs", "patience", "eval_every", "eval_chunk_size", "eval_memory", "device",
-                                  "progress"})
+                                  "progress", "distributed"})
 
     def resume(self) -> bool:
         """Load ``out_dir/checkpoint.pt`` if it exists; True when a run was resumed.
@@ -469,12 +509,18 @@ class Trainer:
             ValueError: the checkpoint was trained with another model configuration or
                 with other training settings than those outside ``RESUME_MAY_CHANGE``
                 (resuming would mix two runs' optimisation or compare different
-                validation metrics); the message names the differing settings.
+                validation metrics); the message names the differing settings. Or
+                [DDP] it was trained by another number of processes (both named).
         """
-        if self.out_dir is None or not (self.out_dir / CHECKPOINT_NAME).exists():
+        if self.out_dir is None:
             return False
         path = self.out_dir / CHECKPOINT_NAME
-        state = load_checkpoint(path)
+        read = lambda: load_checkpoint(path) if path.exists() else None  # noqa: E731
+        # [DDP] rank 0 reads the run folder; every rank gets its checkpoint
+        state = read() if self.ddp is None else self.ddp.from_writer(read)
+        if state is None:
+            return False
+        check_world_size(path, state.get("world_size"), 1 if self.ddp is None else self.ddp.world_size)
         may_change = self.RESUME_MAY_CHANGE
         if self.config.scheduler == "cosine":  # the cosine schedule's horizon is the epoch budget
             may_change = may_change - {"epochs"}
