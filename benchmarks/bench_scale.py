@@ -196,6 +196,13 @@ def measure(task: str, path: Path, repeats: int) -> tuple[float, float, int]:
     return statistics.median(r["seconds"] for r in runs), runs[0]["peak_bytes"], runs[0]["n"]
 
 
+def epoch_row(tag: str, cache: Path, fraction: float) -> list:
+    os.environ["BENCH_SAMPLER_FRACTION"] = str(fraction)
+    e = run_child(str(HERE), ["--child", "epochs", str(cache)])
+    label = "epoch, batch 256" + (f" (sampler: {fraction:g} of users, scaled)" if fraction < 1 else "")
+    return [tag, label, e["seqrec_epoch"], e["numpy_epoch"], e["numpy_epoch"] / e["seqrec_epoch"], "", "", ""]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6])
@@ -206,6 +213,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sampler-fraction", type=float, default=1.0,
                         help="time the NumPy sampler on this random share of the users and scale its time up "
                              "(it costs the same per user); the row says so when < 1")
+    parser.add_argument("--epoch-only", action="store_true",
+                        help="only the epoch rows (the dataset built in memory with from_arrays, no file read)")
     parser.add_argument("--tmp", default=None, help="folder for the generated files (default: the system's)")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -232,6 +241,12 @@ def main(argv=None) -> int:
                 n, m = int(size), int(catalogue)
                 tag = f"{n:.0e}/{m:.0e}".replace("e+0", "e")
                 users, items, times = zipf_interactions(n, m)
+                if args.epoch_only:
+                    cache = Path(tmp) / f"zipf{n}_{m}.prepared"
+                    SequenceDataset.from_arrays(users, items, times).prepare(cache)
+                    del users, items, times
+                    rows.append(epoch_row(tag, cache, args.sampler_fraction))
+                    continue
                 inter = Path(tmp) / f"zipf{n}_{m}.inter"
                 start = time.perf_counter()
                 write_atomic(inter, users, items, times)
@@ -264,12 +279,7 @@ def main(argv=None) -> int:
                     t_o, b_o, _ = measure(task, cache, r)
                     rows.append([tag, label, t_o, t_s, t_s / t_o, b_o / n, "", ""])
                 if not args.no_epoch:
-                    os.environ["BENCH_SAMPLER_FRACTION"] = str(args.sampler_fraction)
-                    e = run_child(str(HERE), ["--child", "epochs", str(cache)])
-                    label = "epoch, batch 256" + (f" (sampler: {args.sampler_fraction:g} of users, scaled)"
-                                                  if args.sampler_fraction < 1 else "")
-                    rows.append([tag, label, e["seqrec_epoch"], e["numpy_epoch"],
-                                 e["numpy_epoch"] / e["seqrec_epoch"], "", "", ""])
+                    rows.append(epoch_row(tag, cache, args.sampler_fraction))
     print_table("Data side at scale (n/items; seconds; ratio = reference / seqrec, > 1: seqrec faster; "
                 "reference: pandas for loads, the .inter parse for opens, a per-user NumPy sampler for epochs)",
                 ["n/items", "task", "seqrec s", "reference s", "ratio", "seqrec B/inter", "pandas B/inter",
