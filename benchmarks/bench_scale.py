@@ -79,7 +79,8 @@ def pandas_csr(df):
     return indptr, item_codes[order] + 1
 
 
-def numpy_epoch(indptr, items, num_items: int, batch_size: int = 256, max_len: int = 50, seed: int = 0) -> int:
+def numpy_epoch(indptr, items, num_items: int, batch_size: int = 256, max_len: int = 50, seed: int = 0,
+                fraction: float = 1.0) -> int:
     """A per-user sampler in NumPy, as a PyTorch Dataset over users would be written:
     each user's training prefix (all but the last two items), its last max_len + 1 items
     as (input, target) pairs, one negative per position drawn uniformly from the items the
@@ -89,6 +90,7 @@ def numpy_epoch(indptr, items, num_items: int, batch_size: int = 256, max_len: i
     rng = np.random.default_rng(seed)
     lengths = np.diff(indptr)
     users = rng.permutation(np.flatnonzero(lengths >= 4))
+    users = users[:max(1, int(round(len(users) * fraction)))]  # a random share of the epoch
     batches = 0
     for s in range(0, len(users), batch_size):
         chunk = users[s:s + batch_size]
@@ -157,8 +159,9 @@ def child(task: str, path: str) -> dict:
             pass
         result["seqrec_epoch"] = time.perf_counter() - start
         start = time.perf_counter()
-        numpy_epoch(ds.indptr, ds.items, ds.num_items)
-        result["numpy_epoch"] = time.perf_counter() - start
+        fraction = float(os.environ.get("BENCH_SAMPLER_FRACTION", "1"))
+        numpy_epoch(ds.indptr, ds.items, ds.num_items, fraction=fraction)
+        result["numpy_epoch"] = (time.perf_counter() - start) / fraction
         return result
     else:
         raise SystemExit(f"unknown task {task}")
@@ -193,6 +196,13 @@ def measure(task: str, path: Path, repeats: int) -> tuple[float, float, int]:
     return statistics.median(r["seconds"] for r in runs), runs[0]["peak_bytes"], runs[0]["n"]
 
 
+def epoch_row(tag: str, cache: Path, fraction: float) -> list:
+    os.environ["BENCH_SAMPLER_FRACTION"] = str(fraction)
+    e = run_child(str(HERE), ["--child", "epochs", str(cache)])
+    label = "epoch, batch 256" + (f" (sampler: {fraction:g} of users, scaled)" if fraction < 1 else "")
+    return [tag, label, e["seqrec_epoch"], e["numpy_epoch"], e["numpy_epoch"] / e["seqrec_epoch"], "", "", ""]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6])
@@ -200,6 +210,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-epoch", action="store_true", help="skip the epoch rows")
     parser.add_argument("--no-parquet", action="store_true", help="skip the Parquet rows")
+    parser.add_argument("--sampler-fraction", type=float, default=1.0,
+                        help="time the NumPy sampler on this random share of the users and scale its time up "
+                             "(it costs the same per user); the row says so when < 1")
+    parser.add_argument("--epoch-only", action="store_true",
+                        help="only the epoch rows (the dataset built in memory with from_arrays, no file read)")
     parser.add_argument("--tmp", default=None, help="folder for the generated files (default: the system's)")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -226,6 +241,12 @@ def main(argv=None) -> int:
                 n, m = int(size), int(catalogue)
                 tag = f"{n:.0e}/{m:.0e}".replace("e+0", "e")
                 users, items, times = zipf_interactions(n, m)
+                if args.epoch_only:
+                    cache = Path(tmp) / f"zipf{n}_{m}.prepared"
+                    SequenceDataset.from_arrays(users, items, times).prepare(cache)
+                    del users, items, times
+                    rows.append(epoch_row(tag, cache, args.sampler_fraction))
+                    continue
                 inter = Path(tmp) / f"zipf{n}_{m}.inter"
                 start = time.perf_counter()
                 write_atomic(inter, users, items, times)
@@ -258,9 +279,7 @@ def main(argv=None) -> int:
                     t_o, b_o, _ = measure(task, cache, r)
                     rows.append([tag, label, t_o, t_s, t_s / t_o, b_o / n, "", ""])
                 if not args.no_epoch:
-                    e = run_child(str(HERE), ["--child", "epochs", str(cache)])
-                    rows.append([tag, "epoch, batch 256", e["seqrec_epoch"], e["numpy_epoch"],
-                                 e["numpy_epoch"] / e["seqrec_epoch"], "", "", ""])
+                    rows.append(epoch_row(tag, cache, args.sampler_fraction))
     print_table("Data side at scale (n/items; seconds; ratio = reference / seqrec, > 1: seqrec faster; "
                 "reference: pandas for loads, the .inter parse for opens, a per-user NumPy sampler for epochs)",
                 ["n/items", "task", "seqrec s", "reference s", "ratio", "seqrec B/inter", "pandas B/inter",

@@ -151,3 +151,17 @@ def test_natural_order_matches_python(tokens):
 def test_natural_order_decided_in_cpp_for_plain_tokens():
     assert _engine.natural_order(["10", "9", "a", "-2", "B"]).tolist() == [3, 1, 0, 4, 2]
     assert _engine.natural_order(["+1", "2"]) is None  # Python decides
+
+
+def test_integer_looking_tokens_stay_distinct(tmp_path):
+    # The id tables key canonical integers by value and everything else by text: "7",
+    # "07", "+7", "-0" and "0" are five different raw ids all the same.
+    tokens = ["7", "07", "+7", "-0", "0", "-3", "x", "7", "0", "123456789012345678", "1234567890123456789"]
+    (tmp_path / "t.inter").write_text("user_id:token\titem_id:token\n"
+                                      + "".join(f"{t}\t{t}\n" for t in tokens))
+    ds = SequenceDataset.from_atomic(tmp_path / "t.inter", time_field=None)
+    distinct = list(dict.fromkeys(tokens))
+    assert ds.user_tokens == distinct  # users keep first appearance
+    assert ds.item_tokens[1:] == sorted(distinct, key=_natural)
+    assert [ds.item_raw(ds.sequence(u))[0] for u in range(ds.num_users)] == distinct
+    assert ds.num_interactions == len(tokens)
