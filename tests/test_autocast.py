@@ -147,3 +147,17 @@ def test_cli_compile_and_autocast_flags_reach_the_trainer(tmp_path, monkeypatch)
     assert (off["compile"], off["autocast"]) == (False, None)
     with pytest.raises(SystemExit):
         main([*args, "--autocast", "fp8"])
+
+
+def test_pretrainer_autocast_setting(dataset):
+    from seqrec.train import PretrainConfig, Pretrainer
+
+    model = _model("s3rec", dataset)
+    seen = set()
+    model.mip.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    config = PretrainConfig(epochs=2, batch_size=64, samples="users", progress=False, autocast="bf16")
+    history = Pretrainer(model, dataset, config).fit()
+    assert torch.bfloat16 in seen
+    assert all(math.isfinite(r["loss"]) for r in history)
+    with pytest.raises(ValueError, match="PretrainConfig.autocast"):
+        PretrainConfig(autocast="fp8")

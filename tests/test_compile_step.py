@@ -161,3 +161,24 @@ def test_trainer_compile_setting_trains_like_eager(dataset, monkeypatch):
 def test_compile_setting_is_checked():
     with pytest.raises(ValueError, match="TrainConfig.compile"):
         TrainConfig(compile="yes")
+
+
+def test_pretrainer_compile_setting_pretrains_like_eager(dataset, monkeypatch):
+    """PretrainConfig(compile=True): the compiled pretrain_losses give eager's epoch losses."""
+    from seqrec.train import PretrainConfig, Pretrainer
+    from seqrec.train import pretrain as pretrain_module
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(pretrain_module, "compiled_step", functools.partial(compiled_step, backend="aot_eager"))
+    _, num_attributes, fields = item_attribute_table(dataset)
+    history = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = build_model("s3rec", num_items=dataset.num_items, max_len=MAX_LEN, hidden_size=8, num_layers=1,
+                            num_heads=2, hidden_dropout=0.0, attention_dropout=0.0, num_attributes=num_attributes,
+                            attribute_fields=fields)
+        model.attach_dataset(dataset)
+        config = PretrainConfig(epochs=1, batch_size=64, samples="users", progress=False, compile=compile)
+        history[compile] = Pretrainer(model, dataset, config).fit()[0]
+    for key in ("loss", "aap", "mip", "map", "sp"):
+        assert history[True][key] == pytest.approx(history[False][key], rel=1e-4), key

@@ -653,13 +653,16 @@ class DIFSR(SequentialRecommender):
         # `weight` [N]: None when the N rows are the real targets (eager); under
         # torch.compile every position is a row (static shapes) and padding weighs 0.
         # Eager keeps the rows of the targets alone: the [N, V] logits of "ce" and the
-        # attribute heads then run on ~1/6 of the positions (Beauty).
+        # attribute heads then run on the real targets only, a fraction of B * n on Beauty
+        # (eager-static column of benchmarks/bench_compile.py).
         weight = None
         if torch.compiler.is_compiling():
             hidden = self._encode_padded(item_seq, mask).flatten(0, 1)  # [B * n, D]; 0 at padding
             weight = real.flatten().to(hidden.dtype)
+
             def rows(t: Tensor) -> Tensor:
                 return t.flatten()
+
             count = real.sum().clamp_min(1)
         else:
             if self._takes_padded_path():
@@ -669,8 +672,10 @@ class DIFSR(SequentialRecommender):
                     raise ValueError("target_ids has targets at padding positions of item_seq (id 0)")
                 # Only the target positions leave the last block, in the order of [real].
                 hidden = self._encode(item_seq, mask, real)
+
             def rows(t: Tensor) -> Tensor:
                 return t[real]
+
             count = max(int(hidden.size(0)), 1)
         target = rows(target_ids)  # [N]
 

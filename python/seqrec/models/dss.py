@@ -501,13 +501,15 @@ class DSS(SequentialRecommender):
         count = real.sum().clamp_min(1)
         if torch.compiler.is_compiling():
             # Static shapes: every position is a row, padding weighted 0 (eager keeps the
-            # real rows alone: the [N, K, V] mixture logits of "ce" on ~1/6 of them).
+            # real rows alone: the [N, K, V] mixture logits of "ce" on the targets only).
             def rows(t: Tensor) -> Tensor:
                 return t.flatten(0, 1)
+
             weight = real.flatten()
         else:
             def rows(t: Tensor) -> Tensor:
                 return t[real]
+
             weight = None
         phi = self._aggregate(rows(raw), False)  # [N, K, D]
         tgt = rows(targets)

@@ -447,7 +447,7 @@ class SINE(SequentialRecommender):
             )
         reg = self.config.reg_weight * covariance_regularizer(self.prototypes)
         if torch.compiler.is_compiling():
-            return LossOutput(self._static_prefix_loss(item_seq, target_ids, negative_ids, lengths) + reg)
+            return LossOutput(self._static_prefix_loss(item_seq, target_ids, negative_ids) + reg)
         rows, cols, prefixes = self.training_prefixes(item_seq, target_ids, lengths)
         if rows.numel() == 0:
             return LossOutput(reg)
@@ -457,21 +457,19 @@ class SINE(SequentialRecommender):
         labels = torch.zeros(len(logits), dtype=torch.int64, device=logits.device)
         return LossOutput(F.cross_entropy(logits, labels) + reg)
 
-    def _static_prefix_loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor,
-                            lengths: Tensor | None) -> Tensor:
+    def _static_prefix_loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor) -> Tensor:
         """The sampled-softmax term of :meth:`batch_loss` with static shapes (what a
         ``torch.compile`` graph needs): one prefix per position [B * n, n], the ones
         without a kept target weighted 0, instead of :meth:`training_prefixes`' packed
         [R, W] (R targets, W their longest prefix). Equal in value; eager keeps the
         packed prefixes, since encoding every position's prefix at the full width costs
-        (B * n * n) / (R * W) times the work (about 10x on Beauty)."""
+        (B * n * n) / (R * W) times the work (benchmarks/bench_compile.py,
+        ``eager-static``)."""
         real = target_ids > 0
         if self.config.max_prefixes is not None:
             from_end = real.flip(1).cumsum(1).flip(1)
             real = real & (from_end <= self.config.max_prefixes)
-        b, n = item_seq.shape
-        if lengths is not None:
-            padding_mask(item_seq, lengths)  # the same checks as the eager path
+        b, n = item_seq.shape  # the zeros of item_seq make the prefixes (lengths agree with them)
         cols = torch.arange(n, device=item_seq.device)
         src = cols[:, None] - torch.arange(n - 1, -1, -1, device=item_seq.device)  # [n, n]
         prefixes = item_seq[:, src.clamp_min(0)] * (src >= 0)  # [B, n, n]: prefix ending at each column
