@@ -140,7 +140,7 @@ def test_cli_compile_and_autocast_flags_reach_the_trainer(tmp_path, monkeypatch)
             "--no-progress"]
     assert main([*args, "--compile", "--autocast", "bf16", "--out", str(tmp_path / "on")]) == 0
     assert main([*args, "--out", str(tmp_path / "off")]) == 0
-    assert calls == [True, False]
+    assert calls == [True]  # the eager run compiles nothing
     on = json.loads((tmp_path / "on" / "result.json").read_text())["train"]
     off = json.loads((tmp_path / "off" / "result.json").read_text())["train"]
     assert (on["compile"], on["autocast"]) == (True, "bf16")

@@ -181,7 +181,8 @@ class Pretrainer:
         self.scheduler = optim.resolve_scheduler(scheduler, self.optimizer, _NoSchedule, self.num_batches()) \
             if scheduler is not None else None
         self.precision = optim.MixedPrecision(config.autocast, config.device)
-        self._losses = compiled_step(model.pretrain_losses, config.compile)
+        # None: eager, model.pretrain_losses looked up at every step.
+        self._compiled_losses = compiled_step(model.pretrain_losses, True) if config.compile else None
         self.epoch = 0
         self.history: list[dict] = []
         self._seeded = False
@@ -214,7 +215,7 @@ class Pretrainer:
             if cfg.device != "cpu":
                 masked = SeqMaskOutput(*(t.to(cfg.device, non_blocking=True) for t in masked))
             with self.precision.autocast():
-                losses = self._losses(masked)
+                losses = (self._compiled_losses or model.pretrain_losses)(masked)
                 loss = model.weighted_loss(losses)
             if not torch.isfinite(loss):
                 raise FloatingPointError(non_finite_loss_message(

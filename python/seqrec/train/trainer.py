@@ -202,7 +202,8 @@ class Trainer:
         self.steps_per_epoch = -(-split.num_train_batches(config.batch_size) // config.accumulate)
         self.scheduler = optim.resolve_scheduler(scheduler, self.optimizer, config, self.steps_per_epoch)
         self.precision = optim.MixedPrecision(config.autocast, config.device)
-        self._loss_terms = compiled_step(model.loss_terms, config.compile)
+        # None: eager, model.loss_terms looked up at every step.
+        self._compiled_loss_terms = compiled_step(model.loss_terms, True) if config.compile else None
         self.epoch = 0  # epochs completed
         self.global_step = 0  # optimizer steps taken
         self.should_stop = False  # set by a callback (early stopping) to end fit() after this epoch
@@ -308,7 +309,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             batch = batch.to(cfg.device)
             with self.precision.autocast():
-                out = self._loss_terms(batch)
+                out = (self._compiled_loss_terms or model.loss_terms)(batch)
             if not isinstance(out, LossOutput):
                 raise TypeError(f"{type(model).__name__}.loss_terms must return a seqrec.models.LossOutput "
                                 f"(the total under .loss), got {type(out).__name__}")
