@@ -283,6 +283,9 @@ def _add_trainer_args(t) -> None:
     o.add_argument("--autocast", choices=AUTOCAST, default="none",
                    help="mixed precision of the training forward pass: bf16 (CPU and CUDA) or fp16 (CUDA only, "
                         "with a gradient scaler); evaluation stays in float32 (default: none)")
+    o.add_argument("--compile", action="store_true",
+                   help="torch.compile(fullgraph=True) the training step (forward, loss and backward); the first "
+                        "steps pay the compilation; evaluation stays eager")
     o.add_argument("--logger", type=logger_names, default="jsonl", metavar="NAMES",
                    help="comma-separated loggers writing each epoch's record into --out: jsonl (history.jsonl), "
                         "csv (history.csv), tensorboard (tensorboard/; needs pip install 'seqrec[tensorboard]'), "
@@ -455,6 +458,10 @@ def _add_pretrain_parser(sub) -> None:
                    help="seeds initialisation, sample order, masking and dropout; 0 <= seed < 2**63 "
                         "(default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu; masking always runs on the CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile(fullgraph=True) the pretraining step (forward, losses and backward)")
+    p.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                   help="mixed precision of the pretraining forward pass (default: none)")
     p.add_argument("--backend", choices=["seqrec", "reference"], default=None,
                    help="compiled operators (seqrec, default) or their plain-PyTorch references")
     p.add_argument("--resume", action="store_true", help="continue the pretraining saved in --out")
@@ -539,7 +546,8 @@ def cmd_train(args) -> int:
         seed=args.seed, device=args.device, progress=args.progress,
         grad_clip=args.clip_grad_norm, scheduler=args.scheduler, warmup_steps=args.warmup_steps,
         lr_step_epochs=args.lr_step_epochs, lr_gamma=args.lr_gamma, accumulate=args.accumulate,
-        autocast=args.autocast, metrics=tuple(args.metrics), distributed=args.distributed)
+        autocast=args.autocast, metrics=tuple(args.metrics), distributed=args.distributed,
+        compile=args.compile)
     from .train.callbacks import make_loggers
 
     try:  # a missing tensorboard is said now, before any training
@@ -704,7 +712,7 @@ def cmd_pretrain(args) -> int:
     pretrain_cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                weight_decay=args.weight_decay, samples=args.samples, seed=args.seed,
                                device=args.device, progress=args.progress, keep_every=args.keep_every,
-                               distributed=args.distributed)
+                               distributed=args.distributed, compile=args.compile, autocast=args.autocast)
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(args.model, backend=args.backend, **config)
     model.attach_dataset(dataset)

@@ -650,15 +650,38 @@ class DIFSR(SequentialRecommender):
         self.check_ids("target_ids", target_ids, shape)
         real = target_ids > 0
         mask = self._mask(item_seq, lengths)
-        if self._takes_padded_path():
-            hidden = self._encode_padded(item_seq, mask)[real]  # [N, D]
+        # `weight` [N]: None when the N rows are the real targets (eager); under
+        # torch.compile every position is a row (static shapes) and padding weighs 0.
+        # Eager keeps the rows of the targets alone: the [N, V] logits of "ce" and the
+        # attribute heads then run on the real targets only, a fraction of B * n on Beauty
+        # (eager-static column of benchmarks/bench_compile.py).
+        weight = None
+        if torch.compiler.is_compiling():
+            hidden = self._encode_padded(item_seq, mask).flatten(0, 1)  # [B * n, D]; 0 at padding
+            weight = real.flatten().to(hidden.dtype)
+
+            def rows(t: Tensor) -> Tensor:
+                return t.flatten()
+
+            count = real.sum().clamp_min(1)
         else:
-            if bool((real & ~mask).any()):
-                raise ValueError("target_ids has targets at padding positions of item_seq (id 0)")
-            # Only the target positions leave the last block, in the order of [real].
-            hidden = self._encode(item_seq, mask, real)
-        target = target_ids[real]  # [N]
-        count = max(int(target.numel()), 1)
+            if self._takes_padded_path():
+                hidden = self._encode_padded(item_seq, mask)[real]  # [N, D]
+            else:
+                if bool((real & ~mask).any()):
+                    raise ValueError("target_ids has targets at padding positions of item_seq (id 0)")
+                # Only the target positions leave the last block, in the order of [real].
+                hidden = self._encode(item_seq, mask, real)
+
+            def rows(t: Tensor) -> Tensor:
+                return t[real]
+
+            count = max(int(hidden.size(0)), 1)
+        target = rows(target_ids)  # [N]
+
+        def total(per_row: Tensor) -> Tensor:
+            return (per_row.sum() if weight is None else (per_row * weight).sum()) / count
+
         item_weight = self.embedding.item.weight
         terms = {}
         if self.config.loss == "bce":
@@ -666,10 +689,10 @@ class DIFSR(SequentialRecommender):
                 raise ValueError('negative_ids is required when config.loss == "bce"')
             self.check_ids("negative_ids", negative_ids, shape)
             pos = (hidden * self.embedding.item(target)).sum(-1)
-            neg = (hidden * self.embedding.item(negative_ids[real])).sum(-1)
-            terms["item"] = -(F.logsigmoid(pos) + F.logsigmoid(-neg)).sum() / count
+            neg = (hidden * self.embedding.item(rows(negative_ids))).sum(-1)
+            terms["item"] = total(-(F.logsigmoid(pos) + F.logsigmoid(-neg)))
         else:  # items 1..V only: padding never enters the softmax
-            terms["item"] = softmax_nll(hidden, item_weight[1:], target - 1).sum() / count
+            terms["item"] = total(softmax_nll(hidden, item_weight[1:], (target - 1).clamp_min(0)))
         if self.config.attribute_predictor:
             for i, (name, vocab, head) in enumerate(zip(self.config.attribute_fields,
                                                         self.config.attribute_vocab_sizes, self.predictors)):
@@ -678,7 +701,10 @@ class DIFSR(SequentialRecommender):
                 ids = getattr(self, f"_attr_{i}")[target]  # [N, m]
                 labels = hidden.new_zeros(ids.size(0), vocab + 1).scatter_(1, ids, 1.0)[:, 1:]
                 logits = head(hidden)
-                bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+                if weight is None:
+                    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+                else:
+                    bce = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(1) * weight).sum()
                 terms[f"attr:{name}"] = bce / (count * vocab)
         total = terms["item"]
         for name, weight in zip(self.config.attribute_fields, self.config.field_loss_weights):

@@ -449,7 +449,10 @@ class DSS(SequentialRecommender):
         m = (input_ids != 0).sum(1)
         full = torch.cat([input_ids, target_ids[:, -1:]], dim=1)  # [B, n + 1], x_{m+1} last
         future_len = (m + 1 - split).clamp_min(0)
-        width = max(int(future_len.max()), 1) if b else 1
+        if torch.compiler.is_compiling():  # static: the longest possible future (t = 1, m = n)
+            width = n
+        else:
+            width = max(int(future_len.max()), 1) if b else 1
         col_t = n - m + split - 1  # column of x_t in input_ids / full
         j = torch.arange(width, device=input_ids.device)
         index = col_t[:, None] + width - j[None, :]  # x_{t+1} at j = width - 1
@@ -485,7 +488,10 @@ class DSS(SequentialRecommender):
             raise ValueError(f"input_ids must be [B, n], got shape {shape}")
         # Columns that are padding in every row change nothing (right-aligned positions).
         mask = padding_mask(input_ids, lengths)
-        width = int(mask.any(0).to(torch.int64).sum()) if input_ids.numel() else 0
+        if torch.compiler.is_compiling():  # static shapes: no cropping
+            width = shape[1]
+        else:
+            width = int(mask.any(0).to(torch.int64).sum()) if input_ids.numel() else 0
         keep = slice(shape[1] - max(width, 1), shape[1])
         inputs, targets, mask = input_ids[:, keep], target_ids[:, keep], mask[:, keep]
 
@@ -493,11 +499,23 @@ class DSS(SequentialRecommender):
         raw = self._prefix_raw(z, probs, prefix_w)  # [B, n, K, D]
         real = targets > 0
         count = real.sum().clamp_min(1)
-        phi = self._aggregate(raw[real], False)  # [N, K, D]
-        tgt = targets[real]
+        if torch.compiler.is_compiling():
+            # Static shapes: every position is a row, padding weighted 0 (eager keeps the
+            # real rows alone: the [N, K, V] mixture logits of "ce" on the targets only).
+            def rows(t: Tensor) -> Tensor:
+                return t.flatten(0, 1)
+
+            weight = real.flatten()
+        else:
+            def rows(t: Tensor) -> Tensor:
+                return t[real]
+
+            weight = None
+        phi = self._aggregate(rows(raw), False)  # [N, K, D]
+        tgt = rows(targets)
         if cfg.loss == "ce":
             # Items 1..V only: padding never enters the softmax.
-            per_position = mixture_nll(phi, self.embedding.item.weight[1:], tgt - 1,
+            per_position = mixture_nll(phi, self.embedding.item.weight[1:], (tgt - 1).clamp_min(0),
                                        backend=self.backend)
         else:
             if negative_ids is None:
@@ -510,9 +528,11 @@ class DSS(SequentialRecommender):
                 )
             neg = negative_ids[:, keep]
             neg = neg.unsqueeze(-1) if neg.dim() == 2 else neg
-            candidates = torch.cat([tgt[:, None], neg[real]], dim=1)  # [N, 1 + m]
+            candidates = torch.cat([tgt[:, None], rows(neg)], dim=1)  # [N, 1 + m]
             logits = self._item_logits(phi, candidates)  # [N, K, 1 + m]
             per_position = logits.flatten(1).logsumexp(1) - logits[:, :, 0].logsumexp(1)
+        if weight is not None:
+            per_position = torch.where(weight, per_position, 0.0)
         seq2item = per_position.sum() / count
 
         zero = seq2item.new_zeros(())
@@ -524,7 +544,8 @@ class DSS(SequentialRecommender):
             split = self.sample_split(m)
         else:
             check_ids("split", split, (shape[0],))
-            if bool(((split < 1) | (split > m.clamp_min(1))).any()):
+            # A value check is a host sync: skipped under torch.compile, as check_ids's.
+            if not torch.compiler.is_compiling() and bool(((split < 1) | (split > m.clamp_min(1))).any()):
                 raise ValueError("split must lie in 1..m (the real input length) for every row")
         rows = torch.arange(shape[0], device=inputs.device)
         col_t = inputs.size(1) - m.clamp_min(1) + split - 1

@@ -39,7 +39,21 @@ def softmax_nll(hidden: Tensor, weight: Tensor, target: Tensor) -> Tensor:
     if target.shape != hidden.shape[:1] or target.dtype != torch.int64:
         raise ValueError(f"softmax_nll: target must be int64 [N={hidden.size(0)}], got {target.dtype} "
                          f"{tuple(target.shape)}")
-    return _SoftmaxNLL.apply(hidden, weight, target)
+    return _apply_autocast(_SoftmaxNLL, hidden, weight, target)
+
+
+def _apply_autocast(function: type[torch.autograd.Function], x: Tensor, weight: Tensor, *rest) -> Tensor:
+    """``function.apply(x, weight, *rest)``; under ``torch.autocast`` (whose state the
+    backward does not see) ``x`` and ``weight`` first go to its dtype and the Function runs
+    with autocast off, so forward and backward compute in one dtype: the [N, V] products
+    in bf16/fp16 (what autocast's matmul would do), their softmax accumulated in float32
+    by the kernels, and the per-row result returned in float32."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return function.apply(x, weight, *rest)
+    dtype = torch.get_autocast_dtype(device_type)
+    with torch.autocast(device_type, enabled=False):
+        return function.apply(x.to(dtype), weight.to(dtype), *rest).float()
 
 
 # The [N, V] matrices get a row length that is a multiple of this many elements.
@@ -83,7 +97,10 @@ class _SoftmaxNLL(torch.autograd.Function):
         g[rows, target] -= 1
         # A mean or sum reduction sends every row the same factor: scale the [N, D] and
         # [V, D] results instead of the [N, V] matrix.
-        uniform = g.size(0) > 0 and bool((grad == grad[0]).all())
+        # The check reads the values (a host sync, a data-dependent branch): a compiled
+        # graph always takes the general path, which gives the same gradient.
+        uniform = (not torch.compiler.is_compiling() and g.size(0) > 0
+                   and bool((grad == grad[0]).all()))
         if not uniform:
             g.mul_(grad[:, None])
         factor = grad[0] if uniform else None
@@ -135,7 +152,7 @@ def mixture_nll(phi: Tensor, weight: Tensor, target: Tensor, *, backend: str | N
         return logits.flatten(1).logsumexp(1) - positive.squeeze(2).logsumexp(1)
     if chunk is None:
         chunk = max(64, (1 << 18) // max(phi.size(0) * phi.size(1), 1))
-    return _MixtureNLL.apply(phi, weight, target, int(chunk))
+    return _apply_autocast(_MixtureNLL, phi, weight, target, int(chunk))
 
 
 class _MixtureNLL(torch.autograd.Function):
@@ -168,7 +185,8 @@ class _MixtureNLL(torch.autograd.Function):
         # d nll / d logit = g * softmax over (k, j) of the row's logits. With g > 0 (a
         # mean or a sum of the losses) it is exp(logit - lse + log g): the GEMM adds the
         # shift and one in-place exp finishes the block.
-        positive_grad = bool((grad > 0).all())
+        # A data-dependent branch (a host sync): a compiled graph takes the general path.
+        positive_grad = not torch.compiler.is_compiling() and bool((grad > 0).all())
         shift = (g_rows.log() - lse_rows) if positive_grad else -lse_rows
         g_phi = torch.zeros_like(rows) if need_phi else None
         g_weight = torch.empty_like(weight) if need_weight else None

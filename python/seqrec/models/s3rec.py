@@ -335,13 +335,91 @@ class S3Rec(nn.Module):
             raise ValueError("AAP/MAP need the item attribute table: call "
                              "model.attach_dataset(dataset) or set_item_attributes(table) first")
         items = masked.masked_items
-        batch, n = items.shape
         mean = cfg.reduction == "mean"
         losses: dict[str, Tensor] = {}
         attr_weight = self.attribute_embedding.weight[1:]  # [num_attributes, D]
         keep = (items != 0) & (items != self.mask_token)  # unmasked real positions (AAP)
         where = items == self.mask_token  # masked positions (MIP, MAP)
 
+        if torch.compiler.is_compiling():
+            states, vectors, weights = self._static_selection(masked, keep, where)
+            kept_items, targets = torch.where(keep, items, 0).flatten(), masked.pos_items.flatten()
+        else:
+            states, vectors, kept_items, targets = self._packed_selection(masked, keep, where)
+            weights = {}
+
+        def reduce(per_item: Tensor, name: str) -> Tensor:
+            w = weights.get(name)
+            if w is None:
+                return _reduce(per_item, mean)
+            total = (per_item * w).sum()  # static shapes: rows outside the selection weigh 0
+            return total / w.sum().clamp_min(1) if mean else total
+
+        if "aap" in on:
+            x = vectors["kept"] if cfg.aap_input == "item" else states["kept"]
+            per_position = _attribute_bce(self.aap(x) @ attr_weight.t(),
+                                          self.item_attributes[kept_items])
+            losses["aap"] = reduce(per_position, "kept")
+        if "mip" in on or "map" in on:
+            h = states["masked"]  # [M, D]
+            if "mip" in on:
+                hm = self.mip(h)
+                pos = torch.sigmoid((hm * vectors["target"]).sum(-1))
+                neg = torch.sigmoid((hm * vectors["negative"]).sum(-1))
+                losses["mip"] = reduce(F.softplus(neg - pos), "masked")
+            if "map" in on:
+                per_position = _attribute_bce(self.map(h) @ attr_weight.t(),
+                                              self.item_attributes[targets])
+                losses["map"] = reduce(per_position, "masked")
+        if "sp" in on:
+            context = self.sp(states["context"])
+            pos = torch.sigmoid((context * states["pos_segment"]).sum(-1))
+            neg = torch.sigmoid((context * states["neg_segment"]).sum(-1))
+            losses["sp"] = reduce(F.softplus(neg - pos), "context")
+        return {o: losses[o] for o in OBJECTIVES if o in losses}
+
+    def _static_selection(self, masked: SeqMaskOutput, keep: Tensor, where: Tensor
+                          ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """What :meth:`_packed_selection` selects, with static shapes (a ``torch.compile``
+        graph): every position of the corrupted rows and the last one of every segment
+        row, each with a 0/1 weight (``{"kept": keep, "masked": where, "context": rows
+        with a segment}``) instead of being packed out by a mask. Eager keeps the packed
+        selection: it encodes the real positions alone and runs the last block on the
+        selected ones."""
+        cfg, on = self.config, self.config.objectives
+        items = masked.masked_items
+        batch, n = items.shape
+        states: dict[str, Tensor] = {}
+        weights = {"kept": keep.flatten(), "masked": where.flatten()}
+        inputs = []
+        if "mip" in on or "map" in on or ("aap" in on and cfg.aap_input == "sequence"):
+            inputs.append(items)
+        if "sp" in on:
+            inputs += [masked.masked_segment_seq, masked.pos_segment, masked.neg_segment]
+            weights["context"] = masked.segment_len > 0
+        if inputs:
+            hidden = self._encode(torch.cat(inputs))  # [R, n, D]
+            if inputs[0] is items:
+                states["masked"] = states["kept"] = hidden[:batch].flatten(0, 1)  # [B * n, D]
+                hidden = hidden[batch:]
+            if "sp" in on:
+                last = hidden[:, -1]
+                states["context"], states["pos_segment"], states["neg_segment"] = last.split(batch)
+        vectors = {}
+        if "aap" in on and cfg.aap_input == "item":
+            vectors["kept"] = self.embedding.item(torch.where(keep, items, 0).flatten())
+        if "mip" in on:
+            vectors["target"] = self.embedding.item(masked.pos_items.flatten())
+            vectors["negative"] = self.embedding.item(masked.neg_items.flatten())
+        return states, vectors, {k: v.to(self.embedding.item.weight.dtype) for k, v in weights.items()}
+
+    def _packed_selection(self, masked: SeqMaskOutput, keep: Tensor, where: Tensor
+                          ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
+        """The hidden states and item vectors the objectives read, at the selected
+        positions only: ``(states, vectors, kept item ids, masked targets)``."""
+        cfg, on = self.config, self.config.objectives
+        items = masked.masked_items
+        batch, n = items.shape
         # One encoder call for every hidden state needed: the masked (and, for AAP on the
         # sequence, unmasked) positions of the item-masked rows, and the last position of
         # the segment-masked, positive- and negative-segment rows of rows with a segment.
@@ -381,29 +459,7 @@ class S3Rec(nn.Module):
         else:
             states, extra = {}, self.embedding.item(extra_ids)
         vectors = dict(zip(lookups, extra.split([i.numel() for i in lookups.values()])))
-
-        if "aap" in on:
-            x = vectors["kept"] if cfg.aap_input == "item" else states["kept"]
-            per_position = _attribute_bce(self.aap(x) @ attr_weight.t(),
-                                          self.item_attributes[kept_items])
-            losses["aap"] = _reduce(per_position, mean)
-        if "mip" in on or "map" in on:
-            h = states["masked"]  # [M, D]
-            if "mip" in on:
-                hm = self.mip(h)
-                pos = torch.sigmoid((hm * vectors["target"]).sum(-1))
-                neg = torch.sigmoid((hm * vectors["negative"]).sum(-1))
-                losses["mip"] = _reduce(F.softplus(neg - pos), mean)
-            if "map" in on:
-                per_position = _attribute_bce(self.map(h) @ attr_weight.t(),
-                                              self.item_attributes[targets])
-                losses["map"] = _reduce(per_position, mean)
-        if "sp" in on:
-            context = self.sp(states["context"])
-            pos = torch.sigmoid((context * states["pos_segment"]).sum(-1))
-            neg = torch.sigmoid((context * states["neg_segment"]).sum(-1))
-            losses["sp"] = _reduce(F.softplus(neg - pos), mean)
-        return {o: losses[o] for o in OBJECTIVES if o in losses}
+        return states, vectors, kept_items, targets
 
     def weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """``sum_o weight_o * losses[o]`` over the enabled objectives."""

@@ -196,11 +196,20 @@ class SASRec(SequentialRecommender):
             per_position = -(F.logsigmoid(pos) + F.logsigmoid(-neg))
             return LossOutput((per_position * real).sum() / count)
         hidden = self(item_seq, lengths)  # [B, n, D]
+        weight = self.embedding.item.weight[1:]  # items 1..V only: padding stays out of the softmax
+        if torch.compiler.is_compiling():
+            # Static shapes for a compiled graph: every position is scored and padding
+            # weighted 0 (its hidden state is 0, so its NLL is finite). Eager keeps the
+            # packed rows below: on Beauty B * n = 12,800 positions hold ~2,300 targets,
+            # and the [positions, V] logits dominate the step (eager-static column of
+            # benchmarks/bench_compile.py).
+            flat = hidden.reshape(-1, hidden.size(-1))
+            nll = softmax_nll(flat, weight, (target_ids - 1).clamp_min(0).reshape(-1))
+            return LossOutput((nll * real.reshape(-1)).sum() / count)
         # Only positions with a target are scored: under left padding most of a batch is
         # padding (Beauty: 8.9 of 50), and the [positions, V] logits dominate the step
         # (hence softmax_nll, which makes fewer passes over them than F.cross_entropy).
-        # Scoring items 1..V only (shift ids by one) keeps padding out of the softmax.
-        total = softmax_nll(hidden[real], self.embedding.item.weight[1:], target_ids[real] - 1).sum()
+        total = softmax_nll(hidden[real], weight, target_ids[real] - 1).sum()
         return LossOutput(total / count)
 
     def item_table(self) -> nn.Embedding:

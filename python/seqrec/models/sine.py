@@ -446,6 +446,8 @@ class SINE(SequentialRecommender):
                 f"got {tuple(negative_ids.shape)}"
             )
         reg = self.config.reg_weight * covariance_regularizer(self.prototypes)
+        if torch.compiler.is_compiling():
+            return LossOutput(self._static_prefix_loss(item_seq, target_ids, negative_ids) + reg)
         rows, cols, prefixes = self.training_prefixes(item_seq, target_ids, lengths)
         if rows.numel() == 0:
             return LossOutput(reg)
@@ -454,6 +456,30 @@ class SINE(SequentialRecommender):
         logits = (self.item(cand) * user.unsqueeze(1)).sum(-1)  # [R, 1 + m]
         labels = torch.zeros(len(logits), dtype=torch.int64, device=logits.device)
         return LossOutput(F.cross_entropy(logits, labels) + reg)
+
+    def _static_prefix_loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor) -> Tensor:
+        """The sampled-softmax term of :meth:`batch_loss` with static shapes (what a
+        ``torch.compile`` graph needs): one prefix per position [B * n, n], the ones
+        without a kept target weighted 0, instead of :meth:`training_prefixes`' packed
+        [R, W] (R targets, W their longest prefix). Equal in value; eager keeps the
+        packed prefixes, since encoding every position's prefix at the full width costs
+        (B * n * n) / (R * W) times the work (benchmarks/bench_compile.py,
+        ``eager-static``)."""
+        real = target_ids > 0
+        if self.config.max_prefixes is not None:
+            from_end = real.flip(1).cumsum(1).flip(1)
+            real = real & (from_end <= self.config.max_prefixes)
+        b, n = item_seq.shape  # the zeros of item_seq make the prefixes (lengths agree with them)
+        cols = torch.arange(n, device=item_seq.device)
+        src = cols[:, None] - torch.arange(n - 1, -1, -1, device=item_seq.device)  # [n, n]
+        prefixes = item_seq[:, src.clamp_min(0)] * (src >= 0)  # [B, n, n]: prefix ending at each column
+        user = self(prefixes.reshape(b * n, n))  # [B * n, D]
+        cand = torch.cat([target_ids.unsqueeze(-1), negative_ids], dim=-1).reshape(b * n, -1)  # [B * n, 1 + m]
+        logits = (self.item(cand) * user.unsqueeze(1)).sum(-1)
+        labels = torch.zeros(b * n, dtype=torch.int64, device=logits.device)
+        per_prefix = F.cross_entropy(logits, labels, reduction="none")
+        weight = real.reshape(-1).to(per_prefix.dtype)
+        return (per_prefix * weight).sum() / weight.sum().clamp_min(1)
 
     # ------------------------------------------------------------------ retrieval
     # recommend() is the base's: it ranks by score(), which applies config.merge.

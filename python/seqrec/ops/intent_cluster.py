@@ -90,10 +90,12 @@ def intent_cluster(
             weights=weights, values=values, eps=eps,
         )
     out_dtype = x.dtype
-    if out_dtype in (torch.float16, torch.bfloat16):
-        # Half inputs (autocast): computed in float32, outputs cast back.
+    floats = (x, prototypes, active_scale, weights, values)
+    if any(t is not None and t.dtype in (torch.float16, torch.bfloat16) for t in floats):
+        # Half inputs (autocast, which can hand over a mix: DSS's float32 states with
+        # bf16 attention weights): computed in float32, outputs cast back to x's dtype.
         x, prototypes, active_scale, weights, values = (
-            None if t is None else t.float() for t in (x, prototypes, active_scale, weights, values))
+            t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t for t in floats)
     intents, probs = _IntentClusterFunction.apply(
         x, mask, prototypes, tau, active, active_scale, weights, values, eps
     )

@@ -36,7 +36,7 @@ from ..progress import progress_bar
 from ..utils import release_freed_memory, save_torch, write_jsonl
 from . import optim
 from .distributed import Distributed, check_world_size
-from .trainer import check_finite_parameters, non_finite_loss_message
+from .trainer import check_finite_parameters, compiled_step, non_finite_loss_message
 
 __all__ = ["PretrainConfig", "PretrainSamples", "Pretrainer", "PRETRAIN_CHECKPOINT", "PRETRAIN_LOG",
            "SNAPSHOT_NAME", "CHECKPOINT_KIND"]
@@ -70,6 +70,10 @@ class PretrainConfig:
     # process. batch_size is then the global batch; every rank corrupts it whole (seq_mask
     # draws from the batch) and keeps its rows.
     distributed: bool | None = None
+    compile: bool = False  # torch.compile(fullgraph=True) of pretrain_losses (see TrainConfig.compile)
+    # "none" or "bf16": torch.autocast of the forward (TrainConfig.autocast's, without fp16,
+    # whose gradient scaler this loop does not run).
+    autocast: str = "none"
 
     def __post_init__(self):
         for name, least in (("epochs", 1), ("batch_size", 1), ("keep_every", 0)):
@@ -80,6 +84,10 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.lr must be > 0, got {self.lr!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise ValueError(f"PretrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"PretrainConfig.compile must be True or False, got {self.compile!r}")
+        if self.autocast not in ("none", "bf16"):
+            raise ValueError(f"PretrainConfig.autocast must be one of ['none', 'bf16'], got {self.autocast!r}")
         if self.samples not in SAMPLE_KINDS:
             raise ValueError(f"PretrainConfig.samples must be one of {SAMPLE_KINDS}, got {self.samples!r}")
         self.betas = tuple(self.betas)
@@ -187,6 +195,9 @@ class Pretrainer:
         self.optimizer = optim.resolve_optimizer(optimizer, model, config)
         self.scheduler = optim.resolve_scheduler(scheduler, self.optimizer, _NoSchedule, self.num_batches()) \
             if scheduler is not None else None
+        self.precision = optim.MixedPrecision(config.autocast, config.device)
+        # None: eager, model.pretrain_losses looked up at every step.
+        self._compiled_losses = compiled_step(model.pretrain_losses, True) if config.compile else None
         self.epoch = 0
         self.history: list[dict] = []
         self._seeded = False
@@ -220,11 +231,12 @@ class Pretrainer:
                 masked = self.ddp.pretrain_rows(masked, len(seq))
             if cfg.device != "cpu":
                 masked = SeqMaskOutput(*(t.to(cfg.device, non_blocking=True) for t in masked))
-            if self.ddp is None:
-                losses = model.pretrain_losses(masked)
-                loss = model.weighted_loss(losses)
-            else:  # [DDP] through DistributedDataParallel; loss: the global batch's
-                losses, loss = self.ddp.pretrain_losses(self._ddp_model, masked)
+            with self.precision.autocast():
+                if self.ddp is None:
+                    losses = (self._compiled_losses or model.pretrain_losses)(masked)
+                    loss = model.weighted_loss(losses)
+                else:  # [DDP] through DistributedDataParallel (eager); loss: the global batch's
+                    losses, loss = self.ddp.pretrain_losses(self._ddp_model, masked)
             if not torch.isfinite(loss):
                 raise FloatingPointError(non_finite_loss_message(
                     f"pretraining epoch {epoch + 1}, step {b + 1} of {self.num_batches()}", loss.item(), cfg.lr,
@@ -319,7 +331,7 @@ class Pretrainer:
         self._on_writer(write_jsonl, self.out_dir / PRETRAIN_LOG, self.history)  # rewritten whole: no torn line; checksummed lines
 
     # Settings a resumed pretraining run may change.
-    RESUME_MAY_CHANGE = frozenset({"epochs", "device", "progress", "keep_every", "distributed"})
+    RESUME_MAY_CHANGE = frozenset({"epochs", "device", "progress", "keep_every", "distributed", "compile"})
 
     def resume(self) -> bool:
         """Continue from ``out_dir/pretrain.pt`` if it exists; True when resumed.

@@ -54,6 +54,14 @@ RESULT_NAME = "result.json"
 RUN_FILES = re.compile("|".join(map(re.escape, (CHECKPOINT_NAME, LOG_NAME, RESULT_NAME, CSV_NAME))))
 
 
+def compiled_step(fn: Callable, compile: bool, backend: str = "inductor") -> Callable:
+    """``fn`` (a model's loss function) or its ``torch.compile(fullgraph=True)``: the
+    whole forward and loss in one graph, whose backward AOTAutograd compiles too. Batch
+    shapes change from batch to batch (length, the last batch's size): dynamo recompiles
+    once and then treats them as dynamic."""
+    return torch.compile(fn, fullgraph=True, backend=backend) if compile else fn
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and evaluation settings (plain values, picklable)."""
@@ -96,6 +104,9 @@ class TrainConfig:
     # Mixed precision of the training forward pass: "none", "bf16" (CPU and CUDA) or
     # "fp16" (CUDA only, with a gradient scaler). Evaluation runs in the model's precision.
     autocast: str = "none"
+    # torch.compile(fullgraph=True) of the training step (forward + loss; AOTAutograd
+    # compiles its backward); evaluation stays eager.
+    compile: bool = False
     # Opt-in metric families beside HR/NDCG/MRR (seqrec.eval.metrics.EXTRA_METRICS):
     # Precision, MAP (every protocol), Coverage, Gini (full ranking only).
     metrics: tuple[str, ...] = ()
@@ -135,6 +146,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be an int >= {minimum}, got {value!r}")
         if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
             raise ValueError(f"TrainConfig.lr_gamma must lie in (0, 1], got {self.lr_gamma}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"TrainConfig.compile must be True or False, got {self.compile!r}")
         if self.autocast not in optim.AUTOCAST:
             raise ValueError(f"TrainConfig.autocast must be one of {list(optim.AUTOCAST)}, got {self.autocast!r}")
         if self.autocast == "fp16" and torch.device(self.device).type != "cuda":
@@ -205,6 +218,8 @@ class Trainer:
         self.steps_per_epoch = -(-split.num_train_batches(config.batch_size) // config.accumulate)
         self.scheduler = optim.resolve_scheduler(scheduler, self.optimizer, config, self.steps_per_epoch)
         self.precision = optim.MixedPrecision(config.autocast, config.device)
+        # None: eager, model.loss_terms looked up at every step.
+        self._compiled_loss_terms = compiled_step(model.loss_terms, True) if config.compile else None
         self.epoch = 0  # epochs completed
         self.global_step = 0  # optimizer steps taken
         self.should_stop = False  # set by a callback (early stopping) to end fit() after this epoch
@@ -321,8 +336,9 @@ class Trainer:
         for step, batch in enumerate(bar):
             batch = batch.to(cfg.device)
             with self.precision.autocast():
-                # [DDP] through DistributedDataParallel; .loss is then the global batch's loss
-                out = model.loss_terms(batch) if self.ddp is None else self.ddp.loss_terms(self._ddp_model, batch)
+                # [DDP] through DistributedDataParallel (eager); .loss is then the global batch's loss
+                out = ((self._compiled_loss_terms or model.loss_terms)(batch) if self.ddp is None
+                       else self.ddp.loss_terms(self._ddp_model, batch))
             if not isinstance(out, LossOutput):
                 raise TypeError(f"{type(model).__name__}.loss_terms must return a seqrec.models.LossOutput "
                                 f"(the total under .loss), got {type(out).__name__}")
@@ -498,9 +514,10 @@ class Trainer:
             state["rng_ranks"] = self.ddp.gather_rng()
         self._on_writer(save_torch, state, self.out_dir / CHECKPOINT_NAME)  # atomic, checksummed
 
-    # Settings a resumed run may change: how long it goes on, and where it runs.
+    # Settings a resumed run may change: how long it goes on, and where and how it runs
+    # (compile: the same step, compiled).
     RESUME_MAY_CHANGE = frozenset({"epochs", "patience", "eval_every", "eval_chunk_size", "eval_memory", "device",
-                                  "progress", "distributed"})
+                                  "progress", "distributed", "compile"})
 
     def resume(self) -> bool:
         """Load ``out_dir/checkpoint.pt`` if it exists; True when a run was resumed.
