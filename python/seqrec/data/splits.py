@@ -80,14 +80,17 @@ class PrefixSplit:
         card: the :class:`SplitCard` (its ``max_len`` and ``eval_negatives`` are used).
     """
 
-    def __init__(self, dataset: SequenceDataset, train_prefix: np.ndarray, instances: dict, card: SplitCard):
+    def __init__(self, dataset: SequenceDataset, train_prefix: np.ndarray, instances: dict, card: SplitCard,
+                 lengths: np.ndarray | None = None):
         if card.eval_negatives not in EVAL_NEGATIVES:
             raise ValueError(f"eval_negatives must be one of {EVAL_NEGATIVES}, got {card.eval_negatives!r}")
         self.dataset = dataset
         self.max_len = _check_max_len(card.max_len)
         self.info = card
         self.eval_negatives = card.eval_negatives
-        lengths = dataset.lengths
+        # Per dataset, so computed once (a subclass that already has them passes them):
+        # np.diff over every user per batch made an epoch quadratic in the users.
+        self._lengths = lengths = dataset.lengths if lengths is None else lengths
         self._train_prefix = np.asarray(train_prefix, np.int64)
         if self._train_prefix.shape != (dataset.num_users,) or np.any(self._train_prefix < 0) \
                 or np.any(self._train_prefix > lengths):
@@ -138,8 +141,8 @@ class PrefixSplit:
     def train_mask(self) -> np.ndarray:
         """``[num_interactions]`` bool: the interactions in a training prefix."""
         ds = self.dataset
-        index_in_user = np.arange(ds.num_interactions) - np.repeat(ds.indptr[:-1], ds.lengths)
-        return index_in_user < np.repeat(self._train_prefix, ds.lengths)
+        index_in_user = np.arange(ds.num_interactions) - np.repeat(ds.indptr[:-1], self._lengths)
+        return index_in_user < np.repeat(self._train_prefix, self._lengths)
 
     def train_item_counts(self) -> np.ndarray:
         """``[num_items + 1]`` count of each item among the training interactions."""
@@ -251,7 +254,7 @@ class PrefixSplit:
         evaluated user, or None when it can (without drawing them)."""
         ds = self.dataset
         if self.eval_negatives == "uniform" and (
-                len(self.eval_users) == 0 or ds.lengths[self.eval_users].max() <= ds.num_items - int(num_negatives)):
+                len(self.eval_users) == 0 or self._lengths[self.eval_users].max() <= ds.num_items - int(num_negatives)):
             return None  # no user has seen more items than its length: none falls short
         allowed = np.ones(ds.num_items + 1, bool)
         allowed[0] = False
@@ -259,7 +262,7 @@ class PrefixSplit:
         if self.eval_negatives == "popularity":
             allowed = self._eval_weights() > 0
             what = "unseen items with a training count"
-        owner = np.repeat(np.arange(ds.num_users, dtype=np.int64), ds.lengths)
+        owner = np.repeat(np.arange(ds.num_users, dtype=np.int64), self._lengths)
         pairs = np.unique(owner * (ds.num_items + 1) + ds.items)
         pairs = pairs[allowed[pairs % (ds.num_items + 1)]]
         seen_allowed = np.bincount(pairs // (ds.num_items + 1), minlength=ds.num_users)
@@ -384,7 +387,7 @@ class LeaveOneOut(PrefixSplit):
         card = SplitCard("leave-one-out", "test = last item, valid = second last, train = every next item of the rest",
                          _check_max_len(max_len), "users with at least 3 interactions", eval_negatives)
         super().__init__(dataset, prefix, {"valid": (users, lengths[users] - 2), "test": (users, lengths[users] - 1)},
-                         card)
+                         card, lengths)
 
 
 def _timestamps(dataset: SequenceDataset, timestamps) -> np.ndarray:
