@@ -47,6 +47,10 @@ def test_windows_cut_each_training_part_with_half_max_len_steps():
     assert sorted(rows) == sorted([[6, 7, 8, 9], [2, 3, 4, 5], [1, 2, 3, 4]])
     with pytest.raises(ValueError, match="window_step must be a number in"):
         PretrainConfig(samples="windows", window_step=0.0)
+    with pytest.raises(ValueError, match="needs max_len >= 2"):
+        PretrainSamples(ds, 1, "windows")
+    with pytest.raises(ValueError, match="no user has the 4 interactions"):
+        PretrainSamples(_dataset([[1, 2, 3], [4, 5, 6]]), 5, "windows")
 
 
 def test_split_reverses_the_future_and_names_the_next_item():

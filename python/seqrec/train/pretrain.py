@@ -130,6 +130,9 @@ class PretrainSamples:
         begin = dataset.indptr[1:] - 2 - part  # first item of the part
         users = np.flatnonzero(part > 0)
         if kind == "windows":
+            if max_len < 2:
+                raise ValueError(f"samples='windows' needs max_len >= 2 (a sample is split into an input and a "
+                                 f"future), got {max_len}")
             step = max(1, math.floor(window_step * max_len))
             users = np.flatnonzero(whole >= 2)
             extra = whole[users] - max_len  # > 0: the part is longer than one window
@@ -146,7 +149,8 @@ class PretrainSamples:
             starts = np.repeat(begin[users], counts)
             lengths = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + 1
         if len(starts) == 0:
-            raise ValueError(f"{dataset.name}: no user has the 3 interactions a pretraining sample "
+            need = 4 if kind == "windows" else 3
+            raise ValueError(f"{dataset.name}: no user has the {need} interactions a pretraining sample "
                              "needs (two are held out for validation and test)")
         self.starts = np.ascontiguousarray(starts, dtype=np.int64)  # [S] first item of each sample
         self.lengths = np.ascontiguousarray(lengths, dtype=np.int64)  # [S] its length
