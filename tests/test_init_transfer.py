@@ -172,3 +172,8 @@ def test_cli_init_refuses_a_partial_encoder_unless_init_partial(tmp_path, capsys
     err = capsys.readouterr().err
     assert "(20 of the 20 encoder tensors)" in err, err
     assert "position_query.weight (the model's own" in err
+
+
+def test_cli_init_partial_needs_init(capsys):
+    assert main(["train", "--model", "sasrec", "--init-partial", "--epochs", "1"]) == 2
+    assert "--init-partial says how to load --init's weights; give --init too" in capsys.readouterr().err

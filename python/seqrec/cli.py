@@ -575,6 +575,8 @@ def cmd_train(args) -> int:
 
     from .train.trainer import RUN_FILES
 
+    if args.init_partial and args.init is None:
+        raise ValueError("--init-partial says how to load --init's weights; give --init too")
     previous_run = _writer(args, _check_run_folder, args, RUN_FILES) or []  # [DDP] rank 0 only
     if args.model in PRETRAIN_MODELS and args.init is None:
         raise ValueError(f"--model {args.model} fine-tunes a pretrained model: give --init <folder or "
