@@ -4,11 +4,13 @@ The pretraining samples are the S3-Rec authors' (``PretrainDataset.split_sequenc
 every user, the training part of the sequence (the valid and test items removed, the
 last ``max_len`` kept) and every prefix of it; ``samples="users"`` keeps one sample per
 user instead; ``samples="windows"`` (DSS pretraining, the DSSRec reading) cuts each
-whole training part into windows of ``max_len`` items, ``window_step * max_len`` apart. Batches are cut from the dataset's CSR arrays with one vectorised gather,
-then corrupted by the model's single ``seq_mask`` call, so no Python runs per sample.
+whole training part into windows of ``max_len`` items, ``window_step * max_len`` apart.
+Batches are cut from the dataset's CSR arrays with one vectorised gather, then corrupted
+by the model's ``corrupt`` (S3-Rec: one ``seq_mask`` call; DSS: a split point per
+sample), so no Python runs per sample.
 
 Everything random but dropout is a pure function of ``(seed, epoch, batch)``: the sample
-order of an epoch and each batch's ``seq_mask`` seed. A checkpoint written at the end of
+order of an epoch and each batch's corruption seed. A checkpoint written at the end of
 every epoch holds the model, the optimizer, the torch RNG (dropout) and the history, so
 ``resume()`` continues a killed run exactly as if it had not stopped (on CPU).
 
