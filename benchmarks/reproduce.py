@@ -292,6 +292,38 @@ def _dss_long() -> list[Run]:
     return runs
 
 
+def _dss_pretrain() -> list[Run]:
+    """DSS as a pretraining stage (the DSSRec reading, issue 29): ``seqrec pretrain
+    --model dss`` (300 epochs, batch 256, lr 1e-3, sliding windows of step 0.5 x
+    max_len, seq2item + seq2seq at weights 1 and 1, K = 4, top-lambda 0.5 by kthvalue;
+    a snapshot every 50 epochs), then fine-tuning from it at the dss suite's budgets and
+    seeds: DSS seq2item only (the fine-tuning DSSRec does), joint DSS (seq2item + 0.1
+    seq2seq) and SASRec CE (single head, the pretrained encoder). One pretraining per
+    dataset (the default seed; as s3rec-seeds, the seeds are the fine-tuning's: a
+    Beauty pretraining takes hours). The dss suite's joint DSS and seq2item-only rows
+    (no pretraining) are this suite's too, for the comparison."""
+    runs = []
+    for ds, budget in (("LastFM", ("--epochs", "100", "--patience", "0")),
+                       ("Beauty", ("--epochs", "200", "--patience", "10"))):
+        key = ds.lower()
+        pre = f"{key}_dsspre"
+        runs.append(Run(pre, f"{ds} DSS pretraining (DSSRec reading), 300 epochs",
+                        ("--model", "dss", "--data", _data(ds), "--epochs", "300", "--keep-every", "50"),
+                        command="pretrain"))
+        init = ("--init", f"{{root}}/{pre}")
+        for seed in (None, 1, 2):
+            suffix, seeded = _seeded(seed)
+            common = ("--data", _data(ds), *budget, *seeded)
+            runs += _dss_pair(ds, f"{key}_dss{suffix}", f"{key}_dss0{suffix}", common)
+            runs += [Run(f"{key}_dsspre_dss0{suffix}", f"{ds} DSS pretrained, fine-tuned seq2item only",
+                         ("--model", "dss", "--preset", "seq2item-only", *common, *init), needs=pre),
+                     Run(f"{key}_dsspre_dss{suffix}", f"{ds} DSS pretrained, fine-tuned DSS (seq2item + seq2seq)",
+                         ("--model", "dss", *common, *init), needs=pre),
+                     Run(f"{key}_dsspre_sasce{suffix}", f"{ds} DSS pretrained, fine-tuned SASRec CE",
+                         ("--model", "sasrec", "--loss", "ce", *common, *init), needs=pre)]
+    return runs
+
+
 # S3-Rec fine-tuning (and its no-pretraining row): the authors' budget, selected by the
 # sampled protocol's MRR as their sampled-protocol runs are.
 FINETUNE = ("--valid-ranking", "sampled", "--metric", "MRR", "--epochs", "200", "--patience", "10")
@@ -465,6 +497,7 @@ def _s3rec_aap_input() -> list[Run]:
 SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
           "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "dss-lambda": _dss_lambda,
           "dss-temperature": _dss_temperature, "dss-sampled": _dss_sampled, "dss-long": _dss_long,
+          "dss-pretrain": _dss_pretrain,
           "s3rec": _s3rec, "s3rec-short": _s3rec_short,
           "s3rec-seeds": _s3rec_seeds, "s3rec-aap-input": _s3rec_aap_input}
 

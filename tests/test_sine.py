@@ -31,7 +31,7 @@ def make_model(**overrides) -> SINE:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-        model.item.weight[0].zero_()
+        model.embedding.item.weight[0].zero_()
     return model
 
 
@@ -105,8 +105,8 @@ def encode_by_the_equations(model, seq):
     """SINE's equations for ONE unpadded sequence [n], written out in plain PyTorch."""
     cfg = model.config
     n, d, k = len(seq), cfg.hidden_size, cfg.num_interests
-    X = model.item(seq)  # [n, D]
-    P = model.position.weight[cfg.max_len - n :]
+    X = model.embedding.item(seq)  # [n, D]
+    P = model.embedding.position.weight[cfg.max_len - n :]
     a = torch.softmax(model.concept_query(torch.tanh(model.concept_key(X))).squeeze(-1), 0)
     z = a @ X
     s = model.prototypes @ z
@@ -221,7 +221,7 @@ def test_loss_matches_direct_formula():
     inputs, targets, negatives, lengths = make_batch([4, 2, 3], m=3)
     loss = model.loss(inputs, targets, negatives)
     terms = []
-    E = model.item.weight
+    E = model.embedding.item.weight
     for b in range(3):
         for t in range(MAX_LEN):
             if targets[b, t] == 0:
@@ -294,7 +294,7 @@ def test_score_follows_the_merge_rule(merge):
     model = make_model(merge=merge).eval()
     inputs, _, _, lengths = make_batch([9, 4, 6])
     out = model.encode(inputs, lengths)
-    E = model.item.weight
+    E = model.embedding.item.weight
     expected = out.user @ E.t() if merge == "aggregate" else (out.interests @ E.t()).amax(1)
     scores = model.score(inputs, lengths)
     assert torch.all(scores[:, 0] == float("-inf"))
@@ -310,7 +310,7 @@ def test_max_merge_recommend_equals_merged_per_interest_retrievals():
     seqs = [[1, 2, 3, 4], [5], [7, 7, 8, 9, 10, 11]]
     k = 6
     ids, scores = model.recommend(seqs, k=k)
-    E = model.item.weight.detach()
+    E = model.embedding.item.weight.detach()
     for row, seq in enumerate(seqs):
         phi = model.interests(torch.tensor([seq]))[0]  # [K, D]
         pool = {}

@@ -7,6 +7,8 @@
     seqrec pretrain --model s3rec --data ../shared/data/Beauty --epochs 150 --out runs/s3rec-pre
     seqrec train --model s3rec --data ../shared/data/Beauty --init runs/s3rec-pre --out runs/s3rec
     seqrec train --model dss --data ../shared/data/Beauty --seq2seq-weight 0   # seq2item-only
+    seqrec pretrain --model dss --data ../shared/data/LastFM --out runs/dss-pre   # DSS as pretraining
+    seqrec train --model sasrec --data ../shared/data/LastFM --init runs/dss-pre --loss ce
     seqrec evaluate --checkpoint runs/beauty
     seqrec export --checkpoint runs/beauty --out models/beauty   # self-contained: seqrec.from_pretrained
     seqrec data stats --data ../shared/data/ml-100k --baseline
@@ -32,8 +34,22 @@ from .data import DataError, load_dataset
 from .utils import (NoSpaceError, lock_run_folder, reuse_freed_memory, stale_temp_files, verify_torch_file,
                     write_json)
 
-# Models `seqrec pretrain` knows, and the fine-tune model `seqrec train` builds for them.
+# Pretraining-only models, and the fine-tune model `seqrec train` builds for them.
 PRETRAIN_MODELS = {"s3rec": "sasrec"}
+# Models `seqrec pretrain` knows, and their pretraining defaults (S3-Rec: the authors';
+# DSS: the DSSRec reading, issue 29). DSS is also a model of its own (`seqrec train --model dss`).
+PRETRAIN_DEFAULTS = {
+    "s3rec": dict(epochs=150, batch_size=100, samples="prefixes"),
+    "dss": dict(epochs=300, batch_size=256, samples="windows"),
+}
+# Config fields whose pretraining default is not the config's (DSSRec weighs seq2seq as seq2item).
+PRETRAIN_MODEL_DEFAULTS = {"dss": dict(seq2seq_weight=1.0)}
+# DSS fields whose meaning in pretraining differs from joint training's.
+PRETRAIN_HELP = {"dss": {
+    "confidence_lambda": "top-lambda confidence cut: the (sample, intention) seq2seq losses at or below the "
+                         "kthvalue at floor(lambda x batch x K) are kept",
+    "seq2seq_weight": "weight of the seq2seq InfoNCE term (seq2item's is 1); 0 = seq2item only",
+}}
 
 
 @functools.cache
@@ -47,10 +63,19 @@ def _train_options():
 
 @functools.cache
 def _pretrain_options():
-    """The model options of `seqrec pretrain`."""
+    """The model options of `seqrec pretrain`: its models' config fields, with the pretraining
+    defaults and meanings (DSS pretraining has no next-item loss)."""
     from .model_options import ModelOptions
 
-    return ModelOptions({name: name for name in PRETRAIN_MODELS})
+    return ModelOptions({name: name for name in PRETRAIN_DEFAULTS}, defaults=PRETRAIN_MODEL_DEFAULTS,
+                        skip={"dss": ("loss",)}, helps=PRETRAIN_HELP)
+
+
+def _pretrain_defaults_text(name: str) -> str:
+    """"(default: ...)" of a pretraining setting whose default is each pretrain model's."""
+    from .model_options import defaults_text
+
+    return defaults_text({m: d[name] for m, d in PRETRAIN_DEFAULTS.items()})
 
 
 def _train_defaults_text(name: str) -> str:
@@ -193,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "pretrain.pt (required for --model s3rec, whose fine-tune model is a causal SASRec), "
                         "or a `seqrec train` folder / checkpoint.pt; prints which tensors were loaded. "
                         "Unset --hidden-size/--num-layers/--num-heads default to the checkpoint's")
+    t.add_argument("--init-partial", action="store_true",
+                   help="with --init: load what fits even when encoder tensors of the model are missing from the "
+                        "checkpoint or have other shapes (they stay at their initialisation); without it such a "
+                        "load is refused")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: on a terminal, off in CI or when stderr goes to a file)")
     _add_distributed_arg(t)
@@ -424,34 +453,43 @@ def _add_pretrain_parser(sub) -> None:
 
     p = sub.add_parser(
         "pretrain", formatter_class=_DefaultsHelp,
-        help="self-supervised pretraining (S3-Rec); fine-tune with `seqrec train --model s3rec --init DIR`",
+        help="self-supervised pretraining (S3-Rec, DSS); fine-tune with `seqrec train --model s3rec --init DIR` "
+             "(S3-Rec) or `seqrec train --model dss|sasrec --init DIR` (DSS)",
         description="Pretrain S3-Rec's bidirectional encoder with its four objectives (AAP item-attribute, "
-                    "MIP masked item, MAP masked attribute, SP segment). Samples: every prefix of each user's "
-                    "training part (valid and test items held out), as the S3-Rec authors. Writes "
-                    "DIR/pretrain.pt after every epoch (atomically) and DIR/pretrain.jsonl (one JSON line per "
-                    "epoch). Model options left unset take the --preset's or the paper's values.")
-    p.add_argument("--model", default="s3rec", choices=sorted(PRETRAIN_MODELS), help="model to pretrain (default: %(default)s)")
+                    "MIP masked item, MAP masked attribute, SP segment), on every prefix of each user's "
+                    "training part (valid and test items held out), as the S3-Rec authors; or DSS's encoder "
+                    "(--model dss) with seq2item and seq2seq on sliding windows of each training part, split "
+                    "at a random point (the DSSRec reading). Writes DIR/pretrain.pt after every epoch "
+                    "(atomically) and DIR/pretrain.jsonl (one JSON line per epoch). Model options left unset "
+                    "take the --preset's or the paper's values.")
+    p.add_argument("--model", default="s3rec", choices=sorted(PRETRAIN_DEFAULTS),
+                   help="model to pretrain (default: %(default)s)")
     _add_data_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for pretrain.pt and pretrain.jsonl")
-    p.add_argument("--epochs", type=positive_int, default=150,
-                   help="pretraining epochs (default: %(default)s, the paper's)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="pretraining epochs " + _pretrain_defaults_text("epochs"))
     p.add_argument("--keep-every", type=nonneg_int, default=0, metavar="N",
                    help="also keep the weights after every N-th epoch as DIR/pretrain-epoch<epoch>.pt, to "
                         "fine-tune from an earlier point of the same run (`seqrec train --init "
                         "DIR/pretrain-epoch50.pt`); the authors keep every 10th. 0: only the last (default)")
-    p.add_argument("--batch-size", type=positive_int, default=100,
-                   help="samples per batch (default: %(default)s, the authors')")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="samples per batch " + _pretrain_defaults_text("batch_size"))
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="Adam weight decay (default: %(default)s)")
     for name, label in (("aap", "item-attribute (AAP)"), ("mip", "masked item (MIP)"),
                         ("map", "masked attribute (MAP)"), ("sp", "segment (SP)")):
         p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True,
                        help=f"{label} objective on/off, for ablations (default: on)")
-    _pretrain_options().add_to(p)  # one flag per S3RecConfig field (seqrec.model_options)
+    _pretrain_options().add_to(p)  # one flag per S3RecConfig / DSSConfig field (seqrec.model_options)
     p.add_argument("--attributes", nargs="+", default=None, metavar="FIELD",
                    help="categorical item fields used as attributes (default: all)")
-    p.add_argument("--samples", choices=["prefixes", "users"], default="prefixes",
-                   help="every prefix of each training sequence (the authors', default) or one sample per user")
+    p.add_argument("--samples", choices=["prefixes", "users", "windows"], default=None,
+                   help="every prefix of each training sequence (the S3-Rec authors'), one sample per user, or "
+                        "windows of max-len items --window-step x max-len apart over each training sequence "
+                        "(DSSRec's) " + _pretrain_defaults_text("samples"))
+    p.add_argument("--window-step", type=float, default=0.5,
+                   help="--samples windows: the step between windows as a fraction of --max-len, in (0, 1] "
+                        "(default: %(default)s)")
     p.add_argument("--preset", choices=sorted(REGISTRY["s3rec"].presets), default=None,
                    help="named model settings (paper: the S3-Rec paper's; explicit options override it)")
     p.add_argument("--seed", type=seed_int, default=42,
@@ -490,7 +528,21 @@ def _model_config(args, dataset, init_config: dict | None = None) -> tuple[str, 
     options = _train_options()
     config = options.config(args, init_config)
     config.update(num_items=dataset.num_items, max_len=args.max_len, **options.side_information(args, dataset))
+    if init_config:
+        config.update(_init_encoder_fields(init_config, options.registration(args.model).config))
     return options.models[args.model], config
+
+
+def _init_encoder_fields(init_config: dict, config_cls) -> dict:
+    """The --init checkpoint's feed-forward width, activation and norm epsilon (every encoder
+    tensor must load); a width left at None (4 x hidden size) is written out for a config
+    that wants a number (DIF-SR's)."""
+    fields = {k: init_config[k] for k in ("inner_size", "hidden_act", "layer_norm_eps") if k in init_config}
+    inner = {f.name: f for f in dataclasses.fields(config_cls)}.get("inner_size")
+    if (fields.get("inner_size", 0) is None and "hidden_size" in init_config and inner is not None
+            and not inner.metadata["seqrec"]["optional"]):
+        fields["inner_size"] = 4 * init_config["hidden_size"]
+    return fields
 
 
 def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, path) -> dict:
@@ -505,7 +557,10 @@ def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, pat
         if pretrained_items is not None and pretrained_items != num_items:
             raise ValueError(f"--init {path}: pretrained on {pretrained_items} items, this dataset has "
                              f"{num_items}; fine-tune on the dataset the model was pretrained on")
-    report = load_pretrained(model, state)
+    try:
+        report = load_pretrained(model, state, strict=not args.init_partial)
+    except ValueError as exc:
+        raise ValueError(f"--init {path}: {exc}") from None
     print(f"--init {path}:\n{report.describe()}", file=sys.stderr)
     if args.model in PRETRAIN_MODELS:
         if not report.complete or not report.loaded:
@@ -520,6 +575,8 @@ def cmd_train(args) -> int:
 
     from .train.trainer import RUN_FILES
 
+    if args.init_partial and args.init is None:
+        raise ValueError("--init-partial says how to load --init's weights; give --init too")
     previous_run = _writer(args, _check_run_folder, args, RUN_FILES) or []  # [DDP] rank 0 only
     if args.model in PRETRAIN_MODELS and args.init is None:
         raise ValueError(f"--model {args.model} fine-tunes a pretrained model: give --init <folder or "
@@ -702,17 +759,26 @@ def cmd_pretrain(args) -> int:
     from .train.pretrain import PRETRAIN_CHECKPOINT, RUN_FILES, PretrainConfig, Pretrainer
 
     previous_run = _writer(args, _check_run_folder, args, RUN_FILES) or []  # [DDP] rank 0 only
+    if args.model != "s3rec":  # the objective switches are S3-Rec's (its weights are config fields)
+        switched = [f"--no-{name}" for name in OBJECTIVES if not getattr(args, name)]
+        if switched:
+            raise ValueError(f"{', '.join(switched)}: S3-Rec options, not of --model {args.model}")
+    for name, value in PRETRAIN_DEFAULTS[args.model].items():  # epochs, batch size, samples
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     dataset = _load(args)
     options = _pretrain_options()
     config = options.config(args)
     config.update(num_items=dataset.num_items, max_len=args.max_len, **options.side_information(args, dataset))
-    for name in OBJECTIVES:  # --no-NAME switches an objective off, whatever its weight
-        if not getattr(args, name):
-            config[f"{name}_weight"] = 0.0
+    if args.model == "s3rec":
+        for name in OBJECTIVES:  # --no-NAME switches an objective off, whatever its weight
+            if not getattr(args, name):
+                config[f"{name}_weight"] = 0.0
     pretrain_cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                               weight_decay=args.weight_decay, samples=args.samples, seed=args.seed,
-                               device=args.device, progress=args.progress, keep_every=args.keep_every,
-                               distributed=args.distributed, compile=args.compile, autocast=args.autocast)
+                                  weight_decay=args.weight_decay, samples=args.samples, seed=args.seed,
+                                  device=args.device, progress=args.progress, keep_every=args.keep_every,
+                                  window_step=args.window_step, distributed=args.distributed,
+                                  compile=args.compile, autocast=args.autocast)
     torch.manual_seed(args.seed)  # parameter initialisation
     model = build_model(args.model, backend=args.backend, **config)
     model.attach_dataset(dataset)
@@ -727,7 +793,7 @@ def cmd_pretrain(args) -> int:
           f"{trainer.num_batches()} batches of {args.batch_size}; model {args.model} {config}", file=sys.stderr)
 
     def on_epoch(rec):
-        parts = ", ".join(f"{o} {rec[o]:.4g}" for o in OBJECTIVES if o in rec)
+        parts = ", ".join(f"{k} {v:.4g}" for k, v in rec.items() if k not in ("epoch", "loss", "seconds", "samples"))
         print(f"pretrain epoch {rec['epoch']:3d} loss {rec['loss']:.4g} ({parts}) ({rec['seconds']:.1f}s)",
               file=sys.stderr)
 
@@ -735,8 +801,9 @@ def cmd_pretrain(args) -> int:
     # Those on disk: a run resumed with another --keep-every kept other epochs before.
     kept = [str(path) for path in map(trainer.snapshot_path, range(1, trainer.epoch + 1))
             if _is_writer(args) and path.exists()]
+    finetune = args.model if args.model in PRETRAIN_MODELS else f"{args.model}|sasrec"
     print(f"wrote {Path(args.out) / PRETRAIN_CHECKPOINT} (epoch {trainer.epoch}); fine-tune with: seqrec train "
-          f"--model {args.model} --data {args.data} --init {args.out}"
+          f"--model {finetune} --data {args.data} --init {args.out}"
           + (f"\nearlier epochs kept: {', '.join(kept)} (give one to --init)" if kept else ""))
     return 0
 

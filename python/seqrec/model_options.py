@@ -10,7 +10,8 @@ share the flag (``--hidden-size``; ``--temperature`` is SINE's ``temperature`` a
 
 A field's value is, highest first: its flag (or the flag of the field it ``follows``);
 the ``--preset``'s; with ``--init``, the checkpoint's (``init_defaults``); the config's
-default. The checkpoint's ``init_fixed`` fields win over all of them. Presets and the
+default (or the command's, ``defaults``). The checkpoint's ``init_fixed`` fields win over all
+of them. Presets and the
 training settings of each model's paper are registered beside the model
 (:data:`seqrec.models.registry.REGISTRY`).
 """
@@ -49,14 +50,26 @@ class ModelOptions:
         models: ``{--model name: registry name of the model it builds}`` (``seqrec train
             --model s3rec`` fine-tunes a SASRec: ``{"s3rec": "sasrec"}``), in the order
             their flags are listed.
+        defaults: ``{--model name: {field: value}}``: this command's defaults of fields,
+            in place of the config's (``seqrec pretrain --model dss``: seq2seq weight 1);
+            a preset, the checkpoint or a flag overrides them.
+        skip: ``{--model name: field names}`` that are no flags of this command for that
+            model (DSS pretraining has no next-item ``loss``).
+        helps: ``{--model name: {field: help}}``: help texts for what a field means in
+            this command, in place of the field's own.
     """
 
-    def __init__(self, models: Mapping[str, str]):
+    def __init__(self, models: Mapping[str, str], *, defaults: Mapping[str, Mapping[str, object]] | None = None,
+                 skip: Mapping[str, tuple[str, ...]] | None = None,
+                 helps: Mapping[str, Mapping[str, str]] | None = None):
         self.models = dict(models)
+        self.defaults = {m: dict(v) for m, v in (defaults or {}).items()}
+        self.helps = {m: dict(v) for m, v in (helps or {}).items()}
         self.flags: dict[str, dict[str, dataclasses.Field]] = {}  # flag -> {model: its field}
         for model, built in self.models.items():
             for field in cli_fields(REGISTRY[built].config):
-                self.flags.setdefault(flag_name(field), {})[model] = field
+                if field.name not in (skip or {}).get(model, ()):
+                    self.flags.setdefault(flag_name(field), {})[model] = field
 
     def registration(self, model: str):
         return REGISTRY[self.models[model]]
@@ -94,8 +107,9 @@ class ModelOptions:
         defaults = {}
         for model, field in per_model.items():
             meta = field.metadata["seqrec"]
-            none_means = _NONE_MEANS.search(meta["help"])
-            text = _NONE_MEANS.sub("", meta["help"])
+            own = self.helps.get(model, {}).get(field.name, meta["help"])
+            none_means = _NONE_MEANS.search(own)
+            text = _NONE_MEANS.sub("", own)
             if meta["kind"] == "bool" and field.default is True:
                 text = f"turns off {text}"
             for other in dataclasses.fields(self.registration(model).config):
@@ -103,7 +117,8 @@ class ModelOptions:
                     text += (f", and {other.metadata['seqrec']['help']} unless "
                              f"--{flag_name(other)} is given")
             texts.setdefault(text, []).append(model)
-            default = self.registration(model).defaults.model.get(field.name, field.default)
+            default = self.defaults.get(model, {}).get(
+                field.name, self.registration(model).defaults.model.get(field.name, field.default))
             defaults[model] = none_means.group(1) if default is None and none_means else default
         if len(texts) == 1:
             body = next(iter(texts))
@@ -170,7 +185,8 @@ class ModelOptions:
                 given[field.name] = given[follows]
         init = dict(init_config or {})
         config_cls = registration.config
-        return {**{k: init[k] for k in config_cls.init_defaults if k in init}, **preset.model, **given,
+        return {**self.defaults.get(args.model, {}), **{k: init[k] for k in config_cls.init_defaults if k in init},
+                **preset.model, **given,
                 **{k: init[k] for k in config_cls.init_fixed if k in init}}
 
     def side_information(self, args, dataset) -> dict:

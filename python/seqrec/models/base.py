@@ -96,6 +96,9 @@ class SequentialRecommender(nn.Module):
     #: by :meth:`set_item_vocab`, :meth:`save_pretrained` and ``seqrec.from_pretrained``;
     #: what :meth:`recommend_raw` maps through.
     item_vocab = None
+    #: Parameter names that changed (old prefix -> new prefix): checkpoints written before
+    #: load under the new names, by ``load_state_dict`` and by ``load_pretrained``.
+    RENAMED_PREFIXES: dict[str, str] = {}
 
     # ------------------------------------------------------------------ to implement
     def item_table(self) -> nn.Embedding:
@@ -133,6 +136,12 @@ class SequentialRecommender(nn.Module):
         return None
 
     # ------------------------------------------------------------------ shared
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in self.RENAMED_PREFIXES.items():
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def check_ids(self, name: str, ids: Tensor, shape: tuple[int, ...] | None = None) -> None:
         """:func:`check_ids` against this model's ``num_items`` (values included)."""
         check_ids(name, ids, shape, high=self.config.num_items)

@@ -320,6 +320,8 @@ class _Embeddings(nn.Module):
     """Item table (``Dropout(LN(.))`` on lookup, no position added), learned positions,
     and one table per attribute field."""
 
+    positions_right_aligned = True  # the most recent item has position max_len - 1
+
     def __init__(self, config: DIFSRConfig) -> None:
         super().__init__()
         D = config.hidden_size
@@ -435,9 +437,7 @@ class DIFSR(SequentialRecommender):
         return names
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for old, new in self.RENAMED_PREFIXES.items():
-            for key in [k for k in state_dict if k.startswith(prefix + old)]:
-                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        # (RENAMED_PREFIXES are applied by SequentialRecommender._load_from_state_dict.)
         # Attribute tables: a saved table replaces the model's (its shape is the data's,
         # not the config's, so the buffer takes the saved shape first); a checkpoint
         # from before the tables were saved keeps the tables the model was built with.

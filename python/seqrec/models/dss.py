@@ -36,6 +36,20 @@ Losses, on a training batch (input ``x_1..x_m`` and next items ``x_2..x_{m+1}``)
 * ``loss = seq2item + seq2seq_weight * seq2seq``; ``seq2seq_weight = 0`` is the
   seq2item-only ablation (no future pass, no split point drawn).
 
+Pretraining (the DSSRec reading of the paper, github.com/abis330/DSSRec; ``seqrec
+pretrain --model dss``, :meth:`DSS.corrupt` / :meth:`DSS.pretrain_losses` driven by
+:class:`~seqrec.train.Pretrainer` with ``samples="windows"``): each user's training part
+is cut into windows of ``max_len`` items ``0.5 * max_len`` apart; each window ``seq``
+(length L >= 2) is split at t ~ uniform{1..L-1} into the input ``seq[:t]``, the future
+``seq[t:]`` reversed and the next item ``seq[t]``. seq2item: the next item against the
+batch's next items, its logit the max over the K intentions of ``<phi_k, h> / sqrt(D)``,
+the softmax over every (intention, in-batch item);
+seq2seq: the per-intention InfoNCE above without the presence filter, every (u, k) an
+anchor, keeping the losses at or below the ``kthvalue`` at ``floor(lambda * B * K)``;
+both summed over the batch and divided by B, weights 1 and ``seq2seq_weight`` (1 for
+pretraining). Then ``seqrec train --model dss|sasrec --init RUN`` fine-tunes from it
+(every tensor into DSS; the item table, positions and blocks into a single-head SASRec).
+
 Evaluation (``score``, ``recommend``): the K vectors of the whole input, items scored by
 ``logsumexp_k <phi_k, h_j>``, the log of the mixture the seq2item loss trains (a smooth
 max over intentions; order-equivalent to the training likelihood).
@@ -138,9 +152,10 @@ from .layers import (
 )
 from .base import LossOutput, SequentialRecommender, check_candidates, check_ids
 from .config import EncoderConfig, Preset, spec
-from .losses import mixture_nll
+from .losses import confident_info_nce, max_intention_nll, mixture_nll
 
-__all__ = ["DSSConfig", "DSS", "DSSEncoding", "PRESETS", "info_nce_pairs", "mixture_nll"]
+__all__ = ["DSSConfig", "DSS", "DSSEncoding", "DSSPretrainBatch", "PRESETS", "info_nce_pairs", "mixture_nll",
+           "pretrain_split"]
 
 LOSSES = ("ce", "sampled")
 BETAS = ("learned", "noise")
@@ -212,10 +227,12 @@ class DSSConfig(EncoderConfig):
         if self.num_heads != 1:
             self.fail("num_heads", "1 (DSS is a single-head encoder)", self.num_heads)
 
-    # --init loads weights by name and leaves the architecture to the options (a
-    # single-head DSS starts from SASRec checkpoints of other head counts).
-    init_defaults: ClassVar[tuple[str, ...]] = ()
-    init_fixed: ClassVar[tuple[str, ...]] = ()
+    # --init: the checkpoint's sizes unless flags say otherwise (from a DSS pretraining also
+    # its intentions and beta, which shape parameters; not its head count: a single-head DSS
+    # starts from SASRec checkpoints of other head counts); its widths and activation always,
+    # as every encoder tensor must load (issue 29 item 1).
+    init_defaults: ClassVar[tuple[str, ...]] = ("hidden_size", "num_layers", "num_intentions", "beta")
+    init_fixed: ClassVar[tuple[str, ...]] = ("inner_size", "hidden_act", "layer_norm_eps")
 
 
 class DSSEncoding(NamedTuple):
@@ -569,6 +586,116 @@ class DSS(SequentialRecommender):
         )
         out.update(seq2seq=seq2seq, pairs=kept, present=present)
         return LossOutput(seq2item + cfg.seq2seq_weight * seq2seq, out)
+
+    # ------------------------------------------------------------------ pretraining
+    # The DSSRec reading (github.com/abis330/DSSRec; issue 29): DSS as a pretraining
+    # stage of its own, driven by seqrec.train.Pretrainer (samples="windows"), then
+    # fine-tuned (`seqrec train --model dss|sasrec --init RUN`).
+    def corrupt(self, item_seq: Tensor, *, seed: int) -> "DSSPretrainBatch":
+        """Split every sample of a pretraining batch at a random point (the
+        :class:`~seqrec.train.Pretrainer` protocol; the name is S3-Rec's).
+
+        Args:
+            item_seq: [B, n] LEFT-padded samples (sliding windows), each of at least 2 items.
+            seed: the batch's seed: the split points t ~ uniform{1..L-1} (L a sample's
+                length) are drawn from a CPU generator seeded with it, so they are a
+                pure function of (run seed, epoch, batch).
+
+        Returns:
+            :func:`pretrain_split` of the batch (on ``item_seq``'s device).
+        """
+        check_ids("item_seq", item_seq)
+        if item_seq.dim() != 2:
+            raise ValueError(f"item_seq must be [B, n], got shape {tuple(item_seq.shape)}")
+        lengths = (item_seq != 0).sum(1)
+        if item_seq.size(0) and int(lengths.min()) < 2:
+            rows = (lengths < 2).nonzero().squeeze(1).tolist()
+            raise ValueError(f"DSS pretraining samples need at least 2 items (an input and a future); rows {rows} "
+                             "have fewer")
+        generator = torch.Generator().manual_seed(int(seed) % 2**64)
+        u = torch.rand(item_seq.size(0), generator=generator, dtype=torch.float64)
+        span = (lengths.cpu() - 1).to(torch.float64)
+        split = ((u * span).floor().to(torch.int64).clamp(max=(lengths.cpu() - 2).clamp_min(0)) + 1)
+        return pretrain_split(item_seq, split.to(item_seq.device))
+
+    def pretrain_losses(self, batch: "DSSPretrainBatch") -> dict[str, Tensor]:
+        """The two DSS pretraining objectives on a split batch (:meth:`corrupt`).
+
+        ``phi^past = phi(inputs)`` (beta_past) and ``phi^fut = phi(future)``
+        (beta_future), [B, K, D] each, by :meth:`encode`; ``h`` the next items' rows of
+        the item table. With B the batch's samples:
+
+        * ``seq2item = 1/B sum_b`` :func:`~seqrec.models.losses.max_intention_nll`
+          (scale 1/sqrt(D)): the next item against the batch's next items, scored by
+          its best intention;
+        * ``seq2seq = 1/B sum_{(b,k) kept}`` :func:`~seqrec.models.losses.confident_info_nce`
+          (scale 1/(sqrt(D) * seq2seq_temperature)), the kept pairs those at or below
+          the kthvalue at floor(confidence_lambda * B * K).
+
+        Both are sums over the batch divided by B, so equal weights weigh them as
+        DSSRec's sums do (its log2 is a constant factor of both, dropped here).
+
+        Returns:
+            ``{"seq2item", "seq2seq", "kept"}`` (kept: the number of pairs in seq2seq);
+            ``seq2seq`` is 0 and not computed when ``seq2seq_weight == 0``.
+        """
+        cfg = self.config
+        d = cfg.hidden_size
+        inputs, future, next_item = batch
+        b = inputs.size(0)
+        phi_past = self.encode(inputs).interests  # [B, K, D]
+        nll = max_intention_nll(phi_past, self.embedding.item(next_item), 1.0 / math.sqrt(d))
+        seq2item = nll.sum() / max(b, 1)
+        zero = seq2item.new_zeros(())
+        if cfg.seq2seq_weight == 0:
+            return {"seq2item": seq2item, "seq2seq": zero, "kept": zero.long()}
+        phi_future = self.encode(future, future=True).interests
+        per_pair, keep = confident_info_nce(phi_past, phi_future, 1.0 / (math.sqrt(d) * cfg.seq2seq_temperature),
+                                            cfg.confidence_lambda)
+        seq2seq = (per_pair * keep).sum() / max(b, 1)
+        return {"seq2item": seq2item, "seq2seq": seq2seq, "kept": keep.sum()}
+
+    def weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """``seq2item + seq2seq_weight * seq2seq`` (the pretraining total)."""
+        return losses["seq2item"] + self.config.seq2seq_weight * losses["seq2seq"]
+
+
+class DSSPretrainBatch(NamedTuple):
+    """A DSS pretraining batch split at one point t per sample (:func:`pretrain_split`).
+
+    inputs: [B, a] ``seq[:t]``, LEFT-padded (a = the longest input).
+    future: [B, f] ``seq[t:]`` reversed (``seq[t]`` last, as the latest item), LEFT-padded.
+    next_item: [B] ``seq[t]``.
+    """
+
+    inputs: Tensor
+    future: Tensor
+    next_item: Tensor
+
+
+def pretrain_split(item_seq: Tensor, split: Tensor) -> DSSPretrainBatch:
+    """Cut each LEFT-padded sample ``seq`` (length L) of ``item_seq`` [B, n] at ``split``
+    [B] (t in 1..L-1): input ``seq[:t]``, future ``seq[t:]`` reversed, next item ``seq[t]``
+    (0-based). Widths: the longest input and the longest future of the batch."""
+    if item_seq.dim() != 2 or split.shape != item_seq.shape[:1]:
+        raise ValueError(f"pretrain_split: item_seq must be [B, n] and split [B], got {tuple(item_seq.shape)} "
+                         f"and {tuple(split.shape)}")
+    b, n = item_seq.shape
+    lengths = (item_seq != 0).sum(1)
+    if b and bool(((split < 1) | (split > lengths - 1)).any()):
+        raise ValueError("pretrain_split: split must lie in 1..L-1 for every sample (L its length)")
+    begin = n - lengths  # column of seq[0]
+    device = item_seq.device
+    a = int(split.max()) if b else 1
+    f = int((lengths - split).max()) if b else 1
+    c = torch.arange(a, device=device)
+    j = split[:, None] - a + c  # seq index at input column c
+    inputs = torch.where(j >= 0, item_seq.gather(1, (begin[:, None] + j).clamp(0, n - 1)), 0)
+    c = torch.arange(f, device=device)
+    j = split[:, None] + (f - 1 - c)  # future column f - 1 holds seq[t]
+    future = torch.where(j < lengths[:, None], item_seq.gather(1, (begin[:, None] + j).clamp(0, n - 1)), 0)
+    next_item = item_seq.gather(1, (begin + split)[:, None]).squeeze(1)
+    return DSSPretrainBatch(inputs, future, next_item)
 
 
 def info_nce_pairs(past: Tensor, future: Tensor, eligible: Tensor, valid_row: Tensor, *,

@@ -342,6 +342,10 @@ class ItemPositionEmbedding(nn.Module):
     independent of how much padding its batch carries.
     """
 
+    # The most recent item takes the last row of ``position`` (load_pretrained reads a
+    # longer pretrained table's trailing rows).
+    positions_right_aligned = True
+
     def __init__(
         self,
         num_embeddings: int,

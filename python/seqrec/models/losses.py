@@ -3,13 +3,15 @@ of logits that dwarfs everything else in a training step (Beauty: N ~ 2000 posit
 V = 12,101 items)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..ops.backend import get_backend
 
-__all__ = ["softmax_nll", "mixture_nll"]
+__all__ = ["softmax_nll", "mixture_nll", "max_intention_nll", "confident_info_nce"]
 
 
 def softmax_nll(hidden: Tensor, weight: Tensor, target: Tensor) -> Tensor:
@@ -206,3 +208,62 @@ class _MixtureNLL(torch.autograd.Function):
         if need_weight:
             g_weight.index_add_(0, target, -(coef * phi).sum(1))
         return g_phi, g_weight, None, None
+
+
+def max_intention_nll(phi: Tensor, items: Tensor, scale: float) -> Tensor:
+    """In-batch seq2item of DSS pretraining: row b's positive is ``items[b]``, every
+    item of the batch is a candidate, and the positive is scored by its best intention.
+
+    ``logits[b, k, c] = scale * <phi[b, k], items[c]>``,
+    ``nll[b] = logsumexp_{k, c} logits[b, k, c] - max_k logits[b, k, b]``
+    (the numerator a max over intentions, the denominator a sum over intentions and
+    in-batch items, as the DSSRec reading of the paper).
+
+    Args:
+        phi: [B, K, D] the intention vectors of each input.
+        items: [B, D] each row's next-item embedding.
+        scale: multiplies the dot products (1 / sqrt(D)).
+
+    Returns:
+        [B] per-row NLL, differentiable w.r.t. both inputs.
+    """
+    if phi.dim() != 3 or items.dim() != 2 or items.shape != (phi.size(0), phi.size(2)):
+        raise ValueError(f"max_intention_nll: phi must be [B, K, D] and items [B, D], got {tuple(phi.shape)} "
+                         f"and {tuple(items.shape)}")
+    logits = torch.einsum("bkd,cd->bkc", phi, items) * scale  # [B, K, B]
+    positive = logits.diagonal(dim1=0, dim2=2).amax(0)  # [B]: max_k logits[b, k, b]
+    return logits.flatten(1).logsumexp(1) - positive
+
+
+def confident_info_nce(past: Tensor, future: Tensor, scale: float, confidence_lambda: float
+                       ) -> tuple[Tensor, Tensor]:
+    """Per-(sample, intention) InfoNCE of DSS pretraining and its top-lambda confidence cut.
+
+    Anchor (b, k) is ``past[b, k]``; its positive is ``future[b, k]``, its negatives
+    every other ``future[b', k']`` of the batch:
+    ``loss[b, k] = logsumexp_{b', k'} scale <past[b, k], future[b', k']> - scale <past[b, k], future[b, k]>``.
+    The cut keeps the pairs whose loss is at or below the ``floor(confidence_lambda * B * K)``-th
+    smallest (``torch.kthvalue``; ties at the threshold are all kept; at least the
+    smallest one), a selection that is not differentiated.
+
+    Args:
+        past, future: [B, K, D].
+        scale: multiplies the dot products (1 / (sqrt(D) * temperature)).
+        confidence_lambda: in (0, 1].
+
+    Returns:
+        ``(loss [B, K], keep [B, K] bool)``.
+    """
+    if past.dim() != 3 or past.shape != future.shape:
+        raise ValueError(f"confident_info_nce: past and future must both be [B, K, D], got {tuple(past.shape)} "
+                         f"and {tuple(future.shape)}")
+    if not 0 < confidence_lambda <= 1:
+        raise ValueError(f"confident_info_nce: confidence_lambda must be in (0, 1], got {confidence_lambda}")
+    b, k, d = past.shape
+    logits = (past.reshape(b * k, d) @ future.reshape(b * k, d).t()) * scale  # [BK, BK]
+    loss = logits.logsumexp(1) - logits.diagonal()
+    with torch.no_grad():
+        rank = max(1, math.floor(confidence_lambda * b * k))
+        threshold = loss.kthvalue(rank).values if loss.numel() else loss.new_zeros(())
+        keep = loss <= threshold
+    return loss.view(b, k), keep.view(b, k)

@@ -125,6 +125,19 @@ def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
     return torch.softmax(logits, dim=-1) * mask.any(dim=-1, keepdim=True).to(logits.dtype)
 
 
+class ItemPositionTables(nn.Module):
+    """SINE's item table ``item`` [num_items + 1, D] (row 0 padding) and learned
+    positions ``position`` [max_len, D], right-aligned (the most recent item has row
+    max_len - 1). Only a container: SINE adds no norm and applies its own dropout."""
+
+    positions_right_aligned = True
+
+    def __init__(self, num_embeddings: int, max_len: int, hidden_size: int) -> None:
+        super().__init__()
+        self.item = nn.Embedding(num_embeddings, hidden_size, padding_idx=0)
+        self.position = nn.Embedding(max_len, hidden_size)
+
+
 class SINE(SequentialRecommender):
     """Sparse-interest network (Tan et al., WSDM 2021).
 
@@ -199,6 +212,9 @@ class SINE(SequentialRecommender):
             (plain PyTorch); None = process default (:func:`seqrec.ops.get_backend`).
     """
 
+    # Before the item and position tables took the shared names (issue 29).
+    RENAMED_PREFIXES: dict[str, str] = {"item.": "embedding.item.", "position.": "embedding.position."}
+
     def __init__(self, config: SINEConfig, *, backend: str | None = None) -> None:
         super().__init__()
         if not isinstance(config, SINEConfig):
@@ -208,8 +224,9 @@ class SINE(SequentialRecommender):
         self.config = config
         self.backend = backend
         d, k = config.hidden_size, config.num_interests
-        self.item = nn.Embedding(config.num_items + 1, d, padding_idx=0)
-        self.position = nn.Embedding(config.max_len, d)
+        # embedding.item, embedding.position: the names every seqrec model gives them, so
+        # a pretrained encoder's tables initialise them (load_pretrained).
+        self.embedding = ItemPositionTables(config.num_items + 1, config.max_len, d)
         self.prototypes = nn.Parameter(torch.empty(config.num_prototypes, d))  # C [L, D]
         self.dropout = Dropout(config.dropout)
         # Concept activation: a = softmax(tanh(X W_1) w_2).
@@ -239,7 +256,7 @@ class SINE(SequentialRecommender):
             if isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
-        self.item.weight[0].zero_()
+        self.embedding.item.weight[0].zero_()
         self.prototypes.normal_(0.0, std)
         self.intent_query.normal_(0.0, std)
 
@@ -266,13 +283,13 @@ class SINE(SequentialRecommender):
                 f"max_len items (item_seq[:, -{cfg.max_len}:])"
             )
         k = cfg.num_interests
-        pos = self.position.weight[cfg.max_len - n :]  # [n, D], most recent at max_len - 1
+        pos = self.embedding.position.weight[cfg.max_len - n :]  # [n, D], most recent at max_len - 1
 
         # Position-wise work (embedding lookups, projections, tanh, weighted sums) runs
         # on the N real positions only (Beauty: ~7 of 50); `positionwise` returns the
         # padded [B, n, *] layout, `pool(w, t)` = sum_t w[b, t] t[b, t] for w [B, n].
         if torch.compiler.is_compiling():  # PackedPositions has a data-dependent size
-            x_real = self.dropout(self.item(item_seq))  # [B, n, D]; padding rows are 0
+            x_real = self.dropout(self.embedding.item(item_seq))  # [B, n, D]; padding rows are 0
             pos_real, x = pos, x_real
 
             def positionwise(fn, t: Tensor) -> Tensor:
@@ -283,7 +300,7 @@ class SINE(SequentialRecommender):
         else:
             packed = PackedPositions(mask)
             row = packed.index // n  # [N] batch row of each real position
-            x_real = self.dropout(self.item(item_seq.reshape(-1)[packed.index]))  # [N, D]
+            x_real = self.dropout(self.embedding.item(item_seq.reshape(-1)[packed.index]))  # [N, D]
             pos_real = pos[packed.index % n]  # [N, D]
             x = packed.unpack(x_real)  # [B, n, D]
 
@@ -367,7 +384,7 @@ class SINE(SequentialRecommender):
             a candidate is 0. Call ``eval()`` first (dropout).
         """
         out = self.encode(item_seq, lengths)
-        weight = self.item.weight  # [V+1, D]
+        weight = self.embedding.item.weight  # [V+1, D]
         if items is None:
             if self.config.merge == "aggregate":
                 scores = out.user @ weight.t()  # [B, V+1]
@@ -376,7 +393,7 @@ class SINE(SequentialRecommender):
             pad = torch.arange(scores.size(1), device=scores.device) == 0
             return scores.masked_fill(pad, float("-inf"))
         check_candidates(item_seq, items)
-        cand = self.item(items)  # [B, C, D]
+        cand = self.embedding.item(items)  # [B, C, D]
         if self.config.merge == "aggregate":
             scores = torch.bmm(cand, out.user.unsqueeze(-1)).squeeze(-1)
         else:
@@ -453,7 +470,7 @@ class SINE(SequentialRecommender):
             return LossOutput(reg)
         user = self(prefixes)  # [R, D]
         cand = torch.cat([target_ids[rows, cols].unsqueeze(1), negative_ids[rows, cols]], dim=1)
-        logits = (self.item(cand) * user.unsqueeze(1)).sum(-1)  # [R, 1 + m]
+        logits = (self.embedding.item(cand) * user.unsqueeze(1)).sum(-1)  # [R, 1 + m]
         labels = torch.zeros(len(logits), dtype=torch.int64, device=logits.device)
         return LossOutput(F.cross_entropy(logits, labels) + reg)
 
@@ -484,7 +501,7 @@ class SINE(SequentialRecommender):
     # ------------------------------------------------------------------ retrieval
     # recommend() is the base's: it ranks by score(), which applies config.merge.
     def item_table(self) -> nn.Embedding:
-        return self.item
+        return self.embedding.item
 
     @torch.no_grad()
     def item_concepts(self) -> Tensor:
@@ -494,7 +511,7 @@ class SINE(SequentialRecommender):
         assignment (no dropout on this path)."""
         d = self.prototypes.size(1)
         eps = self.config.layer_norm_eps
-        emb = self.item.weight[1:]  # [V, D]
+        emb = self.embedding.item.weight[1:]  # [V, D]
         xn = F.normalize(F.layer_norm(self.assign_proj(emb), (d,), eps=eps), dim=-1)
         cn = F.normalize(F.layer_norm(self.prototypes, (d,), eps=eps), dim=-1)
         return (xn @ cn.t()).argmax(dim=1)

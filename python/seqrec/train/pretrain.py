@@ -1,13 +1,16 @@
-"""Self-supervised pretraining loop (S3-Rec): samples, epochs, checkpoints that resume.
+"""Self-supervised pretraining loop (S3-Rec, DSS): samples, epochs, checkpoints that resume.
 
 The pretraining samples are the S3-Rec authors' (``PretrainDataset.split_sequence``): for
 every user, the training part of the sequence (the valid and test items removed, the
 last ``max_len`` kept) and every prefix of it; ``samples="users"`` keeps one sample per
-user instead. Batches are cut from the dataset's CSR arrays with one vectorised gather,
-then corrupted by the model's single ``seq_mask`` call, so no Python runs per sample.
+user instead; ``samples="windows"`` (DSS pretraining, the DSSRec reading) cuts each
+whole training part into windows of ``max_len`` items, ``window_step * max_len`` apart.
+Batches are cut from the dataset's CSR arrays with one vectorised gather, then corrupted
+by the model's ``corrupt`` (S3-Rec: one ``seq_mask`` call; DSS: a split point per
+sample), so no Python runs per sample.
 
 Everything random but dropout is a pure function of ``(seed, epoch, batch)``: the sample
-order of an epoch and each batch's ``seq_mask`` seed. A checkpoint written at the end of
+order of an epoch and each batch's corruption seed. A checkpoint written at the end of
 every epoch holds the model, the optimizer, the torch RNG (dropout) and the history, so
 ``resume()`` continues a killed run exactly as if it had not stopped (on CPU).
 
@@ -31,7 +34,6 @@ import numpy as np
 import torch
 
 from ..data import SequenceDataset
-from ..ops.seq_mask import SeqMaskOutput
 from ..progress import progress_bar
 from ..utils import release_freed_memory, save_torch, write_jsonl
 from . import optim
@@ -48,7 +50,7 @@ CHECKPOINT_KIND = "pretrain"
 # Every file a pretraining run writes into its folder (what --overwrite replaces).
 RUN_FILES = re.compile(re.escape(PRETRAIN_CHECKPOINT) + "|" + re.escape(PRETRAIN_LOG) + "|"
                        + re.escape(SNAPSHOT_NAME).replace(re.escape("{epoch}"), r"\d+"))
-SAMPLE_KINDS = ("prefixes", "users")
+SAMPLE_KINDS = ("prefixes", "users", "windows")
 
 
 @dataclass
@@ -74,6 +76,7 @@ class PretrainConfig:
     # "none" or "bf16": torch.autocast of the forward (TrainConfig.autocast's, without fp16,
     # whose gradient scaler this loop does not run).
     autocast: str = "none"
+    window_step: float = 0.5  # samples="windows": windows start window_step * max_len items apart
 
     def __post_init__(self):
         for name, least in (("epochs", 1), ("batch_size", 1), ("keep_every", 0)):
@@ -90,6 +93,9 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.autocast must be one of ['none', 'bf16'], got {self.autocast!r}")
         if self.samples not in SAMPLE_KINDS:
             raise ValueError(f"PretrainConfig.samples must be one of {SAMPLE_KINDS}, got {self.samples!r}")
+        if isinstance(self.window_step, bool) or not (isinstance(self.window_step, (int, float))
+                                                      and 0 < self.window_step <= 1):
+            raise ValueError(f"PretrainConfig.window_step must be a number in (0, 1], got {self.window_step!r}")
         self.betas = tuple(self.betas)
         if self.distributed not in (None, True, False):
             raise ValueError(f"PretrainConfig.distributed must be None (detect torchrun), True or False, "
@@ -104,27 +110,49 @@ class PretrainSamples:
             two items (valid and test targets), of which the last ``max_len`` are kept.
         max_len: longest sample.
         kind: ``"prefixes"`` (every prefix of each training part, the authors') or
-            ``"users"`` (the whole training part once).
+            ``"users"`` (the whole training part once), or ``"windows"``: the whole
+            training part (not only its last ``max_len`` items) cut into windows of
+            ``max_len`` items, the last ending at the part's end and each earlier one
+            ``step`` items before, down to one starting at the part's first item (a
+            part of at most ``max_len`` items is one window); parts shorter than 2
+            items are left out (a DSS sample is split into an input and a future).
+        window_step: ``"windows"``: the step as a fraction of ``max_len`` (floor, at
+            least 1 item), 0.5 as DSSRec.
     """
 
-    def __init__(self, dataset: SequenceDataset, max_len: int, kind: str = "prefixes"):
+    def __init__(self, dataset: SequenceDataset, max_len: int, kind: str = "prefixes", window_step: float = 0.5):
         if kind not in SAMPLE_KINDS:
             raise ValueError(f"samples must be one of {SAMPLE_KINDS}, got {kind!r}")
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.items = dataset.items
         self.max_len = int(max_len)
-        part = np.clip(dataset.lengths - 2, 0, max_len)  # training part length per user
+        whole = np.maximum(dataset.lengths - 2, 0)  # the training part: all but the valid and test items
+        part = np.minimum(whole, max_len)  # its last max_len items
         begin = dataset.indptr[1:] - 2 - part  # first item of the part
         users = np.flatnonzero(part > 0)
-        if kind == "users":
+        if kind == "windows":
+            if max_len < 2:
+                raise ValueError(f"samples='windows' needs max_len >= 2 (a sample is split into an input and a "
+                                 f"future), got {max_len}")
+            step = max(1, math.floor(window_step * max_len))
+            users = np.flatnonzero(whole >= 2)
+            extra = whole[users] - max_len  # > 0: the part is longer than one window
+            counts = np.where(extra > 0, -(-extra // step) + 1, 1)  # ceil(extra / step) later starts, plus 0
+            first = np.repeat(dataset.indptr[:-1][users], counts)
+            i = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # window index per user
+            last = i == np.repeat(counts - 1, counts)
+            offset = np.where(last, 0, np.repeat(extra, counts) - i * step)
+            starts, lengths = first + offset, np.repeat(np.minimum(whole[users], max_len), counts)
+        elif kind == "users":
             starts, lengths = begin[users], part[users]
         else:  # prefix j (1..part) of user u: items begin..begin+j-1
             counts = part[users]
             starts = np.repeat(begin[users], counts)
             lengths = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + 1
         if len(starts) == 0:
-            raise ValueError(f"{dataset.name}: no user has the 3 interactions a pretraining sample "
+            need = 4 if kind == "windows" else 3
+            raise ValueError(f"{dataset.name}: no user has the {need} interactions a pretraining sample "
                              "needs (two are held out for validation and test)")
         self.starts = np.ascontiguousarray(starts, dtype=np.int64)  # [S] first item of each sample
         self.lengths = np.ascontiguousarray(lengths, dtype=np.int64)  # [S] its length
@@ -166,8 +194,9 @@ def batch_seed(seed: int, epoch: int, batch: int) -> int:
 
 
 class Pretrainer:
-    """Pretrain ``model`` (an :class:`~seqrec.models.S3Rec` or anything with its
-    ``corrupt`` / ``pretrain_losses`` / ``weighted_loss`` methods) on ``dataset``.
+    """Pretrain ``model`` (an :class:`~seqrec.models.S3Rec`, a :class:`~seqrec.models.DSS`,
+    or anything with their ``corrupt`` / ``pretrain_losses`` / ``weighted_loss`` methods:
+    ``corrupt`` returns a NamedTuple of tensors) on ``dataset``.
 
     With ``out_dir``: ``pretrain.pt`` (checkpoint, written atomically after every epoch),
     ``pretrain.jsonl`` (one JSON line per epoch: mean weighted loss and per-objective
@@ -181,13 +210,17 @@ class Pretrainer:
         # [DDP] under torchrun: this rank's device, the process group, the DDP-wrapped model.
         self.ddp = Distributed.setup(config.distributed, config.device)
         if self.ddp is not None:
+            if not hasattr(model.config, "reduction"):  # [DDP] combine() knows S3-Rec's losses only
+                raise ValueError(f"distributed pretraining is S3-Rec's; {type(model).__name__}'s pretraining "
+                                 "losses are batch means (DSS: its confidence cut ranks the whole batch), which "
+                                 "the ranks' rows do not add up to: run it in one process")
             self.ddp.check_batch_size(config.batch_size, "PretrainConfig.batch_size")
             if self.ddp.device != config.device:
                 config = replace(config, device=self.ddp.device)
         self.model = model.to(config.device)
         self._ddp_model = self.ddp.wrap(self.model) if self.ddp is not None else None
         self.config = config
-        self.samples = PretrainSamples(dataset, model.config.max_len, config.samples)
+        self.samples = PretrainSamples(dataset, model.config.max_len, config.samples, config.window_step)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.model_spec = model_spec or {}
         # As the Trainer's (seqrec.train.optim): an optimizer or a factory f(params), default
@@ -225,12 +258,12 @@ class Pretrainer:
                            desc=f"pretrain {epoch + 1}", leave=False)
         for b, seq in bar:
             # Corruption on the CPU (the data side; seq_mask has no CUDA kernel yet), then
-            # the whole batch moves to the model's device at once.
+            # the whole batch (a NamedTuple of tensors) moves to the model's device at once.
             masked = model.corrupt(seq, seed=batch_seed(cfg.seed, epoch, b))
             if self.ddp is not None:  # [DDP] this rank's rows of the corrupted global batch
                 masked = self.ddp.pretrain_rows(masked, len(seq))
             if cfg.device != "cpu":
-                masked = SeqMaskOutput(*(t.to(cfg.device, non_blocking=True) for t in masked))
+                masked = type(masked)(*(t.to(cfg.device, non_blocking=True) for t in masked))
             with self.precision.autocast():
                 if self.ddp is None:
                     losses = (self._compiled_losses or model.pretrain_losses)(masked)
