@@ -22,8 +22,8 @@ from typing import Callable, Iterable
 
 import torch
 
-__all__ = ["RowwiseAdam", "build_optimizer", "build_scheduler", "resolve_optimizer", "resolve_scheduler", "schedule_factor",
-           "MixedPrecision", "SCHEDULERS", "AUTOCAST"]
+__all__ = ["RowwiseAdam", "build_optimizer", "build_scheduler", "resolve_optimizer", "resolve_scheduler",
+           "schedule_factor", "MixedPrecision", "SCHEDULERS", "AUTOCAST"]
 
 SCHEDULERS = ("none", "cosine", "step")
 AUTOCAST = ("none", "bf16", "fp16")
