@@ -183,6 +183,25 @@ def test_mixed_negatives_in_batches():
     assert NEGATIVE_LOG_Q not in next(split.train_batches(40, negatives="popularity", **kw)).features
 
 
+def test_ddp_rank_batches_carry_the_negatives_and_their_log_q():
+    """[DDP] a rank's rows (ShardedTrainBatches, what DistributedContext.train_batches
+    yields) get the trainer's negatives and log-Q correction, as one process's batches."""
+    from seqrec.data.splits import build_train_batch
+    from seqrec.data.torch_data import ShardedTrainBatches
+
+    ds = synthetic(num_users=40, num_items=60, num_intents=3, seed=4)
+    split = ds.leave_one_out(max_len=10)
+    kw = dict(seed=5, epoch=1, num_negatives=3)
+    batches = list(ShardedTrainBatches(split, 8, negatives="popularity", with_log_q=True, rank=1, world_size=2,
+                                       **kw))
+    assert batches
+    for batch in batches:
+        want = build_train_batch(split, batch.users.numpy(), negatives="popularity", with_log_q=True, **kw)
+        assert torch.equal(batch.negative_ids, want.negative_ids)
+        torch.testing.assert_close(batch.features[NEGATIVE_LOG_Q], want.features[NEGATIVE_LOG_Q])
+    assert NEGATIVE_LOG_Q not in next(iter(ShardedTrainBatches(split, 8, rank=1, world_size=2, **kw))).features
+
+
 def test_parse_negatives_errors():
     assert parse_negatives("uniform, popularity:3") == [("uniform", 1.0), ("popularity", 3.0)]
     for bad, match in (("hard", "unknown sampler 'hard'"), ("uniform:0", "share of 'uniform' must be a positive"),
