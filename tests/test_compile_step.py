@@ -47,33 +47,38 @@ def dataset():
     return synthetic(num_users=40, num_items=30, num_intents=3, seed=5)
 
 
-def _batches(dataset, num_negatives=1, batch_size=16):
+def _batches(dataset, num_negatives=1, batch_size=16, **negatives):
     split = dataset.leave_one_out(max_len=MAX_LEN)
-    return list(split.train_batches(batch_size, seed=0, epoch=0, num_negatives=num_negatives))
+    return list(split.train_batches(batch_size, seed=0, epoch=0, num_negatives=num_negatives, **negatives))
 
 
 def _model(name, ds):
     small = dict(num_items=ds.num_items, max_len=MAX_LEN, hidden_size=8)
     enc = dict(small, num_layers=1, num_heads=2, hidden_dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)
-    if name in ("sasrec-bce", "sasrec-ce"):
+    if name in ("sasrec-bce", "sasrec-ce", "sasrec-sampled"):
         return build_model("sasrec", **enc, loss=name.split("-")[1])
-    if name in ("difsr-ce", "difsr-bce"):
+    if name in ("difsr-ce", "difsr-bce", "difsr-sampled"):
         return build_model("difsr", **enc, inner_size=8, attribute_sizes=4, fusion="gate",
                            loss=name.split("-")[1], attributes=ds, **attribute_config(ds, ["category", "brand"]))
-    if name == "sine":
+    if name in ("sine", "sine-log-q"):
         return build_model("sine", **small, num_prototypes=6, num_interests=2, max_prefixes=5)
     if name == "dss-ce":
         return build_model("dss", **small, num_layers=1, num_intentions=2, hidden_dropout=0.0,
                            attention_dropout=0.0)
-    if name == "dss-sampled":
+    if name in ("dss-sampled", "dss-sampled-log-q"):
         return build_model("dss", **small, num_layers=1, num_intentions=2, hidden_dropout=0.0,
                            attention_dropout=0.0, loss="sampled")
     raise AssertionError(name)
 
 
-MODELS = ["sasrec-bce", "sasrec-ce", "difsr-ce", "difsr-bce", "sine", "dss-ce", "dss-sampled"]
-NEGATIVES = {"sine": 3, "dss-sampled": 4}
+MODELS = ["sasrec-bce", "sasrec-ce", "difsr-ce", "difsr-bce", "sine", "dss-ce", "dss-sampled",
+          "sasrec-sampled", "difsr-sampled", "sine-log-q", "dss-sampled-log-q"]
+NEGATIVES = {"sine": 3, "dss-sampled": 4, "sasrec-sampled": 4, "difsr-sampled": 4, "sine-log-q": 3,
+             "dss-sampled-log-q": 4}
+# Log-Q corrected sampled softmax (issue 25 item 4): popularity negatives with their
+# features["negative_log_q"], so the static-shape paths apply the correction too.
+LOG_Q = {"sasrec-sampled", "difsr-sampled", "sine-log-q", "dss-sampled-log-q"}
 
 
 def _loss_and_grads(model, fn, *args):
@@ -100,7 +105,9 @@ def _dss_step(model, batch):
 @pytest.mark.parametrize("name", MODELS)
 def test_training_step_is_one_graph_and_matches_eager(name, dataset):
     torch._dynamo.reset()
-    batch = _batches(dataset, NEGATIVES.get(name, 1))[-1]  # the short last batch
+    options = {"negatives": "popularity", "with_log_q": True} if name in LOG_Q else {}
+    batch = _batches(dataset, NEGATIVES.get(name, 1), **options)[-1]  # the short last batch
+    assert (name in LOG_Q) == ("negative_log_q" in batch.features)
     assert bool((batch.input_ids == 0).any()), "the batch must hold padding to test the masked paths"
     model = _model(name, dataset).train()
 

@@ -99,8 +99,10 @@ def test_seq2item_matches_the_mixture_softmax_formula():
         emb = model.embedding.item.weight
         total, count = 0.0, 0
         for b, t in (targets > 0).nonzero().tolist():
+            neg = negatives[b, t]
+            # Sampled: accidental hits (a negative equal to the target) are removed.
             cands = torch.arange(1, NUM_ITEMS + 1) if loss_name == "ce" else torch.cat(
-                [targets[b, t : t + 1], negatives[b, t]])
+                [targets[b, t : t + 1], neg[neg != targets[b, t]]])
             logits = phi[b, t] @ emb[cands].t()  # [K, C]
             pos = phi[b, t] @ emb[targets[b, t]]  # [K]
             total = total + torch.logsumexp(logits.flatten(), 0) - torch.logsumexp(pos, 0)

@@ -122,5 +122,5 @@ def test_bad_arguments_are_named():
     split = LeaveOneOutSplit(synthetic(num_users=10, num_items=30, seed=0), max_len=4)
     from seqrec.data.splits import build_train_batch
 
-    with pytest.raises(ValueError, match="negatives must be 'uniform', 'popularity', 'in-batch'"):
+    with pytest.raises(ValueError, match="unknown sampler 'hard'; choose from uniform, popularity, in-batch"):
         build_train_batch(split, split.train_users[:2], seed=0, epoch=0, negatives="hard")

@@ -228,7 +228,9 @@ def test_loss_matches_direct_formula():
                 continue
             prefix = inputs[b, : t + 1]
             v = model(prefix[prefix != 0].unsqueeze(0))[0]
-            cand = torch.cat([targets[b, t : t + 1], negatives[b, t]])
+            neg = negatives[b, t]
+            # Accidental hits (a negative equal to the target) are removed (losses.sampled_softmax_loss).
+            cand = torch.cat([targets[b, t : t + 1], neg[neg != targets[b, t]]])
             terms.append(-torch.log_softmax(E[cand] @ v, dim=0)[0])
     C = model.prototypes
     Cc = C - C.mean(1, keepdim=True)

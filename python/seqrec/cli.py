@@ -189,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="users per batch " + _train_defaults_text("batch_size"))
     t.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate " + _train_defaults_text("lr"))
     t.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="Adam weight decay (default: 0)")
+    t.add_argument("--train-negatives", type=_negatives_arg, default="uniform",
+                   help="training negatives (--negatives is the sampled evaluation protocol's): uniform (unseen "
+                        "items), popularity, in-batch, or a mix with shares of --num-negatives, e.g. "
+                        "uniform,popularity or uniform:1,in-batch:3")
+    t.add_argument("--log-q", choices=["auto", "on", "off"], default="auto",
+                   help="log-Q correction of the sampled softmax (auto: on for non-uniform negatives)")
+    t.add_argument("--sparse-embeddings", action="store_true",
+                   help="sparse item-table gradients with a row-wise (lazy) Adam: a step costs the rows a batch "
+                        "touches, not the catalogue (bce / sampled losses)")
     _add_trainer_args(t)
     t.add_argument("--patience", type=nonneg_int, default=10,
                    help="evaluations without improvement before stopping (0: never)")
@@ -569,6 +578,17 @@ def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, pat
     return {"path": str(path), **report.to_dict()}
 
 
+def _negatives_arg(text: str) -> str:
+    """--train-negatives: a sampler name or a mix, checked while parsing."""
+    from .data.negatives import parse_negatives
+
+    try:
+        parse_negatives(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def cmd_train(args) -> int:
     from .models import build_model, read_pretrained_state
     from .train import TrainConfig, Trainer
@@ -596,7 +616,8 @@ def cmd_train(args) -> int:
     train_config = TrainConfig(
         epochs=args.epochs, lr=args.lr if args.lr is not None else defaults["lr"],
         batch_size=args.batch_size if args.batch_size is not None else defaults["batch_size"], weight_decay=args.weight_decay,
-        num_negatives=num_negatives,
+        num_negatives=num_negatives, train_negatives=args.train_negatives,
+        log_q={"auto": None, "on": True, "off": False}[args.log_q], sparse_embeddings=args.sparse_embeddings,
         patience=args.patience, eval_every=args.eval_every, metric=args.metric, valid_ranking=args.valid_ranking,
         ks=tuple(args.ks), sampled_negatives=args.sampled_negatives, exclude_history=not args.no_exclude_history,
         eval_chunk_size=args.eval_chunk_size, eval_memory=args.eval_memory,

@@ -19,6 +19,12 @@ accepted: :meth:`PrefixSplit.train_batches`, :class:`~seqrec.data.TrainDataset`,
   positions that hold item i (the unconditional in-batch probability, the usual
   correction, e.g. Yi et al., RecSys 2019).
 
+* a mix (:class:`MixedNegatives`, ``"uniform,popularity"`` or with shares
+  ``"uniform:1,popularity:3"``): each position's ``m`` negatives split between the
+  samplers (largest remainders), concatenated in the order given. The expected count
+  of item i among the m draws is ``sum_s m_s q_s(i)``; its log is the correction
+  (:meth:`NegativeSampler.log_expected_count`).
+
 Every draw is counter based: a pure function of (seed, epoch, user, position from the
 end of the training prefix, draw index), or for in-batch of the batch's rows, so a
 batch's negatives do not depend on the worker or process that built it.
@@ -31,8 +37,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["NegativeSampler", "UniformNegatives", "PopularityNegatives", "InBatchNegatives", "make_sampler",
-           "train_item_counts"]
+__all__ = ["NegativeSampler", "UniformNegatives", "PopularityNegatives", "InBatchNegatives", "MixedNegatives",
+           "make_sampler", "parse_negatives", "train_item_counts", "SAMPLERS", "NEGATIVE_LOG_Q"]
+
+#: The key of ``TrainBatch.features`` that holds ``log(m q(i))`` of each sampled negative
+#: ([B, n] or [B, n, m], as ``negative_ids``; see :meth:`NegativeSampler.log_expected_count`).
+NEGATIVE_LOG_Q = "negative_log_q"
+
+#: The samplers by name (what ``negatives=`` and ``--negatives`` accept, alone or mixed).
+SAMPLERS = ("uniform", "popularity", "in-batch")
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 # Streams of the Python samplers, apart from the engine's (split.py uses 1<<40 .. 3<<40).
@@ -85,6 +98,19 @@ class NegativeSampler:
     def log_q(self, items: Tensor, users: Tensor | None = None, target_ids: Tensor | None = None) -> Tensor:
         """log of the probability with which each of ``items`` is drawn (0 at padding id 0)."""
         raise NotImplementedError
+
+    def engine_count(self, num_negatives: int) -> int:
+        """How many of a position's ``num_negatives`` the C++ engine draws (uniform ones)."""
+        return num_negatives if self.engine_draws else 0
+
+    def log_expected_count(self, items: Tensor, num_negatives: int, users: Tensor | None = None,
+                           target_ids: Tensor | None = None) -> Tensor:
+        """``log(num_negatives * q(i))`` for each of ``items``: the log of the expected
+        number of times item i is among a position's ``num_negatives`` draws, the
+        correction :func:`~seqrec.models.losses.sampled_softmax_loss` subtracts
+        (0 at padding id 0). Float32, on ``items``' device."""
+        out = self.log_q(items, users, target_ids) + math.log(max(int(num_negatives), 1))
+        return out.masked_fill(torch.as_tensor(items) == 0, 0.0).float()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -256,15 +282,119 @@ class InBatchNegatives(NegativeSampler):
         return out.to(items.device)
 
 
+class MixedNegatives(NegativeSampler):
+    """Several samplers' draws side by side: of a position's m negatives, a share goes to
+    each sampler (``shares`` normalised, counts by largest remainders, ties to the
+    first), concatenated in the order given (the uniform ones drawn by the C++ engine).
+
+    The m draws together have expected count ``sum_s m_s q_s(i)`` of item i, so the
+    correction is ``log sum_s m_s q_s(i)`` (the balance heuristic of multiple importance
+    sampling; unbiased wherever some sampler can draw i). Uniform's q is taken as
+    ``1 / (items the user never interacted with)`` for every item, also for an item of
+    the user's history that another sampler drew (its true uniform q is 0): a slight
+    over-count of those rare draws.
+
+    Args:
+        parts: ``[(sampler, share), ...]`` with shares > 0; at most one uniform part.
+    """
+
+    name = "mix"
+
+    def __init__(self, parts):
+        parts = list(parts)
+        if not parts:
+            raise ValueError("MixedNegatives needs at least one (sampler, share)")
+        for sampler, share in parts:
+            if not isinstance(sampler, NegativeSampler) or isinstance(sampler, MixedNegatives):
+                raise ValueError(f"MixedNegatives parts must be plain NegativeSamplers, got {sampler!r}")
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not math.isfinite(share) \
+                    or share <= 0:
+                raise ValueError(f"MixedNegatives share of {sampler.name} must be a positive number, got {share!r}")
+        if sum(s.engine_draws for s, _ in parts) > 1:
+            raise ValueError("MixedNegatives: at most one uniform part (the engine draws one set)")
+        # The engine's draws come first in the batch: put the uniform part first.
+        self.parts = sorted(parts, key=lambda p: not p[0].engine_draws)
+
+    def counts(self, num_negatives: int) -> list[int]:
+        """Negatives per part for a position's ``num_negatives``, in ``self.parts`` order."""
+        shares = np.array([share for _, share in self.parts], np.float64)
+        exact = shares / shares.sum() * int(num_negatives)
+        counts = np.floor(exact).astype(np.int64)
+        for i in np.argsort(-(exact - counts), kind="stable")[: int(num_negatives) - int(counts.sum())]:
+            counts[i] += 1
+        return [int(c) for c in counts]
+
+    def engine_count(self, num_negatives: int) -> int:
+        return sum(c for (s, _), c in zip(self.parts, self.counts(num_negatives)) if s.engine_draws)
+
+    def sample(self, users, target_ids, num_negatives, *, seed, epoch, drawn=None):
+        """As :meth:`NegativeSampler.sample`; ``drawn`` ``[B, n, engine_count]``: the
+        engine's uniform draws (required when a part is uniform)."""
+        out = []
+        for (sampler, _), count in zip(self.parts, self.counts(num_negatives)):
+            if sampler.engine_draws:
+                if drawn is None or drawn.shape[-1] != count:
+                    raise ValueError(f"MixedNegatives.sample: the uniform part needs the engine's {count} draws")
+                out.append(np.asarray(drawn, np.int64).reshape(*np.shape(target_ids), count))
+            else:
+                out.append(sampler.sample(users, target_ids, count, seed=seed, epoch=epoch))
+        return np.concatenate(out, axis=-1)
+
+    def log_q(self, items, users=None, target_ids=None):
+        raise ValueError("MixedNegatives has no single q: use log_expected_count(items, num_negatives, ...)")
+
+    def log_expected_count(self, items, num_negatives, users=None, target_ids=None):
+        items = torch.as_tensor(items)
+        terms = [sampler.log_q(items, users, target_ids).double() + math.log(count)
+                 for (sampler, _), count in zip(self.parts, self.counts(num_negatives)) if count > 0]
+        out = torch.logsumexp(torch.stack(terms), 0)
+        return out.masked_fill(items == 0, 0.0).float()
+
+    def __repr__(self) -> str:
+        return "MixedNegatives(" + ", ".join(f"{s!r}: {share}" for s, share in self.parts) + ")"
+
+
+def parse_negatives(spec: str) -> list[tuple[str, float]]:
+    """``"uniform"`` -> ``[("uniform", 1.0)]``; ``"uniform,popularity:3"`` ->
+    ``[("uniform", 1.0), ("popularity", 3.0)]`` (names from :data:`SAMPLERS`, shares
+    positive numbers, default 1, each name once)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"negatives must be a sampler name or a mix like 'uniform,popularity:3', got {spec!r}")
+    parts = []
+    for item in spec.split(","):
+        name, _, share = item.strip().partition(":")
+        if name not in SAMPLERS:
+            raise ValueError(f"negatives {spec!r}: unknown sampler {name!r}; choose from {', '.join(SAMPLERS)} "
+                             "(mix them as 'uniform,popularity' or with shares 'uniform:1,popularity:3')")
+        try:
+            value = float(share) if share else 1.0
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"negatives {spec!r}: the share of {name!r} must be a positive number, got {share!r}")
+        if name in (p[0] for p in parts):
+            raise ValueError(f"negatives {spec!r}: {name!r} appears twice")
+        parts.append((name, value))
+    return parts
+
+
 def make_sampler(negatives, split) -> NegativeSampler:
-    """A :class:`NegativeSampler` from a name ('uniform', 'popularity', 'in-batch') or an
-    instance (returned as is)."""
+    """A :class:`NegativeSampler` from a name ('uniform', 'popularity', 'in-batch'), a mix
+    of them (``"uniform,popularity"``, ``"uniform:1,in-batch:3"``: :class:`MixedNegatives`)
+    or an instance (returned as is)."""
     if isinstance(negatives, NegativeSampler):
         return negatives
-    if negatives == "uniform":
-        return UniformNegatives(split.dataset)
-    if negatives == "popularity":
-        return PopularityNegatives.from_split(split)
-    if negatives == "in-batch":
+    if not isinstance(negatives, str):
+        raise ValueError(f"negatives must be a sampler name, a mix of them or a NegativeSampler, got {negatives!r}")
+    parts = parse_negatives(negatives)
+
+    def one(name: str) -> NegativeSampler:
+        if name == "uniform":
+            return UniformNegatives(split.dataset)
+        if name == "popularity":
+            return PopularityNegatives.from_split(split)
         return InBatchNegatives()
-    raise ValueError(f"negatives must be 'uniform', 'popularity', 'in-batch' or a NegativeSampler, got {negatives!r}")
+
+    if len(parts) == 1:
+        return one(parts[0][0])
+    return MixedNegatives([(one(name), share) for name, share in parts])

@@ -32,7 +32,8 @@ import torch
 
 from .._loader import _C
 from .dataset import DataError, SequenceDataset
-from .negatives import STREAM_EVAL_POPULARITY, PopularityNegatives, counter_uniform, make_sampler
+from .negatives import (NEGATIVE_LOG_Q, STREAM_EVAL_POPULARITY, MixedNegatives, PopularityNegatives, counter_uniform,
+                        make_sampler)
 from .split import _STREAM_SAMPLED, _STREAM_TRAIN, EvalBatch, TrainBatch
 
 _engine = _C.data
@@ -161,25 +162,32 @@ class PrefixSplit:
         return self.train_users[rng.permutation(len(self.train_users))]
 
     def build_train_batch(self, users: np.ndarray, *, seed: int, epoch: int, num_negatives: int = 1,
-                          negatives="uniform") -> TrainBatch:
+                          negatives="uniform", with_log_q: bool = False) -> TrainBatch:
         """The training rows of ``users`` (each row depends only on its user, the seed and
-        the epoch; in-batch negatives also on the other rows)."""
+        the epoch; in-batch negatives also on the other rows); ``with_log_q`` as in
+        :func:`build_train_batch`."""
         return build_train_batch(self, users, seed=seed, epoch=epoch, num_negatives=num_negatives,
-                                 negatives=negatives)
+                                 negatives=negatives, with_log_q=with_log_q)
 
     def train_batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, num_negatives: int = 1,
                       shuffle: bool = True, drop_last: bool = False, start_batch: int = 0,
-                      negatives="uniform") -> Iterator[TrainBatch]:
+                      negatives="uniform", with_log_q: bool = False) -> Iterator[TrainBatch]:
         """Batches of one epoch, one row per training user (all pairs of its training
-        prefix, the last ``max_len``); as :meth:`LeaveOneOutSplit.train_batches`, with
-        ``negatives`` a name or :class:`~seqrec.data.negatives.NegativeSampler`."""
+        prefix, the last ``max_len``).
+
+        Everything random (user order, negatives) is a function of ``(seed, epoch)`` and
+        the user, so ``start_batch`` resumes an epoch exactly where it stopped. Negatives
+        are drawn uniformly from the items the user never interacted with, or by
+        ``negatives`` (a name, a mix or a :class:`~seqrec.data.negatives.NegativeSampler`);
+        ``with_log_q`` adds their log-Q correction to ``features`` (see
+        :func:`build_train_batch`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         sampler = make_sampler(negatives, self)
         order = self.train_order(seed, epoch, shuffle)
         for b in range(start_batch, self.num_train_batches(batch_size, drop_last)):
             yield self.build_train_batch(order[b * batch_size:(b + 1) * batch_size], seed=seed, epoch=epoch,
-                                         num_negatives=num_negatives, negatives=sampler)
+                                         num_negatives=num_negatives, negatives=sampler, with_log_q=with_log_q)
 
     # ------------------------------------------------------------------ evaluation
     def _select(self, stage: str, users) -> tuple[np.ndarray, np.ndarray]:
@@ -289,26 +297,38 @@ class PrefixSplit:
 
 
 def build_train_batch(split, users: np.ndarray, *, seed: int, epoch: int, num_negatives: int = 1,
-                      negatives="uniform") -> TrainBatch:
-    """Training rows of ``users`` for a :class:`PrefixSplit`: the C++ engine lays out
-    inputs and targets (and draws uniform negatives); other samplers fill
-    ``negative_ids`` afterwards."""
+                      negatives="uniform", with_log_q: bool = False) -> TrainBatch:
+    """Training rows of ``users`` for a :class:`PrefixSplit` (a
+    :class:`~seqrec.data.LeaveOneOutSplit` is one): the C++ engine lays out inputs and
+    targets (and draws uniform negatives); other samplers fill ``negative_ids`` afterwards.
+
+    ``with_log_q``: also put ``log(m q(i))`` of every negative (its log expected count
+    among the position's m draws, :meth:`NegativeSampler.log_expected_count`) into
+    ``features["negative_log_q"]``, shaped as ``negative_ids``: what a sampled softmax
+    subtracts (:func:`seqrec.models.losses.sampled_softmax_loss`)."""
     if num_negatives < 0:
         raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
     sampler = make_sampler(negatives, split)
     users = np.ascontiguousarray(users, dtype=np.int64)
     prefix = split.train_prefix(users)
     ds = split.dataset
+    engine_count = sampler.engine_count(num_negatives)
     inp, tgt, neg, lengths = _engine.train_batch(
         ds.indptr, ds.items, ds.num_items, users, np.ascontiguousarray(prefix, np.int64), split.max_len,
-        num_negatives if sampler.engine_draws else 0, int(seed), _STREAM_TRAIN + int(epoch))
-    if not sampler.engine_draws:
+        engine_count, int(seed), _STREAM_TRAIN + int(epoch))
+    if isinstance(sampler, MixedNegatives):
+        neg = sampler.sample(users, tgt, num_negatives, seed=seed, epoch=epoch, drawn=neg)
+    elif not sampler.engine_draws:
         neg = sampler.sample(users, tgt, num_negatives, seed=seed, epoch=epoch)
     negatives_t = torch.from_numpy(neg)
     if num_negatives == 1:
         negatives_t = negatives_t.squeeze(-1)
-    return TrainBatch(torch.from_numpy(users.copy()), torch.from_numpy(inp), torch.from_numpy(tgt), negatives_t,
-                      torch.from_numpy(lengths))
+    users_t, tgt_t = torch.from_numpy(users.copy()), torch.from_numpy(tgt)
+    features = {}
+    if with_log_q:
+        features[NEGATIVE_LOG_Q] = sampler.log_expected_count(negatives_t, num_negatives, users_t, tgt_t)
+    return TrainBatch(users_t, torch.from_numpy(inp), tgt_t, negatives_t, torch.from_numpy(lengths),
+                      **({"features": features} if features else {}))
 
 
 def _popular_unseen(ds: SequenceDataset, q: np.ndarray, users: np.ndarray, n: int, seed: int,

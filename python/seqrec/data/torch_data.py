@@ -191,11 +191,14 @@ class ShardedTrainBatches(IterableDataset):
             or a user count that avoids it (``len(self)`` is exact per rank).
         rank, world_size: default to torch.distributed's when initialised, else 0, 1.
         start_batch: first global step (resume mid-epoch).
+        with_log_q: add each negative's log expected count to ``features``
+            (:func:`~seqrec.data.splits.build_train_batch`), for a log-Q corrected
+            sampled softmax.
     """
 
     def __init__(self, split, batch_size: int, *, seed: int = 0, epoch: int = 0, num_negatives: int = 1,
                  negatives="uniform", shuffle: bool = True, drop_last: bool = False, rank: int | None = None,
-                 world_size: int | None = None, start_batch: int = 0):
+                 world_size: int | None = None, start_batch: int = 0, with_log_q: bool = False):
         self.split = split
         self.batch_size = _check_count("batch_size", batch_size, 1)
         self.seed = int(seed)
@@ -206,6 +209,7 @@ class ShardedTrainBatches(IterableDataset):
         self.drop_last = bool(drop_last)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.start_batch = _check_count("start_batch", start_batch, 0)
+        self.with_log_q = bool(with_log_q)
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffle and draw negatives for ``epoch`` (call before iterating)."""
@@ -240,4 +244,5 @@ class ShardedTrainBatches(IterableDataset):
             if len(users) == 0:
                 continue
             yield build_train_batch(self.split, users, seed=self.seed, epoch=self.epoch,
-                                    num_negatives=self.num_negatives, negatives=self.sampler)
+                                    num_negatives=self.num_negatives, negatives=self.sampler,
+                                    with_log_q=self.with_log_q)

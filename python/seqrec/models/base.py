@@ -100,6 +100,13 @@ class SequentialRecommender(nn.Module):
     #: load under the new names, by ``load_state_dict`` and by ``load_pretrained``.
     RENAMED_PREFIXES: dict[str, str] = {}
 
+    @property
+    def uses_negative_log_q(self) -> bool:
+        """True when the training loss is a sampled softmax that applies the log-Q
+        correction of the batch's ``features["negative_log_q"]`` (the trainer then asks the
+        data side for it)."""
+        return getattr(self.config, "loss", None) == "sampled"
+
     # ------------------------------------------------------------------ to implement
     def item_table(self) -> nn.Embedding:
         """The item embedding table whose rows score items ([num_items + 1, D], row 0 padding)."""
@@ -170,6 +177,32 @@ class SequentialRecommender(nn.Module):
                              f"{type(batch).__name__} without {missing}")
         return self.batch_loss(batch.input_ids, batch.target_ids, batch.negative_ids, lengths=batch.lengths,
                                features=getattr(batch, "features", None), **options)
+
+    def sampled_negatives(self, negative_ids: Tensor | None, shape: tuple[int, ...],
+                          features: Mapping[str, Tensor] | None) -> tuple[Tensor, Tensor | None]:
+        """The checked negatives of a sampled softmax, ``[B, n, m]`` (``[B, n]`` is m = 1),
+        and their log-Q correction ``features["negative_log_q"]`` in the same shape (None
+        when the batch carries none: no correction)."""
+        from .losses import NEGATIVE_LOG_Q
+
+        if negative_ids is None:
+            raise ValueError(f'negative_ids is required when config.loss == "sampled": {type(self).__name__}\'s '
+                             "sampled softmax needs negative_ids [B, n, m]")
+        self.check_ids("negative_ids", negative_ids)
+        if negative_ids.dim() == 2:
+            negative_ids = negative_ids.unsqueeze(-1)
+        if negative_ids.dim() != 3 or tuple(negative_ids.shape[:2]) != tuple(shape):
+            raise ValueError(f"negative_ids must be [B, n, m] or [B, n] with [B, n] = {list(shape)}, "
+                             f"got {tuple(negative_ids.shape)}")
+        log_q = features.get(NEGATIVE_LOG_Q) if features else None
+        if log_q is not None:
+            if not isinstance(log_q, Tensor) or not log_q.is_floating_point() \
+                    or log_q.numel() != negative_ids.numel():
+                got = tuple(log_q.shape) if isinstance(log_q, Tensor) else type(log_q).__name__
+                raise ValueError(f"features[{NEGATIVE_LOG_Q!r}] must be a float tensor shaped like negative_ids "
+                                 f"{tuple(negative_ids.shape)}, got {got}")
+            log_q = log_q.reshape(negative_ids.shape)
+        return negative_ids, log_q
 
     def loss(self, batch, target_ids: Tensor | None = None, negative_ids: Tensor | None = None,
              **options) -> Tensor:

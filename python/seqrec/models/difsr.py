@@ -32,13 +32,13 @@ from .layers import (
 )
 from .base import LossOutput, SequentialRecommender, check_ids
 from .config import EncoderConfig, Preset, spec
-from .losses import softmax_nll
+from .losses import sampled_softmax_nll, softmax_nll
 
 __all__ = ["DIFSRConfig", "DIFSR", "DIFMultiHeadAttention", "PRESETS", "attribute_config"]
 
 FUSIONS = ("sum", "concat", "gate")
 POOLINGS = ("sum", "mean", "max")
-LOSSES = ("ce", "bce")
+LOSSES = ("ce", "bce", "sampled")
 
 # Named settings (``seqrec train --preset NAME``): fields of DIFSRConfig (model) and
 # of TrainConfig (train).
@@ -102,7 +102,9 @@ class DIFSRConfig(EncoderConfig):
         attribute_predictor: the auxiliary attribute predictors (AAP).
         attribute_loss_weight: lambda, one float for all fields or one per field, 10.
         loss: next-item loss, ``"ce"`` (softmax over all items, the paper's) or ``"bce"``
-            (one sampled negative per position, as SASRec).
+            (one sampled negative per position, as SASRec) or ``"sampled"`` (softmax over
+            the target and the trainer's m negatives, log-Q corrected:
+            :func:`~seqrec.models.losses.sampled_softmax_nll`).
         fusion_sees_masked: False (default): masked scores (future and padding keys) are
             zeroed before the concat / gate maps, so no position sees its future. True:
             DIF-SR's code, whose maps read whole raw score rows (see ``dif_attention``);
@@ -135,7 +137,8 @@ class DIFSRConfig(EncoderConfig):
     attribute_loss_weight: float | tuple[float, ...] = spec(10.0, kind="any", flag="attribute-weight", several=float,
                                                            help="lambda of the attribute loss, one or one per field")
     loss: str = spec("ce", kind="choice", choices=LOSSES,
-                     help="ce: softmax over all items (the paper's); bce: one sampled negative")
+                     help="ce: softmax over all items (the paper's); bce: one sampled negative; sampled: softmax "
+                          "over the target and the sampled negatives, log-Q corrected")
     fusion_sees_masked: bool = spec(False, kind="bool",
                                     help="DIF-SR's code: fusion maps read masked (future/padding) scores too")
 
@@ -644,7 +647,8 @@ class DIFSR(SequentialRecommender):
         loss + sum_f lambda_f * attribute loss_f (0 for a batch without real targets),
         with terms ``{"item": next-item loss, "attr:<field>": attribute BCE
         (unweighted), ...}``. ``lengths`` [B] gives the padding mask (None: the zeros of
-        ``item_seq``); the attributes come from the model's own tables, not ``features``."""
+        ``item_seq``); the attributes come from the model's own tables; ``features`` may
+        hold ``"negative_log_q"``, the log-Q correction of ``loss="sampled"``."""
         self.check_ids("item_seq", item_seq)
         shape = tuple(item_seq.shape)
         self.check_ids("target_ids", target_ids, shape)
@@ -691,6 +695,14 @@ class DIFSR(SequentialRecommender):
             pos = (hidden * self.embedding.item(target)).sum(-1)
             neg = (hidden * self.embedding.item(rows(negative_ids))).sum(-1)
             terms["item"] = total(-(F.logsigmoid(pos) + F.logsigmoid(-neg)))
+        elif self.config.loss == "sampled":
+            negatives, log_q = self.sampled_negatives(negative_ids, shape, features)  # [B, n, m]
+
+            def position_rows(t: Tensor) -> Tensor:  # [B, n, m] -> [N, m], the rows of `target`
+                return t.flatten(0, 1) if weight is not None else t[real]
+
+            terms["item"] = total(sampled_softmax_nll(hidden, self.embedding.item, target, position_rows(negatives),
+                                                      log_q=None if log_q is None else position_rows(log_q)))
         else:  # items 1..V only: padding never enters the softmax
             terms["item"] = total(softmax_nll(hidden, item_weight[1:], (target - 1).clamp_min(0)))
         if self.config.attribute_predictor:

@@ -485,11 +485,14 @@ class DSS(SequentialRecommender):
             input_ids: [B, n] left-padded inputs x_1..x_m.
             target_ids: [B, n] next items (0 where none); column n - 1 must hold x_{m+1}
                 for the seq2seq term (as the trainer's batches do).
-            negative_ids: [B, n] or [B, n, m] sampled negatives (``loss="sampled"``).
+            negative_ids: [B, n] or [B, n, m] sampled negatives (``loss="sampled"``:
+                softmax over the target and them, log-Q corrected with
+                ``features["negative_log_q"]`` when the batch has it, accidental hits
+                removed; :func:`~seqrec.models.losses.sampled_softmax_loss`).
             split: optional [B] past lengths t in 1..m (default: :meth:`sample_split`).
             lengths: optional [B] real input lengths m (the padding mask, see
                 :func:`layers.padding_mask`); None reads them from the zeros.
-            features: unused.
+            features: ``"negative_log_q"`` (``loss="sampled"``), else unused.
 
         Returns:
             :class:`LossOutput`: ``loss`` the total, terms ``seq2item``, ``seq2seq`` (0 when
@@ -535,18 +538,17 @@ class DSS(SequentialRecommender):
             per_position = mixture_nll(phi, self.embedding.item.weight[1:], (tgt - 1).clamp_min(0),
                                        backend=self.backend)
         else:
-            if negative_ids is None:
-                raise ValueError('negative_ids is required when config.loss == "sampled"')
-            self.check_ids("negative_ids", negative_ids)
-            if tuple(negative_ids.shape[:2]) != shape:
-                raise ValueError(
-                    f"negative_ids must be [B, n] or [B, n, m] with [B, n] = {shape}, got "
-                    f"{tuple(negative_ids.shape)}"
-                )
-            neg = negative_ids[:, keep]
-            neg = neg.unsqueeze(-1) if neg.dim() == 2 else neg
-            candidates = torch.cat([tgt[:, None], rows(neg)], dim=1)  # [N, 1 + m]
-            logits = self._item_logits(phi, candidates)  # [N, K, 1 + m]
+            negatives, log_q = self.sampled_negatives(negative_ids, shape, features)  # [B, n, m]
+            neg = rows(negatives[:, keep])  # [N, m]
+            logits = self._item_logits(phi, torch.cat([tgt[:, None], neg], dim=1))  # [N, K, 1 + m]
+            # A candidate's mixture score is the log-sum-exp over the K vectors, so the log-Q
+            # correction and the removal of accidental hits (sampled_softmax_loss's) apply
+            # to each of its K logits alike.
+            negative = logits[:, :, 1:]
+            if log_q is not None:
+                negative = negative - rows(log_q[:, keep]).to(logits.dtype)[:, None, :]
+            negative = negative.masked_fill((neg == tgt[:, None])[:, None, :], float("-inf"))
+            logits = torch.cat([logits[:, :, :1], negative], dim=2)
             per_position = logits.flatten(1).logsumexp(1) - logits[:, :, 0].logsumexp(1)
         if weight is not None:
             per_position = torch.where(weight, per_position, 0.0)

@@ -6,15 +6,23 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ..data.negatives import NEGATIVE_LOG_Q
 from ..ops.backend import get_backend
 
-__all__ = ["softmax_nll", "mixture_nll", "max_intention_nll", "confident_info_nce"]
+__all__ = ["softmax_nll", "streamed_softmax_nll", "mixture_nll", "max_intention_nll", "confident_info_nce", "sampled_softmax_loss", "sampled_softmax_nll",
+           "NEGATIVE_LOG_Q", "CE_MEMORY"]
+
+#: Bytes of logits :func:`softmax_nll` may hold at once (its [N, V] log-probabilities
+#: and the backward's [N, V] gradient): above it the full softmax streams over blocks of
+#: items (:func:`streamed_softmax_nll`) in blocks of this size. 1 GiB.
+CE_MEMORY = 1 << 30
 
 
-def softmax_nll(hidden: Tensor, weight: Tensor, target: Tensor) -> Tensor:
+def softmax_nll(hidden: Tensor, weight: Tensor, target: Tensor, *, memory: int | None = None) -> Tensor:
     """Per-row cross-entropy of the full softmax over ``weight``'s rows:
     ``nll[r] = logsumexp_j <hidden[r], weight[j]> - <hidden[r], weight[target[r]]>``.
 
@@ -27,21 +35,35 @@ def softmax_nll(hidden: Tensor, weight: Tensor, target: Tensor) -> Tensor:
     logits. ``benchmarks/bench_softmax_nll.py``: 1.55x at hidden 64, 1.31x at 256
     (Beauty-sized batch, one CPU thread). Once differentiable.
 
+    When its two [N, V] matrices would take more than ``memory`` bytes (default
+    :data:`CE_MEMORY`; at 10^6 items a batch of 256 x 50 positions needs ~51 GB), the
+    same value and gradient come from :func:`streamed_softmax_nll` with blocks of
+    ``memory`` bytes: exact CE over any catalogue within a fixed budget.
+
     Args:
         hidden: [N, D] float query vectors.
         weight: [V, D] the item table (without a padding row).
         target: [N] int64 indices into ``weight``.
+        memory: bytes of logits held at once (None: :data:`CE_MEMORY`).
 
     Returns:
         [N] per-row NLL, differentiable w.r.t. ``hidden`` and ``weight``.
     """
+    _check_ce("softmax_nll", hidden, weight, target)
+    memory = CE_MEMORY if memory is None else _check_memory("softmax_nll", memory)
+    padded = -(-weight.size(0) // _ROW_MULTIPLE) * _ROW_MULTIPLE
+    if 2 * hidden.size(0) * padded * hidden.element_size() > memory:  # log-probs + the backward's gradient
+        return _apply_autocast(_StreamedNLL, hidden, weight, target, _block_items(memory, hidden))
+    return _apply_autocast(_SoftmaxNLL, hidden, weight, target)
+
+
+def _check_ce(name: str, hidden: Tensor, weight: Tensor, target: Tensor) -> None:
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.size(1) != weight.size(1):
-        raise ValueError(f"softmax_nll: hidden must be [N, D] and weight [V, D], got {tuple(hidden.shape)} "
+        raise ValueError(f"{name}: hidden must be [N, D] and weight [V, D], got {tuple(hidden.shape)} "
                          f"and {tuple(weight.shape)}")
     if target.shape != hidden.shape[:1] or target.dtype != torch.int64:
-        raise ValueError(f"softmax_nll: target must be int64 [N={hidden.size(0)}], got {target.dtype} "
+        raise ValueError(f"{name}: target must be int64 [N={hidden.size(0)}], got {target.dtype} "
                          f"{tuple(target.shape)}")
-    return _apply_autocast(_SoftmaxNLL, hidden, weight, target)
 
 
 def _apply_autocast(function: type[torch.autograd.Function], x: Tensor, weight: Tensor, *rest) -> Tensor:
@@ -56,6 +78,188 @@ def _apply_autocast(function: type[torch.autograd.Function], x: Tensor, weight: 
     dtype = torch.get_autocast_dtype(device_type)
     with torch.autocast(device_type, enabled=False):
         return function.apply(x.to(dtype), weight.to(dtype), *rest).float()
+
+
+def _check_memory(name: str, memory) -> int:
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
+        raise ValueError(f"{name}: memory must be a positive int (bytes), got {memory!r}")
+    return memory
+
+
+def _block_items(memory: int, hidden: Tensor) -> int:
+    """Items per block so that one [N, block] matrix of logits takes at most ``memory``."""
+    return max(1, memory // max(hidden.size(0) * hidden.element_size(), 1))
+
+
+def streamed_softmax_nll(hidden: Tensor, weight: Tensor, target: Tensor, *, block_items: int | None = None,
+                         memory: int | None = None) -> Tensor:
+    """Exact full-softmax cross-entropy, streamed over blocks of items.
+
+    The value and gradient of ``F.cross_entropy(hidden @ weight.T, target,
+    reduction="none")`` without ever holding more than one [N, block] matrix of logits:
+    the forward keeps a running log-sum-exp per row (max and scaled sum, updated block by
+    block); the backward recomputes each block's logits and turns them in place into
+    that block's gradient ``softmax - onehot`` (two matrix products per block). Memory
+    beyond the inputs and their gradients: one block plus O(N) vectors, whatever V.
+    Once differentiable.
+
+    Args:
+        hidden: [N, D] float query vectors.
+        weight: [V, D] the item table (without a padding row).
+        target: [N] int64 indices into ``weight``.
+        block_items: items per block; or
+        memory: bytes of one block of logits (block_items = memory // (N * element
+            size)). Neither: blocks of 64 MiB.
+
+    Returns:
+        [N] per-row NLL, differentiable w.r.t. ``hidden`` and ``weight``.
+    """
+    _check_ce("streamed_softmax_nll", hidden, weight, target)
+    if block_items is not None and memory is not None:
+        raise ValueError("streamed_softmax_nll: give block_items or memory, not both")
+    if block_items is None:
+        block_items = _block_items(64 << 20 if memory is None else _check_memory("streamed_softmax_nll", memory),
+                                   hidden)
+    elif isinstance(block_items, bool) or not isinstance(block_items, int) or block_items < 1:
+        raise ValueError(f"streamed_softmax_nll: block_items must be a positive int, got {block_items!r}")
+    return _apply_autocast(_StreamedNLL, hidden, weight, target, block_items)
+
+
+class _StreamedNLL(torch.autograd.Function):
+    """Blocked forward/backward of :func:`streamed_softmax_nll` (see its docstring)."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, block: int) -> Tensor:
+        n = hidden.size(0)
+        # Running log-sum-exp of each row: lse = high + log(total), total rescaled when
+        # a block raises the row's maximum.
+        high = hidden.new_full((n,), float("-inf"))
+        total = hidden.new_zeros(n)
+        for start in range(0, weight.size(0), block):
+            logits = hidden @ weight[start:start + block].t()  # [N, C]: the only [N, *] matrix
+            new_high = torch.maximum(high, logits.amax(1))
+            total = total * torch.exp(high - new_high) + logits.sub_(new_high[:, None]).exp_().sum(1)
+            high = new_high
+            del logits
+        lse = high + total.log()  # -inf rows when V == 0
+        positive = (hidden * weight[target]).sum(1) if n else hidden.new_zeros(0)
+        ctx.block = block
+        ctx.save_for_backward(hidden, weight, target, lse)
+        return lse - positive
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        hidden, weight, target, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # d nll[r] / d logit[r, j] = grad[r] * (softmax[r, j] - [j == target[r]]). With
+        # grad > 0 (a mean or a sum), grad * softmax = exp(logit - lse + log grad): the
+        # GEMM adds the shift and one in-place exp finishes the block.
+        positive_grad = bool((grad > 0).all())
+        shift = ((grad.log() - lse) if positive_grad else -lse)[:, None]
+        g_hidden = torch.zeros_like(hidden) if need_hidden else None
+        g_weight = torch.empty_like(weight) if need_weight else None
+        for start in range(0, weight.size(0), ctx.block):
+            w = weight[start:start + ctx.block]
+            p = torch.addmm(shift, hidden, w.t()).exp_()  # [N, C]
+            if not positive_grad:
+                p.mul_(grad[:, None])
+            if need_hidden:
+                g_hidden.addmm_(p, w)
+            if need_weight:
+                torch.mm(p.t(), hidden, out=g_weight[start:start + ctx.block])
+            del p
+        if need_hidden:
+            g_hidden.sub_(grad[:, None] * weight[target])
+        if need_weight:
+            g_weight.index_add_(0, target, -(grad[:, None] * hidden))
+        return g_hidden, g_weight, None, None
+
+
+def sampled_softmax_loss(positive: Tensor, negatives: Tensor, *, log_q: Tensor | None = None,
+                         accidental_hits: Tensor | None = None, reduction: str = "none") -> Tensor:
+    """Per-row NLL of a sampled softmax with the log-Q correction.
+
+    ``nll[r] = logsumexp([positive[r], negatives[r, j] - log_q[r, j] (j not a hit)]) - positive[r]``
+
+    With ``log_q[r, j] = log(m q(i_j))``, the log of the expected number of times the
+    negative's item is drawn among the row's m draws (``q`` the proposal; for m
+    independent draws m q(i); for a mix of proposals the sum of each one's expected
+    count, see :meth:`~seqrec.data.negatives.NegativeSampler.log_expected_count`), the
+    corrected terms ``exp(s_j) / (m q(i_j))`` summed over the draws are an unbiased
+    estimate of the full softmax's normaliser over the other items (importance
+    sampling: Bengio & Senecal 2008; Yi et al., RecSys 2019), so the loss and its
+    gradient tend to full softmax cross-entropy as m grows, whatever the proposal.
+    Without it a popularity proposal over-counts popular items by 1/q and the model
+    learns to under-score them.
+
+    Accidental hits (a negative that is the row's positive) are removed: their term
+    is -inf, so the positive is counted once, as in the full softmax.
+
+    Args:
+        positive: [N] logit of each row's positive.
+        negatives: [N, m] logits of the sampled negatives.
+        log_q: [N, m] log expected counts of the negatives (None: no correction).
+        accidental_hits: [N, m] bool, True where a negative is the positive (None: none).
+
+        reduction: "none" (per row), "mean" or "sum", as ``F.cross_entropy``'s.
+
+    Returns:
+        [N] per-row NLL (a scalar with "mean" / "sum"), differentiable w.r.t.
+        ``positive`` and ``negatives``.
+    """
+    if positive.dim() != 1 or negatives.dim() != 2 or negatives.size(0) != positive.size(0):
+        raise ValueError(f"sampled_softmax_loss: positive must be [N] and negatives [N, m], got "
+                         f"{tuple(positive.shape)} and {tuple(negatives.shape)}")
+    for name, t in (("log_q", log_q), ("accidental_hits", accidental_hits)):
+        if t is not None and t.shape != negatives.shape:
+            raise ValueError(f"sampled_softmax_loss: {name} must be [N, m] = {tuple(negatives.shape)}, "
+                             f"got {tuple(t.shape)}")
+    if accidental_hits is not None and accidental_hits.dtype != torch.bool:
+        raise ValueError(f"sampled_softmax_loss: accidental_hits must be bool, got {accidental_hits.dtype}")
+    if log_q is not None:
+        negatives = negatives - log_q.to(negatives.dtype)
+    if accidental_hits is not None:
+        negatives = negatives.masked_fill(accidental_hits, float("-inf"))
+    logits = torch.cat([positive[:, None], negatives], 1)
+    # cross_entropy (target column 0) rather than logsumexp - positive: the same value,
+    # with the fused log-softmax kernels (and SINE's trainings as before it used this).
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"sampled_softmax_loss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    return F.cross_entropy(logits, logits.new_zeros(logits.size(0), dtype=torch.int64), reduction=reduction)
+
+
+def sampled_softmax_nll(hidden: Tensor, table: nn.Embedding, target: Tensor, negatives: Tensor, *,
+                        log_q: Tensor | None = None, remove_accidental_hits: bool = True,
+                        reduction: str = "none") -> Tensor:
+    """:func:`sampled_softmax_loss` of dot-product scores ``<hidden[r], table(i)>``.
+
+    Args:
+        hidden: [N, D] query vectors.
+        table: the item embedding (looked up once for targets and negatives, through the
+            module, so a ``sparse=True`` table gets a sparse gradient of the rows used).
+        target: [N] int64 positive ids; negatives: [N, m] int64 negative ids.
+        log_q: [N, m] ``log(m q)`` of the negatives (None: no correction).
+        remove_accidental_hits: mask negatives equal to the row's target.
+        reduction: as :func:`sampled_softmax_loss`'s.
+
+    Returns:
+        [N] per-row NLL (a scalar with "mean" / "sum").
+    """
+    if negatives.dim() == 1:
+        negatives = negatives[:, None]
+    if hidden.dim() != 2 or target.shape != hidden.shape[:1] or negatives.dim() != 2 \
+            or negatives.size(0) != hidden.size(0):
+        raise ValueError(f"sampled_softmax_nll: hidden must be [N, D], target [N] and negatives [N, m], got "
+                         f"{tuple(hidden.shape)}, {tuple(target.shape)} and {tuple(negatives.shape)}")
+    if log_q is not None and log_q.dim() == 1:
+        log_q = log_q[:, None]
+    m = negatives.size(1)
+    rows = table(torch.cat([target[:, None], negatives], 1))  # [N, 1 + m, D]: one lookup
+    scores = (rows * hidden.unsqueeze(1)).sum(-1)  # [N, 1 + m]
+    hits = (negatives == target[:, None]) if remove_accidental_hits else None
+    return sampled_softmax_loss(scores[:, 0], scores[:, 1:1 + m], log_q=log_q, accidental_hits=hits,
+                                reduction=reduction)
 
 
 # The [N, V] matrices get a row length that is a multiple of this many elements.

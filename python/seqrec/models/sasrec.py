@@ -24,11 +24,11 @@ from .layers import (
 )
 from .base import LossOutput, SequentialRecommender, check_ids
 from .config import EncoderConfig, spec
-from .losses import softmax_nll
+from .losses import sampled_softmax_nll, softmax_nll
 
 __all__ = ["SASRecConfig", "SASRec"]
 
-LOSSES = ("bce", "ce")
+LOSSES = ("bce", "ce", "sampled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +48,17 @@ class SASRecConfig(EncoderConfig):
         hidden_act: ``"gelu"`` (authors) or ``"relu"`` (Kang & McAuley).
         layer_norm_eps: 1e-12 (authors).
         loss: ``"bce"`` (one sampled negative per position, the paper's and the
-            authors') or ``"ce"`` (softmax over all items).
+            authors'), ``"ce"`` (softmax over all items, streamed over blocks of items
+            when the logits would pass :data:`~seqrec.models.losses.CE_MEMORY`) or
+            ``"sampled"`` (softmax over the target and the trainer's m negatives, with
+            the log-Q correction: :func:`~seqrec.models.losses.sampled_softmax_nll`).
 
     The encoder fields and their checks are :class:`~seqrec.models.config.EncoderConfig`'s.
     """
 
     loss: str = spec("bce", kind="choice", choices=LOSSES,
-                     help="bce: pairwise BCE with one sampled negative; ce: softmax over all items")
+                     help="bce: pairwise BCE with one sampled negative; ce: softmax over all items; "
+                          "sampled: softmax over the target and the sampled negatives, log-Q corrected")
 
 
 class SASRec(SequentialRecommender):
@@ -69,7 +73,9 @@ class SASRec(SequentialRecommender):
     Loss ``"bce"``: mean over real target positions of
     ``-log sigmoid(r_{t,pos}) - log(1 - sigmoid(r_{t,neg}))`` with one sampled negative
     per position; ``"ce"``: mean over real positions of softmax cross-entropy over
-    items 1..num_items.
+    items 1..num_items; ``"sampled"``: mean over real positions of
+    ``-log softmax([r_{t,pos}, r_{t,neg_j} - log(m q(neg_j))])[0]`` (log-Q corrected
+    sampled softmax, accidental hits removed).
 
     Deviations and open choices (none changes a real position's output in eval mode):
 
@@ -167,9 +173,12 @@ class SASRec(SequentialRecommender):
             item_seq: [B, n] left-padded input ids.
             target_ids: [B, n] next item at each position, 0 where there is none.
             negative_ids: [B, n] one sampled negative per position (0 at padding);
-                required for ``"bce"``, ignored for ``"ce"``.
+                required for ``"bce"``, ignored for ``"ce"``; [B, n, m] or [B, n] for
+                ``"sampled"``.
             lengths: optional [B] real lengths (the padding mask; see
-                :func:`layers.padding_mask`). features: unused.
+                :func:`layers.padding_mask`).
+            features: ``"negative_log_q"`` (``"sampled"``): the negatives' log-Q
+                correction; absent, none is applied.
 
         Returns:
             :class:`LossOutput` whose ``loss`` is the mean over positions with
@@ -196,6 +205,19 @@ class SASRec(SequentialRecommender):
             per_position = -(F.logsigmoid(pos) + F.logsigmoid(-neg))
             return LossOutput((per_position * real).sum() / count)
         hidden = self(item_seq, lengths)  # [B, n, D]
+        if self.config.loss == "sampled":
+            negatives, log_q = self.sampled_negatives(negative_ids, shape, features)
+            if torch.compiler.is_compiling():
+                # Static shapes: every position scored, padding weighted 0 (its target and
+                # negatives are id 0, an accidental hit: a finite NLL of 0).
+                m = negatives.size(-1)
+                nll = sampled_softmax_nll(hidden.reshape(-1, hidden.size(-1)), self.embedding.item,
+                                          target_ids.reshape(-1), negatives.reshape(-1, m),
+                                          log_q=None if log_q is None else log_q.reshape(-1, m))
+                return LossOutput((nll * real.reshape(-1)).sum() / count)
+            total = sampled_softmax_nll(hidden[real], self.embedding.item, target_ids[real], negatives[real],
+                                        log_q=None if log_q is None else log_q[real]).sum()
+            return LossOutput(total / count)
         weight = self.embedding.item.weight[1:]  # items 1..V only: padding stays out of the softmax
         if torch.compiler.is_compiling():
             # Static shapes for a compiled graph: every position is scored and padding

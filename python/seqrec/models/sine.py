@@ -19,6 +19,7 @@ from ..ops.backend import get_backend
 from .layers import Dropout, PackedPositions, padding_mask
 from .base import LossOutput, SequentialRecommender, check_candidates, check_ids
 from .config import ConfigBase, Preset, spec
+from .losses import sampled_softmax_nll
 
 __all__ = ["SINEConfig", "SINE", "SINEOutput", "SINE_PRESETS", "MERGES", "INTENT_ATTENTIONS",
            "covariance_regularizer"]
@@ -179,9 +180,11 @@ class SINE(SequentialRecommender):
       encoded on its own, right-aligned, so training and evaluation inputs look alike.
       The authors sample one random prefix per user and step. ``max_prefixes`` keeps
       the P most recent prefixes per sequence.
-    - Negatives: the trainer's ``num_negatives`` items per example, uniform over the
-      items the user never interacted with (no log-Q correction is needed for a
-      uniform proposal); the authors use TF's sampled softmax with shared negatives.
+    - Negatives: the trainer's ``num_negatives`` items per example, by default uniform
+      over the items the user never interacted with (``--train-negatives`` picks popularity,
+      in-batch or a mix); the batch's log-Q correction is applied when it carries one
+      (the trainer adds it for non-uniform samplers, or always with ``log_q=True``).
+      The authors use TF's sampled softmax with shared negatives.
     - LN_1 / LN_2 of the intention assignment have no affine parameters (the fused op
       computes cosine similarity of standardised vectors). A positive
       ``active_scale`` therefore does not change P_{k|t}; the top-K choice stays
@@ -442,39 +445,32 @@ class SINE(SequentialRecommender):
             negative_ids: [B, n, m] (or [B, n] for m = 1) sampled negatives per
                 position (``TrainConfig.num_negatives`` = m); required.
             lengths: optional [B] real lengths (else from the zeros of ``item_seq``).
-            features: unused.
+            features: ``"negative_log_q"``: the negatives' log-Q correction (subtracted
+                from their logits, :func:`~seqrec.models.losses.sampled_softmax_loss`);
+                absent, none. Negatives equal to the target are removed.
 
         Returns:
             :class:`LossOutput`: ``loss`` = mean over examples of
-            ``-log softmax([pos, negs])[0]`` plus ``reg_weight * covariance_regularizer(C)``
+            ``-log softmax([pos, negs - log_q])[0]`` plus ``reg_weight * covariance_regularizer(C)``
             (no other terms).
         """
         self.check_ids("item_seq", item_seq)
         shape = tuple(item_seq.shape)
         self.check_ids("target_ids", target_ids, shape)
-        if negative_ids is None:
-            raise ValueError("SINE's sampled softmax needs negative_ids [B, n, m]")
-        self.check_ids("negative_ids", negative_ids)
-        if negative_ids.dim() == 2:
-            negative_ids = negative_ids.unsqueeze(-1)
-        if negative_ids.dim() != 3 or tuple(negative_ids.shape[:2]) != shape:
-            raise ValueError(
-                f"negative_ids must be [B, n, m] or [B, n] with [B, n] = {list(shape)}, "
-                f"got {tuple(negative_ids.shape)}"
-            )
+        negative_ids, log_q = self.sampled_negatives(negative_ids, shape, features)
         reg = self.config.reg_weight * covariance_regularizer(self.prototypes)
         if torch.compiler.is_compiling():
-            return LossOutput(self._static_prefix_loss(item_seq, target_ids, negative_ids) + reg)
+            return LossOutput(self._static_prefix_loss(item_seq, target_ids, negative_ids, log_q) + reg)
         rows, cols, prefixes = self.training_prefixes(item_seq, target_ids, lengths)
         if rows.numel() == 0:
             return LossOutput(reg)
         user = self(prefixes)  # [R, D]
-        cand = torch.cat([target_ids[rows, cols].unsqueeze(1), negative_ids[rows, cols]], dim=1)
-        logits = (self.embedding.item(cand) * user.unsqueeze(1)).sum(-1)  # [R, 1 + m]
-        labels = torch.zeros(len(logits), dtype=torch.int64, device=logits.device)
-        return LossOutput(F.cross_entropy(logits, labels) + reg)
+        nll = sampled_softmax_nll(user, self.embedding.item, target_ids[rows, cols], negative_ids[rows, cols],
+                                  log_q=None if log_q is None else log_q[rows, cols], reduction="mean")
+        return LossOutput(nll + reg)
 
-    def _static_prefix_loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor) -> Tensor:
+    def _static_prefix_loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor,
+                            log_q: Tensor | None = None) -> Tensor:
         """The sampled-softmax term of :meth:`batch_loss` with static shapes (what a
         ``torch.compile`` graph needs): one prefix per position [B * n, n], the ones
         without a kept target weighted 0, instead of :meth:`training_prefixes`' packed
@@ -491,10 +487,9 @@ class SINE(SequentialRecommender):
         src = cols[:, None] - torch.arange(n - 1, -1, -1, device=item_seq.device)  # [n, n]
         prefixes = item_seq[:, src.clamp_min(0)] * (src >= 0)  # [B, n, n]: prefix ending at each column
         user = self(prefixes.reshape(b * n, n))  # [B * n, D]
-        cand = torch.cat([target_ids.unsqueeze(-1), negative_ids], dim=-1).reshape(b * n, -1)  # [B * n, 1 + m]
-        logits = (self.item(cand) * user.unsqueeze(1)).sum(-1)
-        labels = torch.zeros(b * n, dtype=torch.int64, device=logits.device)
-        per_prefix = F.cross_entropy(logits, labels, reduction="none")
+        m = negative_ids.size(-1)
+        per_prefix = sampled_softmax_nll(user, self.embedding.item, target_ids.reshape(b * n), negative_ids.reshape(b * n, m),
+                                         log_q=None if log_q is None else log_q.reshape(b * n, m))
         weight = real.reshape(-1).to(per_prefix.dtype)
         return (per_prefix * weight).sum() / weight.sum().clamp_min(1)
 
@@ -502,6 +497,10 @@ class SINE(SequentialRecommender):
     # recommend() is the base's: it ranks by score(), which applies config.merge.
     def item_table(self) -> nn.Embedding:
         return self.embedding.item
+
+    @property
+    def uses_negative_log_q(self) -> bool:
+        return True  # SINE's loss is always a sampled softmax
 
     @torch.no_grad()
     def item_concepts(self) -> Tensor:

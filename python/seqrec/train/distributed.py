@@ -251,16 +251,19 @@ class Distributed:
                                                                                                           np.uint64)[0]))
 
     # ------------------------------------------------------------------ batches
-    def train_batches(self, split, batch_size: int, *, seed: int, epoch: int, num_negatives: int
-                      ) -> Iterator:
+    def train_batches(self, split, batch_size: int, *, seed: int, epoch: int, num_negatives: int,
+                      negatives="uniform", with_log_q: bool = False) -> Iterator:
         """This rank's rows of each global training step of ``epoch`` (one batch per step
-        on every rank; see the module docstring)."""
+        on every rank; see the module docstring). ``negatives`` and ``with_log_q`` as in
+        :func:`seqrec.data.splits.build_train_batch`; in-batch negatives are drawn from
+        this rank's rows (not from the whole global batch as in one process)."""
         from ..data.splits import build_train_batch
         from ..data.torch_data import ShardedTrainBatches
 
         self.check_batch_size(batch_size, "batch_size")
         sharded = ShardedTrainBatches(split, batch_size, seed=seed, epoch=epoch, num_negatives=num_negatives,
-                                      rank=self.rank, world_size=self.world_size)
+                                      negatives=negatives, with_log_q=with_log_q, rank=self.rank,
+                                      world_size=self.world_size)
         mine = iter(sharded)
         order = None
         for step in range(sharded.num_steps):
@@ -269,7 +272,8 @@ class Distributed:
             if batch is None:  # fewer users than ranks in the last step: a stand-in row of weight 0
                 order = split.train_order(seed, epoch) if order is None else order
                 batch = build_train_batch(split, order[step * batch_size:step * batch_size + 1], seed=seed,
-                                          epoch=epoch, num_negatives=num_negatives)
+                                          epoch=epoch, num_negatives=num_negatives, negatives=sharded.sampler,
+                                          with_log_q=with_log_q)
             yield batch
 
     def pretrain_rows(self, masked, step_size: int):

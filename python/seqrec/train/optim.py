@@ -2,7 +2,8 @@
 
 Each part is built by one function that other code can extend or replace:
 
-* :func:`build_optimizer` — the default optimizer (fused Adam over every parameter). A
+* :func:`build_optimizer` — the default optimizer (fused Adam over every parameter; with
+  ``TrainConfig.sparse_embeddings``, :class:`RowwiseAdam` over a sparse item table). A
   :class:`~seqrec.train.Trainer` takes ``optimizer=`` an optimizer already built over the
   model's parameters, or a factory ``f(params) -> Optimizer`` such as
   ``functools.partial(torch.optim.AdamW, lr=1e-3)``.
@@ -21,19 +22,108 @@ from typing import Callable, Iterable
 
 import torch
 
-__all__ = ["build_optimizer", "build_scheduler", "resolve_optimizer", "resolve_scheduler", "schedule_factor",
-           "MixedPrecision", "SCHEDULERS", "AUTOCAST"]
+__all__ = ["RowwiseAdam", "build_optimizer", "build_scheduler", "resolve_optimizer", "resolve_scheduler",
+           "schedule_factor", "MixedPrecision", "SCHEDULERS", "AUTOCAST"]
 
 SCHEDULERS = ("none", "cosine", "step")
 AUTOCAST = ("none", "bf16", "fp16")
 
 
+class RowwiseAdam(torch.optim.Adam):
+    """:class:`torch.optim.Adam` that updates a parameter with a sparse gradient row by row.
+
+    Parameters with a dense gradient take Adam's own step (same arguments, same kernel:
+    identical to :class:`torch.optim.Adam`). A parameter whose gradient is sparse (an
+    ``nn.Embedding(sparse=True)`` weight) gets the lazy Adam update (as
+    :class:`torch.optim.SparseAdam` and TensorFlow's LazyAdam), for the rows in the
+    gradient only::
+
+        g      = grad[rows] (+ weight_decay * p[rows])    # duplicate rows summed
+        m[rows] = b1 m[rows] + (1 - b1) g;   v[rows] = b2 v[rows] + (1 - b2) g^2
+        p[rows] -= lr / (1 - b1^t) * m[rows] / (sqrt(v[rows] / (1 - b2^t)) + eps)
+
+    with t the parameter's step count (steps in which it had a gradient). So a row
+    touched at every step follows dense Adam exactly; a row not in a step's gradient is
+    left as it is, where dense Adam would still move it by its decaying momentum and
+    decay its moments (its moments catch up on no missed steps: lazy). At the first step
+    every touched row equals dense Adam's and every other row is unchanged, as with dense
+    Adam. The state layout is Adam's (``step``, ``exp_avg``, ``exp_avg_sq``), so
+    ``state_dict`` / ``load_state_dict`` and checkpoints resume exactly, and learning-rate
+    schedulers drive it as they drive Adam. ``amsgrad`` is not supported.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, **kwargs):
+        if kwargs.get("amsgrad"):
+            raise ValueError("RowwiseAdam does not support amsgrad")
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        hidden = []  # sparse gradients, out of Adam's sight while it steps the dense ones
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    self._sparse_step(p, group)
+                    hidden.append((p, p.grad))
+                    p.grad = None
+        try:
+            super().step()
+        finally:
+            for p, grad in hidden:
+                p.grad = grad
+        return loss
+
+    def _sparse_step(self, p: torch.Tensor, group: dict) -> None:
+        grad = p.grad.coalesce()
+        rows, values = grad.indices()[0], grad.values()
+        if group.get("maximize", False):
+            values = -values
+        state = self.state[p]
+        if not state:
+            # Adam's own layout (a float32 step tensor on the parameter's device, fused
+            # or not), so that the state dict is Adam's.
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        t = float(state["step"])
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = float(group["lr"]), group["eps"], group["weight_decay"]
+        rows_p = p.index_select(0, rows)
+        if weight_decay:
+            values = values + weight_decay * rows_p
+        m = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
+        v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+        state["exp_avg"].index_copy_(0, rows, m)
+        state["exp_avg_sq"].index_copy_(0, rows, v)
+        bias1, bias2 = 1 - beta1 ** t, 1 - beta2 ** t
+        denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)
+        p.index_copy_(0, rows, rows_p.addcdiv_(m, denom, value=-lr / bias1))
+
+
 def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
     """The default optimizer of :class:`~seqrec.train.Trainer`: Adam over every parameter
-    of ``model`` with the config's ``lr``, ``betas`` and ``weight_decay``."""
+    of ``model`` with the config's ``lr``, ``betas`` and ``weight_decay``.
+
+    With ``config.sparse_embeddings`` the model's item table (``model.item_table()``) is
+    switched to sparse gradients and :class:`RowwiseAdam` updates only the rows each
+    batch looked up: a step's cost follows the rows touched, not the catalogue. The
+    full-softmax ``"ce"`` losses use the whole table anyway (its gradient stays dense: no
+    gain, no harm); the gain is for ``"bce"`` and ``"sampled"``.
+    """
     # fused: one kernel for all parameters (25x faster than the per-tensor loop on CPU).
-    return torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
-                            fused=True)
+    kwargs = dict(lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=True)
+    if not getattr(config, "sparse_embeddings", False):
+        return torch.optim.Adam(model.parameters(), **kwargs)
+    table = model.item_table() if hasattr(model, "item_table") else None
+    if not isinstance(table, torch.nn.Embedding):
+        raise ValueError(f"sparse_embeddings: {type(model).__name__} has no item_table() nn.Embedding to make sparse")
+    table.sparse = True
+    return RowwiseAdam(model.parameters(), **kwargs)
 
 
 def resolve_optimizer(optimizer, model: torch.nn.Module, config) -> torch.optim.Optimizer:

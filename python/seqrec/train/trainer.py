@@ -72,6 +72,16 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     num_negatives: int = 1
+    # Training negatives: "uniform" (unseen items, the C++ engine), "popularity",
+    # "in-batch" or a mix ("uniform,popularity:3"); see seqrec.data.negatives.
+    train_negatives: str = "uniform"
+    # Log-Q correction of a sampled-softmax loss (models whose uses_negative_log_q):
+    # None = on for non-uniform negatives (where q varies by item), off for uniform (the
+    # models' published settings); True / False force it.
+    log_q: bool | None = None
+    # Sparse gradients for the item table and a row-wise Adam (seqrec.train.optim): a
+    # step's cost follows the rows a batch touched, not the catalogue.
+    sparse_embeddings: bool = False
     eval_every: int = 1
     metric: str = "NDCG@20"
     # Protocol of the validation runs that pick the best epoch: "full" ranking, or
@@ -126,6 +136,20 @@ class TrainConfig:
                 continue
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        from ..data.negatives import parse_negatives
+
+        if isinstance(self.train_negatives, str):
+            parse_negatives(self.train_negatives)
+        elif not hasattr(self.train_negatives, "sample"):  # a NegativeSampler instance is accepted too
+            raise ValueError(f"TrainConfig.train_negatives must be a sampler name or mix, got "
+                             f"{self.train_negatives!r}")
+        if self.log_q not in (None, True, False):
+            raise ValueError(f"TrainConfig.log_q must be None, True or False, got {self.log_q!r}")
+        if not isinstance(self.sparse_embeddings, bool):
+            raise ValueError(f"TrainConfig.sparse_embeddings must be a bool, got {self.sparse_embeddings!r}")
+        if self.sparse_embeddings and self.grad_clip:
+            raise ValueError("TrainConfig.grad_clip cannot be combined with sparse_embeddings: torch's "
+                             "clip_grad_norm_ does not take the item table's sparse gradient")
         if self.eval_memory is not None:
             parse_memory(self.eval_memory, "TrainConfig.eval_memory")
         if self.lr <= 0:
@@ -327,10 +351,10 @@ class Trainer:
         term_sums: dict[str, torch.Tensor] = {}  # summed on the device: no sync per term
         num_batches = self.split.num_train_batches(cfg.batch_size)
         batches = self.split.train_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                           num_negatives=cfg.num_negatives)
+                                           num_negatives=cfg.num_negatives, **self._negative_options())
         if self.ddp is not None:  # [DDP] this rank's rows of each global batch
             batches = self.ddp.train_batches(self.split, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                             num_negatives=cfg.num_negatives)
+                                             num_negatives=cfg.num_negatives, **self._negative_options())
         bar = progress_bar(batches, progress=cfg.progress, total=num_batches, desc=f"epoch {epoch + 1}", leave=False)
         group_loss = 0.0
         for step, batch in enumerate(bar):
@@ -383,6 +407,16 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.global_step += 1
+
+    def _negative_options(self) -> dict:
+        """``train_batches`` keywords for ``config.train_negatives`` and the log-Q correction."""
+        cfg = self.config
+        negatives = cfg.train_negatives
+        if isinstance(negatives, str) and negatives == "uniform" and not cfg.log_q:
+            return {}  # the engine's uniform draws, as ever
+        wants = bool(getattr(self.model, "uses_negative_log_q", False))
+        with_log_q = wants and (cfg.log_q if cfg.log_q is not None else negatives != "uniform")
+        return {"negatives": negatives, "with_log_q": bool(with_log_q)}
 
     def fit(self, *, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
         """Train until ``epochs`` or early stopping, restore the best model (by the
