@@ -429,7 +429,7 @@ def test_build_model_and_score_compiles():
     assert isinstance(model, DSS) and model.backend == "reference"
     with pytest.raises(ValueError, match=r"unknown DSSConfig field"):
         build_model("dss", num_items=3, num_attention_heads=2)
-    with pytest.raises(ValueError, match=r"DSSConfig.num_heads must be an int >= 1 and <= 1"):
+    with pytest.raises(ValueError, match=r"DSSConfig.num_heads must be 1 \(DSS is a single-head encoder\), got 2"):
         build_model("dss", num_items=3, num_heads=2)  # the encoder is single-head
     model = make_model().eval()
     inputs, *_ = make_batch([10, 4, 0])
@@ -482,7 +482,8 @@ def test_cli_smoke(tmp_path, capsys):
     assert main(["train", "--model", "dss", *TINY, "--num-heads", "2"]) == 2
     assert "single-head" in capsys.readouterr().err
     assert main(["train", "--model", "dss", *TINY, "--preset", "nope"]) == 2
-    assert "presets" in capsys.readouterr().err
+    err = capsys.readouterr().err  # names the preset and the ones there are
+    assert "'nope'" in err and "seq2item-only" in err
 
 
 # ---------------------------------------------------------------- intent recovery (eval)
