@@ -45,7 +45,7 @@ def build_case(name: str, data: str, batches: int):
     if name in ("sasrec-bce", "sasrec-ce"):
         model = build_model("sasrec", **sasrec, loss=name.split("-")[1])
     elif name == "difsr":
-        model = build_model("difsr", **base, **PRESETS["difsr-beauty"].model, attributes=ds,
+        model = build_model("difsr", **{**base, **PRESETS["difsr-beauty"].model}, attributes=ds,
                             **attribute_config(ds, ("attributes",)))
     elif name == "sine":
         model = build_model("sine", **base, hidden_size=64)

@@ -154,8 +154,10 @@ class _StreamedNLL(torch.autograd.Function):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # d nll[r] / d logit[r, j] = grad[r] * (softmax[r, j] - [j == target[r]]). With
         # grad > 0 (a mean or a sum), grad * softmax = exp(logit - lse + log grad): the
-        # GEMM adds the shift and one in-place exp finishes the block.
-        positive_grad = bool((grad > 0).all())
+        # GEMM adds the shift and one in-place exp finishes the block. A compiled graph
+        # cannot branch on the values of grad (a host sync): it takes the general path,
+        # one more [N, C] multiply per block.
+        positive_grad = not torch.compiler.is_compiling() and bool((grad > 0).all())
         shift = ((grad.log() - lse) if positive_grad else -lse)[:, None]
         g_hidden = torch.zeros_like(hidden) if need_hidden else None
         g_weight = torch.empty_like(weight) if need_weight else None
