@@ -165,9 +165,11 @@ def test_a_weight_of_0_drops_its_term(ds, dropped, gone, silent):
             torch.testing.assert_close(out.terms[name], kept.terms[name], msg=name)
 
 
-def test_bidirectional_attention_trains_the_last_position_only(ds):
+@pytest.mark.parametrize("side", [False, True])
+def test_bidirectional_attention_trains_the_last_position_only(ds, side):
     torch.manual_seed(0)
-    model = build_model("composed", num_items=ds.num_items, **ENC, num_heads=2, attention="bidirectional")
+    model = build_model("composed", num_items=ds.num_items, **ENC, num_heads=2, attention="bidirectional",
+                        attributes=ds, **(dict(side_information="difsr", **_side(ds)) if side else {}))
     assert not model.encoder.causal
     batch = _batch(ds)
     out = model.loss_terms(batch)
@@ -264,6 +266,7 @@ def test_cli_trains_a_composition_and_evaluate_reproduces_it(tmp_path, capsys):
     (["--attribute-weight", "1"], "attribute_loss_weight must be 0 without side information"),
     (["--interests", "dss", "--loss", "bce"], "'ce' or 'sampled' with interests='dss'"),
     (["--num-prototypes", "4"], "--num-prototypes is an option of --model sine, not of --model composed"),
+    (["--compile"], "TrainConfig.compile: ComposedRecommender's training step runs eagerly only (drop --compile)"),
 ])
 def test_cli_refuses_a_bad_composition(extra, message, tmp_path, capsys):
     assert main(["train", "--model", "composed", *TINY, "--epochs", "1", *extra, "--out", str(tmp_path / "r")]) == 2
@@ -315,3 +318,17 @@ def test_save_pretrained_round_trip_score_and_recommend(parts, ds, tmp_path):
     assert emb.shape == ((h.size(0), 2, ENC["hidden_size"]) if parts else (h.size(0), ENC["hidden_size"]))
     items, _ = loaded.recommend_raw([["i1", "i2", "i3"]], k=3)
     assert len(items[0]) == 3 and not {"i1", "i2", "i3"} & set(items[0])
+
+
+def test_readme_example(ds):
+    """The README's Python example of "Compose your own model", run as written on the
+    synthetic data (whose attribute field is 'category', Beauty's 'attributes')."""
+    from test_trainer_extensions import _readme_block
+
+    code = _readme_block("Compose your own model").replace('["attributes"]', '["category"]')
+    scope = {"ds": ds, "batch": _batch(ds)}
+    exec(compile(code, "README.md", "exec"), scope)
+    model, out = scope["model"], scope["out"]
+    assert [o.name for o in model.objectives] == ["seq2item", "attr:category", "seq2seq"]
+    total = sum(o.weight * out.terms[o.name] for o in model.objectives)
+    torch.testing.assert_close(out.loss, total, rtol=1e-6, atol=0)

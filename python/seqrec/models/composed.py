@@ -65,13 +65,9 @@ INTERESTS = ("none", "dss")
 ATTENTIONS = ("causal", "bidirectional")
 LOSSES = ("ce", "bce", "sampled")
 
-# Named compositions (``seqrec train --model composed --preset NAME``).
-PRESETS: dict[str, Preset] = {
-    "difsr-dss": Preset(model=dict(side_information="difsr", interests="dss", attribute_sizes=16,
-                                   attribute_loss_weight=5.0, seq2seq_weight=0.03),
-                        help="DIF-SR's fusion with DSS's K intentions, attribute and seq2seq terms "
-                             "(needs --attributes)"),
-}
+# Named compositions (``seqrec train --model composed --preset NAME``): none yet; a
+# composition earns a name once it is chosen on validation data.
+PRESETS: dict[str, Preset] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +262,8 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
     Eager only: ``torch.compile`` of the training step is not supported (DIF-SR's grouped
     encoder and the DSS crop are data-dependent).
     """
+
+    compiles_training_step = False
 
     def __init__(self, config: ComposedConfig, *, attributes=None, backend: str | None = None) -> None:
         super().__init__()
