@@ -122,7 +122,7 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
                                           "--side-information difsr reads them", self.attribute_fields)
         if not side and any(self.field_loss_weights or [self.attribute_loss_weight]):
             self.fail("attribute_loss_weight", "0 without side information (the attribute predictors read "
-                                               "side_information='difsr''s tables)", self.attribute_loss_weight)
+                                               "the tables of side_information='difsr')", self.attribute_loss_weight)
         if not dss and self.seq2seq_weight:
             self.fail("seq2seq_weight", "0 without intentions (seq2seq compares DSS's intention vectors: "
                                         "interests='dss')", self.seq2seq_weight)
