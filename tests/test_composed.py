@@ -332,3 +332,64 @@ def test_readme_example(ds):
     assert [o.name for o in model.objectives] == ["seq2item", "attr:category", "seq2seq"]
     total = sum(o.weight * out.terms[o.name] for o in model.objectives)
     torch.testing.assert_close(out.loss, total, rtol=1e-6, atol=0)
+
+
+def test_kill_and_resume_gives_the_same_weights(tmp_path):
+    """The composed model (DIF-SR's tables, DSS's split points drawn from torch's RNG)
+    resumes bit for bit, as the papers' models do (tests/test_resume_models.py)."""
+    from seqrec.train import Trainer
+    from test_resume_models import Killed, _config, _same_weights
+
+    data = synthetic(num_users=48, num_items=40, num_intents=3, seed=11)
+    fields = dict(num_items=data.num_items, max_len=12, hidden_size=8, num_layers=1, num_heads=2,
+                  side_information="difsr", interests="dss", num_intentions=2, attribute_sizes=4,
+                  attribute_loss_weight=1.0, seq2seq_weight=0.2, **attribute_config(data, ["category"]))
+    config = _config(epochs=3, patience=0)
+
+    def trainer(out, seed):
+        torch.manual_seed(seed)
+        return Trainer(build_model("composed", attributes=data, **fields), data.leave_one_out(max_len=12), config,
+                       out_dir=out)
+
+    full = trainer(tmp_path / "full", 0)
+    full_result = full.fit()
+    killed = trainer(tmp_path / "killed", 0)
+
+    def kill(record):
+        if record["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        killed.fit(on_epoch=kill)
+    resumed = trainer(tmp_path / "killed", 99)  # another init: everything comes from the checkpoint
+    assert resumed.resume() and resumed.epoch == 1
+    result = resumed.fit()
+    assert [r["loss"] for r in result.history] == [r["loss"] for r in full_result.history]
+    assert result.test_full == full_result.test_full
+    _same_weights(resumed, full)
+
+
+def test_an_objective_of_your_own_adds_a_term(ds):
+    """A term is a name, a weight and a function of the encoded batch: add one in Python."""
+    from seqrec.models import LossOutput, Objective
+    from seqrec.models.composed import config_objectives
+
+    config = ComposedConfig(num_items=ds.num_items, **ENC, num_heads=2)
+
+    def state_norm(model, encoded):  # mean squared norm of the rows' user vectors
+        return LossOutput(encoded.hidden.pow(2).sum(-1).mean())
+
+    torch.manual_seed(0)
+    plain = ComposedRecommender(config)
+    torch.manual_seed(0)
+    model = ComposedRecommender(config, objectives=(*config_objectives(config), Objective("norm", 0.25, state_norm)))
+    batch = _batch(ds)
+    out, base = model.loss_terms(batch), plain.loss_terms(batch)
+    hidden = model(batch.input_ids, batch.lengths)[batch.target_ids > 0]
+    torch.testing.assert_close(out.terms["norm"], hidden.pow(2).sum(-1).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, base.loss + 0.25 * out.terms["norm"], rtol=1e-6, atol=1e-6)
+    for bad, message in [((), "one or more terms"), ((Objective("a", 0.0, state_norm),), "weight must be a finite"),
+                         ((Objective("a", 1.0, state_norm), Objective("a", 1.0, state_norm)), "distinct names"),
+                         (("item",), r"objectives\[0\] must be an Objective")]:
+        with pytest.raises(ValueError, match=message):
+            ComposedRecommender(config, objectives=bad)

@@ -44,7 +44,8 @@ without changing its equations) and S3-Rec's pretraining objectives (they live i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -58,7 +59,8 @@ from .dss import DSSConfig, IntentionHead
 from .layers import ItemPositionEmbedding, TransformerEncoder, encode_last_position, init_transformer_weights
 from .losses import next_item_nll
 
-__all__ = ["ComposedConfig", "ComposedRecommender", "EncodedBatch", "Objective", "objectives", "PRESETS"]
+__all__ = ["ComposedConfig", "ComposedRecommender", "EncodedBatch", "Objective", "config_objectives",
+           "next_item_term", "attribute_term", "seq2seq_term", "PRESETS"]
 
 SIDE_INFORMATION = ("none", "difsr")
 INTERESTS = ("none", "dss")
@@ -221,7 +223,7 @@ def seq2seq_term(model: "ComposedRecommender", batch: EncodedBatch) -> LossOutpu
     return LossOutput(loss, {"pairs": kept, "present": present})
 
 
-def objectives(config: ComposedConfig) -> tuple[Objective, ...]:
+def config_objectives(config: ComposedConfig) -> tuple[Objective, ...]:
     """The weighted terms ``config`` asks for, in logging order (weights of 0 left out)."""
     out = []
     if config.next_item_weight:
@@ -248,6 +250,11 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
             ``{name: AttributeField}``), as :class:`~seqrec.models.DIFSR`'s; ignored
             without side information.
         backend: ``"seqrec"`` / ``"reference"`` for the ops, None = process default.
+        objectives: the weighted terms of the training loss; None = those the config
+            asks for (:func:`config_objectives`). Pass your own to add a term, e.g.
+            ``(*config_objectives(config), Objective("l2", 1e-4, my_term))`` with
+            ``my_term(model, encoded) -> LossOutput`` (not saved with the model: only
+            training reads them).
 
     Parameters, by part (the names of the model each part comes from): ``embedding.*``
     (SASRec's, or DIF-SR's with ``embedding.attributes``), ``encoder.layers.*`` (DIF-SR's
@@ -265,7 +272,8 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
 
     compiles_training_step = False
 
-    def __init__(self, config: ComposedConfig, *, attributes=None, backend: str | None = None) -> None:
+    def __init__(self, config: ComposedConfig, *, attributes=None, backend: str | None = None,
+                 objectives: Sequence[Objective] | None = None) -> None:
         super().__init__()
         if not isinstance(config, ComposedConfig):
             raise ValueError(f"config must be a ComposedConfig, got {type(config).__name__}")
@@ -294,7 +302,25 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
             self._init_side_information(attributes)
         if config.interests == "dss":
             self._init_intentions()
-        self.objectives = objectives(config)
+        self.objectives = self._checked_objectives(config_objectives(config) if objectives is None else objectives)
+
+    @staticmethod
+    def _checked_objectives(terms: Sequence[Objective]) -> tuple[Objective, ...]:
+        terms = tuple(terms)
+        for i, term in enumerate(terms):
+            if not isinstance(term, Objective):
+                raise ValueError(f"objectives[{i}] must be an Objective(name, weight, compute), got "
+                                 f"{type(term).__name__}")
+            if isinstance(term.weight, bool) or not isinstance(term.weight, (int, float)) \
+                    or not math.isfinite(term.weight) or term.weight <= 0:
+                raise ValueError(f"objectives[{i}] ({term.name!r}): weight must be a finite number > 0 (leave a "
+                                 f"term of weight 0 out), got {term.weight!r}")
+            if not callable(term.compute):
+                raise ValueError(f"objectives[{i}] ({term.name!r}): compute must be callable")
+        names = [t.name for t in terms]
+        if not terms or len(set(names)) != len(names):
+            raise ValueError(f"objectives must be one or more terms with distinct names, got {names}")
+        return terms
 
     # ------------------------------------------------------------------ capabilities
     @property
