@@ -34,7 +34,8 @@ from .base import LossOutput, SequentialRecommender, check_ids
 from .config import EncoderConfig, Preset, spec
 from .losses import next_item_nll
 
-__all__ = ["DIFSRConfig", "DIFSR", "DIFMultiHeadAttention", "PRESETS", "attribute_config"]
+__all__ = ["DIFSRConfig", "DIFSR", "DIFMultiHeadAttention", "DecoupledSideInformation", "SideInformationFields",
+           "PRESETS", "attribute_config"]
 
 FUSIONS = ("sum", "concat", "gate")
 POOLINGS = ("sum", "mean", "max")

@@ -154,8 +154,8 @@ from .base import LossOutput, SequentialRecommender, check_candidates, check_ids
 from .config import EncoderConfig, Preset, spec
 from .losses import confident_info_nce, max_intention_nll, mixture_nll
 
-__all__ = ["DSSConfig", "DSS", "DSSEncoding", "DSSPretrainBatch", "PRESETS", "info_nce_pairs", "mixture_nll",
-           "pretrain_split"]
+__all__ = ["DSSConfig", "DSS", "DSSEncoding", "DSSPretrainBatch", "IntentionHead", "PRESETS", "info_nce_pairs",
+           "mixture_nll", "pretrain_split"]
 
 LOSSES = ("ce", "sampled")
 BETAS = ("learned", "noise")
@@ -452,7 +452,6 @@ class IntentionHead:
         real = j[None, :] >= (width - future_len)[:, None]
         return full.gather(1, index.clamp(0, n)) * real
 
-
     # ------------------------------------------------------------------ objectives
     def seq2item_nll(self, phi: Tensor, target: Tensor, negatives: Tensor | None = None,
                      log_q: Tensor | None = None) -> Tensor:
@@ -469,15 +468,14 @@ class IntentionHead:
             per_position = mixture_nll(phi, self.embedding.item.weight[1:], (target - 1).clamp_min(0),
                                        backend=self.backend)
         else:
-            neg = negatives  # [N, m]
-            logits = self._item_logits(phi, torch.cat([target[:, None], neg], dim=1))  # [N, K, 1 + m]
+            logits = self._item_logits(phi, torch.cat([target[:, None], negatives], dim=1))  # [N, K, 1 + m]
             # A candidate's mixture score is the log-sum-exp over the K vectors, so the log-Q
             # correction and the removal of accidental hits (sampled_softmax_loss's) apply
             # to each of its K logits alike.
             negative = logits[:, :, 1:]
             if log_q is not None:
                 negative = negative - log_q.to(logits.dtype)[:, None, :]
-            negative = negative.masked_fill((neg == target[:, None])[:, None, :], float("-inf"))
+            negative = negative.masked_fill((negatives == target[:, None])[:, None, :], float("-inf"))
             logits = torch.cat([logits[:, :, :1], negative], dim=2)
             per_position = logits.flatten(1).logsumexp(1) - logits[:, :, 0].logsumexp(1)
         return per_position

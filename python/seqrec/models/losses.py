@@ -13,8 +13,8 @@ from torch.autograd.function import once_differentiable
 from ..data.negatives import NEGATIVE_LOG_Q
 from ..ops.backend import get_backend
 
-__all__ = ["next_item_nll", "softmax_nll", "streamed_softmax_nll", "mixture_nll", "max_intention_nll", "confident_info_nce", "sampled_softmax_loss", "sampled_softmax_nll",
-           "NEGATIVE_LOG_Q", "CE_MEMORY"]
+__all__ = ["next_item_nll", "softmax_nll", "streamed_softmax_nll", "mixture_nll", "max_intention_nll",
+           "confident_info_nce", "sampled_softmax_loss", "sampled_softmax_nll", "NEGATIVE_LOG_Q", "CE_MEMORY"]
 
 #: Bytes of logits :func:`softmax_nll` may hold at once (its [N, V] log-probabilities
 #: and the backward's [N, V] gradient): above it the full softmax streams over blocks of
