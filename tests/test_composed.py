@@ -393,3 +393,31 @@ def test_an_objective_of_your_own_adds_a_term(ds):
                          (("item",), r"objectives\[0\] must be an Objective")]:
         with pytest.raises(ValueError, match=message):
             ComposedRecommender(config, objectives=bad)
+
+
+def test_the_parts_fields_are_the_papers_models_fields():
+    """The composed config declares DIF-SR's and DSS's fields with their own checks, help and
+    flags (config.field_of), so one flag serves both models."""
+    import dataclasses
+
+    from seqrec.models.config import field_of
+    from seqrec.models.difsr import DIFSRConfig
+    from seqrec.models.dss import DSSConfig
+
+    mine = {f.name: f for f in dataclasses.fields(ComposedConfig)}
+    for cls, names in ((DIFSRConfig, ("attribute_sizes", "fusion", "pooling", "attribute_loss_weight")),
+                       (DSSConfig, ("num_intentions", "tau", "seq2seq_weight", "beta"))):
+        theirs = {f.name: f for f in dataclasses.fields(cls)}
+        for name in names:
+            a, b = mine[name].metadata["seqrec"], theirs[name].metadata["seqrec"]
+            assert a == b, name
+    # only the defaults differ where the composition starts with the term off
+    assert (mine["attribute_loss_weight"].default, mine["seq2seq_weight"].default) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="DSSConfig has no field 'nope' declared with spec"):
+        field_of(DSSConfig, "nope")
+    with pytest.raises(ValueError, match=r"unknown spec keyword\(s\) \['colour'\]"):
+        field_of(DSSConfig, "tau", colour=1)
+    # DIF-SR's checks, named for the composed config
+    with pytest.raises(ValueError, match=r"ComposedConfig.attribute_sizes of field 'a' \(=3\) must be divisible"):
+        ComposedConfig(num_items=5, side_information="difsr", attribute_fields=("a",), attribute_vocab_sizes=(2,),
+                       attribute_sizes=3)
