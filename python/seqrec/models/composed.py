@@ -17,17 +17,16 @@ with the parts of the papers' models put on it by :class:`ComposedConfig`:
 * objectives, each a weighted term (:class:`Objective`); a weight of 0 leaves the term
   out (not computed, its parameters get no gradient):
 
-  =====================  ======================  =========================================
-  term (logged as)       weight (flag)           what
-  =====================  ======================  =========================================
-  ``item``/``seq2item``  ``next_item_weight``    next item: ``loss`` ``ce`` / ``bce`` /
-                         (``--next-item-weight``) ``sampled`` (log-Q); with ``interests="dss"``
-                                                  DSS's mixture over K vectors (ce / sampled)
-  ``attr:<field>``       ``attribute_loss_weight`` DIF-SR's attribute predictors (multi-label
-                         (``--attribute-weight``) BCE of the next item's attributes), per field
-  ``seq2seq``            ``seq2seq_weight``      DSS's InfoNCE of past vs reversed future
-                         (``--seq2seq-weight``)   intention vectors (and ``pairs``, ``present``)
-  =====================  ======================  =========================================
+  - ``item`` (one user vector) or ``seq2item`` (DSS's K vectors), weight
+    ``next_item_weight`` (``--next-item-weight``, 1): the next item, ``loss`` ``ce`` /
+    ``bce`` / ``sampled`` (log-Q corrected); with ``interests="dss"`` DSS's mixture
+    softmax over the K vectors (``ce`` / ``sampled``);
+  - ``attr:<field>``, weight ``attribute_loss_weight`` (``--attribute-weight``, 0; one
+    or one per field): DIF-SR's attribute predictors, the multi-label BCE of the next
+    item's attributes from the encoder's state (needs ``side_information="difsr"``);
+  - ``seq2seq``, weight ``seq2seq_weight`` (``--seq2seq-weight``, 0): DSS's InfoNCE of
+    the past against the reversed future's intention vectors, logged with its ``pairs``
+    and ``present`` counts (needs ``interests="dss"``).
 
 Every part is the papers' models' own code (no copy): the equivalence tests
 (``tests/test_composed.py``) load a SASRec, DIF-SR or DSS state dict into the composed
@@ -36,10 +35,11 @@ those of the model each part comes from, so checkpoints load by name both ways a
 pretraining (S3-Rec, DSS) initialises the encoder completely (``seqrec train --model
 composed --init RUN``).
 
-Not (yet) composable here: SINE's interest extraction (its own encoder-less
-self-attentive extractor does not sit on the shared encoder's per-position states
-without changing its equations) and S3-Rec's pretraining objectives (they live in
-``seqrec pretrain``; their encoder initialises this one).
+Not composable here yet: SINE's interest extraction (SINE has no Transformer encoder:
+its extractor reads the item and position embeddings and trains prefix by prefix, so
+putting it on this encoder's states needs ``sine.py`` refactored into a head, not done)
+and S3-Rec's pretraining objectives (they live in ``seqrec pretrain``; their encoder
+initialises this one).
 """
 from __future__ import annotations
 
