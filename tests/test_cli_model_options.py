@@ -139,6 +139,8 @@ CASES = [
 # (the old code's answer is in the json): case -> (what differs now, why).
 _REFUSED = "a flag the model has no field for is refused, naming the models that have it (it was ignored)"
 _PRESET = "a preset of another model names its model (the old message said the model had no such preset)"
+# Since --model composed (issue 29): the messages that list a flag's models name it too
+# (its flags are the same fields as DIF-SR's and DSS's); every config is unchanged.
 CHANGED = {
     "sasrec-preset-sine": ({"error": "seqrec train: error: preset 'small' is for --model sine, not sasrec"}, _PRESET),
     "s3rec-init-preset": ({"error": "seqrec train: error: preset 'paper' is for --model sine, not s3rec"}, _PRESET),
@@ -148,25 +150,25 @@ CHANGED = {
     "dss-preset-sine": ({"error": "seqrec train: error: preset 'small' is for --model sine, not dss"}, _PRESET),
     "dss-preset-unknown": ({"error": "seqrec train: error: unknown dss preset 'nope'; available: "
                                      "['default', 'seq2item-only']"}, "one message for every model"),
-    "sasrec-fusion": ({"error": "seqrec train: error: --fusion is an option of --model difsr, not of --model sasrec"},
+    "sasrec-fusion": ({"error": "seqrec train: error: --fusion is an option of --model composed/difsr, not of --model sasrec"},
                       "one message for every flag a model lacks"),
-    "sasrec-attributes": ({"error": "seqrec train: error: --attributes is an option of --model difsr, not of "
+    "sasrec-attributes": ({"error": "seqrec train: error: --attributes is an option of --model composed/difsr, not of "
                                     "--model sasrec"}, "one message for every flag a model lacks"),
-    "sasrec-num-intentions": ({"error": "seqrec train: error: --num-intentions is an option of --model dss, not of "
+    "sasrec-num-intentions": ({"error": "seqrec train: error: --num-intentions is an option of --model composed/dss, not of "
                                         "--model sasrec"}, _REFUSED),
-    "sasrec-temperature": ({"error": "seqrec train: error: --temperature is an option of --model dss/sine, not of "
+    "sasrec-temperature": ({"error": "seqrec train: error: --temperature is an option of --model composed/dss/sine, not of "
                                      "--model sasrec"}, _REFUSED),
     "sasrec-num-prototypes": ({"error": "seqrec train: error: --num-prototypes is an option of --model sine, not of "
                                         "--model sasrec"}, _REFUSED),
-    "sine-num-layers": ({"error": "seqrec train: error: --num-layers is an option of --model difsr/dss/s3rec/sasrec, "
+    "sine-num-layers": ({"error": "seqrec train: error: --num-layers is an option of --model composed/difsr/dss/s3rec/sasrec, "
                                   "not of --model sine"}, _REFUSED),
-    "sine-loss": ({"error": "seqrec train: error: --loss is an option of --model difsr/dss/s3rec/sasrec, not of "
+    "sine-loss": ({"error": "seqrec train: error: --loss is an option of --model composed/difsr/dss/s3rec/sasrec, not of "
                             "--model sine"}, _REFUSED),
-    "sine-attributes": ({"error": "seqrec train: error: --attributes is an option of --model difsr, not of "
+    "sine-attributes": ({"error": "seqrec train: error: --attributes is an option of --model composed/difsr, not of "
                                   "--model sine"}, _REFUSED),
-    "difsr-temperature": ({"error": "seqrec train: error: --temperature is an option of --model dss/sine, not of "
+    "difsr-temperature": ({"error": "seqrec train: error: --temperature is an option of --model composed/dss/sine, not of "
                                     "--model difsr"}, _REFUSED),
-    "dss-fusion": ({"error": "seqrec train: error: --fusion is an option of --model difsr, not of --model dss"},
+    "dss-fusion": ({"error": "seqrec train: error: --fusion is an option of --model composed/difsr, not of --model dss"},
                    _REFUSED),
     "dss-two-heads": ({"error": "seqrec train: error: DSSConfig.num_heads must be 1 (DSS is a single-head encoder), "
                                 "got 2"},
@@ -319,10 +321,10 @@ def _help_of(command: str) -> str:
 
 def test_help_states_each_models_default():
     text = _help_of("train")
-    assert "--temperature TEMPERATURE dss: clustering temperature tau of p(k|i); sine: tau of the interest " \
-           "aggregation softmax (default: dss 0.5, sine 0.1)" in text
-    assert "(default: difsr 256, dss 4 x hidden size, s3rec 4 x hidden size, sasrec 4 x hidden size)" in text
-    assert "Adam learning rate (default: difsr 0.0001, dss 0.001, s3rec 0.001, sasrec 0.001, sine 0.001)" in text
+    assert "--temperature TEMPERATURE composed/dss: clustering temperature tau of p(k|i); sine: tau of the interest " \
+           "aggregation softmax (default: composed 0.5, dss 0.5, sine 0.1)" in text
+    assert "(default: composed 4 x hidden size, difsr 256, dss 4 x hidden size, s3rec 4 x hidden size, sasrec 4 x hidden size)" in text
+    assert "Adam learning rate (default: composed 0.001, difsr 0.0001, dss 0.001, s3rec 0.001, sasrec 0.001, sine 0.001)" in text
     assert "most recent first (default: all)" in text
     assert "--no-attribute-predictor turns off the auxiliary attribute predictors" in text
     assert "--num-intentions NUM_INTENTIONS K intention prototypes / vectors (default: 4)" in text

@@ -73,4 +73,4 @@ def test_train_help_states_each_default_once():
         assert action.help, f"{action.option_strings[0]} has no help"
         helped = train._get_formatter()._get_help_string(action).replace("%(default)s", str(action.default))
         assert len(re.findall(r"\bdefault", helped)) <= 1, (action.option_strings[0], helped)
-    assert "hidden size D (default: difsr 256, dss 64, s3rec 64, sasrec 64, sine 64)" in " ".join(text.split())
+    assert "hidden size D (default: composed 64, difsr 256, dss 64, s3rec 64, sasrec 64, sine 64)" in " ".join(text.split())

@@ -430,4 +430,4 @@ def test_cli_errors(capsys):
     assert main(["train", "--model", "sasrec", "--preset", "difsr-beauty", *common]) == 2
     assert "preset 'difsr-beauty' is for --model difsr" in capsys.readouterr().err
     assert main(["train", "--model", "sasrec", "--fusion", "gate", *common]) == 2
-    assert "--fusion is an option of --model difsr, not of --model sasrec" in capsys.readouterr().err
+    assert "--fusion is an option of --model composed/difsr, not of --model sasrec" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .base import LossOutput, SequentialRecommender
+from .composed import ComposedConfig, ComposedRecommender, Objective
 from .dss import DSS, DSSConfig, DSSEncoding
 from .layers import (
     FeedForward,
@@ -26,6 +27,9 @@ from .sine import SINE, SINEConfig
 __all__ = [
     "LossOutput",
     "SequentialRecommender",
+    "ComposedConfig",
+    "ComposedRecommender",
+    "Objective",
     "DSS",
     "DSSConfig",
     "DSSEncoding",

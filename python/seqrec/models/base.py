@@ -92,6 +92,9 @@ class SequentialRecommender(nn.Module):
     has_interests: bool = False
     #: True for models that read item side information (tables given at construction).
     uses_side_information: bool = False
+    #: False for models whose training step does not trace under ``torch.compile``
+    #: (the trainer then refuses ``compile=True`` up front).
+    compiles_training_step: bool = True
     #: Raw ids of items 1..num_items (a :class:`~seqrec.saved.ItemVocab`), or None: set
     #: by :meth:`set_item_vocab`, :meth:`save_pretrained` and ``seqrec.from_pretrained``;
     #: what :meth:`recommend_raw` maps through.

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-__all__ = ["spec", "ConfigBase", "EncoderConfig", "Preset", "cli_fields", "flag_name"]
+__all__ = ["spec", "field_of", "ConfigBase", "EncoderConfig", "Preset", "cli_fields", "flag_name"]
 
 _KINDS = ("int", "number", "probability", "positive", "choice", "bool", "any")
 
@@ -55,6 +55,23 @@ def spec(default: Any = dataclasses.MISSING, *, kind: str, help: str, minimum: f
     meta = dict(kind=kind, help=help, minimum=minimum, maximum=maximum, below=below, above=above,
                 choices=tuple(choices) if choices is not None else None, optional=optional, cli=cli, flag=flag,
                 follows=follows, several=several)
+    return dataclasses.field(default=default, metadata={"seqrec": meta})
+
+
+def field_of(config_cls: type, name: str, **changes: Any) -> Any:
+    """A field declared as ``config_cls``'s field ``name``: the same check, help and flag
+    (so the command line shares the flag), with ``changes`` (``default=``, or any
+    :func:`spec` keyword) applied. For configs that compose another model's parts."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    if name not in fields or "seqrec" not in fields[name].metadata:
+        raise ValueError(f"{config_cls.__name__} has no field {name!r} declared with spec()")
+    field = fields[name]
+    default = changes.pop("default", field.default)
+    meta = dict(field.metadata["seqrec"])
+    unknown = sorted(set(changes) - set(meta))
+    if unknown:
+        raise ValueError(f"field_of: unknown spec keyword(s) {unknown}")
+    meta.update(changes)
     return dataclasses.field(default=default, metadata={"seqrec": meta})
 
 

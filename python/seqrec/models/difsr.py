@@ -32,9 +32,10 @@ from .layers import (
 )
 from .base import LossOutput, SequentialRecommender, check_ids
 from .config import EncoderConfig, Preset, spec
-from .losses import sampled_softmax_nll, softmax_nll
+from .losses import next_item_nll
 
-__all__ = ["DIFSRConfig", "DIFSR", "DIFMultiHeadAttention", "PRESETS", "attribute_config"]
+__all__ = ["DIFSRConfig", "DIFSR", "DIFMultiHeadAttention", "DecoupledSideInformation", "SideInformationFields",
+           "PRESETS", "attribute_config"]
 
 FUSIONS = ("sum", "concat", "gate")
 POOLINGS = ("sum", "mean", "max")
@@ -58,27 +59,83 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _err(name: str, msg: str) -> ValueError:
-    return ValueError(f"DIFSRConfig.{name} {msg}")
+def _err(name: str, msg: str, owner: str = "DIFSRConfig") -> ValueError:
+    return ValueError(f"{owner}.{name} {msg}")
 
 
-def _int(name: str, value: object, minimum: int) -> int:
+def _int(name: str, value: object, minimum: int, owner: str = "DIFSRConfig") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise _err(name, f"must be an int >= {minimum}, got {value!r}")
+        raise _err(name, f"must be an int >= {minimum}, got {value!r}", owner)
     return int(value)
 
 
-def _per_field(name: str, value: object, count: int, convert) -> tuple:
+def _per_field(name: str, value: object, count: int, convert, owner: str = "DIFSRConfig") -> tuple:
     """A scalar (same for every field) or one value per field, as a tuple."""
     if isinstance(value, (list, tuple)):
         if len(value) != count:
-            raise _err(name, f"needs one value per attribute field ({count}), got {len(value)}")
+            raise _err(name, f"needs one value per attribute field ({count}), got {len(value)}", owner)
         return tuple(convert(v) for v in value)
     return tuple(convert(value) for _ in range(count))
 
 
+class SideInformationFields:
+    """The checks and derived sizes of DIF-SR's side-information fields, for any config
+    that declares them (``attribute_fields``, ``attribute_vocab_sizes``,
+    ``attribute_sizes``, ``attribute_loss_weight``, ``position_scores``, ``num_heads``):
+    :class:`DIFSRConfig` and the composed model's config."""
+
+    def _check_side_fields(self) -> None:
+        """Check and normalise the side-information fields (call from ``validate``)."""
+        owner = type(self).__name__
+        set_ = self._set
+        fields = self.attribute_fields
+        if isinstance(fields, str) or not isinstance(fields, (list, tuple)) or not all(
+                isinstance(f, str) and f for f in fields):
+            raise _err("attribute_fields", f"must be a sequence of field names, got {fields!r}", owner)
+        if len(set(fields)) != len(fields):
+            raise _err("attribute_fields", f"has duplicates: {list(fields)}", owner)
+        set_("attribute_fields", tuple(fields))
+        p = len(fields)
+        vocab = self.attribute_vocab_sizes
+        if not isinstance(vocab, (list, tuple)) or len(vocab) != p:
+            raise _err("attribute_vocab_sizes", f"needs one entry per attribute field ({p}), got {vocab!r}", owner)
+        set_("attribute_vocab_sizes", tuple(_int("attribute_vocab_sizes", v, 0, owner) for v in vocab))
+        heads = self.num_heads
+        sizes = _per_field("attribute_sizes", self.attribute_sizes, p,
+                           lambda v: _int("attribute_sizes", v, 1, owner), owner)
+        for f, d in zip(fields, sizes):
+            if d % heads:
+                raise _err("attribute_sizes", f"of field {f!r} (={d}) must be divisible by num_heads={heads}", owner)
+        set_("attribute_sizes", sizes if isinstance(self.attribute_sizes, (list, tuple)) else
+             _int("attribute_sizes", self.attribute_sizes, 1, owner))
+
+        def weight(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise _err("attribute_loss_weight", f"must be a finite number >= 0, got {v!r}", owner)
+            return float(v)
+
+        w = self.attribute_loss_weight
+        _per_field("attribute_loss_weight", w, p, weight, owner)
+        set_("attribute_loss_weight", tuple(weight(v) for v in w) if isinstance(w, (list, tuple)) else weight(w))
+
+    @property
+    def field_sizes(self) -> tuple[int, ...]:
+        """Embedding size of each attribute field."""
+        return _per_field("attribute_sizes", self.attribute_sizes, len(self.attribute_fields), int)
+
+    @property
+    def field_loss_weights(self) -> tuple[float, ...]:
+        """lambda of each attribute field."""
+        return _per_field("attribute_loss_weight", self.attribute_loss_weight, len(self.attribute_fields), float)
+
+    @property
+    def num_sources(self) -> int:
+        """Score matrices fused per head: item, position (if used), one per field."""
+        return 1 + int(self.position_scores) + len(self.attribute_fields)
+
+
 @dataclasses.dataclass(frozen=True)
-class DIFSRConfig(EncoderConfig):
+class DIFSRConfig(SideInformationFields, EncoderConfig):
     """DIF-SR hyper-parameters; defaults = the paper's Beauty settings.
 
     Attributes:
@@ -143,51 +200,8 @@ class DIFSRConfig(EncoderConfig):
                                     help="DIF-SR's code: fusion maps read masked (future/padding) scores too")
 
     def validate(self) -> None:
-        set_ = self._set
-        fields = self.attribute_fields
-        if isinstance(fields, str) or not isinstance(fields, (list, tuple)) or not all(
-                isinstance(f, str) and f for f in fields):
-            raise _err("attribute_fields", f"must be a sequence of field names, got {fields!r}")
-        if len(set(fields)) != len(fields):
-            raise _err("attribute_fields", f"has duplicates: {list(fields)}")
-        set_("attribute_fields", tuple(fields))
-        p = len(fields)
-        vocab = self.attribute_vocab_sizes
-        if not isinstance(vocab, (list, tuple)) or len(vocab) != p:
-            raise _err("attribute_vocab_sizes", f"needs one entry per attribute field ({p}), got {vocab!r}")
-        set_("attribute_vocab_sizes", tuple(_int("attribute_vocab_sizes", v, 0) for v in vocab))
         super().validate()
-        heads = self.num_heads
-        sizes = _per_field("attribute_sizes", self.attribute_sizes, p, lambda v: _int("attribute_sizes", v, 1))
-        for f, d in zip(fields, sizes):
-            if d % heads:
-                raise _err("attribute_sizes", f"of field {f!r} (={d}) must be divisible by num_heads={heads}")
-        set_("attribute_sizes", sizes if isinstance(self.attribute_sizes, (list, tuple)) else
-             _int("attribute_sizes", self.attribute_sizes, 1))
-
-        def weight(v):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise _err("attribute_loss_weight", f"must be a finite number >= 0, got {v!r}")
-            return float(v)
-
-        w = self.attribute_loss_weight
-        _per_field("attribute_loss_weight", w, p, weight)
-        set_("attribute_loss_weight", tuple(weight(v) for v in w) if isinstance(w, (list, tuple)) else weight(w))
-
-    @property
-    def field_sizes(self) -> tuple[int, ...]:
-        """Embedding size of each attribute field."""
-        return _per_field("attribute_sizes", self.attribute_sizes, len(self.attribute_fields), int)
-
-    @property
-    def field_loss_weights(self) -> tuple[float, ...]:
-        """lambda of each attribute field."""
-        return _per_field("attribute_loss_weight", self.attribute_loss_weight, len(self.attribute_fields), float)
-
-    @property
-    def num_sources(self) -> int:
-        """Score matrices fused per head: item, position (if used), one per field."""
-        return 1 + int(self.position_scores) + len(self.attribute_fields)
+        self._check_side_fields()
 
     @classmethod
     def from_preset(cls, name: str, **fields: object) -> "DIFSRConfig":
@@ -337,7 +351,290 @@ class _Embeddings(nn.Module):
             for v, d in zip(config.attribute_vocab_sizes, config.field_sizes))
 
 
-class DIFSR(SequentialRecommender):
+class DecoupledSideInformation:
+    """DIF-SR's side information on the shared encoder, for a model that composes it.
+
+    The host is a :class:`~seqrec.models.base.SequentialRecommender` with ``config``
+    (the fields of :class:`DIFSRConfig`'s side information: ``attribute_fields``,
+    ``attribute_vocab_sizes``, ``pooling``, ``fusion``, ``fusion_sees_masked``,
+    ``max_len``, ``hidden_size``), ``embedding`` (:class:`_Embeddings`), ``encoder`` (a
+    :class:`~seqrec.models.layers.TransformerEncoder` of :class:`DIFMultiHeadAttention`)
+    and ``predictors`` (one head per field, ``nn.Identity`` where there is none). It
+    gives the item -> attribute tables (persistent buffers ``_attr_{i}``, constructor
+    inputs or loaded from a state dict), the grouped and padded encoder paths, and the
+    attribute predictors' loss terms. :class:`DIFSR` is this on its own; the composed
+    model (:mod:`seqrec.models.composed`) puts other heads and objectives on it.
+    """
+
+    def _init_side_information(self, attributes) -> None:
+        """After ``init_transformer_weights``: DIF-SR's init of the fusion maps and numeric
+        field embeddings, then the table buffers (and the tables, when given)."""
+        config = self.config
+        with torch.no_grad():  # DIF-SR's nn.Linear fusion layers get the same init
+            for layer in self.encoder.layers:
+                for t in layer.attention.fusion_params:
+                    t.normal_(0.0, config.initializer_range) if t.dim() == 2 else t.zero_()
+            for emb in self.embedding.attributes:
+                if isinstance(emb, _NumericFieldEmbedding):
+                    emb.weight.normal_(0.0, config.initializer_range)
+        # Registered after initialisation, so the parameter draws are unchanged; None
+        # until given (None buffers are left out of the state dict).
+        for i in range(len(config.attribute_fields)):
+            self.register_buffer(f"_attr_{i}", None)
+            if config.attribute_vocab_sizes[i] == 0:
+                self.register_buffer(f"_attr_present_{i}", None)
+        if attributes is not None:
+            if not isinstance(attributes, Mapping):  # a SequenceDataset
+                attributes = self._dataset_fields(attributes)
+            self._set_attributes(attributes)
+
+    def _side_buffer_names(self) -> list[str]:
+        names = []
+        for i, vocab in enumerate(self.config.attribute_vocab_sizes):
+            names += [f"_attr_{i}"] + ([f"_attr_present_{i}"] if vocab == 0 else [])
+        return names
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # (RENAMED_PREFIXES are applied by SequentialRecommender._load_from_state_dict.)
+        # Attribute tables: a saved table replaces the model's (its shape is the data's,
+        # not the config's, so the buffer takes the saved shape first); a checkpoint
+        # from before the tables were saved keeps the tables the model was built with.
+        for name in self._side_buffer_names():
+            key, current = prefix + name, getattr(self, name)
+            if key in state_dict:
+                saved = state_dict[key]
+                if not isinstance(saved, Tensor):
+                    continue  # super() reports it
+                self._check_saved_table(key, name, saved)
+                device = self.embedding.item.weight.device
+                if current is None or current.shape != saved.shape or current.dtype != saved.dtype:
+                    setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=device))
+            elif current is not None:
+                state_dict[key] = current
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_saved_table(self, key: str, name: str, saved: Tensor) -> None:
+        """A loaded attribute table must fit the config: one row per item (and padding),
+        int64 ids in [0, vocab] for a categorical field, a bool mask or floats else."""
+        cfg = self.config
+        i = int(name.rsplit("_", 1)[1])
+        vocab = cfg.attribute_vocab_sizes[i]
+        if name.startswith("_attr_present_"):
+            ok, want = saved.dtype == torch.bool, "bool"
+        elif vocab > 0:
+            ok, want = saved.dtype == torch.int64, "int64"
+            if ok and saved.numel() and not 0 <= int(saved.min()) <= int(saved.max()) <= vocab:
+                raise ValueError(f"state dict {key!r}: attribute ids outside [0, {vocab}] of field "
+                                 f"{cfg.attribute_fields[i]!r}")
+        else:
+            ok, want = saved.is_floating_point(), "floating point"
+        if not ok or saved.dim() != 2 or saved.size(0) != cfg.num_items + 1:
+            raise ValueError(f"state dict {key!r} must be a [num_items + 1 = {cfg.num_items + 1}, m] {want} table "
+                             f"of field {cfg.attribute_fields[i]!r}, got {saved.dtype} {tuple(saved.shape)}")
+
+    # ------------------------------------------------------------------ side information
+    @property
+    def uses_side_information(self) -> bool:
+        """True when the config names attribute fields (then the model needs their tables)."""
+        return bool(self.config.attribute_fields)
+
+    def _dataset_fields(self, dataset) -> dict:
+        """``{name: AttributeField}`` of the configured fields of a SequenceDataset."""
+        cfg = self.config
+        if dataset.num_items != cfg.num_items:
+            raise ValueError(f"dataset has {dataset.num_items} items, the model {cfg.num_items}")
+        return {name: dataset.attributes[name] for name in
+                attribute_config(dataset, cfg.attribute_fields)["attribute_fields"]}
+
+    def attach_dataset(self, dataset) -> None:
+        """Deprecated: pass ``attributes=dataset`` to the constructor. Replaces the
+        attribute tables by those of ``dataset``."""
+        name = type(self).__name__
+        warnings.warn(f"{name}.attach_dataset is deprecated: build the model with {name}(config, "
+                      "attributes=dataset) (the tables are then saved in the state dict)",
+                      DeprecationWarning, stacklevel=2)
+        self._set_attributes(self._dataset_fields(dataset))
+
+    def attach_attributes(self, fields: Mapping[str, object]) -> None:
+        """Deprecated: pass ``attributes={name: AttributeField}`` to the constructor."""
+        name = type(self).__name__
+        warnings.warn(f"{name}.attach_attributes is deprecated: build the model with {name}(config, "
+                      "attributes=fields)", DeprecationWarning, stacklevel=2)
+        self._set_attributes(fields)
+
+    def _set_attributes(self, fields: Mapping[str, object]) -> None:
+        """Store the item -> attribute tables ``{name: AttributeField}`` of the configured
+        fields as persistent buffers.
+
+        Raises ValueError when a field is missing, covers another item count, changes
+        kind, or has another number of values than the config was built with.
+        """
+        cfg = self.config
+        device = self.embedding.item.weight.device
+        for i, (name, vocab) in enumerate(zip(cfg.attribute_fields, cfg.attribute_vocab_sizes)):
+            if name not in fields:
+                raise ValueError(f"attribute field {name!r} is missing; given: {sorted(fields)}")
+            field = fields[name]
+            if field.num_items != cfg.num_items:
+                raise ValueError(f"attribute field {name!r} covers {field.num_items} items, "
+                                 f"the model {cfg.num_items}")
+            kind = "categorical" if vocab > 0 else "numeric"
+            if field.kind != kind:
+                raise ValueError(f"attribute field {name!r} is {field.kind}, the model was built for a {kind} one")
+            if kind == "categorical" and field.num_values != vocab:
+                raise ValueError(f"attribute field {name!r} has {field.num_values} values, the model was "
+                                 f"built with attribute_vocab_sizes[{i}]={vocab}")
+            table = torch.from_numpy(np.ascontiguousarray(field.padded()))
+            if kind == "categorical":
+                setattr(self, f"_attr_{i}", table.to(device=device, dtype=torch.int64))
+            else:
+                present = ~torch.isnan(table)
+                setattr(self, f"_attr_{i}", torch.nan_to_num(table).to(device=device, dtype=torch.float32))
+                setattr(self, f"_attr_present_{i}", present.to(device))
+
+    @property
+    def has_attribute_tables(self) -> bool:
+        """True when every configured field's item -> attribute table is present."""
+        return all(getattr(self, name) is not None for name in self._side_buffer_names())
+
+    def _field_embeddings(self, item_seq: Tensor) -> list[Tensor]:
+        """Pooled attribute embeddings of every position, per field: [*item_seq.shape, d_f]."""
+        if not self.has_attribute_tables:
+            name = type(self).__name__
+            raise RuntimeError(f"{name} uses attribute fields {list(self.config.attribute_fields)} but has no "
+                               f"item -> attribute tables: build it with {name}(config, attributes=dataset) "
+                               "or load a state dict that holds them")
+        out = []
+        for i, emb in enumerate(self.embedding.attributes):
+            table = getattr(self, f"_attr_{i}")
+            if isinstance(emb, _NumericFieldEmbedding):
+                vec = emb(table[item_seq].to(emb.weight.dtype))  # [..., m, d]
+                present = getattr(self, f"_attr_present_{i}")[item_seq]
+            else:
+                ids = table[item_seq]  # [..., m], 0 = none
+                vec, present = emb(ids), ids > 0  # the padding row is 0
+            if self.config.pooling == "max":
+                vec = vec.masked_fill(~present.unsqueeze(-1), float("-inf")).amax(-2)
+                vec = vec.masked_fill(~present.any(-1, keepdim=True), 0.0)
+            else:
+                vec = (vec * present.unsqueeze(-1).to(vec.dtype)).sum(-2)
+                if self.config.pooling == "mean":
+                    vec = vec / present.sum(-1, keepdim=True).clamp_min(1).to(vec.dtype)
+            out.append(vec)
+        return out
+
+    # ------------------------------------------------------------------ encoder
+    def forward(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Hidden states [B, n, D] of every position of a LEFT-padded batch [B, n <= max_len]
+        (row t depends on items <= t only; padding positions give 0). ``lengths`` as in
+        :meth:`SASRec.forward`."""
+        return self._side_states(item_seq, self._mask(item_seq, lengths))
+
+    def _side_states(self, item_seq: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`forward` on a checked mask [B, n]: [B, n, D], 0 at padding."""
+        if self._takes_padded_path():
+            return self._encode_padded(item_seq, mask)
+        h = self._encode(item_seq, mask, mask)
+        return h.new_zeros(mask.numel(), h.size(-1)).index_copy_(
+            0, mask.reshape(-1).nonzero().squeeze(1), h).view(*mask.shape, h.size(-1))
+
+    def encode_last(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``self(item_seq, lengths)[:, -1]`` [B, D] (what :meth:`score` reads), with the
+        last block computing only that column after its attention."""
+        mask = self._mask(item_seq, lengths)
+        if self._takes_padded_path():
+            return self._encode_padded(item_seq, mask)[:, -1]
+        select = torch.zeros_like(mask)
+        select[:, -1] = mask[:, -1]
+        h = self._encode(item_seq, mask, select)
+        return h.new_zeros(mask.size(0), h.size(-1)).index_copy_(0, mask[:, -1].nonzero().squeeze(1), h)
+
+    def _takes_padded_path(self) -> bool:
+        """True under torch.compile (grouping and packing depend on the data) and when
+        the fusion maps read masked scores (``fusion_sees_masked`` with gate/concat, the
+        reproduction of DIF-SR's leak): those scores include padding keys, whose
+        projections of LN(embedding of id 0) only the padded batch has."""
+        return torch.compiler.is_compiling() or (self.config.fusion_sees_masked and self.config.fusion != "sum")
+
+    def _mask(self, item_seq: Tensor, lengths: Tensor | None) -> Tensor:
+        check_ids("item_seq", item_seq)
+        n, L = item_seq.size(-1), self.config.max_len
+        if n > L:
+            raise ValueError(f"sequence width {n} exceeds max_len={L}; keep the most recent max_len items "
+                             f"(item_seq[:, -{L}:])")
+        return padding_mask(item_seq, lengths)
+
+    def _encode(self, item_seq: Tensor, mask: Tensor, select: Tensor) -> Tensor:
+        """Outputs [K, D] at the K positions of ``select`` [B, n] (real ones), row-major.
+
+        Rows are encoded in groups of similar span (:class:`~seqrec.models.layers.CroppedGroups`),
+        each cropped on the left to its width (8, 16, 32 or max_len columns): Beauty's
+        sequences hold about 9 items, so the padded [B, H, n, n] attention and the
+        [B, n, D] projections it reads shrink by about 5x against one batch padded to
+        max_len. Exact (the outputs are those of the padded batch: positions are
+        right-aligned and, with ``fusion_sees_masked=False``, cropped padding keys reach
+        neither the softmax nor the fusion maps); only dropout draws differ. Rows without
+        a selected position are not encoded. Not traceable, and not for the maps that
+        read masked scores (see :meth:`_takes_padded_path`).
+        """
+        groups = CroppedGroups(mask, select, self.config.max_len)
+        # One item-table lookup for every group (one dense table gradient: lookup_rows).
+        real_items = [groups.real(item_seq, g) for g in range(len(groups.groups))]
+        vectors = lookup_rows(self.embedding.item, *real_items)
+        outputs = []
+        for (_, w, packed, keep), items, v in zip(groups.groups, real_items, vectors):
+            # Position-wise work (embedding norm, projections, FFN, attribute lookups) on
+            # the real positions only.
+            h = self.embedding.dropout(self.embedding.norm(v))
+            side = {"positions": self.embedding.position.weight[self.config.max_len - w:],  # [w, D]
+                    "attributes": self._field_embeddings(items)}
+            outputs.append(self.encoder.encode_packed(h, packed, keep=keep, side=side))
+        return groups.merge(outputs, self.embedding.item.weight.new_zeros(0, self.config.hidden_size))
+
+    def _encode_padded(self, item_seq: Tensor, mask: Tensor) -> Tensor:
+        """[B, n, D] from one batch padded to max_len, every position computed (see
+        :meth:`_takes_padded_path`). Padding positions output 0, as on the grouped path."""
+        n, L = item_seq.size(1), self.config.max_len
+        seq, m = F.pad(item_seq, (L - n, 0)), F.pad(mask, (L - n, 0))
+        x = self.embedding.dropout(self.embedding.norm(self.embedding.item(seq)))
+        side = {"positions": self.embedding.position.weight, "attributes": self._field_embeddings(seq)}
+        x = self.encoder(x, m, side=side, skip_padding=False)
+        return x[:, L - n:].masked_fill(~mask.unsqueeze(-1), 0.0)
+
+    # ------------------------------------------------------------------ attribute predictors
+    def attribute_terms(self, hidden: Tensor, target: Tensor, weight: Tensor | None,
+                        count: Tensor | int) -> dict[str, Tensor]:
+        """The attribute predictors' BCE of every categorical field, unweighted:
+        ``{"attr:<field>": attribute_bce(...)}`` (numeric fields have no term)."""
+        return {f"attr:{name}": self.attribute_bce(i, hidden, target, weight, count)
+                for i, (name, vocab) in enumerate(zip(self.config.attribute_fields, self.config.attribute_vocab_sizes))
+                if vocab > 0}
+
+    def attribute_bce(self, field: int, hidden: Tensor, target: Tensor, weight: Tensor | None,
+                      count: Tensor | int) -> Tensor:
+        """The multi-label BCE of categorical field ``field``'s predictor: its logits
+        ``W_f h + b_f`` against the multi-hot attributes of each row's next item, summed
+        over rows and values and divided by ``count * V_f``.
+
+        Args:
+            hidden: [N, D] final states of the rows.
+            target: [N] the next item of each row (its attributes are the labels).
+            weight: [N] row weights (padding 0, under torch.compile) or None (every row counts).
+            count: the number of real rows.
+        """
+        vocab = self.config.attribute_vocab_sizes[field]
+        ids = getattr(self, f"_attr_{field}")[target]  # [N, m]
+        labels = hidden.new_zeros(ids.size(0), vocab + 1).scatter_(1, ids, 1.0)[:, 1:]
+        logits = self.predictors[field](hidden)
+        if weight is None:
+            bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+        else:
+            bce = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(1) * weight).sum()
+        return bce / (count * vocab)
+
+
+
+class DIFSR(DecoupledSideInformation, SequentialRecommender):
     """DIF-SR (Xie et al., SIGIR 2022): SASRec whose attention is ``dif_attention``.
 
     Equations (left padding, ``x`` = item ids [B, n], padded on the left to max_len)::
@@ -411,234 +708,11 @@ class DIFSR(SequentialRecommender):
             nn.Linear(config.hidden_size, v) if config.attribute_predictor and v > 0 else nn.Identity()
             for v in config.attribute_vocab_sizes)
         self.apply(partial(init_transformer_weights, std=config.initializer_range))
-        with torch.no_grad():  # DIF-SR's nn.Linear fusion layers get the same init
-            for layer in self.encoder.layers:
-                for t in layer.attention.fusion_params:
-                    t.normal_(0.0, config.initializer_range) if t.dim() == 2 else t.zero_()
-            for emb in self.embedding.attributes:
-                if isinstance(emb, _NumericFieldEmbedding):
-                    emb.weight.normal_(0.0, config.initializer_range)
-        # Registered after initialisation, so the parameter draws are unchanged; None
-        # until given (None buffers are left out of the state dict).
-        for i in range(len(config.attribute_fields)):
-            self.register_buffer(f"_attr_{i}", None)
-            if config.attribute_vocab_sizes[i] == 0:
-                self.register_buffer(f"_attr_present_{i}", None)
-        if attributes is not None:
-            if not isinstance(attributes, Mapping):  # a SequenceDataset
-                attributes = self._dataset_fields(attributes)
-            self._set_attributes(attributes)
+        self._init_side_information(attributes)
 
     # Parameter names that changed (old prefix -> new): DIF-SR's blocks became the shared
     # encoder's (issue 28), so checkpoints written before load under the new names.
     RENAMED_PREFIXES: dict[str, str] = {"layers.": "encoder.layers."}
-
-    def _side_buffer_names(self) -> list[str]:
-        names = []
-        for i, vocab in enumerate(self.config.attribute_vocab_sizes):
-            names += [f"_attr_{i}"] + ([f"_attr_present_{i}"] if vocab == 0 else [])
-        return names
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # (RENAMED_PREFIXES are applied by SequentialRecommender._load_from_state_dict.)
-        # Attribute tables: a saved table replaces the model's (its shape is the data's,
-        # not the config's, so the buffer takes the saved shape first); a checkpoint
-        # from before the tables were saved keeps the tables the model was built with.
-        for name in self._side_buffer_names():
-            key, current = prefix + name, getattr(self, name)
-            if key in state_dict:
-                saved = state_dict[key]
-                if not isinstance(saved, Tensor):
-                    continue  # super() reports it
-                self._check_saved_table(key, name, saved)
-                device = self.embedding.item.weight.device
-                if current is None or current.shape != saved.shape or current.dtype != saved.dtype:
-                    setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=device))
-            elif current is not None:
-                state_dict[key] = current
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _check_saved_table(self, key: str, name: str, saved: Tensor) -> None:
-        """A loaded attribute table must fit the config: one row per item (and padding),
-        int64 ids in [0, vocab] for a categorical field, a bool mask or floats else."""
-        cfg = self.config
-        i = int(name.rsplit("_", 1)[1])
-        vocab = cfg.attribute_vocab_sizes[i]
-        if name.startswith("_attr_present_"):
-            ok, want = saved.dtype == torch.bool, "bool"
-        elif vocab > 0:
-            ok, want = saved.dtype == torch.int64, "int64"
-            if ok and saved.numel() and not 0 <= int(saved.min()) <= int(saved.max()) <= vocab:
-                raise ValueError(f"state dict {key!r}: attribute ids outside [0, {vocab}] of field "
-                                 f"{cfg.attribute_fields[i]!r}")
-        else:
-            ok, want = saved.is_floating_point(), "floating point"
-        if not ok or saved.dim() != 2 or saved.size(0) != cfg.num_items + 1:
-            raise ValueError(f"state dict {key!r} must be a [num_items + 1 = {cfg.num_items + 1}, m] {want} table "
-                             f"of field {cfg.attribute_fields[i]!r}, got {saved.dtype} {tuple(saved.shape)}")
-
-    # ------------------------------------------------------------------ side information
-    @property
-    def uses_side_information(self) -> bool:
-        """True when the config names attribute fields (then the model needs their tables)."""
-        return bool(self.config.attribute_fields)
-
-    def _dataset_fields(self, dataset) -> dict:
-        """``{name: AttributeField}`` of the configured fields of a SequenceDataset."""
-        cfg = self.config
-        if dataset.num_items != cfg.num_items:
-            raise ValueError(f"dataset has {dataset.num_items} items, the model {cfg.num_items}")
-        return {name: dataset.attributes[name] for name in
-                attribute_config(dataset, cfg.attribute_fields)["attribute_fields"]}
-
-    def attach_dataset(self, dataset) -> None:
-        """Deprecated: pass ``attributes=dataset`` to the constructor. Replaces the
-        attribute tables by those of ``dataset``."""
-        warnings.warn("DIFSR.attach_dataset is deprecated: build the model with DIFSR(config, "
-                      "attributes=dataset) (the tables are then saved in the state dict)",
-                      DeprecationWarning, stacklevel=2)
-        self._set_attributes(self._dataset_fields(dataset))
-
-    def attach_attributes(self, fields: Mapping[str, object]) -> None:
-        """Deprecated: pass ``attributes={name: AttributeField}`` to the constructor."""
-        warnings.warn("DIFSR.attach_attributes is deprecated: build the model with DIFSR(config, "
-                      "attributes=fields)", DeprecationWarning, stacklevel=2)
-        self._set_attributes(fields)
-
-    def _set_attributes(self, fields: Mapping[str, object]) -> None:
-        """Store the item -> attribute tables ``{name: AttributeField}`` of the configured
-        fields as persistent buffers.
-
-        Raises ValueError when a field is missing, covers another item count, changes
-        kind, or has another number of values than the config was built with.
-        """
-        cfg = self.config
-        device = self.embedding.item.weight.device
-        for i, (name, vocab) in enumerate(zip(cfg.attribute_fields, cfg.attribute_vocab_sizes)):
-            if name not in fields:
-                raise ValueError(f"attribute field {name!r} is missing; given: {sorted(fields)}")
-            field = fields[name]
-            if field.num_items != cfg.num_items:
-                raise ValueError(f"attribute field {name!r} covers {field.num_items} items, "
-                                 f"the model {cfg.num_items}")
-            kind = "categorical" if vocab > 0 else "numeric"
-            if field.kind != kind:
-                raise ValueError(f"attribute field {name!r} is {field.kind}, the model was built for a {kind} one")
-            if kind == "categorical" and field.num_values != vocab:
-                raise ValueError(f"attribute field {name!r} has {field.num_values} values, the model was "
-                                 f"built with attribute_vocab_sizes[{i}]={vocab}")
-            table = torch.from_numpy(np.ascontiguousarray(field.padded()))
-            if kind == "categorical":
-                setattr(self, f"_attr_{i}", table.to(device=device, dtype=torch.int64))
-            else:
-                present = ~torch.isnan(table)
-                setattr(self, f"_attr_{i}", torch.nan_to_num(table).to(device=device, dtype=torch.float32))
-                setattr(self, f"_attr_present_{i}", present.to(device))
-
-    @property
-    def has_attribute_tables(self) -> bool:
-        """True when every configured field's item -> attribute table is present."""
-        return all(getattr(self, name) is not None for name in self._side_buffer_names())
-
-    def _field_embeddings(self, item_seq: Tensor) -> list[Tensor]:
-        """Pooled attribute embeddings of every position, per field: [*item_seq.shape, d_f]."""
-        if not self.has_attribute_tables:
-            raise RuntimeError(f"DIFSR uses attribute fields {list(self.config.attribute_fields)} but has no "
-                               "item -> attribute tables: build it with DIFSR(config, attributes=dataset) "
-                               "or load a state dict that holds them")
-        out = []
-        for i, emb in enumerate(self.embedding.attributes):
-            table = getattr(self, f"_attr_{i}")
-            if isinstance(emb, _NumericFieldEmbedding):
-                vec = emb(table[item_seq].to(emb.weight.dtype))  # [..., m, d]
-                present = getattr(self, f"_attr_present_{i}")[item_seq]
-            else:
-                ids = table[item_seq]  # [..., m], 0 = none
-                vec, present = emb(ids), ids > 0  # the padding row is 0
-            if self.config.pooling == "max":
-                vec = vec.masked_fill(~present.unsqueeze(-1), float("-inf")).amax(-2)
-                vec = vec.masked_fill(~present.any(-1, keepdim=True), 0.0)
-            else:
-                vec = (vec * present.unsqueeze(-1).to(vec.dtype)).sum(-2)
-                if self.config.pooling == "mean":
-                    vec = vec / present.sum(-1, keepdim=True).clamp_min(1).to(vec.dtype)
-            out.append(vec)
-        return out
-
-    # ------------------------------------------------------------------ encoder
-    def forward(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Hidden states [B, n, D] of every position of a LEFT-padded batch [B, n <= max_len]
-        (row t depends on items <= t only; padding positions give 0). ``lengths`` as in
-        :meth:`SASRec.forward`."""
-        mask = self._mask(item_seq, lengths)
-        if self._takes_padded_path():
-            return self._encode_padded(item_seq, mask)
-        h = self._encode(item_seq, mask, mask)
-        return h.new_zeros(mask.numel(), h.size(-1)).index_copy_(
-            0, mask.reshape(-1).nonzero().squeeze(1), h).view(*mask.shape, h.size(-1))
-
-    def encode_last(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """``self(item_seq, lengths)[:, -1]`` [B, D] (what :meth:`score` reads), with the
-        last block computing only that column after its attention."""
-        mask = self._mask(item_seq, lengths)
-        if self._takes_padded_path():
-            return self._encode_padded(item_seq, mask)[:, -1]
-        select = torch.zeros_like(mask)
-        select[:, -1] = mask[:, -1]
-        h = self._encode(item_seq, mask, select)
-        return h.new_zeros(mask.size(0), h.size(-1)).index_copy_(0, mask[:, -1].nonzero().squeeze(1), h)
-
-    def _takes_padded_path(self) -> bool:
-        """True under torch.compile (grouping and packing depend on the data) and when
-        the fusion maps read masked scores (``fusion_sees_masked`` with gate/concat, the
-        reproduction of DIF-SR's leak): those scores include padding keys, whose
-        projections of LN(embedding of id 0) only the padded batch has."""
-        return torch.compiler.is_compiling() or (self.config.fusion_sees_masked and self.config.fusion != "sum")
-
-    def _mask(self, item_seq: Tensor, lengths: Tensor | None) -> Tensor:
-        check_ids("item_seq", item_seq)
-        n, L = item_seq.size(-1), self.config.max_len
-        if n > L:
-            raise ValueError(f"sequence width {n} exceeds max_len={L}; keep the most recent max_len items "
-                             f"(item_seq[:, -{L}:])")
-        return padding_mask(item_seq, lengths)
-
-    def _encode(self, item_seq: Tensor, mask: Tensor, select: Tensor) -> Tensor:
-        """Outputs [K, D] at the K positions of ``select`` [B, n] (real ones), row-major.
-
-        Rows are encoded in groups of similar span (:class:`~seqrec.models.layers.CroppedGroups`),
-        each cropped on the left to its width (8, 16, 32 or max_len columns): Beauty's
-        sequences hold about 9 items, so the padded [B, H, n, n] attention and the
-        [B, n, D] projections it reads shrink by about 5x against one batch padded to
-        max_len. Exact (the outputs are those of the padded batch: positions are
-        right-aligned and, with ``fusion_sees_masked=False``, cropped padding keys reach
-        neither the softmax nor the fusion maps); only dropout draws differ. Rows without
-        a selected position are not encoded. Not traceable, and not for the maps that
-        read masked scores (see :meth:`_takes_padded_path`).
-        """
-        groups = CroppedGroups(mask, select, self.config.max_len)
-        # One item-table lookup for every group (one dense table gradient: lookup_rows).
-        real_items = [groups.real(item_seq, g) for g in range(len(groups.groups))]
-        vectors = lookup_rows(self.embedding.item, *real_items)
-        outputs = []
-        for (_, w, packed, keep), items, v in zip(groups.groups, real_items, vectors):
-            # Position-wise work (embedding norm, projections, FFN, attribute lookups) on
-            # the real positions only.
-            h = self.embedding.dropout(self.embedding.norm(v))
-            side = {"positions": self.embedding.position.weight[self.config.max_len - w:],  # [w, D]
-                    "attributes": self._field_embeddings(items)}
-            outputs.append(self.encoder.encode_packed(h, packed, keep=keep, side=side))
-        return groups.merge(outputs, self.embedding.item.weight.new_zeros(0, self.config.hidden_size))
-
-    def _encode_padded(self, item_seq: Tensor, mask: Tensor) -> Tensor:
-        """[B, n, D] from one batch padded to max_len, every position computed (see
-        :meth:`_takes_padded_path`). Padding positions output 0, as on the grouped path."""
-        n, L = item_seq.size(1), self.config.max_len
-        seq, m = F.pad(item_seq, (L - n, 0)), F.pad(mask, (L - n, 0))
-        x = self.embedding.dropout(self.embedding.norm(self.embedding.item(seq)))
-        side = {"positions": self.embedding.position.weight, "attributes": self._field_embeddings(seq)}
-        x = self.encoder(x, m, side=side, skip_padding=False)
-        return x[:, L - n:].masked_fill(~mask.unsqueeze(-1), 0.0)
 
     # ------------------------------------------------------------------ losses
     def batch_loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
@@ -686,38 +760,23 @@ class DIFSR(SequentialRecommender):
         def total(per_row: Tensor) -> Tensor:
             return (per_row.sum() if weight is None else (per_row * weight).sum()) / count
 
-        item_weight = self.embedding.item.weight
-        terms = {}
+        negatives = log_q = None
         if self.config.loss == "bce":
             if negative_ids is None:
                 raise ValueError('negative_ids is required when config.loss == "bce"')
             self.check_ids("negative_ids", negative_ids, shape)
-            pos = (hidden * self.embedding.item(target)).sum(-1)
-            neg = (hidden * self.embedding.item(rows(negative_ids))).sum(-1)
-            terms["item"] = total(-(F.logsigmoid(pos) + F.logsigmoid(-neg)))
+            negatives = rows(negative_ids)
         elif self.config.loss == "sampled":
             negatives, log_q = self.sampled_negatives(negative_ids, shape, features)  # [B, n, m]
 
             def position_rows(t: Tensor) -> Tensor:  # [B, n, m] -> [N, m], the rows of `target`
                 return t.flatten(0, 1) if weight is not None else t[real]
 
-            terms["item"] = total(sampled_softmax_nll(hidden, self.embedding.item, target, position_rows(negatives),
-                                                      log_q=None if log_q is None else position_rows(log_q)))
-        else:  # items 1..V only: padding never enters the softmax
-            terms["item"] = total(softmax_nll(hidden, item_weight[1:], (target - 1).clamp_min(0)))
+            negatives, log_q = position_rows(negatives), None if log_q is None else position_rows(log_q)
+        terms = {"item": total(next_item_nll(hidden, self.embedding.item, target, self.config.loss, negatives,
+                                             log_q=log_q))}
         if self.config.attribute_predictor:
-            for i, (name, vocab, head) in enumerate(zip(self.config.attribute_fields,
-                                                        self.config.attribute_vocab_sizes, self.predictors)):
-                if vocab == 0:
-                    continue
-                ids = getattr(self, f"_attr_{i}")[target]  # [N, m]
-                labels = hidden.new_zeros(ids.size(0), vocab + 1).scatter_(1, ids, 1.0)[:, 1:]
-                logits = head(hidden)
-                if weight is None:
-                    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-                else:
-                    bce = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(1) * weight).sum()
-                terms[f"attr:{name}"] = bce / (count * vocab)
+            terms.update(self.attribute_terms(hidden, target, weight, count))
         total = terms["item"]
         for name, weight in zip(self.config.attribute_fields, self.config.field_loss_weights):
             if f"attr:{name}" in terms:

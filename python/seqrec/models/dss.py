@@ -154,8 +154,8 @@ from .base import LossOutput, SequentialRecommender, check_candidates, check_ids
 from .config import EncoderConfig, Preset, spec
 from .losses import confident_info_nce, max_intention_nll, mixture_nll
 
-__all__ = ["DSSConfig", "DSS", "DSSEncoding", "DSSPretrainBatch", "PRESETS", "info_nce_pairs", "mixture_nll",
-           "pretrain_split"]
+__all__ = ["DSSConfig", "DSS", "DSSEncoding", "DSSPretrainBatch", "IntentionHead", "PRESETS", "info_nce_pairs",
+           "mixture_nll", "pretrain_split"]
 
 LOSSES = ("ce", "sampled")
 BETAS = ("learned", "noise")
@@ -248,42 +248,26 @@ class DSSEncoding(NamedTuple):
     weights: Tensor
 
 
-class DSS(SequentialRecommender):
-    """DSS (Ma et al., KDD 2020); see the module docstring for the equations and every
-    choice the paper leaves open.
+class IntentionHead:
+    """DSS's intention head on a host encoder, for the models that compose it.
 
-    Args:
-        config: :class:`DSSConfig`.
-        backend: ``"seqrec"`` (compiled ``intent_cluster``) or ``"reference"`` (its
-            plain-PyTorch reference, and the reference path of every other op);
-            None = process default.
-
-    Parameters: ``embedding.*`` and ``encoder.*`` as SASRec (checkpoints of a
-    single-head SASRec load into them by name), ``prototypes`` [K, D], the weighting
-    ``key_norm``, ``key_map`` (W, b), ``query_norm``, ``query_bias`` (b'),
-    ``distance`` (alpha), ``beta_past``, ``beta_future`` [K, D] (``beta="learned"``
-    only), ``out_norm``.
+    The host is a :class:`~seqrec.models.base.SequentialRecommender` with ``config`` (the
+    fields of :class:`DSSConfig`'s head: ``hidden_size``, ``max_len``, ``num_intentions``,
+    ``tau``, ``cluster_eps``, ``beta``, ``seq2seq_temperature``, ``confidence_lambda``,
+    ``loss``, ``layer_norm_eps``), ``backend``, ``embedding.item`` (the item table) and
+    ``states(item_seq, mask) -> [B, n, D]`` (causal states, 0 at padding). It adds the
+    parameters of the head (:meth:`_build_intentions`, names as DSS's), the K vectors
+    (:meth:`encode`, :meth:`interests`, :meth:`prefix_interests`), the log-sum-exp
+    :meth:`score` and the two DSS objectives (:meth:`seq2item_nll`, :meth:`seq2seq_pairs`).
+    :class:`DSS` is this head on a single-head SASRec encoder.
     """
 
-    PRESETS = PRESETS
+    has_interests = True
 
-    def __init__(self, config: DSSConfig, *, backend: str | None = None) -> None:
-        super().__init__()
-        if not isinstance(config, DSSConfig):
-            raise ValueError(f"config must be a DSSConfig, got {type(config).__name__}")
-        if backend is not None:
-            get_backend(backend)
-        self.config = config
-        self.backend = backend
+    def _build_intentions(self) -> None:
+        """The head's parameters (registered in DSS's order; drawn by :meth:`_init_intentions`)."""
+        config = self.config
         d, k = config.hidden_size, config.num_intentions
-        self.embedding = ItemPositionEmbedding(
-            config.num_items + 1, config.max_len, d, config.hidden_dropout, config.layer_norm_eps
-        )
-        self.encoder = TransformerEncoder(
-            config.num_layers, d, 1, config.ffn_size, config.hidden_dropout,
-            config.attention_dropout, config.hidden_act, config.layer_norm_eps,
-            causal=True, backend=backend,
-        )
         self.prototypes = nn.Parameter(torch.empty(k, d))
         self.key_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.key_map = nn.Linear(d, d)
@@ -297,18 +281,16 @@ class DSS(SequentialRecommender):
             self.register_parameter("beta_past", None)
             self.register_parameter("beta_future", None)
         self.out_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.apply(partial(init_transformer_weights, std=config.initializer_range))
-        with torch.no_grad():
-            # Prototypes: any scale (they are layer-normed); betas: N(0, 1/D).
-            self.prototypes.normal_(0.0, 1.0)
-            if config.beta == "learned":
-                self.beta_past.normal_(0.0, d ** -0.5)
-                self.beta_future.normal_(0.0, d ** -0.5)
 
-    # ------------------------------------------------------------------ encoder pieces
-    def states(self, item_seq: Tensor, mask: Tensor) -> Tensor:
-        """z_i: single-head causal SASRec states [B, n, D] (0 at padding)."""
-        return self.encoder(self.embedding(item_seq), mask)
+    @torch.no_grad()
+    def _init_intentions(self) -> None:
+        """After ``init_transformer_weights``: prototypes any scale (they are layer-normed),
+        betas N(0, 1/D)."""
+        self.prototypes.normal_(0.0, 1.0)
+        if self.config.beta == "learned":
+            d = self.config.hidden_size
+            self.beta_past.normal_(0.0, d ** -0.5)
+            self.beta_future.normal_(0.0, d ** -0.5)
 
     def _keys_query(self, z: Tensor) -> tuple[Tensor, Tensor]:
         zk = self.key_norm(z)
@@ -376,8 +358,6 @@ class DSS(SequentialRecommender):
         raw, probs = self._cluster(z, mask, weights)
         return DSSEncoding(self._aggregate(raw, future), probs, weights)
 
-    has_interests = True
-
     def interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The K intention vectors ``phi_k(x)`` of each sequence: [B, K, D]."""
         return self.encode(item_seq, lengths).interests
@@ -437,10 +417,6 @@ class DSS(SequentialRecommender):
             return scores.masked_fill(pad, float("-inf"))
         return scores.masked_fill(items == 0, float("-inf"))
 
-    def item_table(self) -> nn.Embedding:
-        return self.embedding.item
-
-    # ------------------------------------------------------------------ training
     def sample_split(self, lengths: Tensor) -> Tensor:
         """Past length t per row, uniform in 1..lengths[b] (1 where lengths is 0): [B].
 
@@ -476,6 +452,130 @@ class DSS(SequentialRecommender):
         real = j[None, :] >= (width - future_len)[:, None]
         return full.gather(1, index.clamp(0, n)) * real
 
+    # ------------------------------------------------------------------ objectives
+    def seq2item_nll(self, phi: Tensor, target: Tensor, negatives: Tensor | None = None,
+                     log_q: Tensor | None = None) -> Tensor:
+        """seq2item: the mixture NLL of each row's next item from its K vectors, [N].
+
+        Args:
+            phi: [N, K, D] the K vectors of each row's prefix.
+            target: [N] next items (0 only in rows the caller weighs 0).
+            negatives / log_q: [N, m] sampled negatives and their log-Q correction
+                (``config.loss == "sampled"``); unused for ``"ce"`` (all items).
+        """
+        if self.config.loss == "ce":
+            # Items 1..V only: padding never enters the softmax.
+            per_position = mixture_nll(phi, self.embedding.item.weight[1:], (target - 1).clamp_min(0),
+                                       backend=self.backend)
+        else:
+            logits = self._item_logits(phi, torch.cat([target[:, None], negatives], dim=1))  # [N, K, 1 + m]
+            # A candidate's mixture score is the log-sum-exp over the K vectors, so the log-Q
+            # correction and the removal of accidental hits (sampled_softmax_loss's) apply
+            # to each of its K logits alike.
+            negative = logits[:, :, 1:]
+            if log_q is not None:
+                negative = negative - log_q.to(logits.dtype)[:, None, :]
+            negative = negative.masked_fill((negatives == target[:, None])[:, None, :], float("-inf"))
+            logits = torch.cat([logits[:, :, :1], negative], dim=2)
+            per_position = logits.flatten(1).logsumexp(1) - logits[:, :, 0].logsumexp(1)
+        return per_position
+
+    def seq2seq_pairs(self, inputs: Tensor, targets: Tensor, mask: Tensor, raw: Tensor, probs: Tensor,
+                      split: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """seq2seq: the InfoNCE of the K past vectors at one split point per row against the
+        K vectors of the reversed future (module docstring, choices 8-12).
+
+        Args:
+            inputs, targets, mask: [B, n] the batch (``targets[:, -1]`` is x_{m+1}).
+            raw: [B, n, K, D] the past encoder's unnormalised prefix vectors
+                (:meth:`_prefix_raw`); probs: [B, n, K] p(k|i).
+            split: optional [B] past lengths t in 1..m (default: :meth:`sample_split`).
+
+        Returns:
+            (mean loss over the kept pairs, kept count, present count).
+        """
+        cfg = self.config
+        shape = tuple(inputs.shape)
+        m = mask.sum(1)
+        if split is None:
+            split = self.sample_split(m)
+        else:
+            check_ids("split", split, (shape[0],))
+            # A value check is a host sync: skipped under torch.compile, as check_ids's.
+            if not torch.compiler.is_compiling() and bool(((split < 1) | (split > m.clamp_min(1))).any()):
+                raise ValueError("split must lie in 1..m (the real input length) for every row")
+        rows = torch.arange(shape[0], device=inputs.device)
+        col_t = inputs.size(1) - m.clamp_min(1) + split - 1
+        phi_past = self._aggregate(raw[rows, col_t], False)  # [B, K, D]
+        future = self.reversed_future(inputs, targets, split)
+        fut_mask = future != 0
+        z_f = self.states(future, fut_mask)
+        raw_f, probs_f = self._cluster(z_f, fut_mask, self.intention_weights(z_f, fut_mask))
+        phi_future = self._aggregate(raw_f, True)  # [B, K, D]
+
+        k = cfg.num_intentions
+        hard = F.one_hot(probs.argmax(-1), k).bool()  # [B, n, K]
+        upto = torch.arange(inputs.size(1), device=inputs.device)[None, :] <= col_t[:, None]
+        present_past = (hard & (mask & upto).unsqueeze(-1)).any(1)  # [B, K]
+        present_future = (F.one_hot(probs_f.argmax(-1), k).bool() & fut_mask.unsqueeze(-1)).any(1)
+        valid_row = (m > 0) & (targets[:, -1] > 0)  # [B]
+        seq2seq, kept, present = info_nce_pairs(
+            phi_past, phi_future, present_past & present_future & valid_row[:, None],
+            valid_row, scale=1.0 / (math.sqrt(cfg.hidden_size) * cfg.seq2seq_temperature),
+            confidence_lambda=cfg.confidence_lambda,
+        )
+        return seq2seq, kept, present
+
+
+class DSS(IntentionHead, SequentialRecommender):
+    """DSS (Ma et al., KDD 2020); see the module docstring for the equations and every
+    choice the paper leaves open.
+
+    Args:
+        config: :class:`DSSConfig`.
+        backend: ``"seqrec"`` (compiled ``intent_cluster``) or ``"reference"`` (its
+            plain-PyTorch reference, and the reference path of every other op);
+            None = process default.
+
+    Parameters: ``embedding.*`` and ``encoder.*`` as SASRec (checkpoints of a
+    single-head SASRec load into them by name), ``prototypes`` [K, D], the weighting
+    ``key_norm``, ``key_map`` (W, b), ``query_norm``, ``query_bias`` (b'),
+    ``distance`` (alpha), ``beta_past``, ``beta_future`` [K, D] (``beta="learned"``
+    only), ``out_norm``.
+    """
+
+    PRESETS = PRESETS
+
+    def __init__(self, config: DSSConfig, *, backend: str | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, DSSConfig):
+            raise ValueError(f"config must be a DSSConfig, got {type(config).__name__}")
+        if backend is not None:
+            get_backend(backend)
+        self.config = config
+        self.backend = backend
+        d = config.hidden_size
+        self.embedding = ItemPositionEmbedding(
+            config.num_items + 1, config.max_len, d, config.hidden_dropout, config.layer_norm_eps
+        )
+        self.encoder = TransformerEncoder(
+            config.num_layers, d, 1, config.ffn_size, config.hidden_dropout,
+            config.attention_dropout, config.hidden_act, config.layer_norm_eps,
+            causal=True, backend=backend,
+        )
+        self._build_intentions()
+        self.apply(partial(init_transformer_weights, std=config.initializer_range))
+        self._init_intentions()
+
+    # ------------------------------------------------------------------ encoder pieces
+    def states(self, item_seq: Tensor, mask: Tensor) -> Tensor:
+        """z_i: single-head causal SASRec states [B, n, D] (0 at padding)."""
+        return self.encoder(self.embedding(item_seq), mask)
+
+    def item_table(self) -> nn.Embedding:
+        return self.embedding.item
+
+    # ------------------------------------------------------------------ training
     def batch_loss(self, input_ids: Tensor, target_ids: Tensor,
                    negative_ids: Tensor | None = None, *, split: Tensor | None = None,
                    lengths: Tensor | None = None, features=None) -> LossOutput:
@@ -533,23 +633,11 @@ class DSS(SequentialRecommender):
             weight = None
         phi = self._aggregate(rows(raw), False)  # [N, K, D]
         tgt = rows(targets)
-        if cfg.loss == "ce":
-            # Items 1..V only: padding never enters the softmax.
-            per_position = mixture_nll(phi, self.embedding.item.weight[1:], (tgt - 1).clamp_min(0),
-                                       backend=self.backend)
-        else:
+        negatives = log_q = None
+        if cfg.loss == "sampled":
             negatives, log_q = self.sampled_negatives(negative_ids, shape, features)  # [B, n, m]
-            neg = rows(negatives[:, keep])  # [N, m]
-            logits = self._item_logits(phi, torch.cat([tgt[:, None], neg], dim=1))  # [N, K, 1 + m]
-            # A candidate's mixture score is the log-sum-exp over the K vectors, so the log-Q
-            # correction and the removal of accidental hits (sampled_softmax_loss's) apply
-            # to each of its K logits alike.
-            negative = logits[:, :, 1:]
-            if log_q is not None:
-                negative = negative - rows(log_q[:, keep]).to(logits.dtype)[:, None, :]
-            negative = negative.masked_fill((neg == tgt[:, None])[:, None, :], float("-inf"))
-            logits = torch.cat([logits[:, :, :1], negative], dim=2)
-            per_position = logits.flatten(1).logsumexp(1) - logits[:, :, 0].logsumexp(1)
+            negatives, log_q = rows(negatives[:, keep]), None if log_q is None else rows(log_q[:, keep])
+        per_position = self.seq2item_nll(phi, tgt, negatives, log_q)
         if weight is not None:
             per_position = torch.where(weight, per_position, 0.0)
         seq2item = per_position.sum() / count
@@ -558,34 +646,7 @@ class DSS(SequentialRecommender):
         out = {"seq2item": seq2item, "seq2seq": zero, "pairs": zero.long(), "present": zero.long()}
         if cfg.seq2seq_weight == 0:
             return LossOutput(seq2item, out)
-        m = mask.sum(1)
-        if split is None:
-            split = self.sample_split(m)
-        else:
-            check_ids("split", split, (shape[0],))
-            # A value check is a host sync: skipped under torch.compile, as check_ids's.
-            if not torch.compiler.is_compiling() and bool(((split < 1) | (split > m.clamp_min(1))).any()):
-                raise ValueError("split must lie in 1..m (the real input length) for every row")
-        rows = torch.arange(shape[0], device=inputs.device)
-        col_t = inputs.size(1) - m.clamp_min(1) + split - 1
-        phi_past = self._aggregate(raw[rows, col_t], False)  # [B, K, D]
-        future = self.reversed_future(inputs, targets, split)
-        fut_mask = future != 0
-        z_f = self.states(future, fut_mask)
-        raw_f, probs_f = self._cluster(z_f, fut_mask, self.intention_weights(z_f, fut_mask))
-        phi_future = self._aggregate(raw_f, True)  # [B, K, D]
-
-        k = cfg.num_intentions
-        hard = F.one_hot(probs.argmax(-1), k).bool()  # [B, n, K]
-        upto = torch.arange(inputs.size(1), device=inputs.device)[None, :] <= col_t[:, None]
-        present_past = (hard & (mask & upto).unsqueeze(-1)).any(1)  # [B, K]
-        present_future = (F.one_hot(probs_f.argmax(-1), k).bool() & fut_mask.unsqueeze(-1)).any(1)
-        valid_row = (m > 0) & (targets[:, -1] > 0)  # [B]
-        seq2seq, kept, present = info_nce_pairs(
-            phi_past, phi_future, present_past & present_future & valid_row[:, None],
-            valid_row, scale=1.0 / (math.sqrt(cfg.hidden_size) * cfg.seq2seq_temperature),
-            confidence_lambda=cfg.confidence_lambda,
-        )
+        seq2seq, kept, present = self.seq2seq_pairs(inputs, targets, mask, raw, probs, split)
         out.update(seq2seq=seq2seq, pairs=kept, present=present)
         return LossOutput(seq2item + cfg.seq2seq_weight * seq2seq, out)
 

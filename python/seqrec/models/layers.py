@@ -689,6 +689,22 @@ class TransformerEncoder(nn.Module):
         return h
 
 
+def encode_last_position(encoder: TransformerEncoder, x: Tensor, mask: Tensor) -> Tensor:
+    """The encoder's output at the last column of each row, [B, D] (0 for a row whose last
+    column is padding, i.e. an empty row), with the last block computing only that
+    column after its attention (``select``).
+
+    Args:
+        encoder: the blocks.
+        x: [B, n, D] the embedded inputs; mask: [B, n] bool, True at real positions.
+    """
+    select = torch.zeros_like(mask)
+    select[:, -1] = mask[:, -1]
+    picked = encoder(x, mask, select=select)  # [rows with an item, D]
+    rows = mask[:, -1].nonzero().squeeze(1)
+    return picked.new_zeros(mask.size(0), picked.size(-1)).index_copy_(0, rows, picked)
+
+
 @torch.no_grad()
 def init_transformer_weights(module: nn.Module, std: float) -> None:
     """The S3-Rec authors' (BERT) init; use as ``model.apply(partial(init..., std=0.02))``.

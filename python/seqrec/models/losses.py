@@ -13,8 +13,8 @@ from torch.autograd.function import once_differentiable
 from ..data.negatives import NEGATIVE_LOG_Q
 from ..ops.backend import get_backend
 
-__all__ = ["softmax_nll", "streamed_softmax_nll", "mixture_nll", "max_intention_nll", "confident_info_nce", "sampled_softmax_loss", "sampled_softmax_nll",
-           "NEGATIVE_LOG_Q", "CE_MEMORY"]
+__all__ = ["next_item_nll", "softmax_nll", "streamed_softmax_nll", "mixture_nll", "max_intention_nll",
+           "confident_info_nce", "sampled_softmax_loss", "sampled_softmax_nll", "NEGATIVE_LOG_Q", "CE_MEMORY"]
 
 #: Bytes of logits :func:`softmax_nll` may hold at once (its [N, V] log-probabilities
 #: and the backward's [N, V] gradient): above it the full softmax streams over blocks of
@@ -473,3 +473,28 @@ def confident_info_nce(past: Tensor, future: Tensor, scale: float, confidence_la
         threshold = loss.kthvalue(rank).values if loss.numel() else loss.new_zeros(())
         keep = loss <= threshold
     return loss.view(b, k), keep.view(b, k)
+
+
+def next_item_nll(hidden: Tensor, table: nn.Embedding, target: Tensor, loss: str, negatives: Tensor | None = None,
+                  *, log_q: Tensor | None = None) -> Tensor:
+    """The next-item loss of each row of one user vector per row, ``[N]``.
+
+    Args:
+        hidden: [N, D] the rows' user vectors.
+        table: the item table ([V + 1, D], row 0 padding).
+        target: [N] the next items (ids 1..V; 0 only in rows the caller weighs 0).
+        loss: ``"bce"`` (``-log sigmoid(<h, e_pos>) - log(1 - sigmoid(<h, e_neg>))`` with
+            one negative per row, ``negatives`` [N]), ``"ce"`` (softmax over items 1..V,
+            :func:`softmax_nll`) or ``"sampled"`` (softmax over the target and
+            ``negatives`` [N, m], log-Q corrected by ``log_q`` [N, m]:
+            :func:`sampled_softmax_nll`).
+    """
+    if loss == "bce":
+        pos = (hidden * table(target)).sum(-1)
+        neg = (hidden * table(negatives)).sum(-1)
+        return -(F.logsigmoid(pos) + F.logsigmoid(-neg))
+    if loss == "sampled":
+        return sampled_softmax_nll(hidden, table, target, negatives, log_q=log_q)
+    if loss == "ce":  # items 1..V only: padding never enters the softmax
+        return softmax_nll(hidden, table.weight[1:], (target - 1).clamp_min(0))
+    raise ValueError(f"loss must be one of ('bce', 'ce', 'sampled'), got {loss!r}")

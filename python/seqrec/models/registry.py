@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import Preset
 from . import difsr, s3rec
+from .composed import ComposedConfig, ComposedRecommender, PRESETS as COMPOSED_PRESETS
 from .difsr import DIFSR, DIFSRConfig, PRESETS as DIFSR_PRESETS
 from .dss import DSS, DSSConfig, PRESETS as DSS_PRESETS
 from .s3rec import S3Rec, S3RecConfig, PRESETS as S3REC_PRESETS
@@ -70,6 +71,11 @@ REGISTRY: dict[str, Registration] = {
     "difsr": Registration(DIFSRConfig, DIFSR, "DIF-SR", DIFSR_PRESETS,
                           defaults=Preset(train=dict(lr=1e-4, batch_size=256, num_negatives=1)),
                           side_information=difsr.attribute_config),
+    # One encoder, parts and weighted objectives chosen by flags (seqrec.models.composed);
+    # SASRec's training settings.
+    "composed": Registration(ComposedConfig, ComposedRecommender, "composed", COMPOSED_PRESETS,
+                             defaults=Preset(train=dict(lr=1e-3, batch_size=256, num_negatives=1)),
+                             side_information=difsr.attribute_config),
 }
 
 # name -> (config dataclass, model class); a model is built as model_cls(config, backend=...).

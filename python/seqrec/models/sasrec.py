@@ -18,6 +18,7 @@ from ..ops.backend import get_backend
 from .layers import (
     ItemPositionEmbedding,
     TransformerEncoder,
+    encode_last_position,
     init_transformer_weights,
     lookup_rows,
     padding_mask,
@@ -157,11 +158,7 @@ class SASRec(SequentialRecommender):
             return self(item_seq, lengths)[:, -1]
         check_ids("item_seq", item_seq)
         mask = padding_mask(item_seq, lengths)
-        select = torch.zeros_like(mask)
-        select[:, -1] = mask[:, -1]
-        picked = self.encoder(self.embedding(item_seq), mask, select=select)  # [rows with an item, D]
-        rows = mask[:, -1].nonzero().squeeze(1)
-        return picked.new_zeros(mask.size(0), picked.size(-1)).index_copy_(0, rows, picked)
+        return encode_last_position(self.encoder, self.embedding(item_seq), mask)
 
     def batch_loss(
         self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,

@@ -242,6 +242,9 @@ class Trainer:
         self.steps_per_epoch = -(-split.num_train_batches(config.batch_size) // config.accumulate)
         self.scheduler = optim.resolve_scheduler(scheduler, self.optimizer, config, self.steps_per_epoch)
         self.precision = optim.MixedPrecision(config.autocast, config.device)
+        if config.compile and not getattr(model, "compiles_training_step", True):
+            raise ValueError(f"TrainConfig.compile: {type(model).__name__}'s training step runs eagerly only "
+                             "(drop --compile)")
         # None: eager, model.loss_terms looked up at every step.
         self._compiled_loss_terms = compiled_step(model.loss_terms, True) if config.compile else None
         self.epoch = 0  # epochs completed

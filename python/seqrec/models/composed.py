@@ -1,0 +1,443 @@
+"""One encoder, parts chosen by configuration: side information, interests, attention
+direction and weighted objectives (issue 29 item 1).
+
+``ComposedRecommender`` is the shared Transformer encoder of :mod:`seqrec.models.layers`
+with the parts of the papers' models put on it by :class:`ComposedConfig`:
+
+* ``side_information``: ``"none"`` (item + learned position embeddings, as SASRec) or
+  ``"difsr"``: DIF-SR's decoupled fusion (:class:`~seqrec.models.difsr.DIFMultiHeadAttention`
+  in every block, its attribute tables and embeddings: :class:`~seqrec.models.difsr.DecoupledSideInformation`);
+* ``interests``: ``"none"`` (one user vector, the last position's state) or ``"dss"``:
+  DSS's K intention vectors (:class:`~seqrec.models.dss.IntentionHead`: intention
+  clustering, weighting, aggregation, log-sum-exp scoring);
+* ``attention``: ``"causal"`` or ``"bidirectional"``; bidirectional attention sees a
+  position's own next item, so then only the last position of a row is trained (its
+  target is the item after the whole input) and it is refused with DSS's intentions,
+  whose prefix vectors need causal states;
+* objectives, each a weighted term (:class:`Objective`); a weight of 0 leaves the term
+  out (not computed, its parameters get no gradient):
+
+  - ``item`` (one user vector) or ``seq2item`` (DSS's K vectors), weight
+    ``next_item_weight`` (``--next-item-weight``, 1): the next item, ``loss`` ``ce`` /
+    ``bce`` / ``sampled`` (log-Q corrected); with ``interests="dss"`` DSS's mixture
+    softmax over the K vectors (``ce`` / ``sampled``);
+  - ``attr:<field>``, weight ``attribute_loss_weight`` (``--attribute-weight``, 0; one
+    or one per field): DIF-SR's attribute predictors, the multi-label BCE of the next
+    item's attributes from the encoder's state (needs ``side_information="difsr"``);
+  - ``seq2seq``, weight ``seq2seq_weight`` (``--seq2seq-weight``, 0): DSS's InfoNCE of
+    the past against the reversed future's intention vectors, logged with its ``pairs``
+    and ``present`` counts (needs ``interests="dss"``).
+
+Every part is the papers' models' own code (no copy): the equivalence tests
+(``tests/test_composed.py``) load a SASRec, DIF-SR or DSS state dict into the composed
+model configured as that model and get the same loss and gradients. Parameter names are
+those of the model each part comes from, so checkpoints load by name both ways and any
+pretraining (S3-Rec, DSS) initialises the encoder completely (``seqrec train --model
+composed --init RUN``).
+
+Not composable here yet: SINE's interest extraction (SINE has no Transformer encoder:
+its extractor reads the item and position embeddings and trains prefix by prefix, so
+putting it on this encoder's states needs ``sine.py`` refactored into a head, not done)
+and S3-Rec's pretraining objectives (they live in ``seqrec pretrain``; their encoder
+initialises this one).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.backend import get_backend
+from .base import LossOutput, SequentialRecommender
+from .config import EncoderConfig, Preset, field_of, spec
+from .difsr import DIFMultiHeadAttention, DIFSRConfig, DecoupledSideInformation, SideInformationFields, _Embeddings
+from .dss import DSSConfig, IntentionHead
+from .layers import ItemPositionEmbedding, TransformerEncoder, encode_last_position, init_transformer_weights
+from .losses import next_item_nll
+
+__all__ = ["ComposedConfig", "ComposedRecommender", "EncodedBatch", "Objective", "config_objectives",
+           "next_item_term", "attribute_term", "seq2seq_term", "PRESETS"]
+
+SIDE_INFORMATION = ("none", "difsr")
+INTERESTS = ("none", "dss")
+ATTENTIONS = ("causal", "bidirectional")
+LOSSES = ("ce", "bce", "sampled")
+
+# Named compositions (``seqrec train --model composed --preset NAME``): none yet; a
+# composition earns a name once it is chosen on validation data.
+PRESETS: dict[str, Preset] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ComposedConfig(SideInformationFields, EncoderConfig):
+    """The composed model's parts and objectives (module docstring).
+
+    The encoder fields are :class:`~seqrec.models.config.EncoderConfig`'s (SASRec's
+    defaults). The side-information fields are :class:`~seqrec.models.difsr.DIFSRConfig`'s
+    and the intention fields :class:`~seqrec.models.dss.DSSConfig`'s (same checks, help and
+    flags), read only when their part is chosen; the defaults leave every part and every
+    auxiliary term off (a SASRec with the ``ce`` loss).
+    """
+
+    side_information: str = spec("none", kind="choice", choices=SIDE_INFORMATION,
+                                 help="side information on the encoder: none, or difsr (DIF-SR's decoupled fusion "
+                                      "of --attributes)")
+    interests: str = spec("none", kind="choice", choices=INTERESTS,
+                          help="user vectors: none (the last position's state) or dss (DSS's K intention vectors)")
+    attention: str = spec("causal", kind="choice", choices=ATTENTIONS,
+                          help="attention direction; bidirectional trains the last position only")
+    loss: str = spec("ce", kind="choice", choices=LOSSES,
+                     help="next-item loss: ce (softmax over all items), bce (one sampled negative), sampled "
+                          "(softmax over the target and the sampled negatives, log-Q corrected)")
+    next_item_weight: float = spec(1.0, kind="number", minimum=0, help="weight of the next-item term (item / seq2item)")
+    # DIF-SR's side information (DIFSRConfig's fields).
+    attribute_fields: tuple[str, ...] = field_of(DIFSRConfig, "attribute_fields")
+    attribute_vocab_sizes: tuple[int, ...] = field_of(DIFSRConfig, "attribute_vocab_sizes")
+    attribute_sizes: int | tuple[int, ...] = field_of(DIFSRConfig, "attribute_sizes")
+    fusion: str = field_of(DIFSRConfig, "fusion")
+    position_scores: bool = field_of(DIFSRConfig, "position_scores")
+    pooling: str = field_of(DIFSRConfig, "pooling")
+    fusion_sees_masked: bool = field_of(DIFSRConfig, "fusion_sees_masked")
+    attribute_loss_weight: float | tuple[float, ...] = field_of(DIFSRConfig, "attribute_loss_weight", default=0.0)
+    # DSS's intentions (DSSConfig's fields).
+    num_intentions: int = field_of(DSSConfig, "num_intentions")
+    tau: float = field_of(DSSConfig, "tau")
+    seq2seq_weight: float = field_of(DSSConfig, "seq2seq_weight", default=0.0)
+    seq2seq_temperature: float = field_of(DSSConfig, "seq2seq_temperature")
+    confidence_lambda: float = field_of(DSSConfig, "confidence_lambda")
+    beta: str = field_of(DSSConfig, "beta")
+    cluster_eps: float = field_of(DSSConfig, "cluster_eps")
+
+    def validate(self) -> None:
+        super().validate()
+        self._check_side_fields()
+        side, dss = self.side_information == "difsr", self.interests == "dss"
+        if side and not self.attribute_fields:
+            self.fail("attribute_fields", "at least one attribute field with side_information='difsr' "
+                                          "(seqrec train: --attributes FIELD ...)", self.attribute_fields)
+        if not side and self.attribute_fields:
+            self.fail("attribute_fields", "empty without side information (side_information='none'); "
+                                          "--side-information difsr reads them", self.attribute_fields)
+        if not side and any(self.field_loss_weights or [self.attribute_loss_weight]):
+            self.fail("attribute_loss_weight", "0 without side information (the attribute predictors read "
+                                               "the tables of side_information='difsr')", self.attribute_loss_weight)
+        if not dss and self.seq2seq_weight:
+            self.fail("seq2seq_weight", "0 without intentions (seq2seq compares DSS's intention vectors: "
+                                        "interests='dss')", self.seq2seq_weight)
+        if dss and self.loss == "bce":
+            self.fail("loss", "'ce' or 'sampled' with interests='dss' (the K vectors score an item by a "
+                              "mixture softmax)", self.loss)
+        if dss and self.attention != "causal":
+            self.fail("attention", "'causal' with interests='dss' (the intention vectors of every prefix "
+                                   "read causal states)", self.attention)
+        if not (self.next_item_weight or self.seq2seq_weight or any(self.field_loss_weights)):
+            self.fail("next_item_weight", "> 0 when every other objective's weight is 0 (nothing to train)",
+                      self.next_item_weight)
+
+    # ``seqrec train --init``: an encoder of the checkpoint's sizes (and, from a DSS
+    # pretraining, its intentions and beta, which shape parameters).
+    init_defaults = ("hidden_size", "num_layers", "num_heads", "num_intentions", "beta")
+    init_fixed = EncoderConfig.init_fixed
+
+
+@dataclasses.dataclass
+class EncodedBatch:
+    """What the encoder gives the objectives of one training batch.
+
+    The rows are the batch's target positions (``real``), in row-major order.
+
+    Attributes:
+        inputs, targets, mask: [B, n] the batch (columns that are padding in every row
+            cropped when interests are DSS's).
+        real: [B, n] bool, the trained positions (targets > 0; the last column only
+            with bidirectional attention).
+        target: [N] the next item of each row.
+        count: the number of rows the terms are averaged over (at least 1).
+        hidden: [N, D] the encoder's final state at each row (the user vector when
+            ``interests="none"``).
+        phi: [N, K, D] the K intention vectors of each row (``interests="dss"``), else None.
+        negatives, log_q: [N] or [N, m] the rows' sampled negatives and log-Q correction
+            (``loss`` bce / sampled), else None.
+        raw, probs: DSS's unnormalised prefix vectors [B, n, K, D] and p(k|i) [B, n, K]
+            (for the seq2seq term), else None.
+        split: optional [B] DSS's past lengths (None: drawn by the seq2seq term).
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    mask: Tensor
+    real: Tensor
+    target: Tensor
+    count: int
+    hidden: Tensor | None = None
+    phi: Tensor | None = None
+    negatives: Tensor | None = None
+    log_q: Tensor | None = None
+    raw: Tensor | None = None
+    probs: Tensor | None = None
+    split: Tensor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """One weighted term of the training loss.
+
+    Attributes:
+        name: the term's name in the logged terms.
+        weight: its weight in the total (> 0: terms of weight 0 are not built).
+        compute: ``(model, encoded batch) -> LossOutput``: ``loss`` the unweighted
+            scalar term, ``terms`` extra diagnostics logged beside it (counts).
+    """
+
+    name: str
+    weight: float
+    compute: Callable[["ComposedRecommender", EncodedBatch], LossOutput]
+
+
+def next_item_term(model: "ComposedRecommender", batch: EncodedBatch) -> LossOutput:
+    """Next-item NLL averaged over the rows: one user vector (``next_item_nll``), or DSS's
+    mixture over the K intention vectors (``IntentionHead.seq2item_nll``)."""
+    if batch.phi is not None:
+        per_row = model.seq2item_nll(batch.phi, batch.target, batch.negatives, batch.log_q)
+    else:
+        per_row = next_item_nll(batch.hidden, model.embedding.item, batch.target, model.config.loss,
+                                batch.negatives, log_q=batch.log_q)
+    return LossOutput(per_row.sum() / batch.count)
+
+
+def attribute_term(field: int) -> Callable[["ComposedRecommender", EncodedBatch], LossOutput]:
+    """DIF-SR's attribute predictor BCE of one categorical field (``attribute_terms``)."""
+    def compute(model: "ComposedRecommender", batch: EncodedBatch) -> LossOutput:
+        return LossOutput(model.attribute_bce(field, batch.hidden, batch.target, None, batch.count))
+    return compute
+
+
+def seq2seq_term(model: "ComposedRecommender", batch: EncodedBatch) -> LossOutput:
+    """DSS's seq2seq InfoNCE (``IntentionHead.seq2seq_pairs``), with its pair counts."""
+    loss, kept, present = model.seq2seq_pairs(batch.inputs, batch.targets, batch.mask, batch.raw, batch.probs,
+                                              batch.split)
+    return LossOutput(loss, {"pairs": kept, "present": present})
+
+
+def config_objectives(config: ComposedConfig) -> tuple[Objective, ...]:
+    """The weighted terms ``config`` asks for, in logging order (weights of 0 left out)."""
+    out = []
+    if config.next_item_weight:
+        out.append(Objective("seq2item" if config.interests == "dss" else "item", config.next_item_weight,
+                             next_item_term))
+    if config.side_information == "difsr":
+        for i, (name, vocab, weight) in enumerate(zip(config.attribute_fields, config.attribute_vocab_sizes,
+                                                      config.field_loss_weights)):
+            if weight and vocab > 0:  # numeric fields have no multi-label target
+                out.append(Objective(f"attr:{name}", weight, attribute_term(i)))
+    if config.seq2seq_weight:
+        out.append(Objective("seq2seq", config.seq2seq_weight, seq2seq_term))
+    return tuple(out)
+
+
+class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRecommender):
+    """The shared encoder with the parts and objectives of :class:`ComposedConfig`
+    (module docstring).
+
+    Args:
+        config: :class:`ComposedConfig`.
+        attributes: with ``side_information="difsr"``, the tables of
+            ``config.attribute_fields`` (a :class:`~seqrec.data.SequenceDataset` or
+            ``{name: AttributeField}``), as :class:`~seqrec.models.DIFSR`'s; ignored
+            without side information.
+        backend: ``"seqrec"`` / ``"reference"`` for the ops, None = process default.
+        objectives: the weighted terms of the training loss; None = those the config
+            asks for (:func:`config_objectives`). Pass your own to add a term, e.g.
+            ``(*config_objectives(config), Objective("l2", 1e-4, my_term))`` with
+            ``my_term(model, encoded) -> LossOutput`` (not saved with the model: only
+            training reads them).
+
+    Parameters, by part (the names of the model each part comes from): ``embedding.*``
+    (SASRec's, or DIF-SR's with ``embedding.attributes``), ``encoder.layers.*`` (DIF-SR's
+    attention adds ``position_*``, ``attribute_*``, ``fusion_params``), ``predictors``
+    (DIF-SR's attribute heads, with side information), DSS's ``prototypes``,
+    ``key_norm``, ``key_map``, ``query_norm``, ``query_bias``, ``distance``, ``beta_*``,
+    ``out_norm`` (with its intentions).
+
+    With DSS's intentions the attribute predictors read the encoder's final state at each
+    position (what DIF-SR's read), not the K vectors.
+
+    Eager only: ``torch.compile`` of the training step is not supported (DIF-SR's grouped
+    encoder and the DSS crop are data-dependent).
+    """
+
+    compiles_training_step = False
+
+    def __init__(self, config: ComposedConfig, *, attributes=None, backend: str | None = None,
+                 objectives: Sequence[Objective] | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, ComposedConfig):
+            raise ValueError(f"config must be a ComposedConfig, got {type(config).__name__}")
+        if backend is not None:
+            get_backend(backend)
+        self.config = config
+        self.backend = backend
+        side = config.side_information == "difsr"
+        if side:
+            self.embedding = _Embeddings(config)
+        else:
+            self.embedding = ItemPositionEmbedding(config.num_items + 1, config.max_len, config.hidden_size,
+                                                   config.hidden_dropout, config.layer_norm_eps)
+        self.encoder = TransformerEncoder(
+            config.num_layers, config.hidden_size, config.num_heads, config.ffn_size, config.hidden_dropout,
+            config.attention_dropout, config.hidden_act, config.layer_norm_eps,
+            causal=config.attention == "causal", backend=backend,
+            attention=partial(DIFMultiHeadAttention, config, backend) if side else None)
+        if side:
+            self.predictors = nn.ModuleList(nn.Linear(config.hidden_size, v) if v > 0 else nn.Identity()
+                                            for v in config.attribute_vocab_sizes)
+        if config.interests == "dss":
+            self._build_intentions()
+        self.apply(partial(init_transformer_weights, std=config.initializer_range))
+        if side:
+            self._init_side_information(attributes)
+        if config.interests == "dss":
+            self._init_intentions()
+        self.objectives = self._checked_objectives(config_objectives(config) if objectives is None else objectives)
+
+    @staticmethod
+    def _checked_objectives(terms: Sequence[Objective]) -> tuple[Objective, ...]:
+        terms = tuple(terms)
+        for i, term in enumerate(terms):
+            if not isinstance(term, Objective):
+                raise ValueError(f"objectives[{i}] must be an Objective(name, weight, compute), got "
+                                 f"{type(term).__name__}")
+            if isinstance(term.weight, bool) or not isinstance(term.weight, (int, float)) \
+                    or not math.isfinite(term.weight) or term.weight <= 0:
+                raise ValueError(f"objectives[{i}] ({term.name!r}): weight must be a finite number > 0 (leave a "
+                                 f"term of weight 0 out), got {term.weight!r}")
+            if not callable(term.compute):
+                raise ValueError(f"objectives[{i}] ({term.name!r}): compute must be callable")
+        names = [t.name for t in terms]
+        if not terms or len(set(names)) != len(names):
+            raise ValueError(f"objectives must be one or more terms with distinct names, got {names}")
+        return terms
+
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def has_interests(self) -> bool:
+        return self.config.interests == "dss"
+
+    def item_table(self) -> nn.Embedding:
+        return self.embedding.item
+
+    # ------------------------------------------------------------------ encoder
+    def states(self, item_seq: Tensor, mask: Tensor) -> Tensor:
+        """Final states of every position, [B, n, D] (0 at padding)."""
+        if self.config.side_information == "difsr":
+            return self._side_states(item_seq, mask)
+        return self.encoder(self.embedding(item_seq), mask)
+
+    def forward(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Hidden states [B, n, D] of a LEFT-padded batch [B, n <= max_len] (0 at padding)."""
+        return self.states(item_seq, self._mask(item_seq, lengths))
+
+    def encode_last(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The last position's state [B, D] (one user vector; 0 for an empty row)."""
+        if self.has_interests:
+            raise NotImplementedError("with interests='dss' the model scores from K intention vectors "
+                                      "(interests()), not one last-position vector")
+        if self.config.side_information == "difsr":
+            return DecoupledSideInformation.encode_last(self, item_seq, lengths)
+        if torch.compiler.is_compiling():  # select is data-dependent
+            return self(item_seq, lengths)[:, -1]
+        mask = self._mask(item_seq, lengths)
+        return encode_last_position(self.encoder, self.embedding(item_seq), mask)
+
+    def interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if not self.has_interests:
+            return SequentialRecommender.interests(self, item_seq, lengths)
+        return IntentionHead.interests(self, item_seq, lengths)
+
+    def score(self, item_seq: Tensor, lengths: Tensor | None = None, items: Tensor | None = None) -> Tensor:
+        """Next-item scores: the dot product with the last state, or with DSS's intentions
+        the log-sum-exp over the K vectors' dot products."""
+        if self.has_interests:
+            return IntentionHead.score(self, item_seq, lengths, items)
+        return SequentialRecommender.score(self, item_seq, lengths, items)
+
+    # ------------------------------------------------------------------ training
+    def encode_batch(self, input_ids: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
+                     lengths: Tensor | None = None, features=None, split: Tensor | None = None) -> EncodedBatch:
+        """Encode a training batch for the objectives (see :class:`EncodedBatch`)."""
+        if torch.compiler.is_compiling():
+            raise NotImplementedError("ComposedRecommender trains eagerly: torch.compile of its training step "
+                                      "is not supported")
+        cfg = self.config
+        self.check_ids("input_ids", input_ids)
+        shape = tuple(input_ids.shape)
+        self.check_ids("target_ids", target_ids, shape)
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, n], got shape {shape}")
+        mask = self._mask(input_ids, lengths)
+        inputs, targets, cols = input_ids, target_ids, slice(None)
+        if cfg.interests == "dss":
+            # As DSS: columns that are padding in every row change nothing (right-aligned
+            # positions), so they are cropped.
+            width = int(mask.any(0).to(torch.int64).sum()) if input_ids.numel() else 0
+            cols = slice(shape[1] - max(width, 1), shape[1])
+            inputs, targets, mask = input_ids[:, cols], target_ids[:, cols], mask[:, cols]
+        real = targets > 0
+        if cfg.attention == "bidirectional":  # a position sees its own target: train the last one only
+            real = real & (torch.arange(real.size(1), device=real.device) == real.size(1) - 1)
+        if bool((real & ~mask).any()):
+            raise ValueError("target_ids has targets at padding positions of input_ids (id 0)")
+        encoded = EncodedBatch(inputs, targets, mask, real, targets[real], max(int(real.sum()), 1), split=split)
+        if cfg.loss == "bce" and cfg.next_item_weight:
+            if negative_ids is None:
+                raise ValueError('negative_ids is required when config.loss == "bce"')
+            self.check_ids("negative_ids", negative_ids, shape)
+            encoded.negatives = negative_ids[:, cols][real]
+        elif cfg.loss == "sampled" and cfg.next_item_weight:
+            negatives, log_q = self.sampled_negatives(negative_ids, shape, features)  # [B, n, m]
+            encoded.negatives = negatives[:, cols][real]
+            encoded.log_q = None if log_q is None else log_q[:, cols][real]
+        if cfg.interests == "dss":
+            z, encoded.probs, prefix_w = self._past(inputs, mask)
+            encoded.raw = self._prefix_raw(z, encoded.probs, prefix_w)  # [B, n, K, D]
+            encoded.phi = self._aggregate(encoded.raw[real], False)  # [N, K, D]
+            encoded.hidden = z[real]  # the encoder's state (what the attribute predictors read)
+        elif cfg.side_information == "difsr":
+            # Only the target positions leave the last block (DIF-SR's grouped encoder).
+            encoded.hidden = (self._encode_padded(inputs, mask)[real] if self._takes_padded_path()
+                              else self._encode(inputs, mask, real))
+        else:
+            encoded.hidden = self.encoder(self.embedding(inputs), mask, select=real)  # [N, D]
+        return encoded
+
+    def batch_loss(self, input_ids: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
+                   lengths: Tensor | None = None, features=None, split: Tensor | None = None) -> LossOutput:
+        """The weighted sum of the objectives, every unweighted term logged.
+
+        Args:
+            input_ids: [B, n] left-padded inputs; target_ids: [B, n] next items (0 where
+                none; column n - 1 holds the item after the input, for seq2seq).
+            negative_ids: [B, n] (bce) or [B, n, m] (sampled) negatives.
+            lengths: optional [B] real lengths (the padding mask).
+            features: ``"negative_log_q"`` (``loss="sampled"``).
+            split: optional [B] DSS's past lengths for the seq2seq term (default: drawn
+                as DSS draws them).
+
+        Returns:
+            :class:`LossOutput`: ``loss = sum_j weight_j * term_j``; ``terms`` every
+            unweighted term by name (and seq2seq's ``pairs`` / ``present`` counts).
+        """
+        encoded = self.encode_batch(input_ids, target_ids, negative_ids, lengths=lengths, features=features,
+                                    split=split)
+        total, terms = None, {}
+        for objective in self.objectives:
+            out = objective.compute(self, encoded)
+            terms[objective.name] = out.loss
+            terms.update(out.terms)
+            weighted = objective.weight * out.loss
+            total = weighted if total is None else total + weighted
+        return LossOutput(total, terms)
