@@ -23,6 +23,7 @@ Extension points (see :mod:`seqrec.train.optim` and :mod:`seqrec.train.callbacks
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -362,28 +363,33 @@ class Trainer:
         group_loss = 0.0
         for step, batch in enumerate(bar):
             batch = batch.to(cfg.device)
-            with self.precision.autocast():
-                # [DDP] through DistributedDataParallel (eager); .loss is then the global batch's loss
-                out = ((self._compiled_loss_terms or model.loss_terms)(batch) if self.ddp is None
-                       else self.ddp.loss_terms(self._ddp_model, batch))
-            if not isinstance(out, LossOutput):
-                raise TypeError(f"{type(model).__name__}.loss_terms must return a seqrec.models.LossOutput "
-                                f"(the total under .loss), got {type(out).__name__}")
-            loss = out.loss
-            for name, value in out.terms.items():
-                if value.dim() == 0:
-                    term_sums[name] = term_sums.get(name, 0) + value.detach().double()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(non_finite_loss_message(
-                    f"epoch {epoch + 1}, step {step + 1} of {num_batches}",
-                    loss.item(), cfg.lr, self.out_dir is not None))
             # Accumulation: batches [first, first + size) make one step; the last group of
             # an epoch may be smaller, and each loss is divided by its own group's size.
             first = step - step % cfg.accumulate
             size = min(cfg.accumulate, num_batches - first)
             if step == first:
                 self.optimizer.zero_grad(set_to_none=True)
-            self.precision.backward(loss / size if size > 1 else loss)
+            # [DDP] the gradients are all-reduced once per optimizer step, in the backward
+            # pass of the group's last batch; the others only add to the local gradients.
+            # Both sum to the same global gradient (up to float summation order).
+            with (self._ddp_model.no_sync() if self.ddp is not None and step + 1 < first + size
+                  else contextlib.nullcontext()):
+                with self.precision.autocast():
+                    # [DDP] through DistributedDataParallel (eager); .loss is then the global batch's loss
+                    out = ((self._compiled_loss_terms or model.loss_terms)(batch) if self.ddp is None
+                           else self.ddp.loss_terms(self._ddp_model, batch))
+                if not isinstance(out, LossOutput):
+                    raise TypeError(f"{type(model).__name__}.loss_terms must return a seqrec.models.LossOutput "
+                                    f"(the total under .loss), got {type(out).__name__}")
+                loss = out.loss
+                for name, value in out.terms.items():
+                    if value.dim() == 0:
+                        term_sums[name] = term_sums.get(name, 0) + value.detach().double()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(non_finite_loss_message(
+                        f"epoch {epoch + 1}, step {step + 1} of {num_batches}",
+                        loss.item(), cfg.lr, self.out_dir is not None))
+                self.precision.backward(loss / size if size > 1 else loss)
             loss_value = loss.item()
             group_loss += loss_value
             if step + 1 == first + size:
