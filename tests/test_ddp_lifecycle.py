@@ -92,6 +92,16 @@ def lifecycle(split, ds, ports):
     seen["trainer_owns"] = trainer.ddp.owns_group and dist.is_initialized()
     trainer.fit()
     seen["after_fit"] = dist.is_initialized()
+    try:  # its group is gone: a clear error, not torch's "not initialized"
+        trainer.evaluate("test")
+    except RuntimeError as exc:
+        seen["evaluate_after_fit"] = str(exc)
+    os.environ["MASTER_PORT"] = str(ports[3])
+    try:  # a Trainer that fails to construct after initialising the group destroys it
+        Trainer(sasrec(ds), split, config(batch_size=1))
+    except ValueError as exc:
+        seen["init_error"] = str(exc)
+    seen["after_init_error"] = dist.is_initialized()
     os.environ["MASTER_PORT"] = str(ports[1])
     trainer = Trainer(exploding(ds, 3), split, config(epochs=1))
     try:
@@ -164,7 +174,7 @@ def ranks(tmp_path_factory):
     script = tmp / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", WORLD_SIZE="2", LOCAL_RANK="0")
-    ports = ",".join(map(str, _free_ports(3)))
+    ports = ",".join(map(str, _free_ports(4)))
     procs = [subprocess.Popen([sys.executable, str(script), str(tmp / "init"), ports, str(tmp / f"rank{r}.pt")],
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
@@ -203,3 +213,18 @@ def test_accumulation_all_reduces_once_per_optimizer_step(ranks):
     for key, value in got[0]["accumulate"][5]["weights"].items():
         assert torch.equal(value, got[1]["accumulate"][5]["weights"][key]), key
 
+
+@pytest.mark.slow
+def test_trainer_destroys_only_the_group_it_created(ranks):
+    got, _ = ranks
+    for out in got:
+        life = out["lifecycle"]
+        assert life["trainer_owns"] and life["pretrainer_owns"]
+        assert life["raised"]
+        assert not life["after_fit"] and not life["after_raise"] and not life["after_pretrain"]
+        assert "Trainer.evaluate: the process group this trainer initialised was destroyed" in \
+            life["evaluate_after_fit"]
+        assert "must be at least the world size 2" in life["init_error"] and not life["after_init_error"]
+        user = out["users_group"]
+        assert not user["trainer_owns"]
+        assert user["after_fit"] and user["after_raise"]

@@ -27,6 +27,11 @@ processes:
   What depends on the rows a rank holds is computed per rank, as in any DDP: in-batch
   negatives and contrastive terms over the batch (DSS seq2seq), and dropout masks (each
   rank draws from its own stream, :meth:`seed_rank`).
+  With gradient accumulation the trainer runs all but the last batch of each group
+  under DDP's ``no_sync()``: one gradient all-reduce per optimizer step.
+* **End.** A group :meth:`setup` initialised (``owns_group``) is destroyed by
+  :meth:`close`, which the trainers call when ``fit()`` returns or raises; a group the
+  caller initialised is left to the caller.
 * **Writes.** Rank 0 alone writes (:meth:`on_writer`); its success or failure is then
   broadcast, so an error there (a full disk) stops every rank with
   :class:`RankZeroFailed` rather than leaving them waiting in the next collective.
@@ -155,6 +160,7 @@ class Distributed:
     backend: str
     device: str
     owns_group: bool = False  # this object initialised the group (and closes it)
+    closed: bool = False  # close() destroyed the group this object had initialised
 
     # ------------------------------------------------------------------ start and end
     @classmethod
@@ -211,10 +217,20 @@ class Distributed:
         return cls(rank, world, local, backend, dev, owns_group=True)
 
     def close(self) -> None:
-        """Destroy the process group when this object created it."""
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        """Destroy the process group when this object created it (a group the caller
+        initialised is left as it is)."""
+        if self.owns_group:
+            if dist.is_initialized():
+                dist.destroy_process_group()
             self.owns_group = False
+            self.closed = True
+
+    def check_open(self, what: str) -> None:
+        """Raise RuntimeError when the group this object initialised was destroyed."""
+        if self.closed:
+            raise RuntimeError(f"{what}: the process group this trainer initialised was destroyed when its fit() "
+                               "ended; to keep using DDP after fit(), initialise the group yourself "
+                               "(torch.distributed.init_process_group) before creating the trainer")
 
     @property
     def is_writer(self) -> bool:

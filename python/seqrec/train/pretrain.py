@@ -209,6 +209,14 @@ class Pretrainer:
                  scheduler=None):
         # [DDP] under torchrun: this rank's device, the process group, the DDP-wrapped model.
         self.ddp = Distributed.setup(config.distributed, config.device)
+        try:
+            self._init(model, dataset, config, out_dir, model_spec, optimizer, scheduler)
+        except BaseException:
+            if self.ddp is not None:  # a group this trainer initialised ends with it
+                self.ddp.close()
+            raise
+
+    def _init(self, model, dataset, config, out_dir, model_spec, optimizer, scheduler) -> None:
         if self.ddp is not None:
             if not hasattr(model.config, "reduction"):  # [DDP] combine() knows S3-Rec's losses only
                 raise ValueError(f"distributed pretraining is S3-Rec's; {type(model).__name__}'s pretraining "
@@ -291,7 +299,19 @@ class Pretrainer:
         return {k: v / max(count, 1) for k, v in sums.items()}
 
     def fit(self, *, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-        """Pretrain until ``config.epochs``; returns the history (one dict per epoch)."""
+        """Pretrain until ``config.epochs``; returns the history (one dict per epoch).
+
+        [DDP] A process group this trainer initialised (from torchrun's environment) is
+        destroyed when ``fit()`` returns or raises; one the caller initialised stays."""
+        if self.ddp is not None:
+            self.ddp.check_open("Pretrainer.fit")
+        try:
+            return self._fit(on_epoch)
+        finally:
+            if self.ddp is not None:
+                self.ddp.close()
+
+    def _fit(self, on_epoch: Callable[[dict], None] | None) -> list[dict]:
         if self.epoch == 0 and not self._seeded:
             torch.manual_seed(self.config.seed)  # dropout
             if self.ddp is not None:

@@ -229,6 +229,14 @@ class Trainer:
                  scheduler=None, callbacks: Sequence[Callback] = (), loggers: Sequence[Callback] | None = None):
         # [DDP] under torchrun: this rank's device, the process group, the DDP-wrapped model.
         self.ddp = Distributed.setup(config.distributed, config.device)
+        try:
+            self._init(model, split, config, out_dir, model_spec, optimizer, scheduler, callbacks, loggers)
+        except BaseException:
+            if self.ddp is not None:  # a group this trainer initialised ends with it
+                self.ddp.close()
+            raise
+
+    def _init(self, model, split, config, out_dir, model_spec, optimizer, scheduler, callbacks, loggers) -> None:
         if self.ddp is not None:
             self.ddp.check_batch_size(config.batch_size, "TrainConfig.batch_size")
             if self.ddp.device != config.device:
@@ -269,7 +277,7 @@ class Trainer:
             self.sampled_problem += "; lower sampled_negatives (seqrec: --sampled-negatives)"
             if config.valid_ranking == "sampled":
                 raise ValueError(f"sampled validation cannot run: {self.sampled_problem}")
-            warnings.warn(f"the sampled protocol will be skipped: {self.sampled_problem}", stacklevel=2)
+            warnings.warn(f"the sampled protocol will be skipped: {self.sampled_problem}", stacklevel=3)
 
     # Model selection lives in the EarlyStopping callback; these read it.
     best_metric = property(lambda self: self.early_stopping.best_metric)
@@ -336,7 +344,10 @@ class Trainer:
 
     def _eval_group(self):
         """[DDP] the users are sharded over the ranks, metrics merged exactly; else one process."""
-        return self.ddp.group if self.ddp is not None else LOCAL
+        if self.ddp is None:
+            return LOCAL
+        self.ddp.check_open("Trainer.evaluate")
+        return self.ddp.group
 
     def evaluate_sampled_or_why(self, stage: str) -> tuple[dict, str]:
         """``(metrics, protocol description)`` of the sampled protocol on ``stage``, or
@@ -434,12 +445,25 @@ class Trainer:
         ``on_epoch(record)`` is called after every epoch (after the trainer's callbacks; a
         shorthand for ``callbacks=[LambdaCallback(on_epoch_end=...)]``); without one, and
         with progress on (``config.progress``), one line per epoch is printed (loss,
-        validation metric)."""
+        validation metric).
+
+        [DDP] A process group this trainer initialised (from torchrun's environment) is
+        destroyed when ``fit()`` returns or raises; one the caller initialised stays."""
         cfg = self.config
+        if self.ddp is not None:
+            self.ddp.check_open("Trainer.fit")
         if on_epoch is None and progress_enabled(cfg.progress):
             on_epoch = self._print_epoch
         callbacks = self.callbacks + ([LambdaCallback(on_epoch_end=lambda _, record: on_epoch(record))]
                                       if on_epoch is not None else [])
+        try:
+            return self._fit(callbacks)
+        finally:
+            if self.ddp is not None:  # [DDP] a group this trainer initialised ends with fit()
+                self.ddp.close()
+
+    def _fit(self, callbacks: list[Callback]) -> FitResult:
+        cfg = self.config
         if self.epoch == 0 and not self.history:
             _seed_everything(cfg.seed)
             if self.ddp is not None:
