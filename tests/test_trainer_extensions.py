@@ -339,7 +339,7 @@ def test_tensorboard_logger_writes_the_history_once_per_epoch_across_a_resume(tm
                       loggers=[JSONLinesLogger(), TensorBoardLogger()])
     with pytest.raises(Killed):
         trainer.fit(on_epoch=kill)
-    trainer.loggers[1].writer.close()  # what the killed process's exit does
+    assert trainer.loggers[1].writer is None  # closed on the way out
     trainer = Trainer(_model(ds), ds.leave_one_out(max_len=10), config, out_dir=tmp_path,
                       loggers=[JSONLinesLogger(), TensorBoardLogger()])
     assert trainer.resume()
@@ -352,6 +352,77 @@ def test_tensorboard_logger_writes_the_history_once_per_epoch_across_a_resume(tm
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in result.history], rel=1e-6)
     assert [e.value for e in events.Scalars("valid/NDCG@10")] == \
         pytest.approx([r["valid"]["NDCG@10"] for r in result.history], rel=1e-6)
+
+
+def test_loggers_are_flushed_and_closed_when_fit_raises_and_the_error_propagates(tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional extra seqrec[tensorboard] is not installed here")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from seqrec.train import TensorBoardLogger
+
+    class Boom(RuntimeError):
+        pass
+
+    ds = _dataset()
+    model = _model(ds)
+    loss_terms, calls = model.loss_terms, []
+
+    def exploding(batch):  # the 3rd batch of epoch 2 (5 batches per epoch)
+        calls.append(1)
+        if len(calls) == 8:
+            raise Boom("loss exploded mid-epoch")
+        return loss_terms(batch)
+
+    model.loss_terms = exploding
+    tensorboard = TensorBoardLogger()
+    closed, seen = [], []
+
+    class Watch(Callback):
+        def on_train_start(self, trainer):  # the writer exists from here on: watch its close
+            writer = tensorboard.writer
+            close = writer.close
+            writer.close = lambda: (closed.append(writer), close())[1]
+
+        def on_exception(self, trainer, error):
+            seen.append(error)
+
+    trainer = Trainer(model, ds.leave_one_out(max_len=10), _config(epochs=3), out_dir=tmp_path,
+                      loggers=[JSONLinesLogger(), CSVLogger(), tensorboard], callbacks=[Watch()])
+    with pytest.raises(Boom, match="mid-epoch"):
+        trainer.fit()
+    assert len(calls) == 8 and len(closed) == 1 and tensorboard.writer is None
+    assert len(seen) == 1 and isinstance(seen[0], Boom)
+    # Every file holds the epoch that finished, readable now (written whole, closed).
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "history.jsonl")] == [1]
+    with open(tmp_path / "history.csv", newline="") as fh:
+        assert [row["epoch"] for row in csv.DictReader(fh)] == ["1"]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1]
+
+
+def test_a_failing_on_exception_hook_does_not_hide_the_training_error():
+    class Boom(RuntimeError):
+        pass
+
+    class Broken(Callback):
+        def on_exception(self, trainer, error):
+            raise OSError("disk gone while closing a log")
+
+    ds = _dataset()
+    model = _model(ds)
+
+    def exploding(batch):
+        raise Boom("the training error")
+
+    model.loss_terms = exploding
+    closed = []
+    trainer = Trainer(model, ds.leave_one_out(max_len=10), _config(epochs=1), loggers=[],
+                      callbacks=[Broken(), LambdaCallback(on_exception=lambda t, e: closed.append(e))])
+    with pytest.raises(Boom, match="the training error") as info:
+        trainer.fit()
+    assert len(closed) == 1  # the hooks after the failing one still ran
+    assert any("disk gone" in note for note in getattr(info.value, "__notes__", []))
 
 
 # ---------------------------------------------------------------------- README

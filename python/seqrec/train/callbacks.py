@@ -14,6 +14,9 @@ epochs completed, ``global_step`` = optimizer steps taken, ``history``, ``out_di
 ``on_epoch_end(trainer, record)``            after each epoch; ``record`` is the epoch's line
                                              of the history (already in ``trainer.history``)
 ``on_train_end(trainer, result)``            ``fit()`` returns ``result`` (a FitResult)
+``on_exception(trainer, error)``             ``fit()`` is leaving with ``error`` (an exception,
+                                             a KeyboardInterrupt too): close files; the error
+                                             propagates after every callback's hook ran
 ===========================================  ==============================================
 
 Callbacks run in order: the trainer's own (:class:`EarlyStopping`, :class:`Checkpoint`),
@@ -25,7 +28,9 @@ is saved in the checkpoint under the callback's ``state_key``) and takes it back
 ``trainer.history``, which the checkpoint holds.
 
 Loggers (:class:`JSONLinesLogger`, today's ``history.jsonl``; :class:`CSVLogger`;
-:class:`TensorBoardLogger`) are callbacks; :func:`make_loggers` builds them from names
+:class:`TensorBoardLogger`) are callbacks; the JSON-lines and CSV files are rewritten
+whole (atomically) at every epoch's end and hold no file open, while the TensorBoard
+writer is closed by ``on_train_end`` or, when ``fit()`` raises, ``on_exception``; :func:`make_loggers` builds them from names
 (``seqrec train --logger jsonl,csv,tensorboard``).
 """
 from __future__ import annotations
@@ -68,6 +73,12 @@ class Callback:
     def on_train_end(self, trainer, result) -> None:
         pass
 
+    def on_exception(self, trainer, error: BaseException) -> None:
+        """``fit()`` failed with ``error`` (it is raised again after this hook): release
+        what ``on_train_start`` opened. An error raised here is attached to ``error`` as a
+        note, never in its place."""
+        pass
+
     def state_dict(self) -> dict | None:
         """State to save in the checkpoint, or None (nothing to resume)."""
         return None
@@ -79,7 +90,7 @@ class Callback:
 class LambdaCallback(Callback):
     """A callback from plain functions, e.g. ``LambdaCallback(on_epoch_end=lambda t, r: print(r))``."""
 
-    HOOKS = ("on_train_start", "on_step_end", "on_eval_end", "on_epoch_end", "on_train_end")
+    HOOKS = ("on_train_start", "on_step_end", "on_eval_end", "on_epoch_end", "on_train_end", "on_exception")
 
     def __init__(self, **hooks: Callable):
         unknown = sorted(set(hooks) - set(self.HOOKS))
@@ -255,9 +266,15 @@ class TensorBoardLogger(Logger):
             self.writer.flush()
 
     def on_train_end(self, trainer, result) -> None:
+        self._close()
+
+    def on_exception(self, trainer, error) -> None:
+        self._close()  # what the epochs before the error wrote is flushed to disk
+
+    def _close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            writer.close()
 
 
 LOGGERS = {"jsonl": JSONLinesLogger, "csv": CSVLogger, "tensorboard": TensorBoardLogger}

@@ -458,6 +458,15 @@ class Trainer:
                                       if on_epoch is not None else [])
         try:
             return self._fit(callbacks)
+        except BaseException as error:
+            # Every callback closes what it opened (a logger's writer); the error goes on.
+            for callback in callbacks:
+                try:
+                    callback.on_exception(self, error)
+                except Exception as hook_error:  # noqa: BLE001 - the training error is the one to raise
+                    error.add_note(f"while handling it, {type(callback).__name__}.on_exception raised "
+                                   f"{type(hook_error).__name__}: {hook_error}")
+            raise
         finally:
             if self.ddp is not None:  # [DDP] a group this trainer initialised ends with fit()
                 self.ddp.close()
