@@ -29,7 +29,7 @@ from seqrec.models import build_model
 from seqrec.models.difsr import attribute_config
 from seqrec.models.losses import (sampled_softmax_loss, sampled_softmax_nll, softmax_nll,
                                   streamed_softmax_nll)
-from seqrec.train import TrainConfig, Trainer
+from seqrec.train import LambdaCallback, TrainConfig, Trainer
 from seqrec.train.optim import RowwiseAdam, build_optimizer
 
 
@@ -278,6 +278,30 @@ def test_trainer_runs_sampled_sasrec_with_popularity_negatives_and_sparse_rows()
     assert Trainer(model, ds.leave_one_out(max_len=10), TrainConfig(sampled_negatives=5))._negative_options() == {}
     on = Trainer(model, ds.leave_one_out(max_len=10), TrainConfig(sampled_negatives=5, log_q=True))
     assert on._negative_options() == {"negatives": "uniform", "with_log_q": True}
+
+
+def test_a_users_optimizer_with_sparse_embeddings_is_rowwise_adam_or_refused():
+    import functools
+
+    ds = synthetic(num_users=32, num_items=40, num_intents=3, mean_length=8, max_length=12, seed=11)
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-2, sparse_embeddings=True, sampled_negatives=5, ks=(5,),
+                         metric="NDCG@5", progress=False)
+    split = ds.leave_one_out(max_len=10)
+    model = _small_model("sasrec", ds)
+    # Adam, AdamW, ... refuse a sparse gradient at their first step: refused here, naming both settings.
+    for optimizer in (functools.partial(torch.optim.AdamW, lr=1e-3), torch.optim.SGD(model.parameters(), lr=0.1)):
+        with pytest.raises(ValueError, match=r"optimizer= \(\w+\) .* sparse_embeddings=True.*RowwiseAdam"):
+            Trainer(model, split, config, optimizer=optimizer)
+        assert not model.item_table().sparse  # nothing changed by the refused call
+    # RowwiseAdam (a factory or an object) takes the sparse table: it is made sparse.
+    for optimizer in (functools.partial(RowwiseAdam, lr=1e-2), RowwiseAdam(model.parameters(), lr=1e-2)):
+        model.item_table().sparse = False
+        sparse_steps = []
+        trainer = Trainer(model, split, config, optimizer=optimizer, callbacks=[LambdaCallback(
+            on_step_end=lambda t, step, loss: sparse_steps.append(t.model.item_table().weight.grad.is_sparse))])
+        assert model.item_table().sparse and isinstance(trainer.optimizer, RowwiseAdam)
+        trainer.fit()
+        assert sparse_steps and all(sparse_steps)
 
 
 # ---------------------------------------------------------------------- streamed CE

@@ -119,16 +119,28 @@ def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
     kwargs = dict(lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=True)
     if not getattr(config, "sparse_embeddings", False):
         return torch.optim.Adam(model.parameters(), **kwargs)
+    table = _sparse_table(model)
+    optimizer = RowwiseAdam(model.parameters(), **kwargs)
+    table.sparse = True
+    return optimizer
+
+
+def _sparse_table(model: torch.nn.Module) -> torch.nn.Embedding:
+    """The item table ``sparse_embeddings`` makes sparse (not yet switched)."""
     table = model.item_table() if hasattr(model, "item_table") else None
     if not isinstance(table, torch.nn.Embedding):
         raise ValueError(f"sparse_embeddings: {type(model).__name__} has no item_table() nn.Embedding to make sparse")
-    table.sparse = True
-    return RowwiseAdam(model.parameters(), **kwargs)
+    return table
 
 
 def resolve_optimizer(optimizer, model: torch.nn.Module, config) -> torch.optim.Optimizer:
     """``optimizer`` as given to the Trainer: None (the default of :func:`build_optimizer`),
-    an :class:`torch.optim.Optimizer`, or a factory called with ``model.parameters()``."""
+    an :class:`torch.optim.Optimizer`, or a factory called with ``model.parameters()``.
+
+    With ``config.sparse_embeddings`` the item table's gradient is sparse, which torch's
+    dense optimizers (Adam, AdamW, ...) refuse at their first step: a given optimizer must
+    then be a :class:`RowwiseAdam` (it takes the sparse table and the dense rest), else
+    ValueError names both settings."""
     if optimizer is None:
         return build_optimizer(model, config)
     if isinstance(optimizer, torch.optim.Optimizer):
@@ -146,6 +158,15 @@ def resolve_optimizer(optimizer, model: torch.nn.Module, config) -> torch.optim.
     if trainable and not any(id(p) in params for p in trainable):
         raise ValueError("optimizer: it updates none of the model's parameters (build it over model.parameters() "
                          "of the model given to the Trainer)")
+    if getattr(config, "sparse_embeddings", False):
+        table = _sparse_table(model)
+        if not isinstance(opt, RowwiseAdam):
+            raise ValueError(
+                f"optimizer= ({type(opt).__name__}) was given together with sparse_embeddings=True (seqrec: "
+                f"--sparse-embeddings): the item table's gradient would be sparse, which {type(opt).__name__} "
+                "does not take; pass seqrec.train.optim.RowwiseAdam (or a factory of it), or set "
+                "sparse_embeddings=False to use this optimizer with a dense table")
+        table.sparse = True
     return opt
 
 

@@ -212,7 +212,9 @@ class Trainer:
         optimizer: a :class:`torch.optim.Optimizer` over ``model``'s parameters, or a
             factory ``f(params) -> Optimizer`` (e.g. ``functools.partial(torch.optim.AdamW,
             lr=3e-4)``); default: fused Adam with the config's ``lr``, ``betas`` and
-            ``weight_decay`` (:func:`seqrec.train.optim.build_optimizer`).
+            ``weight_decay`` (:func:`seqrec.train.optim.build_optimizer`). With the config's
+            ``sparse_embeddings`` it must be a :class:`~seqrec.train.optim.RowwiseAdam`
+            (the sparse item table's gradient): any other is refused with a ValueError.
         scheduler: an ``LRScheduler`` over that optimizer, or a factory ``f(optimizer) ->
             LRScheduler``; stepped once per optimizer step. Default: the config's
             ``scheduler`` / ``warmup_steps`` (none: a constant rate).
