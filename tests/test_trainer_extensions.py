@@ -171,8 +171,8 @@ def test_injected_scheduler_steps_per_optimizer_step():
 # ---------------------------------------------------------------------- autocast
 def test_bf16_autocast_on_cpu_wraps_the_training_forward_only():
     ds = _dataset()
-    # BCE: the softmax CE loss's backward is not bf16-autocast-safe yet (models/losses.py)
-    trainer = Trainer(_model(ds, loss="bce"), ds.leave_one_out(max_len=10), _config(epochs=1, autocast="bf16"))
+    # Softmax CE, the default loss (bf16-autocast-safe: tests/test_autocast.py)
+    trainer = Trainer(_model(ds), ds.leave_one_out(max_len=10), _config(epochs=1, autocast="bf16"))
     seen = []
     loss_terms, score = trainer.model.loss_terms, trainer.model.score
 
@@ -189,7 +189,7 @@ def test_bf16_autocast_on_cpu_wraps_the_training_forward_only():
     assert {s for s in seen if s[0] == "train"} == {("train", True, torch.bfloat16)}
     assert {s for s in seen if s[0] == "eval"} == {("eval", False, None)}
     assert math.isfinite(result.history[0]["loss"])
-    plain = Trainer(_model(ds, loss="bce"), ds.leave_one_out(max_len=10), _config(epochs=1)).fit()
+    plain = Trainer(_model(ds), ds.leave_one_out(max_len=10), _config(epochs=1)).fit()
     assert result.history[0]["loss"] != plain.history[0]["loss"]  # bf16 arithmetic really ran
 
 
