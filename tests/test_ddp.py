@@ -325,3 +325,34 @@ def test_config_distributed_setting():
     for cls in (TrainConfig, PretrainConfig):
         with pytest.raises(ValueError, match="distributed must be None"):
             cls(distributed="auto")
+
+
+@pytest.mark.parametrize("command", [
+    ["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/out"],
+    ["data", "prepare", "--data", "synthetic", "--synthetic-users", "20", "--synthetic-items", "40",
+     "--out", "{tmp}/out"],
+])
+def test_writing_commands_refuse_to_run_under_torchrun(command, tmp_path, monkeypatch, capsys):
+    from seqrec.cli import main
+
+    argv = [a.format(tmp=tmp_path) for a in command]
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "1")):
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    name = " ".join(command[:2] if command[0] == "data" else command[:1])
+    assert f"seqrec {command[0]}: error:" in err and f"seqrec {name}" in err, err
+    assert "torchrun" in err and "WORLD_SIZE=2" in err, err
+    assert "run it once, without torchrun" in err, err
+    assert not (tmp_path / "out").exists()  # nothing written by any rank
+    assert not torch.distributed.is_initialized()
+    # A world of one process (torchrun --nproc_per_node 1) is one process: it runs.
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    main(argv)
+    assert "torchrun" not in capsys.readouterr().err
+    # --help says so.
+    with pytest.raises(SystemExit):
+        main([*command[:2 if command[0] == "data" else 1], "--help"])
+    assert "not under torchrun" in " ".join(capsys.readouterr().out.split())

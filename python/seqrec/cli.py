@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_block_args(e, saved=True)
     _add_distributed_arg(e)
 
-    x = sub.add_parser("export", help="convert a run folder into a self-contained model (seqrec.from_pretrained)")
+    x = sub.add_parser("export", help="convert a run folder into a self-contained model (seqrec.from_pretrained)",
+                       description="Convert a run folder into a self-contained model folder "
+                                   "(seqrec.from_pretrained). " + NOT_UNDER_TORCHRUN)
     x.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt of `seqrec train`")
     x.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, vocab.json, "
                                                 "evaluation.json); a saved model there is replaced")
@@ -409,7 +411,8 @@ def _add_prepare_parser(dsub) -> None:
         "prepare", help="parse a dataset once into a memory-mapped folder that later runs open in seconds",
         description="Read --data (after --kcore) and write it to --out as NumPy arrays and a checksummed "
                     "manifest; then `seqrec train --data OUT` maps it instead of parsing (every process, DDP "
-                    "ranks included, shares one copy in the page cache). OUT is written whole or not at all.")
+                    "ranks included, shares one copy in the page cache). OUT is written whole or not at all. "
+                    + NOT_UNDER_TORCHRUN)
     _add_data_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist)")
     p.add_argument("--overwrite", action="store_true", help="replace --out when it is a prepared dataset")
@@ -990,6 +993,8 @@ def main(argv: list[str] | None = None) -> int:
                 (_writer(args, lock_run_folder, args.out) or contextlib.nullcontext() if writes_folder
                  else contextlib.nullcontext()):
             warnings.showwarning = _cli_warnings(args.command)
+            if args.command == "export" or (args.command == "data" and args.data_command == "prepare"):
+                _refuse_under_torchrun(args)
             if getattr(args, "device", None) is not None:
                 _check_device(args.device)
             if args.command == "train":
@@ -1022,6 +1027,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.ddp is not None:
             args.ddp.close()
     return 1
+
+
+# [DDP] What `seqrec export` and `seqrec data prepare` say in --help, and do under torchrun.
+NOT_UNDER_TORCHRUN = ("It writes one folder in one process: not under torchrun (with several processes it is "
+                      "refused, rather than having every rank write the same folder); run it once, then start "
+                      "the training under torchrun.")
+
+
+def _refuse_under_torchrun(args) -> None:
+    """[DDP] ``seqrec export`` / ``seqrec data prepare`` are one-process commands: every rank
+    of a torchrun launch would write the same output folder, so a world of several
+    processes is refused (ValueError: exit 2 on every rank, nothing written)."""
+    from .train.distributed import torchrun_world
+
+    world = torchrun_world()
+    if world is not None and world[1] > 1:
+        name = "export" if args.command == "export" else f"data {args.data_command}"
+        raise ValueError(f"seqrec {name} runs under torchrun here (WORLD_SIZE={world[1]}, RANK={world[0]}), where "
+                         f"every rank would write the same output; it is a one-process command: run it once, "
+                         f"without torchrun (seqrec {name} ...)")
 
 
 def _setup_distributed(args):
