@@ -2,15 +2,15 @@
 training from the folder; and the C++ natural order of tokens against Python's."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from seqrec.cli import main
 from seqrec.data import DataError, SequenceDataset, load_dataset, synthetic
 from seqrec.data.dataset import _engine, _natural, _natural_order
-from seqrec.data.prepared import MANIFEST, open_prepared
+from seqrec.data.prepared import open_prepared
+
+from helpers import add_stray_file, edit_manifest, flip_last_bytes, prepared_folder
 
 
 def assert_same(a: SequenceDataset, b: SequenceDataset) -> None:
@@ -82,12 +82,9 @@ def test_prepare_refuses_existing_folder_unless_overwrite(tmp_path):
 
 @pytest.mark.parametrize("verify", [True, False])
 def test_tampered_files_are_refused(tmp_path, verify):
-    ds = synthetic(num_users=30, num_items=20, seed=0)
-    folder = ds.prepare(tmp_path / "c")
+    folder = prepared_folder(tmp_path)
     items = folder / "items.npy"
-    data = bytearray(items.read_bytes())
-    data[-8] ^= 0x01  # same size: only the checksum can tell
-    items.write_bytes(bytes(data))
+    data = flip_last_bytes(items)  # same size: only the checksum can tell
     if verify:
         with pytest.raises(DataError, match=r"items\.npy: content does not match manifest\.json"):
             open_prepared(folder)
@@ -100,20 +97,17 @@ def test_tampered_files_are_refused(tmp_path, verify):
 
 
 def test_manifest_checks(tmp_path):
-    ds = synthetic(num_users=30, num_items=20, seed=0)
-    folder = ds.prepare(tmp_path / "c")
+    folder = prepared_folder(tmp_path)
     with pytest.raises(DataError, match="is not a prepared dataset"):
         open_prepared(tmp_path)
-    (folder / "stray.npy").write_bytes(b"x")
+    add_stray_file(folder)
     with pytest.raises(DataError, match=r"files its manifest does not list: \['stray\.npy'\]"):
         open_prepared(folder)
     (folder / "stray.npy").unlink()
     (folder / "user_tokens.text.npy").unlink()
     with pytest.raises(DataError, match=r"user_tokens\.text\.npy: listed in manifest\.json but missing"):
         open_prepared(folder)
-    manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["num_users"] += 1  # an edit the manifest's own checksum catches
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+    edit_manifest(folder)  # an edit the manifest's own checksum catches
     with pytest.raises(DataError, match="checksum mismatch"):
         open_prepared(folder)
 

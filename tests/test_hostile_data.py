@@ -19,6 +19,9 @@ import pytest
 
 from seqrec._C import data as engine
 from seqrec.data import DataError, SequenceDataset, load_dataset
+from seqrec.data.prepared import open_prepared
+
+from helpers import add_stray_file, edit_manifest, flip_last_bytes, prepared_folder
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,19 @@ def parquet(columns: dict, **kwargs):
 def not_parquet(tmp: Path):
     pytest.importorskip("pyarrow")
     return SequenceDataset.from_parquet(write(tmp, "n.parquet", b"PAR1 not really"))
+
+
+def prepared(damage: Callable[[Path], object]):
+    """A prepared folder (tests/helpers.py), damaged by ``damage(folder)``, then opened."""
+    def run(tmp):
+        folder = prepared_folder(tmp)
+        damage(folder)
+        return open_prepared(folder)
+    return run
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-8])
 
 
 def i64(*values):
@@ -294,6 +310,18 @@ CASES = [
          DataError, "p.parquet: column 'timestamp', row 1 is not a finite number"),
     case("read-device", lambda t: engine.read_s3rec_text("/dev/zero"),
          DataError, "/dev/zero: is not a regular file"),
+
+    # ---- prepared folders (`seqrec data prepare` / open_prepared) changed after they were written
+    case("prepared-npy-tampered", prepared(lambda f: flip_last_bytes(f / "items.npy")),
+         DataError, "items.npy: content does not match manifest.json"),
+    case("prepared-npy-truncated", prepared(lambda f: truncate(f / "items.npy")),
+         DataError, "items.npy: ", " bytes, the manifest says "),
+    case("prepared-file-missing", prepared(lambda f: (f / "user_tokens.text.npy").unlink()),
+         DataError, "user_tokens.text.npy: listed in manifest.json but missing"),
+    case("prepared-extra-file", prepared(add_stray_file),
+         DataError, "c: holds files its manifest does not list: ['stray.npy']"),
+    case("prepared-manifest-edited", prepared(edit_manifest),
+         DataError, "manifest.json: checksum mismatch"),
 ]
 
 
