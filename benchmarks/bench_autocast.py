@@ -13,14 +13,12 @@ without it, bf16 matrix products are converted to float32 and back, and cost mor
 """
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 import time
 
 from bench_compile import build_case
-from common import SHARED_DATA, print_table, run_child
+from common import model_children, print_table
 
 MODELS = ["sasrec-ce", "difsr", "s3rec", "sasrec-bce", "sine", "dss"]
 
@@ -64,28 +62,13 @@ def run_model(args) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(SHARED_DATA / "Beauty"))
-    parser.add_argument("--models", nargs="+", default=MODELS[:3], choices=MODELS)
-    parser.add_argument("--batches", type=int, default=4, help="training batches per timed pass")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--model", help=argparse.SUPPRESS)  # child mode
-    args = parser.parse_args(argv)
-    if args.model:
-        import json
-
-        print(json.dumps(run_model(args)))
+    driven = model_children(argv, doc=__doc__, script=__file__, models=MODELS, default_models=MODELS[:3],
+                            default_batches=4, run_model=run_model,
+                            row=lambda r: [r["model"], r["fp32"] * 1e3, r["bf16"] * 1e3, r["fp32"] / r["bf16"],
+                                           r["threads"]])
+    if driven is None:
         return 0
-    if not os.path.isdir(args.data):
-        print(f"skipped: no dataset at {args.data} (set SEQREC_SHARED_DATA)")
-        return 0
-    rows = []
-    for name in args.models:
-        r = run_child(__file__, ["--model", name, "--data", args.data, "--batches", str(args.batches),
-                                 "--repeats", str(args.repeats), "--threads", str(args.threads)])
-        rows.append([name, r["fp32"] * 1e3, r["bf16"] * 1e3, r["fp32"] / r["bf16"], r["threads"]])
-        print(rows[-1], file=sys.stderr, flush=True)
+    args, rows = driven
     print_table(f"training step, bf16 autocast vs float32, median of {args.repeats} passes over {args.batches} "
                 f"batches; CPU bf16 hardware: {cpu_bf16_flags()}",
                 ["model", "fp32 ms", "bf16 ms", "fp32/bf16 (>1: bf16 faster)", "threads"], rows)

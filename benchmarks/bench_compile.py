@@ -15,14 +15,12 @@ ones: what the packing is worth in eager, and what compilation itself buys.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 import time
 import unittest.mock
 
-from common import SHARED_DATA, print_table, run_child
+from common import model_children, print_table
 
 MODELS = ["sasrec-bce", "sasrec-ce", "difsr", "sine", "dss", "s3rec"]
 
@@ -108,32 +106,19 @@ def run_model(args) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(SHARED_DATA / "Beauty"))
-    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    parser.add_argument("--batches", type=int, default=6, help="training batches per timed pass")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--model", help=argparse.SUPPRESS)  # child mode
-    args = parser.parse_args(argv)
-    if args.model:
-        import json
+def _row(r: dict) -> list:
+    e, st, c = r["eager"], r["eager-static"], r["compiled"]
+    return [r["model"], e["step_seconds"] * 1e3, st["step_seconds"] * 1e3, c["step_seconds"] * 1e3,
+            e["step_seconds"] / c["step_seconds"], st["step_seconds"] / c["step_seconds"], c["compile_seconds"],
+            " ".join(map(str, r["widths"])), r["threads"]]
 
-        print(json.dumps(run_model(args)))
+
+def main(argv=None) -> int:
+    driven = model_children(argv, doc=__doc__, script=__file__, models=MODELS, default_models=MODELS,
+                            default_batches=6, run_model=run_model, row=_row)
+    if driven is None:
         return 0
-    if not os.path.isdir(args.data):
-        print(f"skipped: no dataset at {args.data} (set SEQREC_SHARED_DATA)")
-        return 0
-    rows = []
-    for name in args.models:
-        r = run_child(__file__, ["--model", name, "--data", args.data, "--batches", str(args.batches),
-                                 "--repeats", str(args.repeats), "--threads", str(args.threads)])
-        e, st, c = r["eager"], r["eager-static"], r["compiled"]
-        rows.append([name, e["step_seconds"] * 1e3, st["step_seconds"] * 1e3, c["step_seconds"] * 1e3,
-                     e["step_seconds"] / c["step_seconds"], st["step_seconds"] / c["step_seconds"],
-                     c["compile_seconds"], " ".join(map(str, r["widths"])), r["threads"]])
-        print(rows[-1], file=sys.stderr, flush=True)
+    args, rows = driven
     print_table(f"training step (forward + loss + backward + Adam), median of {args.repeats} passes over "
                 f"{args.batches} batches, CPU",
                 ["model", "eager ms", "eager-static ms", "compiled ms", "eager/compiled", "static/compiled",

@@ -45,6 +45,41 @@ def run_child(script: str, args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def model_children(argv, *, doc: str, script: str, models: list[str], default_models: list[str],
+                   default_batches: int, run_model: Callable, row: Callable[[dict], list]):
+    """The driver of a benchmark that times each model in a fresh process.
+
+    Parses the shared options (``--data``, ``--models``, ``--batches``, ``--repeats``,
+    ``--threads``; ``doc`` is the help text). In child mode (``--model NAME``, passed by
+    the parent) prints ``run_model(args)`` as one JSON line and returns None; without the
+    dataset, says it skipped and returns None. Else runs one child per model and returns
+    ``(args, rows)``, ``row(result)`` per model, each row also printed to stderr as it
+    comes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(SHARED_DATA / "Beauty"))
+    parser.add_argument("--models", nargs="+", default=default_models, choices=models)
+    parser.add_argument("--batches", type=int, default=default_batches, help="training batches per timed pass")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--model", help=argparse.SUPPRESS)  # child mode
+    args = parser.parse_args(argv)
+    if args.model:
+        print(json.dumps(run_model(args)))
+        return None
+    if not os.path.isdir(args.data):
+        print(f"skipped: no dataset at {args.data} (set SEQREC_SHARED_DATA)")
+        return None
+    rows = []
+    for name in args.models:
+        result = run_child(script, ["--model", name, "--data", args.data, "--batches", str(args.batches),
+                                    "--repeats", str(args.repeats), "--threads", str(args.threads)])
+        rows.append(row(result))
+        print(rows[-1], file=sys.stderr, flush=True)
+    return args, rows
+
+
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
     print(title)
     widths = [max(len(str(h)), *(len(_fmt(r[i])) for r in rows)) for i, h in enumerate(header)]
