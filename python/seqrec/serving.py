@@ -23,7 +23,9 @@ are the supported serving paths.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -153,6 +155,22 @@ DECOMPOSITIONS: dict[torch._ops.OpOverload, Callable] = {
 }
 
 
+# torch's own FutureWarning, not ours: ExportedProgram.run_decompositions deep-copies the
+# program's module call graph (_get_updated_module_call_graph), and copying a tree spec
+# re-creates torch's LeafSpec through its deprecated class, which warns as if isinstance
+# had been called on it; inductor's compile_fx (AOTInductor) copies them too. Filtered
+# around our calls into torch only (run_decompositions, torch.onnx.export,
+# aoti_compile_and_package), so the same warning from anyone else still shows.
+_TORCH_LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+@contextlib.contextmanager
+def _without_torch_leafspec_warning():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TORCH_LEAFSPEC_WARNING, category=FutureWarning)
+        yield
+
+
 def seqrec_ops_in(program: torch.export.ExportedProgram) -> list[str]:
     """Names of the ``seqrec::*`` operators ``program``'s graph calls."""
     return sorted({str(n.target) for n in program.graph.nodes
@@ -167,7 +185,8 @@ def decompose_seqrec_ops(program: torch.export.ExportedProgram) -> torch.export.
     Raises:
         RuntimeError: naming the seqrec operators that have no decomposition.
     """
-    decomposed = program.run_decompositions(dict(DECOMPOSITIONS))
+    with _without_torch_leafspec_warning():
+        decomposed = program.run_decompositions(dict(DECOMPOSITIONS))
     left = seqrec_ops_in(decomposed)
     if left:
         raise RuntimeError(f"seqrec operators without a decomposition are left in the graph: {left}")
@@ -196,7 +215,8 @@ def aoti_package(model: nn.Module, path: str | os.PathLike, k: int = 10, *,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.pt2")
     try:
-        aoti_compile_and_package(program, package_path=str(tmp))
+        with _without_torch_leafspec_warning():  # inductor's compile_fx deep-copies tree specs too
+            aoti_compile_and_package(program, package_path=str(tmp))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -229,8 +249,9 @@ def onnx_program(model: nn.Module, k: int = 10, *, path: str | os.PathLike | Non
     program = export_topk(model, k) if program is None else program
     if seqrec_ops_in(program):  # a program decomposed already is taken as it is
         program = decompose_seqrec_ops(program)
-    onnx = torch.onnx.export(program, dynamo=True, input_names=["history", "exclude"],
-                             output_names=["ids", "scores"], verbose=False)
+    with _without_torch_leafspec_warning():
+        onnx = torch.onnx.export(program, dynamo=True, input_names=["history", "exclude"],
+                                 output_names=["ids", "scores"], verbose=False)
     if path is not None:
         from .utils import atomic_write
 
