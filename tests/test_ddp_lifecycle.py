@@ -84,11 +84,12 @@ def exploding(ds, at_call):
     return model
 
 
-def lifecycle(split, ds, ports):
+def lifecycle(split, ds, ports, out_dir):
     """Whether the group is initialised after each case (the torchrun environment is set)."""
     seen = {}
+    os.makedirs(out_dir, exist_ok=True)
     os.environ["MASTER_PORT"] = str(ports[0])
-    trainer = Trainer(sasrec(ds), split, config(epochs=1))
+    trainer = Trainer(sasrec(ds), split, config(epochs=1), out_dir=out_dir)
     seen["trainer_owns"] = trainer.ddp.owns_group and dist.is_initialized()
     trainer.fit()
     seen["after_fit"] = dist.is_initialized()
@@ -96,6 +97,10 @@ def lifecycle(split, ds, ports):
         trainer.evaluate("test")
     except RuntimeError as exc:
         seen["evaluate_after_fit"] = str(exc)
+    try:
+        trainer.resume()
+    except RuntimeError as exc:
+        seen["resume_after_fit"] = str(exc)
     os.environ["MASTER_PORT"] = str(ports[3])
     try:  # a Trainer that fails to construct after initialising the group destroys it
         Trainer(sasrec(ds), split, config(batch_size=1))
@@ -149,7 +154,7 @@ if __name__ == "__main__":
     out["users_group"] = users_group(split, ds, init)
     out["accumulate"] = {n: accumulate_run(split, ds, n) for n in (1, 5)}
     dist.destroy_process_group()
-    out["lifecycle"] = lifecycle(split, ds, ports)
+    out["lifecycle"] = lifecycle(split, ds, ports, os.path.dirname(init) + "/owned")
     if dist.is_initialized():
         dist.destroy_process_group()
     torch.save(out, path)
@@ -224,6 +229,8 @@ def test_trainer_destroys_only_the_group_it_created(ranks):
         assert not life["after_fit"] and not life["after_raise"] and not life["after_pretrain"]
         assert "Trainer.evaluate: the process group this trainer initialised was destroyed" in \
             life["evaluate_after_fit"]
+        assert "Trainer.resume: the process group this trainer initialised was destroyed" in \
+            life["resume_after_fit"]
         assert "must be at least the world size 2" in life["init_error"] and not life["after_init_error"]
         user = out["users_group"]
         assert not user["trainer_owns"]

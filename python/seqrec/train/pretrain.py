@@ -398,6 +398,8 @@ class Pretrainer:
 
         path = self.out_dir / PRETRAIN_CHECKPOINT
         read = lambda: load_checkpoint(path) if path.exists() else None  # noqa: E731
+        if self.ddp is not None:
+            self.ddp.check_open("Pretrainer.resume")
         # [DDP] rank 0 reads the run folder; every rank gets its checkpoint
         state = read() if self.ddp is None else self.ddp.from_writer(read)
         if state is None:

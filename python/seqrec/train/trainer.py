@@ -611,6 +611,8 @@ class Trainer:
             return False
         path = self.out_dir / CHECKPOINT_NAME
         read = lambda: load_checkpoint(path) if path.exists() else None  # noqa: E731
+        if self.ddp is not None:
+            self.ddp.check_open("Trainer.resume")
         # [DDP] rank 0 reads the run folder; every rank gets its checkpoint
         state = read() if self.ddp is None else self.ddp.from_writer(read)
         if state is None:
