@@ -28,10 +28,10 @@ is saved in the checkpoint under the callback's ``state_key``) and takes it back
 ``trainer.history``, which the checkpoint holds.
 
 Loggers (:class:`JSONLinesLogger`, today's ``history.jsonl``; :class:`CSVLogger`;
-:class:`TensorBoardLogger`) are callbacks; the JSON-lines and CSV files are rewritten
-whole (atomically) at every epoch's end and hold no file open, while the TensorBoard
-writer is closed by ``on_train_end`` or, when ``fit()`` raises, ``on_exception``; :func:`make_loggers` builds them from names
-(``seqrec train --logger jsonl,csv,tensorboard``).
+:class:`TensorBoardLogger`) are callbacks; :func:`make_loggers` builds them from names
+(``seqrec train --logger jsonl,csv,tensorboard``). The JSON-lines and CSV files are
+rewritten whole (atomically) at every epoch's end and hold no file open; the TensorBoard
+writer is closed by ``on_train_end`` or, when ``fit()`` raises, by ``on_exception``.
 """
 from __future__ import annotations
 
