@@ -259,6 +259,8 @@ def test_distributed_dss_pretraining_is_refused(monkeypatch, tmp_path):
     means, a confidence cut over the whole batch): refused, not silently different."""
     import seqrec.train.pretrain as pretrain
 
-    monkeypatch.setattr(pretrain.Distributed, "setup", staticmethod(lambda *args: object()))
+    # A world of 2 whose group the caller owns (the refused Pretrainer leaves it alone).
+    ddp = pretrain.Distributed(rank=0, world_size=2, local_rank=0, backend="gloo", device="cpu")
+    monkeypatch.setattr(pretrain.Distributed, "setup", staticmethod(lambda *args: ddp))
     with pytest.raises(ValueError, match="distributed pretraining is S3-Rec's; DSS's pretraining losses"):
         _pretrainer(tmp_path)
