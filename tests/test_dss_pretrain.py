@@ -11,7 +11,7 @@ import torch
 
 from seqrec.cli import main
 from seqrec.data import SequenceDataset, synthetic
-from seqrec.models import DSS, DSSConfig, SASRec, SASRecConfig, build_model, load_pretrained, read_pretrained_state
+from seqrec.models import DSS, DSSConfig, SASRec, SASRecConfig, load_pretrained, read_pretrained_state
 from seqrec.models.dss import pretrain_split
 from seqrec.models.losses import confident_info_nce, max_intention_nll
 from seqrec.models.pretrained import encoder_tensor_names

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from ..ops.backend import get_backend
 from ..ops.dif_attention import dif_attention, fusion_param_shapes
 from .layers import (
-    ACTIVATIONS,
     CroppedGroups,
     Dropout,
     PackedPositions,

@@ -159,23 +159,36 @@ class _StreamedNLL(torch.autograd.Function):
         # one more [N, C] multiply per block.
         positive_grad = not torch.compiler.is_compiling() and bool((grad > 0).all())
         shift = ((grad.log() - lse) if positive_grad else -lse)[:, None]
-        g_hidden = torch.zeros_like(hidden) if need_hidden else None
-        g_weight = torch.empty_like(weight) if need_weight else None
-        for start in range(0, weight.size(0), ctx.block):
-            w = weight[start:start + ctx.block]
-            p = torch.addmm(shift, hidden, w.t()).exp_()  # [N, C]
-            if not positive_grad:
-                p.mul_(grad[:, None])
-            if need_hidden:
-                g_hidden.addmm_(p, w)
-            if need_weight:
-                torch.mm(p.t(), hidden, out=g_weight[start:start + ctx.block])
-            del p
+        g_hidden, g_weight = _blocked_softmax_grads(hidden, weight, shift, None if positive_grad else grad[:, None],
+                                                    ctx.block, need_hidden, need_weight)
         if need_hidden:
             g_hidden.sub_(grad[:, None] * weight[target])
         if need_weight:
             g_weight.index_add_(0, target, -(grad[:, None] * hidden))
         return g_hidden, g_weight, None, None
+
+
+def _blocked_softmax_grads(rows: Tensor, weight: Tensor, shift: Tensor, scale: Tensor | None, block: int,
+                           need_rows: bool, need_weight: bool) -> tuple[Tensor | None, Tensor | None]:
+    """The softmax part of a streamed softmax backward, one block of items at a time:
+    ``p = exp(rows @ weight.T + shift)`` (times ``scale`` [N, 1] when given), then
+    ``p @ weight`` summed into the rows' gradient and ``p.T @ rows`` written as each
+    block's rows of the table's gradient. Only one [N, block] matrix lives at a time.
+    ``shift`` [N, 1] is ``log g - lse`` (or ``-lse`` with ``scale = g``). The callers
+    subtract the targets' one-hot part."""
+    g_rows = torch.zeros_like(rows) if need_rows else None
+    g_weight = torch.empty_like(weight) if need_weight else None
+    for start in range(0, weight.size(0), block):
+        w = weight[start:start + block]
+        p = torch.addmm(shift, rows, w.t()).exp_()  # [N, C]
+        if scale is not None:
+            p.mul_(scale)
+        if need_rows:
+            g_rows.addmm_(p, w)
+        if need_weight:
+            torch.mm(p.t(), rows, out=g_weight[start:start + block])
+        del p
+    return g_rows, g_weight
 
 
 def sampled_softmax_loss(positive: Tensor, negatives: Tensor, *, log_q: Tensor | None = None,
@@ -396,17 +409,8 @@ class _MixtureNLL(torch.autograd.Function):
         # A data-dependent branch (a host sync): a compiled graph takes the general path.
         positive_grad = not torch.compiler.is_compiling() and bool((grad > 0).all())
         shift = (g_rows.log() - lse_rows) if positive_grad else -lse_rows
-        g_phi = torch.zeros_like(rows) if need_phi else None
-        g_weight = torch.empty_like(weight) if need_weight else None
-        for start in range(0, weight.size(0), ctx.chunk):
-            block = weight[start : start + ctx.chunk]
-            p = torch.addmm(shift, rows, block.t()).exp_()  # [RK, C]
-            if not positive_grad:
-                p.mul_(g_rows)
-            if need_phi:
-                g_phi.addmm_(p, block)
-            if need_weight:
-                torch.mm(p.t(), rows, out=g_weight[start : start + ctx.chunk])
+        g_phi, g_weight = _blocked_softmax_grads(rows, weight, shift, None if positive_grad else g_rows, ctx.chunk,
+                                                 need_phi, need_weight)
         # The positive term: - g * resp_k at the target item of each row.
         coef = (grad[:, None] * resp).unsqueeze(-1)  # [R, K, 1]
         if need_phi:
