@@ -324,6 +324,22 @@ def _dss_pretrain() -> list[Run]:
     return runs
 
 
+def _compose() -> list[Run]:
+    """First compositions of ``--model composed`` (issue 29): DIF-SR's decoupled fusion of
+    the item attributes and DSS's K intentions on one encoder, trained by a sampled
+    softmax (100 uniform negatives), on LastFM at dss-sampled's budget and seeds, whose
+    seq2item-only row is the same model without the fusion."""
+    runs = []
+    for seed in (None, 1, 2):
+        suffix, seeded = _seeded(seed)
+        runs.append(Run(f"lastfm_composed_difsr_dss_sampled{suffix}",
+                        "LastFM composed: DIF-SR fusion + DSS intentions, sampled softmax",
+                        ("--model", "composed", "--side-information", "difsr", "--attributes", "attributes",
+                         "--interests", "dss", "--loss", "sampled", "--num-negatives", "100",
+                         "--data", _data("LastFM"), "--epochs", "100", "--patience", "0", *seeded)))
+    return runs
+
+
 # S3-Rec fine-tuning (and its no-pretraining row): the authors' budget, selected by the
 # sampled protocol's MRR as their sampled-protocol runs are.
 FINETUNE = ("--valid-ranking", "sampled", "--metric", "MRR", "--epochs", "200", "--patience", "10")
@@ -497,7 +513,7 @@ def _s3rec_aap_input() -> list[Run]:
 SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
           "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "dss-lambda": _dss_lambda,
           "dss-temperature": _dss_temperature, "dss-sampled": _dss_sampled, "dss-long": _dss_long,
-          "dss-pretrain": _dss_pretrain,
+          "dss-pretrain": _dss_pretrain, "compose": _compose,
           "s3rec": _s3rec, "s3rec-short": _s3rec_short,
           "s3rec-seeds": _s3rec_seeds, "s3rec-aap-input": _s3rec_aap_input}
 
