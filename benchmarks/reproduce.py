@@ -340,6 +340,36 @@ def _compose() -> list[Run]:
     return runs
 
 
+# Issue 29's recipe (``--model composed --preset best``) and its ablation: each component
+# removed (or, for the loss, replaced by the alternative validation rejected) in turn.
+BEST_ABLATIONS = (
+    ("nofusion", "without DIF-SR fusion", ("--side-information", "none")),
+    ("nointentions", "without DSS intentions (one user vector)", ("--interests", "none")),
+    ("neither", "without fusion and intentions (SASRec CE)", ("--side-information", "none", "--interests", "none")),
+    ("sampled", "with a sampled softmax (100 negatives) instead of CE", ("--loss", "sampled", "--num-negatives", "100")),
+)
+
+
+def _best() -> list[Run]:
+    """``--preset best`` on Beauty and LastFM, seeds 42, 1 and 2 (rows "Beauty best" and
+    "LastFM best"), then the ablation rows (``BEST_ABLATIONS``), with the preset's own
+    budget (at most 200 epochs, patience 30) everywhere: the rows differ from the recipe's
+    in the named component only. The item attributes are each dataset's ``attributes``
+    field (the fusion reads them; rows without the fusion take none)."""
+    recipe, ablations = [], []
+    for ds in ("LastFM", "Beauty"):
+        key, data = ds.lower(), ("--data", _data(ds))
+        for seed in (None, 1, 2):
+            suffix, seeded = _seeded(seed)
+            recipe.append(Run(f"{key}_best{suffix}", f"{ds} best",
+                              ("--model", "composed", "--preset", "best", "--attributes", "attributes", *data, *seeded)))
+            for name, label, change in BEST_ABLATIONS:
+                attributes = () if "none" in change[:2] else ("--attributes", "attributes")
+                ablations.append(Run(f"{key}_best_{name}{suffix}", f"{ds} best {label}",
+                                     ("--model", "composed", "--preset", "best", *change, *attributes, *data, *seeded)))
+    return recipe + ablations
+
+
 # S3-Rec fine-tuning (and its no-pretraining row): the authors' budget, selected by the
 # sampled protocol's MRR as their sampled-protocol runs are.
 FINETUNE = ("--valid-ranking", "sampled", "--metric", "MRR", "--epochs", "200", "--patience", "10")
@@ -513,7 +543,7 @@ def _s3rec_aap_input() -> list[Run]:
 SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
           "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "dss-lambda": _dss_lambda,
           "dss-temperature": _dss_temperature, "dss-sampled": _dss_sampled, "dss-long": _dss_long,
-          "dss-pretrain": _dss_pretrain, "compose": _compose,
+          "dss-pretrain": _dss_pretrain, "compose": _compose, "best": _best,
           "s3rec": _s3rec, "s3rec-short": _s3rec_short,
           "s3rec-seeds": _s3rec_seeds, "s3rec-aap-input": _s3rec_aap_input}
 

@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--attributes", nargs="+", default=None, metavar="FIELD",
         help="attribute fields of the dataset used as side information (S3-Rec json data: 'attributes'; RecBole "
              "atomic: the .item columns, e.g. 'class')")
-    t.add_argument("--epochs", type=positive_int, default=200, help="training epochs (at most; see --patience)")
+    t.add_argument("--epochs", type=positive_int, default=None,
+                   help="training epochs (at most; see --patience; default: the --preset's, else 200)")
     t.add_argument("--batch-size", type=positive_int, default=None,
                    help="users per batch " + _train_defaults_text("batch_size"))
     t.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate " + _train_defaults_text("lr"))
@@ -199,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sparse item-table gradients with a row-wise (lazy) Adam: a step costs the rows a batch "
                         "touches, not the catalogue (bce / sampled losses)")
     _add_trainer_args(t)
-    t.add_argument("--patience", type=nonneg_int, default=10,
-                   help="evaluations without improvement before stopping (0: never)")
+    t.add_argument("--patience", type=nonneg_int, default=None,
+                   help="evaluations without improvement before stopping (0: never; default: the --preset's, "
+                        "else 10)")
     t.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
     t.add_argument("--metric", default="NDCG@20", help="validation metric for early stopping and model selection")
     t.add_argument("--valid-ranking", choices=["full", "sampled"], default="full",
@@ -534,6 +536,15 @@ def format_table(title: str, metrics: dict, protocol: str) -> str:
     return "\n".join(lines)
 
 
+def _given_or(value, defaults: dict, name: str):
+    """A training setting: the flag's ``value`` if given, else the --preset's (``defaults``),
+    else TrainConfig's default."""
+    if value is not None:
+        return value
+    from .train import TrainConfig
+    return defaults.get(name, getattr(TrainConfig, name))
+
+
 def _model_config(args, dataset, init_config: dict | None = None) -> tuple[str, dict]:
     """The model `seqrec train` builds and its config fields: from the model flags, the
     --preset, the --init checkpoint's config and the dataset (seqrec.model_options)."""
@@ -617,11 +628,11 @@ def cmd_train(args) -> int:
     if num_negatives is None:
         num_negatives = 100 if config.get("loss") == "sampled" else defaults["num_negatives"]
     train_config = TrainConfig(
-        epochs=args.epochs, lr=args.lr if args.lr is not None else defaults["lr"],
+        epochs=_given_or(args.epochs, defaults, "epochs"), lr=args.lr if args.lr is not None else defaults["lr"],
         batch_size=args.batch_size if args.batch_size is not None else defaults["batch_size"], weight_decay=args.weight_decay,
         num_negatives=num_negatives, train_negatives=args.train_negatives,
         log_q={"auto": None, "on": True, "off": False}[args.log_q], sparse_embeddings=args.sparse_embeddings,
-        patience=args.patience, eval_every=args.eval_every, metric=args.metric, valid_ranking=args.valid_ranking,
+        patience=_given_or(args.patience, defaults, "patience"), eval_every=args.eval_every, metric=args.metric, valid_ranking=args.valid_ranking,
         ks=tuple(args.ks), sampled_negatives=args.sampled_negatives, exclude_history=not args.no_exclude_history,
         eval_chunk_size=args.eval_chunk_size, eval_memory=args.eval_memory,
         seed=args.seed, device=args.device, progress=args.progress,
