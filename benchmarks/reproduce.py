@@ -364,7 +364,8 @@ def _best() -> list[Run]:
             recipe.append(Run(f"{key}_best{suffix}", f"{ds} best",
                               ("--model", "composed", "--preset", "best", "--attributes", "attributes", *data, *seeded)))
             for name, label, change in BEST_ABLATIONS:
-                attributes = () if "none" in change[:2] else ("--attributes", "attributes")
+                fused = "--side-information" not in change  # the fusion reads the attributes
+                attributes = ("--attributes", "attributes") if fused else ()
                 ablations.append(Run(f"{key}_best_{name}{suffix}", f"{ds} best {label}",
                                      ("--model", "composed", "--preset", "best", *change, *attributes, *data, *seeded)))
     return recipe + ablations

@@ -1,0 +1,111 @@
+"""Issue 29's recipe: ``seqrec train --model composed --preset best`` builds the documented
+composition and budget, explicit flags override it, and reproduce.py's ``best`` suite
+runs the recipe and rows that each change one component of it."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from helpers import REPO_ROOT
+from seqrec.cli import main
+from seqrec.models.composed import PRESETS
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import reproduce  # noqa: E402
+
+DATA = ["--data", "synthetic", "--synthetic-users", "60", "--synthetic-items", "40", "--max-len", "10"]
+
+
+class _Built(Exception):
+    def __init__(self, model_spec, config):
+        super().__init__("built")
+        self.model_spec, self.config = model_spec, config
+
+
+class _Stop:
+    """Stands in for the Trainer: records what the CLI built, trains nothing."""
+
+    def __init__(self, model, data, config, *, model_spec=None, **options):
+        raise _Built(model_spec, config)
+
+
+@pytest.fixture
+def built(monkeypatch, tmp_path):
+    import seqrec.train
+
+    monkeypatch.setattr(seqrec.train, "Trainer", _Stop)
+
+    def build(*argv):
+        with pytest.raises(_Built) as caught:
+            main(["train", *DATA, *argv, "--no-progress", "--out", str(tmp_path / "run")])
+        return caught.value.model_spec["config"], caught.value.config
+    return build
+
+
+def test_preset_best_is_the_documented_composition_and_budget(built):
+    config, train = built("--model", "composed", "--preset", "best", "--attributes", "category")
+    preset = PRESETS["best"]
+    assert {k: config[k] for k in preset.model} == preset.model
+    assert config["attribute_fields"] == ["category"] or tuple(config["attribute_fields"]) == ("category",)
+    assert (config["side_information"], config["interests"], config["loss"]) == ("difsr", "dss", "ce")
+    assert (train.epochs, train.patience, train.lr, train.batch_size) == (200, 30, 1e-3, 256)
+
+
+def test_flags_override_the_preset_budget_and_parts(built):
+    config, train = built("--model", "composed", "--preset", "best", "--side-information", "none",
+                          "--epochs", "7", "--patience", "2", "--lr", "0.01")
+    assert (config["side_information"], config["interests"]) == ("none", "dss")
+    assert (train.epochs, train.patience, train.lr) == (7, 2, 0.01)
+
+
+def test_without_a_preset_the_budget_is_the_trainers_default(built):
+    _, train = built("--model", "composed")
+    assert (train.epochs, train.patience) == (200, 10)
+    _, train = built("--model", "sasrec", "--patience", "0")
+    assert (train.epochs, train.patience) == (200, 0)
+
+
+def test_preset_best_without_attributes_names_the_flag(tmp_path, capsys):
+    rc = main(["train", *DATA, "--model", "composed", "--preset", "best", "--epochs", "1", "--no-progress",
+               "--out", str(tmp_path / "run")])
+    assert rc == 2
+    assert "--attributes" in capsys.readouterr().err
+
+
+def _flags(args: tuple[str, ...]) -> dict:
+    pairs, i = {}, 0
+    while i < len(args):
+        pairs[args[i]] = args[i + 1]
+        i += 2
+    return pairs
+
+
+def test_best_suite_rows_change_one_component_each(tmp_path):
+    runs = {r.name: r for r in reproduce.suite_runs("best", tmp_path)}
+    for ds in ("beauty", "lastfm"):
+        for suffix in ("", "_s1", "_s2"):
+            recipe = _flags(runs[f"{ds}_best{suffix}"].args)
+            assert runs[f"{ds}_best{suffix}"].group in ("Beauty best", "LastFM best")
+            assert recipe["--preset"] == "best" and recipe["--model"] == "composed"
+            for name, _, change in reproduce.BEST_ABLATIONS:
+                row = _flags(runs[f"{ds}_best_{name}{suffix}"].args)
+                changed = _flags(change)
+                # the row is the recipe with the named change, and without the attributes
+                # exactly when it drops the fusion that reads them
+                expected = {**recipe, **changed}
+                if changed.get("--side-information") == "none":
+                    expected.pop("--attributes")
+                assert row == expected, name
+
+
+def test_every_best_suite_command_parses_into_a_model(built, tmp_path):
+    """Each row's options (the data swapped for the synthetic set) build a model."""
+    for run in reproduce.suite_runs("best", tmp_path):
+        flags = _flags(run.args)
+        flags.pop("--data")
+        if "--attributes" in flags:
+            flags["--attributes"] = "category"
+        argv = [x for kv in flags.items() for x in kv]
+        config, _ = built(*argv)
+        assert config["side_information"] in ("none", "difsr"), run.name
