@@ -11,6 +11,18 @@ import seqrec
 from helpers import DEVICES, SHARED_DATA, shared_dataset  # noqa: F401  (re-exported)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny-tensor work on one intra-op thread: on the shared 2-core CI machine under load,
+    two OpenMP threads per op made such files 9-20x slower (test_s3rec.py: 280 s vs 30 s),
+    hand-offs costing far more than they save. Results do not depend on the thread count
+    (test_seq_mask checks the op; the rest is torch)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _mark_by_what_it_runs(item) -> None:
     """Set the markers `make test-fast` deselects from what a test (or a fixture it uses)
     calls, so they cannot drift from the code: `shared_data` for shared_dataset(...),

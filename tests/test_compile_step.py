@@ -33,13 +33,8 @@ MAX_LEN = 30
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on one intra-op thread: on the shared 2-core machine under load, two
-    OpenMP threads per op made these steps ~20x slower (as in test_s3rec.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # conftest.one_thread: tiny tensors, one intra-op thread
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -326,6 +326,29 @@ def test_config_distributed_setting():
             cls(distributed="auto")
 
 
+def test_data_download_refuses_to_run_under_torchrun(tmp_path, monkeypatch, capsys):
+    """Every rank would download into the same folder; one process (world 1) downloads."""
+    import seqrec.data.download
+    from seqrec.cli import main
+
+    fetched = []
+    monkeypatch.setattr(seqrec.data.download, "download_dataset",
+                        lambda name, to, **kw: fetched.append(name) or tmp_path / "out" / name)
+    argv = ["data", "download", "Beauty", "--to", str(tmp_path / "out")]
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "seqrec data download runs under torchrun" in err and "WORLD_SIZE=2" in err, err
+    assert fetched == [] and not (tmp_path / "out").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 0 and fetched == ["Beauty"]
+    with pytest.raises(SystemExit):
+        main(["data", "download", "--help"])
+    assert "not under torchrun" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.parametrize("command", [
     ["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/out"],
     ["data", "prepare", "--data", "synthetic", "--synthetic-users", "20", "--synthetic-items", "40",

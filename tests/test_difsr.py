@@ -370,14 +370,6 @@ def test_torch_compile_smoke():
 
 
 # ---------------------------------------------------------------- training and CLI
-@pytest.fixture
-def one_thread():
-    # Tiny batches: on a shared 2-core CI box OpenMP hand-offs cost far more than they
-    # save (seen: 10 s on one thread, minutes on two while other jobs run).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_short_training_beats_popularity(one_thread):

@@ -126,14 +126,6 @@ GOLDEN: dict[str, tuple[list[float], float, str]] = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _run(name):
     return run_s3rec() if name == "s3rec" else run_case(name)
 

@@ -41,14 +41,8 @@ TINY_CLI = ["--data", "synthetic", "--synthetic-users", "150", "--synthetic-item
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny-tensor training on one intra-op thread: on the shared 2-core CI machine, two
-    OpenMP threads per op made this file 9x slower (280 s vs 30 s) under load. Results do
-    not depend on the thread count (test_seq_mask checks the op; the rest is torch)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # conftest.one_thread: tiny tensors, one intra-op thread
     yield
-    torch.set_num_threads(threads)
 
 
 def make_model(dtype=torch.float64, backend=None, **overrides) -> S3Rec:

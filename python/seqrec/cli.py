@@ -400,7 +400,8 @@ def _add_download_parser(dsub) -> None:
                     "Resumable (rerun after an interruption), checked against the size and SHA-256 pinned in "
                     f"seqrec.data.registry. Datasets: {listing}.")
     p.add_argument("name", metavar="NAME", help="dataset: " + ", ".join(DATASETS) + " (case-insensitive)")
-    p.add_argument("--to", default="data", metavar="DIR", help="parent folder (default: %(default)s)")
+    p.add_argument("--to", default="data", metavar="DIR", help="parent folder (default: %(default)s). "
+                   + NOT_UNDER_TORCHRUN)
     p.add_argument("--no-verify", action="store_true",
                    help="accept files that have no pinned checksum (their SHA-256 is printed); pinned files are "
                         "always checked")
@@ -1004,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
                 (_writer(args, lock_run_folder, args.out) or contextlib.nullcontext() if writes_folder
                  else contextlib.nullcontext()):
             warnings.showwarning = _cli_warnings(args.command)
-            if args.command == "export" or (args.command == "data" and args.data_command == "prepare"):
+            if args.command == "export" or (args.command == "data" and args.data_command in ("prepare", "download")):
                 _refuse_under_torchrun(args)
             if getattr(args, "device", None) is not None:
                 _check_device(args.device)
@@ -1040,14 +1041,16 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-# [DDP] What `seqrec export` and `seqrec data prepare` say in --help, and do under torchrun.
+# [DDP] What `seqrec export`, `seqrec data prepare` and `seqrec data download` say in --help,
+# and do under torchrun.
 NOT_UNDER_TORCHRUN = ("It writes one folder in one process: not under torchrun (with several processes it is "
                       "refused, rather than having every rank write the same folder); run it once, then start "
                       "the training under torchrun.")
 
 
 def _refuse_under_torchrun(args) -> None:
-    """[DDP] ``seqrec export`` / ``seqrec data prepare`` are one-process commands: every rank
+    """[DDP] ``seqrec export`` / ``seqrec data prepare`` / ``seqrec data download`` are
+    one-process commands: every rank
     of a torchrun launch would write the same output folder, so a world of several
     processes is refused (ValueError: exit 2 on every rank, nothing written)."""
     from .train.distributed import torchrun_world
