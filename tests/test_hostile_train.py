@@ -268,6 +268,28 @@ CASES = [
          r"ComposedConfig.next_item_weight must be > 0 when every other objective's weight is 0"),
     Case("train-composed-dss-with-bce", lambda c: train(c, "--model", "composed", "--interests", "dss", "--loss", "bce"),
          2, r"'ce' or 'sampled' with interests='dss'"),
+    # S3-Rec's objectives on --model composed: AAP / MAP without attributes, a bad weight or mask
+    # probability, an unknown AAP input, a field that is not in the data
+    Case("train-composed-aap-without-attributes", lambda c: train(c, "--model", "composed", "--aap-weight", "0.2"), 2,
+         r"ComposedConfig.attribute_fields must be one or more categorical attribute fields with aap_weight or "
+         r"map_weight > 0"),
+    Case("train-composed-map-without-attributes", lambda c: train(c, "--model", "composed", "--map-weight", "1"), 2,
+         r"ComposedConfig.attribute_fields must be one or more categorical attribute fields"),
+    Case("train-composed-mip-weight-negative", lambda c: train(c, "--model", "composed", "--mip-weight=-1"), 2,
+         r"ComposedConfig.mip_weight must be a number >= 0"),
+    Case("train-composed-sp-weight-nan", lambda c: train(c, "--model", "composed", "--sp-weight", "nan"), 2,
+         r"ComposedConfig.sp_weight must be a number >= 0"),
+    Case("train-composed-mask-p-above-1", lambda c: train(c, "--model", "composed", "--mip-weight", "1",
+                                                          "--mask-p", "1.5"), 2,
+         r"ComposedConfig.mask_prob must be a number in \[0, 1\]"),
+    Case("train-composed-aap-input-unknown", lambda c: train(c, "--model", "composed", "--aap-input", "context"), 2,
+         r"argument --aap-input: invalid choice: 'context'"),
+    Case("train-composed-aap-unknown-field", lambda c: train(c, "--model", "composed", "--aap-weight", "0.2",
+                                                             "--attributes", "colour"), 2,
+         r"has no attribute field 'colour'"),
+    Case("train-composed-s3rec-only-needs-a-term", lambda c: train(c, "--model", "composed", "--next-item-weight", "0",
+                                                                   "--mip-weight", "0"), 2,
+         r"ComposedConfig.next_item_weight must be > 0 when every other objective's weight is 0"),
     # model options: their config dataclass refuses 0, naming the field (exit 2, no traceback)
     Case("train-hidden-size-0", lambda c: train(c, "--hidden-size", "0"), 2, r"hidden_size.* >= 1|hidden_size.*got 0"),
     Case("pretrain-lr-0", lambda c: pretrain(c, "--lr", "0"), 2, r"argument --lr: must be > 0, got 0"),

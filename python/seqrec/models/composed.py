@@ -45,22 +45,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.backend import get_backend
+from ..ops.seq_mask import SeqMaskOutput
 from .base import LossOutput, SequentialRecommender
 from .config import EncoderConfig, Preset, field_of, spec
 from .difsr import DIFMultiHeadAttention, DIFSRConfig, DecoupledSideInformation, SideInformationFields, _Embeddings
 from .dss import DSSConfig, IntentionHead
-from .layers import ItemPositionEmbedding, TransformerEncoder, encode_last_position, init_transformer_weights
+from .layers import (ItemPositionEmbedding, TransformerEncoder, encode_last_position, init_transformer_weights,
+                     lookup_rows)
 from .losses import next_item_nll
+from .s3rec import OBJECTIVES as S3REC_OBJECTIVES, S3RecConfig, S3RecObjectives, combined_attribute_table
 
 __all__ = ["ComposedConfig", "ComposedRecommender", "EncodedBatch", "Objective", "config_objectives",
-           "next_item_term", "attribute_term", "seq2seq_term", "PRESETS"]
+           "next_item_term", "attribute_term", "seq2seq_term", "s3rec_term", "s3rec_sequence", "PRESETS"]
 
 SIDE_INFORMATION = ("none", "difsr")
 INTERESTS = ("none", "dss")
@@ -127,6 +131,15 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
     confidence_lambda: float = field_of(DSSConfig, "confidence_lambda")
     beta: str = field_of(DSSConfig, "beta")
     cluster_eps: float = field_of(DSSConfig, "cluster_eps")
+    # S3-Rec's self-supervised objectives, trained jointly (S3RecConfig's fields; off by
+    # default, and averaged rather than summed: the next-item term is a mean over rows).
+    aap_weight: float = field_of(S3RecConfig, "aap_weight", default=0.0)
+    mip_weight: float = field_of(S3RecConfig, "mip_weight", default=0.0)
+    map_weight: float = field_of(S3RecConfig, "map_weight", default=0.0)
+    sp_weight: float = field_of(S3RecConfig, "sp_weight", default=0.0)
+    mask_prob: float = field_of(S3RecConfig, "mask_prob")
+    aap_input: str = field_of(S3RecConfig, "aap_input")
+    reduction: str = field_of(S3RecConfig, "reduction", default="mean")
 
     def validate(self) -> None:
         super().validate()
@@ -135,9 +148,20 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
         if side and not self.attribute_fields:
             self.fail("attribute_fields", "at least one attribute field with side_information='difsr' "
                                           "(seqrec train: --attributes FIELD ...)", self.attribute_fields)
-        if not side and self.attribute_fields:
-            self.fail("attribute_fields", "empty without side information (side_information='none'); "
-                                          "--side-information difsr reads them", self.attribute_fields)
+        s3rec_attributes = "aap" in self.s3rec_objectives or "map" in self.s3rec_objectives
+        if not side and self.attribute_fields and not s3rec_attributes:
+            self.fail("attribute_fields", "empty without side information (side_information='none') unless "
+                                          "S3-Rec's AAP / MAP read them; --side-information difsr reads them",
+                      self.attribute_fields)
+        if s3rec_attributes and not self.s3rec_attribute_fields:
+            self.fail("attribute_fields", "one or more categorical attribute fields with aap_weight or map_weight "
+                                          "> 0 (S3-Rec's AAP / MAP predict an item's attributes; seqrec train: "
+                                          "--attributes FIELD ...)", self.attribute_fields)
+        if s3rec_attributes and not side and len(self.s3rec_attribute_fields) != len(self.attribute_fields):
+            numeric = [f for f in self.attribute_fields if f not in self.s3rec_attribute_fields]
+            self.fail("attribute_fields", f"categorical fields for S3-Rec's AAP / MAP ({numeric} numeric; "
+                                          "without side information the fields serve nothing else)",
+                      self.attribute_fields)
         if not side and any(self.field_loss_weights or [self.attribute_loss_weight]):
             self.fail("attribute_loss_weight", "0 without side information (the attribute predictors read "
                                                "the tables of side_information='difsr')", self.attribute_loss_weight)
@@ -150,9 +174,26 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
         if dss and self.attention != "causal":
             self.fail("attention", "'causal' with interests='dss' (the intention vectors of every prefix "
                                    "read causal states)", self.attention)
-        if not (self.next_item_weight or self.seq2seq_weight or any(self.field_loss_weights)):
+        if not (self.next_item_weight or self.seq2seq_weight or any(self.field_loss_weights)
+                or self.s3rec_objectives):
             self.fail("next_item_weight", "> 0 when every other objective's weight is 0 (nothing to train)",
                       self.next_item_weight)
+
+    @property
+    def s3rec_objectives(self) -> tuple[str, ...]:
+        """S3-Rec's objectives switched on (weight > 0), in the paper's order."""
+        return tuple(o for o in S3REC_OBJECTIVES if getattr(self, f"{o}_weight") > 0)
+
+    @property
+    def s3rec_attribute_fields(self) -> tuple[str, ...]:
+        """The categorical fields of ``attribute_fields``: S3-Rec's attributes (AAP, MAP),
+        their ids offset into one space in this order (:func:`~seqrec.models.s3rec.item_attribute_table`)."""
+        return tuple(f for f, v in zip(self.attribute_fields, self.attribute_vocab_sizes) if v > 0)
+
+    @property
+    def num_attributes(self) -> int:
+        """S3-Rec's attribute ids 1..num_attributes (its ``S3RecConfig.num_attributes``)."""
+        return sum(v for v in self.attribute_vocab_sizes if v > 0)
 
     # ``seqrec train --init``: an encoder of the checkpoint's sizes (and, from a DSS
     # pretraining, its intentions and beta, which shape parameters).
@@ -181,6 +222,10 @@ class EncodedBatch:
         raw, probs: DSS's unnormalised prefix vectors [B, n, K, D] and p(k|i) [B, n, K]
             (for the seq2seq term), else None.
         split: optional [B] DSS's past lengths (None: drawn by the seq2seq term).
+        masking: optional S3-Rec corruption (:class:`~seqrec.ops.SeqMaskOutput`) of the
+            rows' training parts (:func:`s3rec_sequence`); None: drawn by the first
+            S3-Rec term. s3rec: the S3-Rec terms' losses of this batch, computed once
+            (one corruption, one encoder call) by the first of them.
     """
 
     inputs: Tensor
@@ -196,6 +241,8 @@ class EncodedBatch:
     raw: Tensor | None = None
     probs: Tensor | None = None
     split: Tensor | None = None
+    masking: SeqMaskOutput | None = None
+    s3rec: dict[str, Tensor] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +286,33 @@ def seq2seq_term(model: "ComposedRecommender", batch: EncodedBatch) -> LossOutpu
     return LossOutput(loss, {"pairs": kept, "present": present})
 
 
+# ---------------------------------------------------------------------- S3-Rec's objectives
+def s3rec_sequence(inputs: Tensor, targets: Tensor, max_len: int) -> Tensor:
+    """The training part each row of a batch holds, what S3-Rec's terms corrupt: the inputs
+    and the item after them (``targets``' last column; rows without one keep their
+    inputs), left-padded, the last ``max_len`` items kept. [B, min(n + 1, max_len)].
+
+    (S3-Rec pretrains on the training part of each sequence; the next-item term's target
+    is a training item too, so the terms see nothing the evaluation holds out.)"""
+    last = targets[:, -1:]
+    whole = torch.where(last > 0, torch.cat([inputs, last], 1), F.pad(inputs, (1, 0)))
+    return whole[:, -max_len:]
+
+
+def s3rec_term(name: str) -> Callable[["ComposedRecommender", EncodedBatch], LossOutput]:
+    """S3-Rec's objective ``name`` (``aap``, ``mip``, ``map``, ``sp``): the four share one
+    corruption of the batch and one encoder call, computed by the first that runs
+    (:meth:`ComposedRecommender.s3rec_batch_losses`)."""
+    if name not in S3REC_OBJECTIVES:
+        raise ValueError(f"S3-Rec objective must be one of {S3REC_OBJECTIVES}, got {name!r}")
+
+    def compute(model: "ComposedRecommender", batch: EncodedBatch) -> LossOutput:
+        if batch.s3rec is None:
+            batch.s3rec = model.s3rec_batch_losses(batch)
+        return LossOutput(batch.s3rec[name])
+    return compute
+
+
 def config_objectives(config: ComposedConfig) -> tuple[Objective, ...]:
     """The weighted terms ``config`` asks for, in logging order (weights of 0 left out)."""
     out = []
@@ -252,10 +326,12 @@ def config_objectives(config: ComposedConfig) -> tuple[Objective, ...]:
                 out.append(Objective(f"attr:{name}", weight, attribute_term(i)))
     if config.seq2seq_weight:
         out.append(Objective("seq2seq", config.seq2seq_weight, seq2seq_term))
+    for name in config.s3rec_objectives:
+        out.append(Objective(name, getattr(config, f"{name}_weight"), s3rec_term(name)))
     return tuple(out)
 
 
-class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRecommender):
+class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectives, SequentialRecommender):
     """The shared encoder with the parts and objectives of :class:`ComposedConfig`
     (module docstring).
 
@@ -263,8 +339,9 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
         config: :class:`ComposedConfig`.
         attributes: with ``side_information="difsr"``, the tables of
             ``config.attribute_fields`` (a :class:`~seqrec.data.SequenceDataset` or
-            ``{name: AttributeField}``), as :class:`~seqrec.models.DIFSR`'s; ignored
-            without side information.
+            ``{name: AttributeField}``), as :class:`~seqrec.models.DIFSR`'s; with S3-Rec's
+            AAP / MAP, also their item -> attribute table (the categorical fields of
+            ``config.attribute_fields``); ignored otherwise.
         backend: ``"seqrec"`` / ``"reference"`` for the ops, None = process default.
         objectives: the weighted terms of the training loss; None = those the config
             asks for (:func:`config_objectives`). Pass your own to add a term, e.g.
@@ -277,7 +354,11 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
     attention adds ``position_*``, ``attribute_*``, ``fusion_params``), ``predictors``
     (DIF-SR's attribute heads, with side information), DSS's ``prototypes``,
     ``key_norm``, ``key_map``, ``query_norm``, ``query_bias``, ``distance``, ``beta_*``,
-    ``out_norm`` (with its intentions).
+    ``out_norm`` (with its intentions); with S3-Rec's objectives, S3-Rec's heads of the
+    terms switched on (``aap``, ``mip``, ``map``, ``sp``, and ``attribute_embedding`` for
+    AAP / MAP) and ``mask_embedding`` [1, D], the mask token's vector (S3-Rec's item
+    table row ``num_items + 1``: :func:`~seqrec.models.load_pretrained` takes it from
+    there).
 
     With DSS's intentions the attribute predictors read the encoder's final state at each
     position (what DIF-SR's read), not the K vectors.
@@ -313,11 +394,15 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
                                             for v in config.attribute_vocab_sizes)
         if config.interests == "dss":
             self._build_intentions()
+        if config.s3rec_objectives:
+            self._build_s3rec_heads()
         self.apply(partial(init_transformer_weights, std=config.initializer_range))
         if side:
             self._init_side_information(attributes)
         if config.interests == "dss":
             self._init_intentions()
+        if attributes is not None and {"aap", "map"} & set(config.s3rec_objectives):
+            self._init_s3rec_attributes(attributes)
         self.objectives = self._checked_objectives(config_objectives(config) if objectives is None else objectives)
 
     @staticmethod
@@ -337,6 +422,102 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
         if not terms or len(set(names)) != len(names):
             raise ValueError(f"objectives must be one or more terms with distinct names, got {names}")
         return terms
+
+    # ------------------------------------------------------------------ S3-Rec's objectives
+    def _build_s3rec_heads(self) -> None:
+        """S3-Rec's heads of the objectives switched on (its parameter names), the mask
+        token's vector and the (non-persistent) item -> attribute ids table."""
+        cfg, d = self.config, self.config.hidden_size
+        on = cfg.s3rec_objectives
+        self.mask_embedding = nn.Embedding(1, d)
+        if "aap" in on or "map" in on:
+            self.attribute_embedding = nn.Embedding(cfg.num_attributes + 1, d, padding_idx=0)
+        for name in on:
+            setattr(self, name, nn.Linear(d, d))
+        self.register_buffer("item_attributes", torch.zeros(cfg.num_items + 1, 0, dtype=torch.int64),
+                             persistent=False)
+
+    def _init_s3rec_attributes(self, attributes) -> None:
+        """S3-Rec's table from the constructor's ``attributes`` (its categorical fields)."""
+        cfg = self.config
+        fields = attributes if isinstance(attributes, Mapping) else self._dataset_fields(attributes)
+        for name, vocab in zip(cfg.attribute_fields, cfg.attribute_vocab_sizes):
+            field = fields.get(name)
+            if field is not None and vocab > 0 and field.kind == "categorical" and field.num_values != vocab:
+                raise ValueError(f"attribute field {name!r} has {field.num_values} values, the model was built "
+                                 f"with {vocab} (attribute_vocab_sizes)")
+        table, _, _ = combined_attribute_table(fields, cfg.s3rec_attribute_fields, cfg.num_items)
+        self.set_item_attributes(table)
+
+    def _missing_attributes_message(self) -> str:
+        name = type(self).__name__
+        return (f"{name}: S3-Rec's AAP / MAP read the item -> attribute table of attribute_fields "
+                f"{list(self.config.s3rec_attribute_fields)}, which this model was built without: build it with "
+                f"{name}(config, attributes=dataset) or call set_item_attributes(table)")
+
+    def _lookup_items(self, *ids: Tensor) -> list[Tensor]:
+        """Item vectors in one table lookup; with S3-Rec's objectives the mask token
+        (id ``num_items + 1``) reads ``mask_embedding``."""
+        if not self.config.s3rec_objectives:
+            return lookup_rows(self.embedding.item, *ids)
+        token = self.mask_token
+        rows = lookup_rows(self.embedding.item, *(i.masked_fill(i == token, 0) for i in ids))
+        return [torch.where((i == token).unsqueeze(-1), self.mask_embedding.weight[0], r) for i, r in zip(ids, rows)]
+
+    def _field_embeddings(self, item_seq: Tensor) -> list[Tensor]:
+        # A masked position hides its item's attributes too (else MIP / MAP would read them).
+        if self.config.s3rec_objectives:
+            item_seq = item_seq.masked_fill(item_seq == self.mask_token, 0)
+        return DecoupledSideInformation._field_embeddings(self, item_seq)
+
+    def _hidden_at(self, item_seq: Tensor, rows: Tensor, cols: Tensor, extra_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """S3-Rec's encoder outputs at ``(rows, cols)`` of a corrupted batch, bidirectional
+        (:meth:`S3RecObjectives._hidden_at`; with DIF-SR's side information its encoder
+        paths, with the attention direction of the call)."""
+        if self.config.side_information != "difsr":
+            return S3RecObjectives._hidden_at(self, item_seq, rows, cols, extra_ids)
+        n = item_seq.size(1)
+        mask, flat = item_seq != 0, rows * n + cols
+        if self._takes_padded_path():
+            h = self._encode_padded(item_seq, mask, causal=False).reshape(-1, self.config.hidden_size)
+            hidden = h.index_select(0, flat)
+        else:
+            select = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device).index_fill_(0, flat, True)
+            out = self._encode(item_seq, mask, select.view_as(mask), causal=False)  # row-major
+            hidden = out.index_select(0, torch.searchsorted(select.nonzero().squeeze(1), flat))
+        return hidden, self._lookup_items(extra_ids)[0]
+
+    def corrupt_batch(self, inputs: Tensor, targets: Tensor) -> SeqMaskOutput:
+        """S3-Rec's corruption (:meth:`S3RecObjectives.corrupt`, one ``seq_mask`` call on
+        the CPU) of the rows' training parts (:func:`s3rec_sequence`), its seed drawn from
+        torch's default CPU generator: a seeded run masks the same way, and ``--resume``
+        (which restores that generator) continues exactly."""
+        seq = s3rec_sequence(inputs, targets, self.config.max_len)
+        seed = int(torch.randint(0, 2 ** 63 - 1, (), dtype=torch.int64))
+        masked = self.corrupt(seq.cpu(), seed=seed)
+        return masked if seq.device.type == "cpu" else SeqMaskOutput(*(t.to(seq.device) for t in masked))
+
+    def s3rec_batch_losses(self, batch: EncodedBatch) -> dict[str, Tensor]:
+        """The unweighted losses of S3-Rec's objectives switched on for an encoded batch
+        (:meth:`S3RecObjectives.s3rec_losses` of ``batch.masking``, drawn by
+        :meth:`corrupt_batch` when None)."""
+        masking = batch.masking
+        if masking is None:
+            masking = self.corrupt_batch(batch.inputs, batch.targets)
+        elif not isinstance(masking, SeqMaskOutput) or masking.masked_items.dim() != 2 \
+                or masking.masked_items.size(0) != batch.inputs.size(0):
+            raise ValueError(f"masking must be a SeqMaskOutput of the batch's {batch.inputs.size(0)} rows "
+                             "(seq_mask of s3rec_sequence(inputs, targets, max_len))")
+        return self.s3rec_losses(masking)
+
+    def adapt_pretrained(self, source: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:func:`~seqrec.models.load_pretrained`'s view of a checkpoint: an S3-Rec item
+        table's mask-token row (``num_items + 1``) is this model's ``mask_embedding``."""
+        item = source.get("embedding.item.weight")
+        if (self.config.s3rec_objectives and "mask_embedding.weight" not in source and isinstance(item, Tensor)
+                and item.dim() == 2 and item.size(0) == self.config.num_items + 2):
+            source = {**source, "mask_embedding.weight": item[-1:]}
+        return source
 
     # ------------------------------------------------------------------ capabilities
     @property
@@ -383,7 +564,8 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
 
     # ------------------------------------------------------------------ training
     def encode_batch(self, input_ids: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
-                     lengths: Tensor | None = None, features=None, split: Tensor | None = None) -> EncodedBatch:
+                     lengths: Tensor | None = None, features=None, split: Tensor | None = None,
+                     masking: SeqMaskOutput | None = None) -> EncodedBatch:
         """Encode a training batch for the objectives (see :class:`EncodedBatch`)."""
         if torch.compiler.is_compiling():
             raise NotImplementedError("ComposedRecommender trains eagerly: torch.compile of its training step "
@@ -407,7 +589,8 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
             real = real & (torch.arange(real.size(1), device=real.device) == real.size(1) - 1)
         if bool((real & ~mask).any()):
             raise ValueError("target_ids has targets at padding positions of input_ids (id 0)")
-        encoded = EncodedBatch(inputs, targets, mask, real, targets[real], max(int(real.sum()), 1), split=split)
+        encoded = EncodedBatch(inputs, targets, mask, real, targets[real], max(int(real.sum()), 1), split=split,
+                               masking=masking)
         if cfg.loss == "bce" and cfg.next_item_weight:
             if negative_ids is None:
                 raise ValueError('negative_ids is required when config.loss == "bce"')
@@ -431,7 +614,8 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
         return encoded
 
     def batch_loss(self, input_ids: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
-                   lengths: Tensor | None = None, features=None, split: Tensor | None = None) -> LossOutput:
+                   lengths: Tensor | None = None, features=None, split: Tensor | None = None,
+                   masking: SeqMaskOutput | None = None) -> LossOutput:
         """The weighted sum of the objectives, every unweighted term logged.
 
         Args:
@@ -442,13 +626,15 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SequentialRec
             features: ``"negative_log_q"`` (``loss="sampled"``).
             split: optional [B] DSS's past lengths for the seq2seq term (default: drawn
                 as DSS draws them).
+            masking: optional S3-Rec corruption of the batch for S3-Rec's terms
+                (default: drawn, :meth:`corrupt_batch`).
 
         Returns:
             :class:`LossOutput`: ``loss = sum_j weight_j * term_j``; ``terms`` every
             unweighted term by name (and seq2seq's ``pairs`` / ``present`` counts).
         """
         encoded = self.encode_batch(input_ids, target_ids, negative_ids, lengths=lengths, features=features,
-                                    split=split)
+                                    split=split, masking=masking)
         total, terms = None, {}
         for objective in self.objectives:
             out = objective.compute(self, encoded)

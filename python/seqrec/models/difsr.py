@@ -563,8 +563,14 @@ class DecoupledSideInformation:
                              f"(item_seq[:, -{L}:])")
         return padding_mask(item_seq, lengths)
 
-    def _encode(self, item_seq: Tensor, mask: Tensor, select: Tensor) -> Tensor:
+    def _lookup_items(self, *ids: Tensor) -> list[Tensor]:
+        """The item vectors of ``ids`` in one table lookup (a host with more than the
+        item table's ids overrides it: the composed model's S3-Rec mask token)."""
+        return lookup_rows(self.embedding.item, *ids)
+
+    def _encode(self, item_seq: Tensor, mask: Tensor, select: Tensor, *, causal: bool | None = None) -> Tensor:
         """Outputs [K, D] at the K positions of ``select`` [B, n] (real ones), row-major.
+        ``causal``: the attention direction of this call (None: the encoder's).
 
         Rows are encoded in groups of similar span (:class:`~seqrec.models.layers.CroppedGroups`),
         each cropped on the left to its width (8, 16, 32 or max_len columns): Beauty's
@@ -579,7 +585,7 @@ class DecoupledSideInformation:
         groups = CroppedGroups(mask, select, self.config.max_len)
         # One item-table lookup for every group (one dense table gradient: lookup_rows).
         real_items = [groups.real(item_seq, g) for g in range(len(groups.groups))]
-        vectors = lookup_rows(self.embedding.item, *real_items)
+        vectors = self._lookup_items(*real_items)
         outputs = []
         for (_, w, packed, keep), items, v in zip(groups.groups, real_items, vectors):
             # Position-wise work (embedding norm, projections, FFN, attribute lookups) on
@@ -587,17 +593,18 @@ class DecoupledSideInformation:
             h = self.embedding.dropout(self.embedding.norm(v))
             side = {"positions": self.embedding.position.weight[self.config.max_len - w:],  # [w, D]
                     "attributes": self._field_embeddings(items)}
-            outputs.append(self.encoder.encode_packed(h, packed, keep=keep, side=side))
+            outputs.append(self.encoder.encode_packed(h, packed, causal=causal, keep=keep, side=side))
         return groups.merge(outputs, self.embedding.item.weight.new_zeros(0, self.config.hidden_size))
 
-    def _encode_padded(self, item_seq: Tensor, mask: Tensor) -> Tensor:
+    def _encode_padded(self, item_seq: Tensor, mask: Tensor, *, causal: bool | None = None) -> Tensor:
         """[B, n, D] from one batch padded to max_len, every position computed (see
-        :meth:`_takes_padded_path`). Padding positions output 0, as on the grouped path."""
+        :meth:`_takes_padded_path`). Padding positions output 0, as on the grouped path.
+        ``causal``: as :meth:`_encode`."""
         n, L = item_seq.size(1), self.config.max_len
         seq, m = F.pad(item_seq, (L - n, 0)), F.pad(mask, (L - n, 0))
-        x = self.embedding.dropout(self.embedding.norm(self.embedding.item(seq)))
+        x = self.embedding.dropout(self.embedding.norm(self._lookup_items(seq)[0]))
         side = {"positions": self.embedding.position.weight, "attributes": self._field_embeddings(seq)}
-        x = self.encoder(x, m, side=side, skip_padding=False)
+        x = self.encoder(x, m, causal=causal, side=side, skip_padding=False)
         return x[:, L - n:].masked_fill(~mask.unsqueeze(-1), 0.0)
 
     # ------------------------------------------------------------------ attribute predictors

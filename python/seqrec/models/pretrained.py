@@ -134,7 +134,8 @@ def load_pretrained(model: nn.Module, source: dict[str, Tensor], *, strict: bool
         model: the target module (its parameters and persistent buffers are candidates).
         source: a state dict (e.g. a pretrained S3-Rec or DSS model's). Names the target
             model renamed (its ``RENAMED_PREFIXES``, old prefix -> new) are read under
-            their new names.
+            their new names; a model with ``adapt_pretrained(source) -> source`` reads it
+            through that first.
         strict: refuse (:class:`IncompleteLoadError`, naming the tensors, nothing
             copied) a load that leaves an encoder tensor of the target at its
             initialisation (absent from the source, or of another shape there). False
@@ -157,6 +158,9 @@ def load_pretrained(model: nn.Module, source: dict[str, Tensor], *, strict: bool
         for old, new in renamed.items():
             for key in [k for k in source if k.startswith(old)]:
                 source.setdefault(new + key[len(old):], source.pop(key))
+    adapt = getattr(model, "adapt_pretrained", None)
+    if adapt is not None:  # the model's own reading of a checkpoint (the composed model: S3-Rec's mask row)
+        source = adapt(source)
     embedding_weights = {f"{name}.weight" if name else "weight"
                          for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
     right_aligned = {f"{name}.position.weight" if name else "position.weight"

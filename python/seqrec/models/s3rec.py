@@ -10,6 +10,7 @@ dropped), ``embedding.position``, ``embedding.norm`` and every ``encoder.layers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,8 @@ from .config import EncoderConfig, Preset, spec
 if TYPE_CHECKING:
     from ..data import SequenceDataset
 
-__all__ = ["S3RecConfig", "S3Rec", "PRESETS", "OBJECTIVES", "attribute_config", "item_attribute_table"]
+__all__ = ["S3RecConfig", "S3Rec", "S3RecObjectives", "PRESETS", "OBJECTIVES", "attribute_config",
+           "item_attribute_table", "combined_attribute_table"]
 
 OBJECTIVES = ("aap", "mip", "map", "sp")
 AAP_INPUTS = ("item", "sequence")
@@ -139,17 +141,33 @@ def item_attribute_table(dataset: "SequenceDataset", fields: tuple[str, ...] | l
         if name not in dataset.attributes:
             raise ValueError(f"attribute field {name!r} not in the dataset (it has "
                              f"{sorted(dataset.attributes) or 'no attribute fields'})")
-        if dataset.attributes[name].kind != "categorical":
+    return combined_attribute_table(dataset.attributes, fields, dataset.num_items)
+
+
+def combined_attribute_table(attributes: Mapping[str, object], fields: Sequence[str], num_items: int
+                             ) -> tuple[Tensor, int, tuple[str, ...]]:
+    """:func:`item_attribute_table` of the named categorical fields of ``attributes``
+    (``{name: AttributeField}``, e.g. ``dataset.attributes``), each covering ``num_items``
+    items: ``(table, num_attributes, fields)``. Also how the composed model gets S3-Rec's
+    table from the fields it is built with."""
+    fields = tuple(fields)
+    for name in fields:
+        if name not in attributes:
+            raise ValueError(f"attribute field {name!r} is missing; given: {sorted(attributes)}")
+        if attributes[name].kind != "categorical":
             raise ValueError(f"attribute field {name!r} is numeric; S3-Rec needs categorical "
                              "attributes")
+        if attributes[name].num_items != num_items:
+            raise ValueError(f"attribute field {name!r} covers {attributes[name].num_items} items, "
+                             f"the model {num_items}")
     blocks, offset = [], 0
     for name in fields:
-        field = dataset.attributes[name]
+        field = attributes[name]
         padded = field.padded().astype(np.int64)
         blocks.append(np.where(padded > 0, padded + offset, 0))
         offset += field.num_values
     if not blocks:
-        return torch.zeros(dataset.num_items + 1, 1, dtype=torch.int64), 0, ()
+        return torch.zeros(num_items + 1, 1, dtype=torch.int64), 0, ()
     table = np.concatenate(blocks, axis=1)
     # Ids first in each row, padding after (a row's fields may be partly empty).
     table = -np.sort(-table, axis=1)
@@ -157,7 +175,241 @@ def item_attribute_table(dataset: "SequenceDataset", fields: tuple[str, ...] | l
     return torch.from_numpy(np.ascontiguousarray(table[:, :width])), offset, fields
 
 
-class S3Rec(nn.Module):
+class S3RecObjectives:
+    """S3-Rec's four objectives (AAP, MIP, MAP, SP) on a host's encoder: the one code both
+    :class:`S3Rec` (pretraining) and the composed model (:mod:`seqrec.models.composed`,
+    the objectives trained jointly with the next item) run.
+
+    The host is an ``nn.Module`` with ``config`` (``num_items``, ``num_attributes``,
+    ``mask_prob``, ``aap_input``, ``reduction`` and the four ``*_weight`` fields of
+    :class:`S3RecConfig`), ``backend``, ``embedding`` (``item`` table, ``packed``),
+    ``encoder`` (a :class:`~seqrec.models.layers.TransformerEncoder`), the heads of the
+    objectives it computes (``attribute_embedding``, ``aap``, ``mip``, ``map``, ``sp``)
+    and the ``item_attributes`` buffer ([num_items + 1, W], width 0 until set). The
+    mask token is item id ``num_items + 1``; :meth:`_lookup_items` gives the vectors of
+    ids (S3-Rec: rows of its item table, which holds the mask token's row too) and
+    :meth:`_hidden_at` the encoder's bidirectional outputs at chosen positions of a
+    corrupted batch (a host with another encoder overrides it).
+    """
+
+    @property
+    def s3rec_objectives(self) -> tuple[str, ...]:
+        """The objectives switched on (weight > 0), in the paper's order."""
+        return tuple(o for o in OBJECTIVES if getattr(self.config, f"{o}_weight") > 0)
+
+    @property
+    def mask_token(self) -> int:
+        return self.config.num_items + 1
+
+    def set_item_attributes(self, table: Tensor) -> None:
+        """Store ``table`` [num_items + 1, W] int64: row i = attribute ids of item i
+        (distinct, in 1..num_attributes), padded with 0; row 0 must be empty."""
+        cfg = self.config
+        if (not isinstance(table, Tensor) or table.dtype != torch.int64 or table.dim() != 2
+                or table.size(0) != cfg.num_items + 1 or table.size(1) < 1):
+            got = f"{table.dtype} {tuple(table.shape)}" if isinstance(table, Tensor) else type(table)
+            raise ValueError(f"item attribute table must be int64 [num_items + 1 = "
+                             f"{cfg.num_items + 1}, W >= 1], got {got}")
+        if table.numel() and (int(table.min()) < 0 or int(table.max()) > cfg.num_attributes):
+            raise ValueError(f"item attribute ids must lie in [0, num_attributes="
+                             f"{cfg.num_attributes}]")
+        if bool((table[0] != 0).any()):
+            raise ValueError("row 0 (the padding item) of the attribute table must be empty")
+        self.item_attributes = table.to(self.embedding.item.weight.device)
+
+    def _missing_attributes_message(self) -> str:
+        return ("AAP/MAP need the item attribute table: call model.attach_dataset(dataset) or "
+                "set_item_attributes(table) first")
+
+    def _lookup_items(self, *ids: Tensor) -> list[Tensor]:
+        """The item vectors of ``ids`` (mask token included), in one table lookup."""
+        return lookup_rows(self.embedding.item, *ids)
+
+    def _bidirectional_states(self, item_seq: Tensor) -> Tensor:
+        """[R, n, D] bidirectional outputs of every position (the ``torch.compile`` path)."""
+        raise NotImplementedError(f"{type(self).__name__}: S3-Rec's objectives under torch.compile")
+
+    def _hidden_at(self, item_seq: Tensor, rows: Tensor, cols: Tensor, extra_ids: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+        """Encoder outputs [K, D] at positions ``(rows[k], cols[k])`` of ``item_seq`` [R, n]
+        (real positions), and the item vectors of ``extra_ids`` (the objectives' own
+        lookups: :func:`~seqrec.models.layers.lookup_rows` does all of them and the
+        encoder's in one call).
+
+        Only rows holding a requested position are encoded, and only their real
+        positions (one packed call: embedding, projections and feed-forward on those
+        rows alone, the attention on rows grouped by length, see
+        :class:`~seqrec.models.layers.LengthGroups`); the last block computes only the
+        requested positions (``TransformerEncoder.encode_packed``'s ``keep``), and the
+        padded [R, n, D] result is never built."""
+        if torch.compiler.is_compiling():  # data-dependent selection: one full call
+            return self._bidirectional_states(item_seq)[rows, cols], self._lookup_items(extra_ids)[0]
+        n = item_seq.size(1)
+        used, local = torch.unique(rows, return_inverse=True)
+        seq = item_seq.index_select(0, used)
+        packed = LengthGroups(seq != 0)
+        ids = seq.reshape(-1).index_select(0, packed.index)
+        vectors, extra = self._lookup_items(ids, extra_ids)
+        h = self.embedding.packed(seq, packed.index, vectors)
+        # packed.index lists the real positions in row-major order: a request's packed
+        # row is its place there.
+        keep = torch.searchsorted(packed.index, local * n + cols)
+        return self.encoder.encode_packed(h, packed, causal=False, keep=keep), extra
+
+    def corrupt(self, item_seq: Tensor, *, seed: int) -> SeqMaskOutput:
+        """One :func:`seqrec.ops.seq_mask` call on the batch (p = ``config.mask_prob``,
+        the last item always masked, as the authors). Runs where ``item_seq`` lives."""
+        return seq_mask(item_seq, num_items=self.config.num_items, mask_token=self.mask_token,
+                        mask_prob=self.config.mask_prob, seed=seed, backend=self.backend)
+
+    # ------------------------------------------------------------------ objectives
+    def s3rec_losses(self, masked: SeqMaskOutput) -> dict[str, Tensor]:
+        """The unweighted loss of every objective switched on, from a corrupted batch.
+
+        Args:
+            masked: :class:`~seqrec.ops.SeqMaskOutput` of the batch (its
+                ``masked_items``, ``pos_items``, ``neg_items``, ``masked_segment_seq``,
+                ``pos_segment``, ``neg_segment``, ``segment_len`` are read; attribute
+                targets come from the attached table).
+
+        Returns:
+            ``{"aap": ..., "mip": ..., "map": ..., "sp": ...}`` (enabled ones only),
+            scalars reduced by ``config.reduction``.
+        """
+        cfg = self.config
+        on = self.s3rec_objectives
+        if ("aap" in on or "map" in on) and self.item_attributes.size(1) == 0:
+            raise ValueError(self._missing_attributes_message())
+        items = masked.masked_items
+        mean = cfg.reduction == "mean"
+        losses: dict[str, Tensor] = {}
+        # [num_attributes, D] (a host builds the table only for AAP / MAP)
+        attr_weight = self.attribute_embedding.weight[1:] if ("aap" in on or "map" in on) else None
+        keep = (items != 0) & (items != self.mask_token)  # unmasked real positions (AAP)
+        where = items == self.mask_token  # masked positions (MIP, MAP)
+
+        if torch.compiler.is_compiling():
+            states, vectors, weights = self._static_selection(masked, keep, where)
+            kept_items, targets = torch.where(keep, items, 0).flatten(), masked.pos_items.flatten()
+        else:
+            states, vectors, kept_items, targets = self._packed_selection(masked, keep, where)
+            weights = {}
+
+        def reduce(per_item: Tensor, name: str) -> Tensor:
+            w = weights.get(name)
+            if w is None:
+                return _reduce(per_item, mean)
+            total = (per_item * w).sum()  # static shapes: rows outside the selection weigh 0
+            return total / w.sum().clamp_min(1) if mean else total
+
+        if "aap" in on:
+            x = vectors["kept"] if cfg.aap_input == "item" else states["kept"]
+            per_position = _attribute_bce(self.aap(x) @ attr_weight.t(),
+                                          self.item_attributes[kept_items])
+            losses["aap"] = reduce(per_position, "kept")
+        if "mip" in on or "map" in on:
+            h = states["masked"]  # [M, D]
+            if "mip" in on:
+                hm = self.mip(h)
+                pos = torch.sigmoid((hm * vectors["target"]).sum(-1))
+                neg = torch.sigmoid((hm * vectors["negative"]).sum(-1))
+                losses["mip"] = reduce(F.softplus(neg - pos), "masked")
+            if "map" in on:
+                per_position = _attribute_bce(self.map(h) @ attr_weight.t(),
+                                              self.item_attributes[targets])
+                losses["map"] = reduce(per_position, "masked")
+        if "sp" in on:
+            context = self.sp(states["context"])
+            pos = torch.sigmoid((context * states["pos_segment"]).sum(-1))
+            neg = torch.sigmoid((context * states["neg_segment"]).sum(-1))
+            losses["sp"] = reduce(F.softplus(neg - pos), "context")
+        return {o: losses[o] for o in OBJECTIVES if o in losses}
+
+    def _static_selection(self, masked: SeqMaskOutput, keep: Tensor, where: Tensor
+                          ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """What :meth:`_packed_selection` selects, with static shapes (a ``torch.compile``
+        graph): every position of the corrupted rows and the last one of every segment
+        row, each with a 0/1 weight (``{"kept": keep, "masked": where, "context": rows
+        with a segment}``) instead of being packed out by a mask. Eager keeps the packed
+        selection: it encodes the real positions alone and runs the last block on the
+        selected ones."""
+        cfg, on = self.config, self.s3rec_objectives
+        items = masked.masked_items
+        batch, n = items.shape
+        states: dict[str, Tensor] = {}
+        weights = {"kept": keep.flatten(), "masked": where.flatten()}
+        inputs = []
+        if "mip" in on or "map" in on or ("aap" in on and cfg.aap_input == "sequence"):
+            inputs.append(items)
+        if "sp" in on:
+            inputs += [masked.masked_segment_seq, masked.pos_segment, masked.neg_segment]
+            weights["context"] = masked.segment_len > 0
+        if inputs:
+            hidden = self._bidirectional_states(torch.cat(inputs))  # [R, n, D]
+            if inputs[0] is items:
+                states["masked"] = states["kept"] = hidden[:batch].flatten(0, 1)  # [B * n, D]
+                hidden = hidden[batch:]
+            if "sp" in on:
+                last = hidden[:, -1]
+                states["context"], states["pos_segment"], states["neg_segment"] = last.split(batch)
+        vectors = {}
+        if "aap" in on and cfg.aap_input == "item":
+            vectors["kept"] = self.embedding.item(torch.where(keep, items, 0).flatten())
+        if "mip" in on:
+            vectors["target"] = self.embedding.item(masked.pos_items.flatten())
+            vectors["negative"] = self.embedding.item(masked.neg_items.flatten())
+        return states, vectors, {k: v.to(self.embedding.item.weight.dtype) for k, v in weights.items()}
+
+    def _packed_selection(self, masked: SeqMaskOutput, keep: Tensor, where: Tensor
+                          ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
+        """The hidden states and item vectors the objectives read, at the selected
+        positions only: ``(states, vectors, kept item ids, masked targets)``."""
+        cfg, on = self.config, self.s3rec_objectives
+        items = masked.masked_items
+        batch, n = items.shape
+        # One encoder call for every hidden state needed: the masked (and, for AAP on the
+        # sequence, unmasked) positions of the item-masked rows, and the last position of
+        # the segment-masked, positive- and negative-segment rows of rows with a segment.
+        inputs, rows, cols, sizes = [], [], [], {}
+        if "mip" in on or "map" in on or ("aap" in on and cfg.aap_input == "sequence"):
+            inputs.append(items)
+            for name, sel in (("masked", where), ("kept", keep)):
+                if name == "masked" and not ("mip" in on or "map" in on):
+                    continue
+                if name == "kept" and not ("aap" in on and cfg.aap_input == "sequence"):
+                    continue
+                r, c = sel.nonzero(as_tuple=True)
+                rows.append(r)
+                cols.append(c)
+                sizes[name] = r.numel()
+        if "sp" in on:
+            offset = len(inputs) * batch
+            inputs += [masked.masked_segment_seq, masked.pos_segment, masked.neg_segment]
+            has = (masked.segment_len > 0).nonzero().squeeze(1)
+            for j, name in enumerate(("context", "pos_segment", "neg_segment")):
+                rows.append(has + offset + j * batch)
+                cols.append(torch.full_like(has, n - 1))
+                sizes[name] = has.numel()
+        # The item vectors the objectives read directly, looked up with the encoder's.
+        kept_items = items[keep]
+        targets = masked.pos_items[where]
+        lookups = {}
+        if "aap" in on and cfg.aap_input == "item":
+            lookups["kept"] = kept_items
+        if "mip" in on:
+            lookups["target"] = targets
+            lookups["negative"] = masked.neg_items[where]
+        extra_ids = torch.cat(list(lookups.values())) if lookups else items.new_zeros(0)
+        if inputs:
+            hidden, extra = self._hidden_at(torch.cat(inputs), torch.cat(rows), torch.cat(cols), extra_ids)
+            states = dict(zip(sizes, hidden.split(list(sizes.values()))))
+        else:
+            states, extra = {}, self._lookup_items(extra_ids)[0]
+        vectors = dict(zip(lookups, extra.split([i.numel() for i in lookups.values()])))
+        return states, vectors, kept_items, targets
+
+
+class S3Rec(S3RecObjectives, nn.Module):
     """S3-Rec pretraining model (Zhou et al., CIKM 2020).
 
     Encoder: SASRec's embedding and Transformer blocks (:mod:`seqrec.models.layers`,
@@ -232,10 +484,6 @@ class S3Rec(nn.Module):
                              persistent=False)
         self.apply(partial(init_transformer_weights, std=config.initializer_range))
 
-    @property
-    def mask_token(self) -> int:
-        return self.config.num_items + 1
-
     # ------------------------------------------------------------------ side information
     def attach_dataset(self, dataset: "SequenceDataset") -> None:
         """Take the item -> attribute table from ``dataset`` (fields ``config.attribute_fields``)."""
@@ -248,22 +496,6 @@ class S3Rec(nn.Module):
                 f"dataset attribute fields {list(fields)} hold {num_attributes} attribute ids, "
                 f"the model num_attributes={self.config.num_attributes}")
         self.set_item_attributes(table)
-
-    def set_item_attributes(self, table: Tensor) -> None:
-        """Store ``table`` [num_items + 1, W] int64: row i = attribute ids of item i
-        (distinct, in 1..num_attributes), padded with 0; row 0 must be empty."""
-        cfg = self.config
-        if (not isinstance(table, Tensor) or table.dtype != torch.int64 or table.dim() != 2
-                or table.size(0) != cfg.num_items + 1 or table.size(1) < 1):
-            got = f"{table.dtype} {tuple(table.shape)}" if isinstance(table, Tensor) else type(table)
-            raise ValueError(f"item attribute table must be int64 [num_items + 1 = "
-                             f"{cfg.num_items + 1}, W >= 1], got {got}")
-        if table.numel() and (int(table.min()) < 0 or int(table.max()) > cfg.num_attributes):
-            raise ValueError(f"item attribute ids must lie in [0, num_attributes="
-                             f"{cfg.num_attributes}]")
-        if bool((table[0] != 0).any()):
-            raise ValueError("row 0 (the padding item) of the attribute table must be empty")
-        self.item_attributes = table.to(self.embedding.item.weight.device)
 
     # ------------------------------------------------------------------ encoder
     def forward(self, item_seq: Tensor) -> Tensor:
@@ -282,184 +514,15 @@ class S3Rec(nn.Module):
     def _encode(self, item_seq: Tensor) -> Tensor:
         return self.encoder(self.embedding(item_seq), item_seq != 0, causal=False)
 
-    def _hidden_at(self, item_seq: Tensor, rows: Tensor, cols: Tensor, extra_ids: Tensor
-                   ) -> tuple[Tensor, Tensor]:
-        """Encoder outputs [K, D] at positions ``(rows[k], cols[k])`` of ``item_seq`` [R, n]
-        (real positions), and the item vectors of ``extra_ids`` (the objectives' own
-        lookups: :func:`~seqrec.models.layers.lookup_rows` does all of them and the
-        encoder's in one call).
-
-        Only rows holding a requested position are encoded, and only their real
-        positions (one packed call: embedding, projections and feed-forward on those
-        rows alone, the attention on rows grouped by length, see
-        :class:`~seqrec.models.layers.LengthGroups`); the last block computes only the
-        requested positions (``TransformerEncoder.encode_packed``'s ``keep``), and the
-        padded [R, n, D] result is never built."""
-        if torch.compiler.is_compiling():  # data-dependent selection: one full call
-            return self._encode(item_seq)[rows, cols], self.embedding.item(extra_ids)
-        n = item_seq.size(1)
-        used, local = torch.unique(rows, return_inverse=True)
-        seq = item_seq.index_select(0, used)
-        packed = LengthGroups(seq != 0)
-        ids = seq.reshape(-1).index_select(0, packed.index)
-        vectors, extra = lookup_rows(self.embedding.item, ids, extra_ids)
-        h = self.embedding.packed(seq, packed.index, vectors)
-        # packed.index lists the real positions in row-major order: a request's packed
-        # row is its place there.
-        keep = torch.searchsorted(packed.index, local * n + cols)
-        return self.encoder.encode_packed(h, packed, causal=False, keep=keep), extra
-
-    def corrupt(self, item_seq: Tensor, *, seed: int) -> SeqMaskOutput:
-        """One :func:`seqrec.ops.seq_mask` call on the batch (p = ``config.mask_prob``,
-        the last item always masked, as the authors). Runs where ``item_seq`` lives."""
-        return seq_mask(item_seq, num_items=self.config.num_items, mask_token=self.mask_token,
-                        mask_prob=self.config.mask_prob, seed=seed, backend=self.backend)
+    def _bidirectional_states(self, item_seq: Tensor) -> Tensor:
+        return self._encode(item_seq)
 
     # ------------------------------------------------------------------ objectives
     def pretrain_losses(self, masked: SeqMaskOutput) -> dict[str, Tensor]:
-        """The unweighted loss of every objective switched on, from a corrupted batch.
-
-        Args:
-            masked: :class:`~seqrec.ops.SeqMaskOutput` of the batch (its
-                ``masked_items``, ``pos_items``, ``neg_items``, ``masked_segment_seq``,
-                ``pos_segment``, ``neg_segment``, ``segment_len`` are read; attribute
-                targets come from the attached table).
-
-        Returns:
-            ``{"aap": ..., "mip": ..., "map": ..., "sp": ...}`` (enabled ones only),
-            scalars reduced by ``config.reduction``.
-        """
-        cfg = self.config
-        on = cfg.objectives
-        if ("aap" in on or "map" in on) and self.item_attributes.size(1) == 0:
-            raise ValueError("AAP/MAP need the item attribute table: call "
-                             "model.attach_dataset(dataset) or set_item_attributes(table) first")
-        items = masked.masked_items
-        mean = cfg.reduction == "mean"
-        losses: dict[str, Tensor] = {}
-        attr_weight = self.attribute_embedding.weight[1:]  # [num_attributes, D]
-        keep = (items != 0) & (items != self.mask_token)  # unmasked real positions (AAP)
-        where = items == self.mask_token  # masked positions (MIP, MAP)
-
-        if torch.compiler.is_compiling():
-            states, vectors, weights = self._static_selection(masked, keep, where)
-            kept_items, targets = torch.where(keep, items, 0).flatten(), masked.pos_items.flatten()
-        else:
-            states, vectors, kept_items, targets = self._packed_selection(masked, keep, where)
-            weights = {}
-
-        def reduce(per_item: Tensor, name: str) -> Tensor:
-            w = weights.get(name)
-            if w is None:
-                return _reduce(per_item, mean)
-            total = (per_item * w).sum()  # static shapes: rows outside the selection weigh 0
-            return total / w.sum().clamp_min(1) if mean else total
-
-        if "aap" in on:
-            x = vectors["kept"] if cfg.aap_input == "item" else states["kept"]
-            per_position = _attribute_bce(self.aap(x) @ attr_weight.t(),
-                                          self.item_attributes[kept_items])
-            losses["aap"] = reduce(per_position, "kept")
-        if "mip" in on or "map" in on:
-            h = states["masked"]  # [M, D]
-            if "mip" in on:
-                hm = self.mip(h)
-                pos = torch.sigmoid((hm * vectors["target"]).sum(-1))
-                neg = torch.sigmoid((hm * vectors["negative"]).sum(-1))
-                losses["mip"] = reduce(F.softplus(neg - pos), "masked")
-            if "map" in on:
-                per_position = _attribute_bce(self.map(h) @ attr_weight.t(),
-                                              self.item_attributes[targets])
-                losses["map"] = reduce(per_position, "masked")
-        if "sp" in on:
-            context = self.sp(states["context"])
-            pos = torch.sigmoid((context * states["pos_segment"]).sum(-1))
-            neg = torch.sigmoid((context * states["neg_segment"]).sum(-1))
-            losses["sp"] = reduce(F.softplus(neg - pos), "context")
-        return {o: losses[o] for o in OBJECTIVES if o in losses}
-
-    def _static_selection(self, masked: SeqMaskOutput, keep: Tensor, where: Tensor
-                          ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """What :meth:`_packed_selection` selects, with static shapes (a ``torch.compile``
-        graph): every position of the corrupted rows and the last one of every segment
-        row, each with a 0/1 weight (``{"kept": keep, "masked": where, "context": rows
-        with a segment}``) instead of being packed out by a mask. Eager keeps the packed
-        selection: it encodes the real positions alone and runs the last block on the
-        selected ones."""
-        cfg, on = self.config, self.config.objectives
-        items = masked.masked_items
-        batch, n = items.shape
-        states: dict[str, Tensor] = {}
-        weights = {"kept": keep.flatten(), "masked": where.flatten()}
-        inputs = []
-        if "mip" in on or "map" in on or ("aap" in on and cfg.aap_input == "sequence"):
-            inputs.append(items)
-        if "sp" in on:
-            inputs += [masked.masked_segment_seq, masked.pos_segment, masked.neg_segment]
-            weights["context"] = masked.segment_len > 0
-        if inputs:
-            hidden = self._encode(torch.cat(inputs))  # [R, n, D]
-            if inputs[0] is items:
-                states["masked"] = states["kept"] = hidden[:batch].flatten(0, 1)  # [B * n, D]
-                hidden = hidden[batch:]
-            if "sp" in on:
-                last = hidden[:, -1]
-                states["context"], states["pos_segment"], states["neg_segment"] = last.split(batch)
-        vectors = {}
-        if "aap" in on and cfg.aap_input == "item":
-            vectors["kept"] = self.embedding.item(torch.where(keep, items, 0).flatten())
-        if "mip" in on:
-            vectors["target"] = self.embedding.item(masked.pos_items.flatten())
-            vectors["negative"] = self.embedding.item(masked.neg_items.flatten())
-        return states, vectors, {k: v.to(self.embedding.item.weight.dtype) for k, v in weights.items()}
-
-    def _packed_selection(self, masked: SeqMaskOutput, keep: Tensor, where: Tensor
-                          ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
-        """The hidden states and item vectors the objectives read, at the selected
-        positions only: ``(states, vectors, kept item ids, masked targets)``."""
-        cfg, on = self.config, self.config.objectives
-        items = masked.masked_items
-        batch, n = items.shape
-        # One encoder call for every hidden state needed: the masked (and, for AAP on the
-        # sequence, unmasked) positions of the item-masked rows, and the last position of
-        # the segment-masked, positive- and negative-segment rows of rows with a segment.
-        inputs, rows, cols, sizes = [], [], [], {}
-        if "mip" in on or "map" in on or ("aap" in on and cfg.aap_input == "sequence"):
-            inputs.append(items)
-            for name, sel in (("masked", where), ("kept", keep)):
-                if name == "masked" and not ("mip" in on or "map" in on):
-                    continue
-                if name == "kept" and not ("aap" in on and cfg.aap_input == "sequence"):
-                    continue
-                r, c = sel.nonzero(as_tuple=True)
-                rows.append(r)
-                cols.append(c)
-                sizes[name] = r.numel()
-        if "sp" in on:
-            offset = len(inputs) * batch
-            inputs += [masked.masked_segment_seq, masked.pos_segment, masked.neg_segment]
-            has = (masked.segment_len > 0).nonzero().squeeze(1)
-            for j, name in enumerate(("context", "pos_segment", "neg_segment")):
-                rows.append(has + offset + j * batch)
-                cols.append(torch.full_like(has, n - 1))
-                sizes[name] = has.numel()
-        # The item vectors the objectives read directly, looked up with the encoder's.
-        kept_items = items[keep]
-        targets = masked.pos_items[where]
-        lookups = {}
-        if "aap" in on and cfg.aap_input == "item":
-            lookups["kept"] = kept_items
-        if "mip" in on:
-            lookups["target"] = targets
-            lookups["negative"] = masked.neg_items[where]
-        extra_ids = torch.cat(list(lookups.values())) if lookups else items.new_zeros(0)
-        if inputs:
-            hidden, extra = self._hidden_at(torch.cat(inputs), torch.cat(rows), torch.cat(cols), extra_ids)
-            states = dict(zip(sizes, hidden.split(list(sizes.values()))))
-        else:
-            states, extra = {}, self.embedding.item(extra_ids)
-        vectors = dict(zip(lookups, extra.split([i.numel() for i in lookups.values()])))
-        return states, vectors, kept_items, targets
+        """The unweighted loss of every objective switched on, from a corrupted batch
+        (:meth:`S3RecObjectives.s3rec_losses`): ``{"aap": ..., "mip": ..., "map": ...,
+        "sp": ...}`` (enabled ones only), scalars reduced by ``config.reduction``."""
+        return self.s3rec_losses(masked)
 
     def weighted_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """``sum_o weight_o * losses[o]`` over the enabled objectives."""
