@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     takers = [m for m in options.models if options.registration(m).side_information is not None]
     (groups[takers[0]] if len(takers) == 1 else t).add_argument(
         "--attributes", nargs="+", default=None, metavar="FIELD",
-        help="attribute fields of the dataset used as side information (S3-Rec json data: 'attributes'; RecBole "
-             "atomic: the .item columns, e.g. 'class')")
+        help="attribute fields of the dataset used as side information, and by --model composed's S3-Rec terms "
+             "AAP / MAP (S3-Rec json data: 'attributes'; RecBole atomic: the .item columns, e.g. 'class')")
     t.add_argument("--epochs", type=positive_int, default=None,
                    help="training epochs (at most; see --patience; default: the --preset's, else 200)")
     t.add_argument("--batch-size", type=positive_int, default=None,

@@ -27,19 +27,46 @@ with the parts of the papers' models put on it by :class:`ComposedConfig`:
   - ``seq2seq``, weight ``seq2seq_weight`` (``--seq2seq-weight``, 0): DSS's InfoNCE of
     the past against the reversed future's intention vectors, logged with its ``pairs``
     and ``present`` counts (needs ``interests="dss"``).
+  - ``aap``, ``mip``, ``map``, ``sp``, weights ``aap_weight`` ... ``sp_weight``
+    (``--aap-weight`` ..., 0): S3-Rec's self-supervised objectives trained jointly with
+    the others (see below); AAP and MAP need categorical ``attribute_fields``.
+
+S3-Rec's objectives are :class:`~seqrec.models.s3rec.S3RecObjectives`, the code ``seqrec
+pretrain --model s3rec`` runs. Each batch's training parts (:func:`s3rec_sequence`: the
+inputs and the item after them) are corrupted once by ``seq_mask`` (``mask_prob``; its seed
+drawn from torch's default CPU generator, so a seeded run repeats and a resumed one
+continues exactly) and the four terms share that corruption and one encoder call. Choices:
+
+* Attention: the terms' encoder passes are bidirectional, with the shared weights,
+  whatever ``attention`` the next-item term uses (the attention mask is per call, as S3-Rec
+  pretrains bidirectionally and fine-tunes causally). S3-Rec defines its objectives on a
+  bidirectional encoder; run causally, a masked item would be predicted from its past
+  only (MIP a next-item term in disguise) and SP's context would not see the segment's
+  right. So with ``attention="causal"`` the joint model is S3-Rec's pretraining and its
+  causal fine-tuning trained at once on one set of weights.
+* The mask token (id ``num_items + 1``) has its own vector, ``mask_embedding``: the item
+  table keeps its ``num_items + 1`` rows, so scoring and the softmax never see it;
+  :func:`~seqrec.models.load_pretrained` reads it from an S3-Rec checkpoint's last item
+  row. With DIF-SR's fusion a masked position has no attributes (else MIP / MAP would read
+  the masked item's).
+* Attributes: S3-Rec's ids are the categorical ``attribute_fields`` offset into one space
+  (:func:`~seqrec.models.s3rec.item_attribute_table`), taken from the constructor's
+  ``attributes``; without DIF-SR's side information the fields serve only AAP / MAP.
+* ``reduction`` defaults to ``"mean"`` (S3-Rec's is ``"sum"``, which grows with the batch
+  against the next-item mean); one sample per user (the training part whole), not S3-Rec
+  pretraining's every prefix.
 
 Every part is the papers' models' own code (no copy): the equivalence tests
 (``tests/test_composed.py``) load a SASRec, DIF-SR or DSS state dict into the composed
-model configured as that model and get the same loss and gradients. Parameter names are
+model configured as that model and get the same loss and gradients
+(``tests/test_composed_s3rec.py``: an S3-Rec state dict, S3-Rec's four terms). Parameter names are
 those of the model each part comes from, so checkpoints load by name both ways and any
 pretraining (S3-Rec, DSS) initialises the encoder completely (``seqrec train --model
 composed --init RUN``).
 
 Not composable here yet: SINE's interest extraction (SINE has no Transformer encoder:
 its extractor reads the item and position embeddings and trains prefix by prefix, so
-putting it on this encoder's states needs ``sine.py`` refactored into a head, not done)
-and S3-Rec's pretraining objectives (they live in ``seqrec pretrain``; their encoder
-initialises this one).
+putting it on this encoder's states needs ``sine.py`` refactored into a head, not done).
 """
 from __future__ import annotations
 
@@ -133,13 +160,23 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
     cluster_eps: float = field_of(DSSConfig, "cluster_eps")
     # S3-Rec's self-supervised objectives, trained jointly (S3RecConfig's fields; off by
     # default, and averaged rather than summed: the next-item term is a mean over rows).
-    aap_weight: float = field_of(S3RecConfig, "aap_weight", default=0.0)
-    mip_weight: float = field_of(S3RecConfig, "mip_weight", default=0.0)
-    map_weight: float = field_of(S3RecConfig, "map_weight", default=0.0)
-    sp_weight: float = field_of(S3RecConfig, "sp_weight", default=0.0)
-    mask_prob: float = field_of(S3RecConfig, "mask_prob")
+    aap_weight: float = field_of(S3RecConfig, "aap_weight", default=0.0,
+                                 help="weight of S3-Rec's AAP term, the item's attributes (--attributes) from "
+                                      "the bidirectional state at unmasked positions (0: off)")
+    mip_weight: float = field_of(S3RecConfig, "mip_weight", default=0.0,
+                                 help="weight of S3-Rec's MIP term, the masked item vs a negative (0: off)")
+    map_weight: float = field_of(S3RecConfig, "map_weight", default=0.0,
+                                 help="weight of S3-Rec's MAP term, the masked item's attributes (--attributes) "
+                                      "(0: off)")
+    sp_weight: float = field_of(S3RecConfig, "sp_weight", default=0.0,
+                                help="weight of S3-Rec's SP term, a masked segment vs another row's (0: off)")
+    mask_prob: float = field_of(S3RecConfig, "mask_prob",
+                                help="S3-Rec's item masking probability p (MIP, MAP, AAP; the last item is "
+                                     "always masked)")
     aap_input: str = field_of(S3RecConfig, "aap_input")
-    reduction: str = field_of(S3RecConfig, "reduction", default="mean")
+    reduction: str = field_of(S3RecConfig, "reduction", default="mean",
+                              help="S3-Rec's terms: average over their scored positions / rows, or sum (the "
+                                   "authors', which scales with the batch)")
 
     def validate(self) -> None:
         super().validate()
@@ -454,6 +491,15 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectiv
         return (f"{name}: S3-Rec's AAP / MAP read the item -> attribute table of attribute_fields "
                 f"{list(self.config.s3rec_attribute_fields)}, which this model was built without: build it with "
                 f"{name}(config, attributes=dataset) or call set_item_attributes(table)")
+
+    # Without DIF-SR's side information the attribute fields are S3-Rec's alone: no
+    # DIF-SR tables, and scoring needs none.
+    @property
+    def uses_side_information(self) -> bool:
+        return self.config.side_information == "difsr"
+
+    def _side_buffer_names(self) -> list[str]:
+        return DecoupledSideInformation._side_buffer_names(self) if self.uses_side_information else []
 
     def _lookup_items(self, *ids: Tensor) -> list[Tensor]:
         """Item vectors in one table lookup; with S3-Rec's objectives the mask token
