@@ -6,6 +6,10 @@ Information Maximization", CIKM 2020 (code: ``RUCAIBox/CIKM2020-S3Rec``). Notes 
 seqrec's causal :class:`~seqrec.models.SASRec` initialised from the pretrained weights by
 name (:func:`seqrec.models.load_pretrained`): ``embedding.item`` (the mask-token row
 dropped), ``embedding.position``, ``embedding.norm`` and every ``encoder.layers.*`` tensor.
+
+The four objectives are :class:`S3RecObjectives`, which :class:`S3Rec` and the composed
+model (:mod:`seqrec.models.composed`: the objectives as weighted terms trained jointly with
+the next item, ``seqrec train --model composed --mip-weight ...``) both run.
 """
 from __future__ import annotations
 
