@@ -360,3 +360,18 @@ def test_two_fields_of_one_config_cannot_share_a_flag(monkeypatch):
     with pytest.raises(ValueError, match="--temperature: Clash fields 'tau' and 'temperature' share this flag"):
         ModelOptions({"clash": "clash"})
     ModelOptions({"composed": "composed"})  # the composed config's own flags are distinct
+
+
+def test_empty_rows_and_batches_without_targets_stay_finite(ds):
+    """A fully padded row scores finitely (SINE's head gives it a finite user vector), and a
+    batch without any target trains nothing but the regulariser (item term 0)."""
+    model = _on_encoder(ds, loss="sampled", reg_weight=0.1)
+    inputs = torch.tensor([[0, 0, 0, 0], [0, 3, 4, 5]])
+    negatives = torch.randint(1, ds.num_items + 1, (2, 4, 3), generator=torch.Generator().manual_seed(0))
+    out = model.loss_terms(inputs, torch.zeros_like(inputs), negatives)
+    assert out.terms["item"].item() == 0.0
+    torch.testing.assert_close(out.loss, 0.1 * covariance_regularizer(model.prototypes))
+    out.loss.backward()
+    model.eval()
+    scores = model.score(inputs)
+    assert torch.isfinite(scores[:, 1:]).all() and torch.isneginf(scores[:, 0]).all()

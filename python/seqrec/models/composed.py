@@ -213,8 +213,9 @@ class EncodedBatch:
     Attributes:
         inputs, targets, mask: [B, n] the batch (columns that are padding in every row
             cropped when interests are DSS's).
-        real: [B, n] bool, the trained positions (targets > 0; the last column only
-            with bidirectional attention).
+        real: [B, n] bool, the trained positions (targets > 0; with SINE's interests the
+            ``max_prefixes`` most recent of a row; the last column only with bidirectional
+            attention).
         target: [N] the next item of each row.
         count: the number of rows the terms are averaged over (at least 1).
         hidden: [N, D] the encoder's final state at each row (the user vector when
