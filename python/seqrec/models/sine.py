@@ -4,6 +4,10 @@ Tan et al., "Sparse-Interest Network for Sequential Recommendation", WSDM 2021
 (notes: ``shared/papers/sine-sparse-interest-network.md``). The intention assignment
 and the weighted aggregation into K interests run in one call of the fused
 ``intent_cluster`` operator (:func:`seqrec.ops.intent_cluster`).
+
+The interest extraction is a head, :class:`SparseInterestHead`: :class:`SINE` is that head
+on its item embeddings, :class:`~seqrec.models.ComposedRecommender` (``interests="sine"``)
+the same head on a Transformer encoder's states.
 """
 from __future__ import annotations
 
