@@ -328,6 +328,15 @@ def test_cli_trains_sine_interests_and_evaluate_reproduces_it(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(out)]) == 0
     tables = capsys.readouterr().out
     assert tables.split("\n", 1)[1].strip() == captured.out.split("\n", 1)[1].strip()
+    # --init from it: the head's sizes come from the checkpoint (they shape its tensors), so
+    # every tensor, the head's included, loads
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--model", "composed", *TINY, "--epochs", "1", "--init", str(out), "--interests", "sine",
+                 "--loss", "sampled", "--out", str(tuned)]) == 0
+    spec = json.loads((tuned / "config.json").read_text())["model"]
+    assert (spec["config"]["num_prototypes"], spec["config"]["num_interests"]) == (12, 3)
+    assert {"prototypes", "intent_query", "concept_key.weight"} <= set(spec["init"]["loaded"])
+    assert not spec["init"]["mismatched"]
 
 
 @pytest.mark.parametrize("extra, message", [
