@@ -140,7 +140,7 @@ CASES = [
 _REFUSED = "a flag the model has no field for is refused, naming the models that have it (it was ignored)"
 _PRESET = "a preset of another model names its model (the old message said the model had no such preset)"
 # Since --model composed (issue 29): the messages that list a flag's models name it too
-# (its flags are the same fields as DIF-SR's and DSS's); every config is unchanged.
+# (its flags are the same fields as DIF-SR's, DSS's and SINE's); every config is unchanged.
 CHANGED = {
     "sasrec-preset-sine": ({"error": "seqrec train: error: preset 'small' is for --model sine, not sasrec"}, _PRESET),
     "s3rec-init-preset": ({"error": "seqrec train: error: preset 'paper' is for --model sine, not s3rec"}, _PRESET),
@@ -158,8 +158,8 @@ CHANGED = {
                                         "--model sasrec"}, _REFUSED),
     "sasrec-temperature": ({"error": "seqrec train: error: --temperature is an option of --model composed/dss/sine, not of "
                                      "--model sasrec"}, _REFUSED),
-    "sasrec-num-prototypes": ({"error": "seqrec train: error: --num-prototypes is an option of --model sine, not of "
-                                        "--model sasrec"}, _REFUSED),
+    "sasrec-num-prototypes": ({"error": "seqrec train: error: --num-prototypes is an option of --model composed/sine, "
+                                        "not of --model sasrec"}, _REFUSED),
     "sine-num-layers": ({"error": "seqrec train: error: --num-layers is an option of --model composed/difsr/dss/s3rec/sasrec, "
                                   "not of --model sine"}, _REFUSED),
     "sine-loss": ({"error": "seqrec train: error: --loss is an option of --model composed/difsr/dss/s3rec/sasrec, not of "

@@ -205,7 +205,8 @@ def test_bad_compositions_are_refused_by_name(fields, message):
 
 # ---------------------------------------------------------------------- --init
 @pytest.mark.parametrize("pretraining", ["s3rec", "dss"])
-@pytest.mark.parametrize("parts", [dict(), dict(side_information="difsr", interests="dss", num_intentions=3)])
+@pytest.mark.parametrize("parts", [dict(), dict(side_information="difsr", interests="dss", num_intentions=3),
+                                   dict(side_information="difsr", interests="sine", num_prototypes=5, num_interests=2)])
 def test_any_pretraining_initialises_the_composed_encoder_completely(pretraining, parts):
     ds = synthetic(num_users=30, num_items=25, num_intents=3, seed=0)
     source = _pretrained(pretraining, ds)
@@ -222,8 +223,13 @@ def test_any_pretraining_initialises_the_composed_encoder_completely(pretraining
     for name in report.loaded:
         want = source[name][: state[name].size(0)] if name.endswith("item.weight") else source[name]
         assert torch.equal(state[name], want), name
-    if pretraining == "dss" and parts:  # DSS's intention head is the composed one's: it loads too
+    if pretraining == "dss" and parts.get("interests") == "dss":  # DSS's intention head is the composed one's
         assert {"prototypes", "beta_past", "beta_future", "key_map.weight", "out_norm.weight"} <= set(report.loaded)
+    if parts.get("interests") == "sine":  # SINE's head is the model's own: left at its initialisation, said so
+        head = {"concept_key.weight", "intent_query", "assign_proj.weight", "next_norm.bias"}
+        assert head <= set(report.own) and not head & set(report.loaded)
+        if pretraining == "dss":  # DSS's K = 3 prototypes are no concept pool of L = 5
+            assert report.mismatched == {"prototypes": "shape (5, 8) here, (3, 8) in the checkpoint"}
 
 
 # ---------------------------------------------------------------------- CLI
@@ -265,7 +271,7 @@ def test_cli_trains_a_composition_and_evaluate_reproduces_it(tmp_path, capsys):
     (["--seq2seq-weight", "-1", "--interests", "dss"], "ComposedConfig.seq2seq_weight must be a number >= 0"),
     (["--attribute-weight", "1"], "attribute_loss_weight must be 0 without side information"),
     (["--interests", "dss", "--loss", "bce"], "'ce' or 'sampled' with interests='dss'"),
-    (["--num-prototypes", "4"], "--num-prototypes is an option of --model sine, not of --model composed"),
+    (["--no-attribute-predictor"], "--no-attribute-predictor is an option of --model difsr, not of --model composed"),
     (["--compile"], "TrainConfig.compile: ComposedRecommender's training step runs eagerly only (drop --compile)"),
 ])
 def test_cli_refuses_a_bad_composition(extra, message, tmp_path, capsys):

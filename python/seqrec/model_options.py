@@ -69,7 +69,12 @@ class ModelOptions:
         for model, built in self.models.items():
             for field in cli_fields(REGISTRY[built].config):
                 if field.name not in (skip or {}).get(model, ()):
-                    self.flags.setdefault(flag_name(field), {})[model] = field
+                    owners = self.flags.setdefault(flag_name(field), {})
+                    if model in owners:  # one flag would set one of the two, silently
+                        raise ValueError(f"--{flag_name(field)}: {REGISTRY[built].config.__name__} fields "
+                                         f"{owners[model].name!r} and {field.name!r} share this flag; give one its "
+                                         "own (spec(flag=...), field_of(..., flag=...))")
+                    owners[model] = field
 
     def registration(self, model: str):
         return REGISTRY[self.models[model]]

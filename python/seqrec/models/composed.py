@@ -7,26 +7,37 @@ with the parts of the papers' models put on it by :class:`ComposedConfig`:
 * ``side_information``: ``"none"`` (item + learned position embeddings, as SASRec) or
   ``"difsr"``: DIF-SR's decoupled fusion (:class:`~seqrec.models.difsr.DIFMultiHeadAttention`
   in every block, its attribute tables and embeddings: :class:`~seqrec.models.difsr.DecoupledSideInformation`);
-* ``interests``: ``"none"`` (one user vector, the last position's state) or ``"dss"``:
+* ``interests``: ``"none"`` (one user vector, the last position's state), ``"dss"``:
   DSS's K intention vectors (:class:`~seqrec.models.dss.IntentionHead`: intention
-  clustering, weighting, aggregation, log-sum-exp scoring);
+  clustering, weighting, aggregation, log-sum-exp scoring), or ``"sine"``: SINE's K
+  sparse interests (:class:`~seqrec.models.sine.SparseInterestHead`: concept activation,
+  intention assignment, interests, their aggregation into a user vector, SINE's
+  ``merge`` rule for scores) read from the encoder's states where SINE reads its item
+  embeddings (its positions, right-aligned, still enter its attention keys). As SINE
+  trains on every prefix of a sequence, each target position trains the head on the
+  prefix of the (causal) states that ends there, right-aligned as its own sequence
+  (``max_prefixes``: the P most recent of a row); scoring reads the whole sequence;
 * ``attention``: ``"causal"`` or ``"bidirectional"``; bidirectional attention sees a
   position's own next item, so then only the last position of a row is trained (its
-  target is the item after the whole input) and it is refused with DSS's intentions,
-  whose prefix vectors need causal states;
+  target is the item after the whole input; SINE's head then reads the whole input's
+  states) and it is refused with DSS's intentions, whose prefix vectors need causal
+  states;
 * objectives, each a weighted term (:class:`Objective`); a weight of 0 leaves the term
   out (not computed, its parameters get no gradient):
 
-  - ``item`` (one user vector) or ``seq2item`` (DSS's K vectors), weight
-    ``next_item_weight`` (``--next-item-weight``, 1): the next item, ``loss`` ``ce`` /
-    ``bce`` / ``sampled`` (log-Q corrected); with ``interests="dss"`` DSS's mixture
-    softmax over the K vectors (``ce`` / ``sampled``);
+  - ``item`` (one user vector: the last state, or SINE's aggregated user vector) or
+    ``seq2item`` (DSS's K vectors), weight ``next_item_weight`` (``--next-item-weight``,
+    1): the next item, ``loss`` ``ce`` / ``bce`` / ``sampled`` (log-Q corrected); with
+    ``interests="dss"`` DSS's mixture softmax over the K vectors (``ce`` / ``sampled``);
+    with ``interests="sine"`` ``ce`` or ``sampled`` (SINE's: a softmax over items);
   - ``attr:<field>``, weight ``attribute_loss_weight`` (``--attribute-weight``, 0; one
     or one per field): DIF-SR's attribute predictors, the multi-label BCE of the next
     item's attributes from the encoder's state (needs ``side_information="difsr"``);
   - ``seq2seq``, weight ``seq2seq_weight`` (``--seq2seq-weight``, 0): DSS's InfoNCE of
     the past against the reversed future's intention vectors, logged with its ``pairs``
-    and ``present`` counts (needs ``interests="dss"``).
+    and ``present`` counts (needs ``interests="dss"``);
+  - ``covariance``, weight ``reg_weight`` (``--reg-weight``, 0): SINE's covariance
+    regulariser of its concept prototypes (needs ``interests="sine"``);
   - ``aap``, ``mip``, ``map``, ``sp``, weights ``aap_weight`` ... ``sp_weight``
     (``--aap-weight`` ..., 0): S3-Rec's self-supervised objectives trained jointly with
     the others (see below); AAP and MAP need categorical ``attribute_fields``.
@@ -59,14 +70,12 @@ continues exactly) and the four terms share that corruption and one encoder call
 Every part is the papers' models' own code (no copy): the equivalence tests
 (``tests/test_composed.py``) load a SASRec, DIF-SR or DSS state dict into the composed
 model configured as that model and get the same loss and gradients
-(``tests/test_composed_s3rec.py``: an S3-Rec state dict, S3-Rec's four terms). Parameter names are
+(``tests/test_composed_s3rec.py``: an S3-Rec state dict, S3-Rec's four terms); SINE's head,
+given SINE's item embeddings for states, loads a SINE state dict and gives SINE's loss,
+terms, gradients and scores (``tests/test_composed_sine.py``). Parameter names are
 those of the model each part comes from, so checkpoints load by name both ways and any
 pretraining (S3-Rec, DSS) initialises the encoder completely (``seqrec train --model
 composed --init RUN``).
-
-Not composable here yet: SINE's interest extraction (SINE has no Transformer encoder:
-its extractor reads the item and position embeddings and trains prefix by prefix, so
-putting it on this encoder's states needs ``sine.py`` refactored into a head, not done).
 """
 from __future__ import annotations
 
@@ -81,7 +90,7 @@ from torch import Tensor, nn
 
 from ..ops.backend import get_backend
 from ..ops.seq_mask import SeqMaskOutput
-from .base import LossOutput, SequentialRecommender
+from .base import LossOutput, SequentialRecommender, check_candidates
 from .config import EncoderConfig, Preset, field_of, spec
 from .difsr import DIFMultiHeadAttention, DIFSRConfig, DecoupledSideInformation, SideInformationFields, _Embeddings
 from .dss import DSSConfig, IntentionHead
@@ -89,12 +98,14 @@ from .layers import (ItemPositionEmbedding, TransformerEncoder, encode_last_posi
                      lookup_rows)
 from .losses import next_item_nll
 from .s3rec import OBJECTIVES as S3REC_OBJECTIVES, S3RecConfig, S3RecObjectives, combined_attribute_table
+from .sine import SINEConfig, SINEOutput, SparseInterestHead, covariance_regularizer, kept_targets
 
 __all__ = ["ComposedConfig", "ComposedRecommender", "EncodedBatch", "Objective", "config_objectives",
-           "next_item_term", "attribute_term", "seq2seq_term", "s3rec_term", "s3rec_sequence", "PRESETS"]
+           "next_item_term", "attribute_term", "seq2seq_term", "s3rec_term", "s3rec_sequence", "covariance_term",
+           "PRESETS"]
 
 SIDE_INFORMATION = ("none", "difsr")
-INTERESTS = ("none", "dss")
+INTERESTS = ("none", "dss", "sine")
 ATTENTIONS = ("causal", "bidirectional")
 LOSSES = ("ce", "bce", "sampled")
 
@@ -124,9 +135,11 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
     """The composed model's parts and objectives (module docstring).
 
     The encoder fields are :class:`~seqrec.models.config.EncoderConfig`'s (SASRec's
-    defaults). The side-information fields are :class:`~seqrec.models.difsr.DIFSRConfig`'s
-    and the intention fields :class:`~seqrec.models.dss.DSSConfig`'s (same checks, help and
-    flags), read only when their part is chosen; the defaults leave every part and every
+    defaults). The side-information fields are :class:`~seqrec.models.difsr.DIFSRConfig`'s,
+    the intention fields :class:`~seqrec.models.dss.DSSConfig`'s and the sparse-interest
+    fields :class:`~seqrec.models.sine.SINEConfig`'s (same checks, help and flags; SINE's
+    ``temperature`` is ``--aggregation-temperature`` here, ``--temperature`` being DSS's
+    ``tau``), read only when their part is chosen; the defaults leave every part and every
     auxiliary term off (a SASRec with the ``ce`` loss).
     """
 
@@ -134,12 +147,14 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
                                  help="side information on the encoder: none, or difsr (DIF-SR's decoupled fusion "
                                       "of --attributes)")
     interests: str = spec("none", kind="choice", choices=INTERESTS,
-                          help="user vectors: none (the last position's state) or dss (DSS's K intention vectors)")
+                          help="user vectors: none (the last position's state), dss (DSS's K intention vectors) "
+                               "or sine (SINE's K sparse interests on the encoder's states)")
     attention: str = spec("causal", kind="choice", choices=ATTENTIONS,
                           help="attention direction; bidirectional trains the last position only")
     loss: str = spec("ce", kind="choice", choices=LOSSES,
                      help="next-item loss: ce (softmax over all items), bce (one sampled negative), sampled "
-                          "(softmax over the target and the sampled negatives, log-Q corrected)")
+                          "(softmax over the target and the sampled negatives, log-Q corrected); ce or sampled "
+                          "with --interests dss or sine")
     next_item_weight: float = spec(1.0, kind="number", minimum=0, help="weight of the next-item term (item / seq2item)")
     # DIF-SR's side information (DIFSRConfig's fields).
     attribute_fields: tuple[str, ...] = field_of(DIFSRConfig, "attribute_fields")
@@ -177,6 +192,17 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
     reduction: str = field_of(S3RecConfig, "reduction", default="mean",
                               help="S3-Rec's terms: average over their scored positions / rows, or sum (the "
                                    "authors', which scales with the batch)")
+    # SINE's sparse interests (SINEConfig's fields). SINE's interest-aggregation
+    # temperature takes its own flag: --temperature is DSS's tau here.
+    num_prototypes: int = field_of(SINEConfig, "num_prototypes")
+    num_interests: int = field_of(SINEConfig, "num_interests")
+    temperature: float = field_of(SINEConfig, "temperature", flag="aggregation-temperature",
+                                  help="tau of SINE's interest aggregation softmax (--model sine: --temperature)")
+    assign_temperature: float = field_of(SINEConfig, "assign_temperature")
+    reg_weight: float = field_of(SINEConfig, "reg_weight", default=0.0)
+    max_prefixes: int | None = field_of(SINEConfig, "max_prefixes")
+    merge: str = field_of(SINEConfig, "merge")
+    intent_attention: str = field_of(SINEConfig, "intent_attention")
 
     def validate(self) -> None:
         super().validate()
@@ -211,8 +237,9 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
         if dss and self.attention != "causal":
             self.fail("attention", "'causal' with interests='dss' (the intention vectors of every prefix "
                                    "read causal states)", self.attention)
+        self._check_sine_fields()
         if not (self.next_item_weight or self.seq2seq_weight or any(self.field_loss_weights)
-                or self.s3rec_objectives):
+                or self.s3rec_objectives or self.reg_weight):
             self.fail("next_item_weight", "> 0 when every other objective's weight is 0 (nothing to train)",
                       self.next_item_weight)
 
@@ -232,9 +259,26 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
         """S3-Rec's attribute ids 1..num_attributes (its ``S3RecConfig.num_attributes``)."""
         return sum(v for v in self.attribute_vocab_sizes if v > 0)
 
+    def _check_sine_fields(self) -> None:
+        """The combinations of SINE's interests that cannot work."""
+        sine = self.interests == "sine"
+        if not sine and self.reg_weight:
+            self.fail("reg_weight", "0 without SINE's interests (the covariance regulariser reads SINE's concept "
+                                    "prototypes: interests='sine')", self.reg_weight)
+        if not sine and self.max_prefixes is not None:
+            self.fail("max_prefixes", "None without SINE's interests (it limits the prefixes SINE trains: "
+                                      "interests='sine')", self.max_prefixes)
+        if sine and self.num_interests > self.num_prototypes:
+            self.fail("num_interests", f"<= num_prototypes={self.num_prototypes} with interests='sine' (top-K of "
+                                       "the L concepts)", self.num_interests)
+        if sine and self.loss == "bce":
+            self.fail("loss", "'ce' or 'sampled' with interests='sine' (SINE's user vector is trained by a "
+                              "softmax over items: sampled as SINE, or ce, the full softmax)", self.loss)
+
     # ``seqrec train --init``: an encoder of the checkpoint's sizes (and, from a DSS
     # pretraining, its intentions and beta, which shape parameters).
-    init_defaults = ("hidden_size", "num_layers", "num_heads", "num_intentions", "beta")
+    init_defaults = ("hidden_size", "num_layers", "num_heads", "num_intentions", "beta", "num_prototypes",
+                     "num_interests")
     init_fixed = EncoderConfig.init_fixed
 
 
@@ -247,8 +291,9 @@ class EncodedBatch:
     Attributes:
         inputs, targets, mask: [B, n] the batch (columns that are padding in every row
             cropped when interests are DSS's).
-        real: [B, n] bool, the trained positions (targets > 0; the last column only
-            with bidirectional attention).
+        real: [B, n] bool, the trained positions (targets > 0; with SINE's interests the
+            ``max_prefixes`` most recent of a row; the last column only with bidirectional
+            attention).
         target: [N] the next item of each row.
         count: the number of rows the terms are averaged over (at least 1).
         hidden: [N, D] the encoder's final state at each row (the user vector when
@@ -263,6 +308,9 @@ class EncodedBatch:
             rows' training parts (:func:`s3rec_sequence`); None: drawn by the first
             S3-Rec term. s3rec: the S3-Rec terms' losses of this batch, computed once
             (one corruption, one encoder call) by the first of them.
+        sine: SINE's head on the right-aligned prefix of the encoder's states that ends
+            at each row (``interests="sine"``; its ``user`` [N, D] is what the next-item
+            term scores), else None.
     """
 
     inputs: Tensor
@@ -280,6 +328,7 @@ class EncodedBatch:
     split: Tensor | None = None
     masking: SeqMaskOutput | None = None
     s3rec: dict[str, Tensor] | None = None
+    sine: SINEOutput | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,12 +348,14 @@ class Objective:
 
 
 def next_item_term(model: "ComposedRecommender", batch: EncodedBatch) -> LossOutput:
-    """Next-item NLL averaged over the rows: one user vector (``next_item_nll``), or DSS's
-    mixture over the K intention vectors (``IntentionHead.seq2item_nll``)."""
+    """Next-item NLL averaged over the rows: one user vector (``next_item_nll``: the last
+    state, or SINE's aggregated user vector), or DSS's mixture over the K intention
+    vectors (``IntentionHead.seq2item_nll``)."""
     if batch.phi is not None:
         per_row = model.seq2item_nll(batch.phi, batch.target, batch.negatives, batch.log_q)
     else:
-        per_row = next_item_nll(batch.hidden, model.embedding.item, batch.target, model.config.loss,
+        user = batch.hidden if batch.sine is None else batch.sine.user
+        per_row = next_item_nll(user, model.embedding.item, batch.target, model.config.loss,
                                 batch.negatives, log_q=batch.log_q)
     return LossOutput(per_row.sum() / batch.count)
 
@@ -350,6 +401,11 @@ def s3rec_term(name: str) -> Callable[["ComposedRecommender", EncodedBatch], Los
     return compute
 
 
+def covariance_term(model: "ComposedRecommender", batch: EncodedBatch) -> LossOutput:
+    """SINE's covariance regulariser of its concept prototypes (:func:`~seqrec.models.sine.covariance_regularizer`)."""
+    return LossOutput(covariance_regularizer(model.prototypes))
+
+
 def config_objectives(config: ComposedConfig) -> tuple[Objective, ...]:
     """The weighted terms ``config`` asks for, in logging order (weights of 0 left out)."""
     out = []
@@ -365,10 +421,13 @@ def config_objectives(config: ComposedConfig) -> tuple[Objective, ...]:
         out.append(Objective("seq2seq", config.seq2seq_weight, seq2seq_term))
     for name in config.s3rec_objectives:
         out.append(Objective(name, getattr(config, f"{name}_weight"), s3rec_term(name)))
+    if config.reg_weight:  # SINE's regulariser, logged under SINE's name
+        out.append(Objective("covariance", config.reg_weight, covariance_term))
     return tuple(out)
 
 
-class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectives, SequentialRecommender):
+class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInterestHead, S3RecObjectives,
+                          SequentialRecommender):
     """The shared encoder with the parts and objectives of :class:`ComposedConfig`
     (module docstring).
 
@@ -391,14 +450,16 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectiv
     attention adds ``position_*``, ``attribute_*``, ``fusion_params``), ``predictors``
     (DIF-SR's attribute heads, with side information), DSS's ``prototypes``,
     ``key_norm``, ``key_map``, ``query_norm``, ``query_bias``, ``distance``, ``beta_*``,
-    ``out_norm`` (with its intentions); with S3-Rec's objectives, S3-Rec's heads of the
-    terms switched on (``aap``, ``mip``, ``map``, ``sp``, and ``attribute_embedding`` for
-    AAP / MAP) and ``mask_embedding`` [1, D], the mask token's vector (S3-Rec's item
-    table row ``num_items + 1``: :func:`~seqrec.models.load_pretrained` takes it from
-    there).
+    ``out_norm`` (with its intentions), SINE's ``prototypes``, ``concept_*``,
+    ``assign_proj``, ``intent_*``, ``interest_norm``, ``next_*`` (with its interests; its
+    position table is the encoder's ``embedding.position``); with S3-Rec's objectives,
+    S3-Rec's heads of the terms switched on (``aap``, ``mip``, ``map``, ``sp``, and
+    ``attribute_embedding`` for AAP / MAP) and ``mask_embedding`` [1, D], the mask token's
+    vector (S3-Rec's item table row ``num_items + 1``: :func:`~seqrec.models.load_pretrained`
+    takes it from there).
 
-    With DSS's intentions the attribute predictors read the encoder's final state at each
-    position (what DIF-SR's read), not the K vectors.
+    With DSS's intentions or SINE's interests the attribute predictors read the encoder's
+    final state at each position (what DIF-SR's read), not the K vectors.
 
     Eager only: ``torch.compile`` of the training step is not supported (DIF-SR's grouped
     encoder and the DSS crop are data-dependent).
@@ -433,6 +494,8 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectiv
             self._build_intentions()
         if config.s3rec_objectives:
             self._build_s3rec_heads()
+        if config.interests == "sine":
+            self._build_sparse_interests()
         self.apply(partial(init_transformer_weights, std=config.initializer_range))
         if side:
             self._init_side_information(attributes)
@@ -440,6 +503,8 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectiv
             self._init_intentions()
         if attributes is not None and {"aap", "map"} & set(config.s3rec_objectives):
             self._init_s3rec_attributes(attributes)
+        if config.interests == "sine":
+            self._init_sparse_interests()
         self.objectives = self._checked_objectives(config_objectives(config) if objectives is None else objectives)
 
     @staticmethod
@@ -568,7 +633,7 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectiv
     # ------------------------------------------------------------------ capabilities
     @property
     def has_interests(self) -> bool:
-        return self.config.interests == "dss"
+        return self.config.interests != "none"
 
     def item_table(self) -> nn.Embedding:
         return self.embedding.item
@@ -587,8 +652,8 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectiv
     def encode_last(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The last position's state [B, D] (one user vector; 0 for an empty row)."""
         if self.has_interests:
-            raise NotImplementedError("with interests='dss' the model scores from K intention vectors "
-                                      "(interests()), not one last-position vector")
+            raise NotImplementedError(f"with interests={self.config.interests!r} the model scores from K interest "
+                                      "vectors (interests()), not one last-position vector")
         if self.config.side_information == "difsr":
             return DecoupledSideInformation.encode_last(self, item_seq, lengths)
         if torch.compiler.is_compiling():  # select is data-dependent
@@ -597,16 +662,34 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectiv
         return encode_last_position(self.encoder, self.embedding(item_seq), mask)
 
     def interests(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if self.config.interests == "sine":
+            return self.encode_sine(item_seq, lengths).interests
         if not self.has_interests:
             return SequentialRecommender.interests(self, item_seq, lengths)
         return IntentionHead.interests(self, item_seq, lengths)
 
     def score(self, item_seq: Tensor, lengths: Tensor | None = None, items: Tensor | None = None) -> Tensor:
-        """Next-item scores: the dot product with the last state, or with DSS's intentions
-        the log-sum-exp over the K vectors' dot products."""
+        """Next-item scores: the dot product with the last state, with DSS's intentions
+        the log-sum-exp over the K vectors' dot products, with SINE's interests its
+        ``merge`` rule (the aggregated user vector, or the max over the K interests)."""
+        if self.config.interests == "sine":
+            out = self.encode_sine(item_seq, lengths)
+            if items is not None:
+                check_candidates(item_seq, items)
+            return self.merged_scores(out, items)
         if self.has_interests:
             return IntentionHead.score(self, item_seq, lengths, items)
         return SequentialRecommender.score(self, item_seq, lengths, items)
+
+    # ------------------------------------------------------------------ SINE's interests
+    def encode_sine(self, item_seq: Tensor, lengths: Tensor | None = None) -> SINEOutput:
+        """SINE's head (:class:`~seqrec.models.sine.SparseInterestHead`) on the encoder's
+        states of each whole LEFT-padded sequence [B, n]: :class:`~seqrec.models.sine.SINEOutput`
+        (user vector, K interests, ...). ``interests="sine"`` only."""
+        if self.config.interests != "sine":
+            raise NotImplementedError(f"encode_sine needs interests='sine', not {self.config.interests!r}")
+        mask = self._mask(item_seq, lengths)
+        return self.sparse_interests(self.states(item_seq, mask), mask)
 
     # ------------------------------------------------------------------ training
     def encode_batch(self, input_ids: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
@@ -630,7 +713,7 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectiv
             width = int(mask.any(0).to(torch.int64).sum()) if input_ids.numel() else 0
             cols = slice(shape[1] - max(width, 1), shape[1])
             inputs, targets, mask = input_ids[:, cols], target_ids[:, cols], mask[:, cols]
-        real = targets > 0
+        real = targets > 0 if cfg.interests != "sine" else kept_targets(targets, cfg.max_prefixes)
         if cfg.attention == "bidirectional":  # a position sees its own target: train the last one only
             real = real & (torch.arange(real.size(1), device=real.device) == real.size(1) - 1)
         if bool((real & ~mask).any()):
@@ -646,7 +729,14 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, S3RecObjectiv
             negatives, log_q = self.sampled_negatives(negative_ids, shape, features)  # [B, n, m]
             encoded.negatives = negatives[:, cols][real]
             encoded.log_q = None if log_q is None else log_q[:, cols][real]
-        if cfg.interests == "dss":
+        if cfg.interests == "sine":
+            # SINE's head on the prefix of the encoder's states that ends at each row,
+            # each prefix its own right-aligned sequence as SINE trains (the states are
+            # causal: those of a prefix do not see its future).
+            states = self.states(inputs, mask)  # [B, n, D]
+            encoded.sine = self.prefix_sparse_interests(states, mask, real)
+            encoded.hidden = states[real]  # the encoder's state (what the attribute predictors read)
+        elif cfg.interests == "dss":
             z, encoded.probs, prefix_w = self._past(inputs, mask)
             encoded.raw = self._prefix_raw(z, encoded.probs, prefix_w)  # [B, n, K, D]
             encoded.phi = self._aggregate(encoded.raw[real], False)  # [N, K, D]

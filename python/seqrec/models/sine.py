@@ -4,6 +4,10 @@ Tan et al., "Sparse-Interest Network for Sequential Recommendation", WSDM 2021
 (notes: ``shared/papers/sine-sparse-interest-network.md``). The intention assignment
 and the weighted aggregation into K interests run in one call of the fused
 ``intent_cluster`` operator (:func:`seqrec.ops.intent_cluster`).
+
+The interest extraction is a head, :class:`SparseInterestHead`: :class:`SINE` is that head
+on its item embeddings, :class:`~seqrec.models.ComposedRecommender` (``interests="sine"``)
+the same head on a Transformer encoder's states.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from .config import ConfigBase, Preset, spec
 from .losses import sampled_softmax_nll
 
 __all__ = ["SINEConfig", "SINE", "SINEOutput", "SINE_PRESETS", "MERGES", "INTENT_ATTENTIONS",
-           "covariance_regularizer"]
+           "SparseInterestHead", "covariance_regularizer", "kept_targets", "prefix_columns"]
 
 MERGES = ("aggregate", "max")
 INTENT_ATTENTIONS = ("paper", "assigned")
@@ -126,6 +130,223 @@ def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
     return torch.softmax(logits, dim=-1) * mask.any(dim=-1, keepdim=True).to(logits.dtype)
 
 
+def kept_targets(target_ids: Tensor, max_prefixes: int | None) -> Tensor:
+    """[B, n] bool: the positions whose next item trains (target > 0), with
+    ``max_prefixes = P`` only the P most recent of each row."""
+    real = target_ids > 0
+    if max_prefixes is not None:
+        # Rank of each target from the end of its row; keep the P most recent.
+        from_end = real.flip(1).cumsum(1).flip(1)
+        real = real & (from_end <= max_prefixes)
+    return real
+
+
+def prefix_columns(real: Tensor, first: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The right-aligned prefixes that end at the True entries of ``real`` [B, n].
+
+    Args:
+        real: [B, n] bool, the prefix ends (row-major order is the examples' order).
+        first: [B] the first real column of each row (left padding).
+
+    Returns:
+        ``(rows [R], cols [R], src [R, W])``: example r is row ``rows[r]`` up to column
+        ``cols[r]``; ``src[r, w]`` is the column of its w-th position (the last, w = W - 1,
+        is ``cols[r]``), W the longest prefix. Columns below ``first[rows[r]]`` (negative
+        ones included) are the prefix's left padding.
+    """
+    rows, cols = real.nonzero(as_tuple=True)
+    width = int((cols - first[rows] + 1).max()) if rows.numel() else 1
+    src = cols.unsqueeze(1) - torch.arange(width - 1, -1, -1, device=cols.device)  # [R, W]
+    return rows, cols, src
+
+
+class SparseInterestHead:
+    """SINE's interest extraction on a host model, for the models that compose it.
+
+    The host is a :class:`~seqrec.models.base.SequentialRecommender` with ``config``
+    (the head's fields of :class:`SINEConfig`: ``hidden_size``, ``max_len``,
+    ``num_prototypes``, ``num_interests``, ``temperature``, ``assign_temperature``,
+    ``intent_attention``, ``merge``, ``initializer_range``, ``layer_norm_eps``),
+    ``backend``, ``embedding.item`` (the table that scores items) and
+    ``embedding.position`` (P [max_len, D], right-aligned). The head reads a sequence
+    of D-vectors X (SINE: its item embeddings; :class:`~seqrec.models.ComposedRecommender`:
+    its encoder's states) and adds its parameters (:meth:`_build_sparse_interests`,
+    SINE's names), the extraction of the K interests and the user vector
+    (:meth:`sparse_interests`, the equations of :class:`SINE`), the merge rule of the
+    scores (:meth:`merged_scores`) and the prefixes that train it
+    (:meth:`prefix_sparse_interests`). Its regulariser is :func:`covariance_regularizer` of
+    ``prototypes``. :class:`SINE` is this head on the item embeddings.
+    """
+
+    def _build_sparse_interests(self) -> None:
+        """The head's parameters, registered in SINE's order (drawn by
+        :meth:`_init_sparse_interests` and the host's init of Linear layers)."""
+        config = self.config
+        d, k = config.hidden_size, config.num_interests
+        self.prototypes = nn.Parameter(torch.empty(config.num_prototypes, d))  # C [L, D]
+        # Concept activation: a = softmax(tanh(X W_1) w_2).
+        self.concept_key = nn.Linear(d, d)  # W_1
+        self.concept_query = nn.Linear(d, 1, bias=False)  # w_2
+        # Intention assignment projection W_3.
+        self.assign_proj = nn.Linear(d, d, bias=False)
+        # Per-intention attention: W_{k,1} for all k in one [D, K*D] map, w_{k,2} [K, D].
+        self.intent_key = nn.Linear(d, k * d)
+        self.intent_query = nn.Parameter(torch.empty(k, d))
+        self.interest_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)  # LN_3
+        # Interest aggregation: pooling of the intention sequence, LN_4.
+        self.next_key = nn.Linear(d, d)  # W_5
+        self.next_query = nn.Linear(d, 1, bias=False)  # w_6
+        self.next_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)  # LN_4
+
+    @torch.no_grad()
+    def _init_sparse_interests(self) -> None:
+        """After the Linear layers' normal init: the two free parameters, N(0, initializer_range)."""
+        std = self.config.initializer_range
+        self.prototypes.normal_(0.0, std)
+        self.intent_query.normal_(0.0, std)
+
+    def sparse_interests(self, values: Tensor, mask: Tensor) -> SINEOutput:
+        """The head on a padded sequence of vectors.
+
+        Args:
+            values: [B, n, D] X, one vector per position (0 at padding), LEFT-padded,
+                n <= max_len (the most recent position takes position row max_len - 1).
+            mask: [B, n] bool, the real positions.
+
+        Returns:
+            :class:`SINEOutput`.
+        """
+        if torch.compiler.is_compiling():  # PackedPositions has a data-dependent size
+            return self._extract_interests(values, mask, None)
+        packed = PackedPositions(mask)
+        return self._extract_interests(packed.pack(values), mask, packed)
+
+    def prefix_sparse_interests(self, values: Tensor, mask: Tensor, real: Tensor) -> SINEOutput:
+        """The head on the right-aligned prefix of ``values`` that ends at each True entry
+        of ``real`` (row-major order), each prefix its own sequence, as SINE trains.
+
+        Args:
+            values: [B, n, D] per-position vectors (0 at padding), LEFT-padded.
+            mask: [B, n] bool, the real positions.
+            real: [B, n] bool, the prefix ends (real positions).
+
+        Returns:
+            :class:`SINEOutput` with one row per True entry of ``real``. Only the real
+            positions of the prefixes are gathered (the head's packed path; eager only:
+            the number of prefixes depends on the data).
+        """
+        b, n, d = values.shape
+        first = n - mask.sum(1)  # first real column of each row
+        rows, _, src = prefix_columns(real, first)
+        inside = src >= first[rows].unsqueeze(1)  # [R, W]: the prefixes' real positions
+        packed = PackedPositions(inside)
+        flat = (rows.unsqueeze(1) * n + src).reshape(-1).index_select(0, packed.index)  # [N] rows of values
+        return self._extract_interests(values.reshape(b * n, d).index_select(0, flat), inside, packed)
+
+    def _extract_interests(self, x_real: Tensor, mask: Tensor, packed: PackedPositions | None) -> SINEOutput:
+        """The equations of :class:`SINE` from X at the real positions.
+
+        Args:
+            x_real: [N, D] X at the real positions of ``mask`` (``packed.index`` order), or
+                with ``packed`` None (``torch.compile``) the padded [B, n, D] (0 at padding).
+            mask: [B, n] bool, the real positions (right-aligned: a row's last real
+                position is column n - 1, the position row max_len - 1).
+            packed: ``PackedPositions(mask)``, or None for the padded path.
+        """
+        cfg = self.config
+        b, n = mask.shape
+        k = cfg.num_interests
+        pos = self.embedding.position.weight[cfg.max_len - n :]  # [n, D], most recent at max_len - 1
+
+        # Position-wise work (projections, tanh, weighted sums) runs on the N real
+        # positions only (Beauty: ~7 of 50); `positionwise` returns the padded
+        # [B, n, *] layout, `pool(w, t)` = sum_t w[b, t] t[b, t] for w [B, n].
+        if packed is None:
+            pos_real, x = pos, x_real
+
+            def positionwise(fn, t: Tensor) -> Tensor:
+                return fn(t)
+
+            def pool(w: Tensor, t: Tensor) -> Tensor:
+                return (w.unsqueeze(-1) * t).sum(1)
+        else:
+            row = packed.index // n  # [N] batch row of each real position
+            pos_real = pos[packed.index % n]  # [N, D]
+            x = packed.unpack(x_real)  # [B, n, D]
+
+            def positionwise(fn, t: Tensor) -> Tensor:
+                return packed.unpack(fn(t))
+
+            def pool(w: Tensor, t: Tensor) -> Tensor:
+                w_real = w.reshape(-1).index_select(0, packed.index).unsqueeze(-1)
+                return t.new_zeros(b, t.size(-1)).index_add(0, row, w_real * t)
+
+        # Concept activation.
+        a = positionwise(lambda t: self.concept_query(torch.tanh(self.concept_key(t))), x_real)
+        a = _masked_softmax(a.squeeze(-1), mask)  # [B, n]
+        z = pool(a, x_real)  # [B, D]
+        s = z @ self.prototypes.t()  # [B, L]
+        top_s, concepts = s.topk(k, dim=1)  # [B, K]
+        scale = torch.sigmoid(top_s)
+
+        # Per-intention attention over positions, P_{t|k}.
+        # sum_d h[.., k, d] w_{k,2}[d] as ONE matmul of h [.., K*D] with the block-diagonal
+        # [K*D, K] matrix of the w_{k,2} (a multiply + sum makes 3 passes over h, and
+        # CPU bmm of matrix-vector products is slower still).
+        w_k2 = torch.block_diag(*self.intent_query.unbind(0))  # [K, K*D]
+
+        def intent_logits(t: Tensor) -> Tensor:
+            return torch.tanh(self.intent_key(t)) @ w_k2.t()  # [.., K]
+
+        att = positionwise(intent_logits, x_real + pos_real).transpose(1, 2)  # [B, K, n]
+        xw = positionwise(self.assign_proj, x_real)  # [B, n, D]
+        cluster = dict(active=concepts, active_scale=scale, values=x, eps=cfg.layer_norm_eps,
+                       backend=self.backend)
+        if cfg.intent_attention == "assigned":
+            # The authors' code: attention logits scaled by P_{k|t} before the softmax
+            # over positions, so each intention attends to the positions assigned to it.
+            _, p_kt = intent_cluster(xw, mask, self.prototypes, cfg.assign_temperature, **cluster)
+            att = att * p_kt.transpose(1, 2)
+        att = _masked_softmax(att, mask.unsqueeze(1).expand(b, k, n))
+
+        # Intention assignment and aggregation into K interests: one fused op.
+        raw, assignment = intent_cluster(xw, mask, self.prototypes, cfg.assign_temperature,
+                                         weights=att, **cluster)
+        interests = self.interest_norm(raw)  # [B, K, D]
+
+        # Interest aggregation: predict the next intention from the intention sequence
+        # Xhat = P^u C^u. Its pooling g^T Xhat is computed as (g^T P^u) C^u ([B, K] first).
+        active_c = self.prototypes[concepts] * scale.unsqueeze(-1)  # C^u [B, K, D]
+        xhat = torch.bmm(assignment, active_c)  # [B, n, D]; 0 at padding
+        xhat_real = xhat if packed is None else packed.pack(xhat)
+        g = positionwise(lambda t: self.next_query(torch.tanh(self.next_key(t))), xhat_real + pos_real)
+        g = _masked_softmax(g.squeeze(-1), mask)  # [B, n]
+        mix = (g.unsqueeze(-1) * assignment).sum(1)  # [B, K]
+        c_apt = self.next_norm((mix.unsqueeze(-1) * active_c).sum(1))  # [B, D]
+        logits = (interests * c_apt.unsqueeze(1)).sum(-1) / cfg.temperature  # [B, K]
+        weights = torch.softmax(logits, dim=-1)
+        user = (weights.unsqueeze(-1) * interests).sum(1)  # [B, D]
+        return SINEOutput(user, interests, weights, concepts, scale, assignment, att)
+
+    def merged_scores(self, out: SINEOutput, items: Tensor | None) -> Tensor:
+        """Next-item scores of :meth:`sparse_interests`' output under ``config.merge``:
+        [B, V + 1] with column 0 = -inf (``items`` None) or [B, C] with -inf at 0."""
+        weight = self.embedding.item.weight  # [V+1, D]
+        if items is None:
+            if self.config.merge == "aggregate":
+                scores = out.user @ weight.t()  # [B, V+1]
+            else:
+                scores = (out.interests @ weight.t()).amax(dim=1)  # [B, K, V+1] -> [B, V+1]
+            pad = torch.arange(scores.size(1), device=scores.device) == 0
+            return scores.masked_fill(pad, float("-inf"))
+        cand = self.embedding.item(items)  # [B, C, D]
+        if self.config.merge == "aggregate":
+            scores = torch.bmm(cand, out.user.unsqueeze(-1)).squeeze(-1)
+        else:
+            scores = torch.bmm(cand, out.interests.transpose(1, 2)).amax(dim=-1)
+        return scores.masked_fill(items == 0, float("-inf"))
+
+
 class ItemPositionTables(nn.Module):
     """SINE's item table ``item`` [num_items + 1, D] (row 0 padding) and learned
     positions ``position`` [max_len, D], right-aligned (the most recent item has row
@@ -139,7 +360,7 @@ class ItemPositionTables(nn.Module):
         self.position = nn.Embedding(max_len, hidden_size)
 
 
-class SINE(SequentialRecommender):
+class SINE(SparseInterestHead, SequentialRecommender):
     """Sparse-interest network (Tan et al., WSDM 2021).
 
     For a LEFT-padded sequence with item embeddings X [n, D] (real positions only,
@@ -226,25 +447,13 @@ class SINE(SequentialRecommender):
             get_backend(backend)
         self.config = config
         self.backend = backend
-        d, k = config.hidden_size, config.num_interests
         # embedding.item, embedding.position: the names every seqrec model gives them, so
         # a pretrained encoder's tables initialise them (load_pretrained).
-        self.embedding = ItemPositionTables(config.num_items + 1, config.max_len, d)
-        self.prototypes = nn.Parameter(torch.empty(config.num_prototypes, d))  # C [L, D]
+        self.embedding = ItemPositionTables(config.num_items + 1, config.max_len, config.hidden_size)
         self.dropout = Dropout(config.dropout)
-        # Concept activation: a = softmax(tanh(X W_1) w_2).
-        self.concept_key = nn.Linear(d, d)  # W_1
-        self.concept_query = nn.Linear(d, 1, bias=False)  # w_2
-        # Intention assignment projection W_3.
-        self.assign_proj = nn.Linear(d, d, bias=False)
-        # Per-intention attention: W_{k,1} for all k in one [D, K*D] map, w_{k,2} [K, D].
-        self.intent_key = nn.Linear(d, k * d)
-        self.intent_query = nn.Parameter(torch.empty(k, d))
-        self.interest_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)  # LN_3
-        # Interest aggregation: pooling of the intention sequence, LN_4.
-        self.next_key = nn.Linear(d, d)  # W_5
-        self.next_query = nn.Linear(d, 1, bias=False)  # w_6
-        self.next_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)  # LN_4
+        # The interest extraction on the item embeddings (prototypes, concept_*, assign_proj,
+        # intent_*, interest_norm, next_*: SINE's names, in SINE's order).
+        self._build_sparse_interests()
         self.reset_parameters()
 
     @torch.no_grad()
@@ -260,8 +469,7 @@ class SINE(SequentialRecommender):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
         self.embedding.item.weight[0].zero_()
-        self.prototypes.normal_(0.0, std)
-        self.intent_query.normal_(0.0, std)
+        self._init_sparse_interests()
 
     # ------------------------------------------------------------------ encoder
     def encode(self, item_seq: Tensor, lengths: Tensor | None = None) -> SINEOutput:
@@ -279,87 +487,19 @@ class SINE(SequentialRecommender):
         check_ids("item_seq", item_seq)
         cfg = self.config
         mask = padding_mask(item_seq, lengths)  # [B, n]
-        b, n = item_seq.shape
+        n = item_seq.size(1)
         if n > cfg.max_len:
             raise ValueError(
                 f"sequence width {n} exceeds max_len={cfg.max_len}; keep the most recent "
                 f"max_len items (item_seq[:, -{cfg.max_len}:])"
             )
-        k = cfg.num_interests
-        pos = self.embedding.position.weight[cfg.max_len - n :]  # [n, D], most recent at max_len - 1
-
-        # Position-wise work (embedding lookups, projections, tanh, weighted sums) runs
-        # on the N real positions only (Beauty: ~7 of 50); `positionwise` returns the
-        # padded [B, n, *] layout, `pool(w, t)` = sum_t w[b, t] t[b, t] for w [B, n].
+        # The embedding lookup on the real positions only (the head's packed path).
         if torch.compiler.is_compiling():  # PackedPositions has a data-dependent size
-            x_real = self.dropout(self.embedding.item(item_seq))  # [B, n, D]; padding rows are 0
-            pos_real, x = pos, x_real
-
-            def positionwise(fn, t: Tensor) -> Tensor:
-                return fn(t)
-
-            def pool(w: Tensor, t: Tensor) -> Tensor:
-                return (w.unsqueeze(-1) * t).sum(1)
-        else:
-            packed = PackedPositions(mask)
-            row = packed.index // n  # [N] batch row of each real position
-            x_real = self.dropout(self.embedding.item(item_seq.reshape(-1)[packed.index]))  # [N, D]
-            pos_real = pos[packed.index % n]  # [N, D]
-            x = packed.unpack(x_real)  # [B, n, D]
-
-            def positionwise(fn, t: Tensor) -> Tensor:
-                return packed.unpack(fn(t))
-
-            def pool(w: Tensor, t: Tensor) -> Tensor:
-                w_real = w.reshape(-1).index_select(0, packed.index).unsqueeze(-1)
-                return t.new_zeros(b, t.size(-1)).index_add(0, row, w_real * t)
-
-        # Concept activation.
-        a = positionwise(lambda t: self.concept_query(torch.tanh(self.concept_key(t))), x_real)
-        a = _masked_softmax(a.squeeze(-1), mask)  # [B, n]
-        z = pool(a, x_real)  # [B, D]
-        s = z @ self.prototypes.t()  # [B, L]
-        top_s, concepts = s.topk(k, dim=1)  # [B, K]
-        scale = torch.sigmoid(top_s)
-
-        # Per-intention attention over positions, P_{t|k}.
-        # sum_d h[.., k, d] w_{k,2}[d] as ONE matmul of h [.., K*D] with the block-diagonal
-        # [K*D, K] matrix of the w_{k,2} (a multiply + sum makes 3 passes over h, and
-        # CPU bmm of matrix-vector products is slower still).
-        w_k2 = torch.block_diag(*self.intent_query.unbind(0))  # [K, K*D]
-
-        def intent_logits(t: Tensor) -> Tensor:
-            return torch.tanh(self.intent_key(t)) @ w_k2.t()  # [.., K]
-
-        att = positionwise(intent_logits, x_real + pos_real).transpose(1, 2)  # [B, K, n]
-        xw = positionwise(self.assign_proj, x_real)  # [B, n, D]
-        cluster = dict(active=concepts, active_scale=scale, values=x, eps=cfg.layer_norm_eps,
-                       backend=self.backend)
-        if cfg.intent_attention == "assigned":
-            # The authors' code: attention logits scaled by P_{k|t} before the softmax
-            # over positions, so each intention attends to the positions assigned to it.
-            _, p_kt = intent_cluster(xw, mask, self.prototypes, cfg.assign_temperature, **cluster)
-            att = att * p_kt.transpose(1, 2)
-        att = _masked_softmax(att, mask.unsqueeze(1).expand(b, k, n))
-
-        # Intention assignment and aggregation into K interests: one fused op.
-        raw, assignment = intent_cluster(xw, mask, self.prototypes, cfg.assign_temperature,
-                                         weights=att, **cluster)
-        interests = self.interest_norm(raw)  # [B, K, D]
-
-        # Interest aggregation: predict the next intention from the intention sequence
-        # Xhat = P^u C^u. Its pooling g^T Xhat is computed as (g^T P^u) C^u ([B, K] first).
-        active_c = self.prototypes[concepts] * scale.unsqueeze(-1)  # C^u [B, K, D]
-        xhat = torch.bmm(assignment, active_c)  # [B, n, D]; 0 at padding
-        xhat_real = xhat if torch.compiler.is_compiling() else packed.pack(xhat)
-        g = positionwise(lambda t: self.next_query(torch.tanh(self.next_key(t))), xhat_real + pos_real)
-        g = _masked_softmax(g.squeeze(-1), mask)  # [B, n]
-        mix = (g.unsqueeze(-1) * assignment).sum(1)  # [B, K]
-        c_apt = self.next_norm((mix.unsqueeze(-1) * active_c).sum(1))  # [B, D]
-        logits = (interests * c_apt.unsqueeze(1)).sum(-1) / cfg.temperature  # [B, K]
-        weights = torch.softmax(logits, dim=-1)
-        user = (weights.unsqueeze(-1) * interests).sum(1)  # [B, D]
-        return SINEOutput(user, interests, weights, concepts, scale, assignment, att)
+            x = self.dropout(self.embedding.item(item_seq))  # [B, n, D]; padding rows are 0
+            return self._extract_interests(x, mask, None)
+        packed = PackedPositions(mask)
+        x_real = self.dropout(self.embedding.item(item_seq.reshape(-1)[packed.index]))  # [N, D]
+        return self._extract_interests(x_real, mask, packed)
 
     def forward(self, item_seq: Tensor, lengths: Tensor | None = None) -> Tensor:
         """User vectors v_u [B, D] (see :meth:`encode`)."""
@@ -387,21 +527,9 @@ class SINE(SequentialRecommender):
             a candidate is 0. Call ``eval()`` first (dropout).
         """
         out = self.encode(item_seq, lengths)
-        weight = self.embedding.item.weight  # [V+1, D]
-        if items is None:
-            if self.config.merge == "aggregate":
-                scores = out.user @ weight.t()  # [B, V+1]
-            else:
-                scores = (out.interests @ weight.t()).amax(dim=1)  # [B, K, V+1] -> [B, V+1]
-            pad = torch.arange(scores.size(1), device=scores.device) == 0
-            return scores.masked_fill(pad, float("-inf"))
-        check_candidates(item_seq, items)
-        cand = self.embedding.item(items)  # [B, C, D]
-        if self.config.merge == "aggregate":
-            scores = torch.bmm(cand, out.user.unsqueeze(-1)).squeeze(-1)
-        else:
-            scores = torch.bmm(cand, out.interests.transpose(1, 2)).amax(dim=-1)
-        return scores.masked_fill(items == 0, float("-inf"))
+        if items is not None:
+            check_candidates(item_seq, items)
+        return self.merged_scores(out, items)
 
     # ------------------------------------------------------------------ training
     def training_prefixes(self, item_seq: Tensor, target_ids: Tensor,
@@ -419,17 +547,10 @@ class SINE(SequentialRecommender):
             ``target_ids[rows[r], cols[r]]``), left-padded to the longest one, W <= n.
             With ``max_prefixes = P`` only the P most recent targets of a row are kept.
         """
-        real = target_ids > 0
-        if self.config.max_prefixes is not None:
-            # Rank of each target from the end of its row; keep the P most recent.
-            from_end = real.flip(1).cumsum(1).flip(1)
-            real = real & (from_end <= self.config.max_prefixes)
-        rows, cols = real.nonzero(as_tuple=True)
+        real = kept_targets(target_ids, self.config.max_prefixes)
         n = item_seq.size(1)
         real_items = padding_mask(item_seq, lengths).sum(1) if lengths is not None else (item_seq != 0).sum(1)
-        first = n - real_items  # first real column of each row
-        width = int((cols - first[rows] + 1).max()) if rows.numel() else 1
-        src = cols.unsqueeze(1) - torch.arange(width - 1, -1, -1, device=cols.device)  # [R, W]
+        rows, cols, src = prefix_columns(real, n - real_items)  # n - real_items: first real column of each row
         prefixes = item_seq[rows.unsqueeze(1), src.clamp_min(0)] * (src >= 0)
         return rows, cols, prefixes
 
@@ -451,23 +572,27 @@ class SINE(SequentialRecommender):
 
         Returns:
             :class:`LossOutput`: ``loss`` = mean over examples of
-            ``-log softmax([pos, negs - log_q])[0]`` plus ``reg_weight * covariance_regularizer(C)``
-            (no other terms).
+            ``-log softmax([pos, negs - log_q])[0]`` plus ``reg_weight * covariance_regularizer(C)``;
+            ``terms``: the two unweighted, ``item`` (the mean NLL; absent when the batch
+            has no target) and ``covariance`` (the names of
+            :class:`~seqrec.models.ComposedRecommender`'s terms with ``interests="sine"``).
         """
         self.check_ids("item_seq", item_seq)
         shape = tuple(item_seq.shape)
         self.check_ids("target_ids", target_ids, shape)
         negative_ids, log_q = self.sampled_negatives(negative_ids, shape, features)
-        reg = self.config.reg_weight * covariance_regularizer(self.prototypes)
+        covariance = covariance_regularizer(self.prototypes)
+        reg = self.config.reg_weight * covariance
         if torch.compiler.is_compiling():
-            return LossOutput(self._static_prefix_loss(item_seq, target_ids, negative_ids, log_q) + reg)
+            nll = self._static_prefix_loss(item_seq, target_ids, negative_ids, log_q)
+            return LossOutput(nll + reg, {"item": nll, "covariance": covariance})
         rows, cols, prefixes = self.training_prefixes(item_seq, target_ids, lengths)
         if rows.numel() == 0:
-            return LossOutput(reg)
+            return LossOutput(reg, {"covariance": covariance})
         user = self(prefixes)  # [R, D]
         nll = sampled_softmax_nll(user, self.embedding.item, target_ids[rows, cols], negative_ids[rows, cols],
                                   log_q=None if log_q is None else log_q[rows, cols], reduction="mean")
-        return LossOutput(nll + reg)
+        return LossOutput(nll + reg, {"item": nll, "covariance": covariance})
 
     def _static_prefix_loss(self, item_seq: Tensor, target_ids: Tensor, negative_ids: Tensor,
                             log_q: Tensor | None = None) -> Tensor:
@@ -478,10 +603,7 @@ class SINE(SequentialRecommender):
         packed prefixes, since encoding every position's prefix at the full width costs
         (B * n * n) / (R * W) times the work (benchmarks/bench_compile.py,
         ``eager-static``)."""
-        real = target_ids > 0
-        if self.config.max_prefixes is not None:
-            from_end = real.flip(1).cumsum(1).flip(1)
-            real = real & (from_end <= self.config.max_prefixes)
+        real = kept_targets(target_ids, self.config.max_prefixes)
         b, n = item_seq.shape  # the zeros of item_seq make the prefixes (lengths agree with them)
         cols = torch.arange(n, device=item_seq.device)
         src = cols[:, None] - torch.arange(n - 1, -1, -1, device=item_seq.device)  # [n, n]
