@@ -212,6 +212,19 @@ def test_s3rec_terms_with_dss_intentions(ds):
     assert model.prototypes.grad is not None and model.mip.weight.grad is not None
 
 
+def test_s3rec_terms_with_sine_interests(ds):
+    """And with SINE's interest head (both parts read the same encoder states)."""
+    model = _composed(ds, interests="sine", loss="sampled", num_prototypes=6, num_interests=2, reg_weight=0.1,
+                      aap_weight=0.1, sp_weight=0.5)
+    torch.manual_seed(0)
+    out = model.loss_terms(_batch(ds))
+    weights = {"item": 1.0, "aap": 0.1, "sp": 0.5, "covariance": 0.1}
+    assert set(out.terms) >= set(weights)
+    torch.testing.assert_close(out.loss, sum(w * out.terms[n] for n, w in weights.items()), rtol=1e-6, atol=0)
+    out.loss.backward()
+    assert model.prototypes.grad is not None and model.sp.weight.grad is not None and model.aap.weight.grad is not None
+
+
 def test_runs_repeat_and_resume_exactly(tmp_path):
     """Two seeded runs give the same losses; a run killed after epoch 1 and resumed gives
     the uninterrupted run's losses and weights (the masking seeds come from torch's
