@@ -340,16 +340,17 @@ def test_readme_example(ds):
     torch.testing.assert_close(out.loss, total, rtol=1e-6, atol=0)
 
 
-def test_kill_and_resume_gives_the_same_weights(tmp_path):
-    """The composed model (DIF-SR's tables, DSS's split points drawn from torch's RNG)
-    resumes bit for bit, as the papers' models do (tests/test_resume_models.py)."""
+def resumes_exactly(tmp_path, **parts) -> list[dict]:
+    """Train a small composed model with ``parts`` 3 epochs twice from one seed, and once
+    killed after epoch 1 and resumed from another initialisation: the runs must repeat,
+    and the resumed one must end with the uninterrupted run's losses, test metrics and
+    weights (tests/test_resume_models.py's check). Returns the history."""
     from seqrec.train import Trainer
     from test_resume_models import Killed, _config, _same_weights
 
     data = synthetic(num_users=48, num_items=40, num_intents=3, seed=11)
     fields = dict(num_items=data.num_items, max_len=12, hidden_size=8, num_layers=1, num_heads=2,
-                  side_information="difsr", interests="dss", num_intentions=2, attribute_sizes=4,
-                  attribute_loss_weight=1.0, seq2seq_weight=0.2, **attribute_config(data, ["category"]))
+                  attribute_sizes=4, **attribute_config(data, ["category"]), **parts)
     config = _config(epochs=3, patience=0)
 
     def trainer(out, seed):
@@ -359,6 +360,8 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
 
     full = trainer(tmp_path / "full", 0)
     full_result = full.fit()
+    again = trainer(tmp_path / "again", 0).fit()
+    assert [r["loss_terms"] for r in again.history] == [r["loss_terms"] for r in full_result.history]
     killed = trainer(tmp_path / "killed", 0)
 
     def kill(record):
@@ -373,6 +376,15 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
     assert [r["loss"] for r in result.history] == [r["loss"] for r in full_result.history]
     assert result.test_full == full_result.test_full
     _same_weights(resumed, full)
+    return full_result.history
+
+
+def test_kill_and_resume_gives_the_same_weights(tmp_path):
+    """The composed model (DIF-SR's tables, DSS's split points drawn from torch's RNG)
+    resumes bit for bit, as the papers' models do (tests/test_resume_models.py)."""
+    history = resumes_exactly(tmp_path, side_information="difsr", interests="dss", num_intentions=2,
+                              attribute_loss_weight=1.0, seq2seq_weight=0.2)
+    assert {"seq2item", "attr:category", "seq2seq"} <= set(history[0]["loss_terms"])
 
 
 def test_an_objective_of_your_own_adds_a_term(ds):

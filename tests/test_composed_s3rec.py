@@ -229,39 +229,11 @@ def test_runs_repeat_and_resume_exactly(tmp_path):
     """Two seeded runs give the same losses; a run killed after epoch 1 and resumed gives
     the uninterrupted run's losses and weights (the masking seeds come from torch's
     generator, which the checkpoint restores)."""
-    from seqrec.train import Trainer
-    from test_resume_models import Killed, _config, _same_weights
+    from test_composed import resumes_exactly
 
-    data = synthetic(num_users=48, num_items=40, num_intents=3, seed=11)
-    fields = dict(num_items=data.num_items, max_len=12, hidden_size=8, num_layers=1, num_heads=2,
-                  side_information="difsr", attribute_sizes=4, hidden_dropout=0.2, aap_weight=0.1, mip_weight=1.0,
-                  map_weight=0.2, sp_weight=0.5, **attribute_config(data, ["category"]))
-    config = _config(epochs=3, patience=0)
-
-    def trainer(out, seed):
-        torch.manual_seed(seed)
-        return Trainer(build_model("composed", attributes=data, **fields), data.leave_one_out(max_len=12), config,
-                       out_dir=out)
-
-    full = trainer(tmp_path / "full", 0)
-    full_result = full.fit()
-    again = trainer(tmp_path / "again", 0).fit()
-    assert [r["loss_terms"] for r in again.history] == [r["loss_terms"] for r in full_result.history]
-    assert {"item", "aap", "mip", "map", "sp"} <= set(full_result.history[0]["loss_terms"])
-    killed = trainer(tmp_path / "killed", 0)
-
-    def kill(record):
-        if record["epoch"] == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        killed.fit(on_epoch=kill)
-    resumed = trainer(tmp_path / "killed", 99)
-    assert resumed.resume() and resumed.epoch == 1
-    result = resumed.fit()
-    assert [r["loss"] for r in result.history] == [r["loss"] for r in full_result.history]
-    assert result.test_full == full_result.test_full
-    _same_weights(resumed, full)
+    history = resumes_exactly(tmp_path, side_information="difsr", hidden_dropout=0.2, aap_weight=0.1,
+                              mip_weight=1.0, map_weight=0.2, sp_weight=0.5)
+    assert {"item", "aap", "mip", "map", "sp"} <= set(history[0]["loss_terms"])
 
 
 # ---------------------------------------------------------------------- refusals
