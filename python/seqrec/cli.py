@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="sasrec", choices=sorted(options.models), help="model to train")
     _add_data_args(t)
     t.add_argument("--preset", default=None,
-                   help=f"named settings of a paper; explicit options override them ({options.preset_help()})")
+                   help=f"named settings: a paper's, or composed's best (our recipe, README 'The recipe'); explicit "
+                        f"options override them ({options.preset_help()})")
     t.add_argument("--num-negatives", type=positive_int, default=None,
                    help="sampled negatives per training position (default: the model's; sasrec 1, sine 100, "
                         "dss 100 with --loss sampled)")
