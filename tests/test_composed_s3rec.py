@@ -20,6 +20,7 @@ from seqrec.models import ComposedConfig, ComposedRecommender, S3Rec, S3RecConfi
 from seqrec.models.composed import s3rec_sequence
 from seqrec.models.difsr import attribute_config
 from seqrec.models.s3rec import item_attribute_table
+from test_composed import TINY, resumes_exactly
 
 MAX_LEN = 12
 ENC = dict(max_len=MAX_LEN, hidden_size=16, num_layers=2, num_heads=2, hidden_dropout=0.0, attention_dropout=0.0)
@@ -229,8 +230,6 @@ def test_runs_repeat_and_resume_exactly(tmp_path):
     """Two seeded runs give the same losses; a run killed after epoch 1 and resumed gives
     the uninterrupted run's losses and weights (the masking seeds come from torch's
     generator, which the checkpoint restores)."""
-    from test_composed import resumes_exactly
-
     history = resumes_exactly(tmp_path, side_information="difsr", hidden_dropout=0.2, aap_weight=0.1,
                               mip_weight=1.0, map_weight=0.2, sp_weight=0.5)
     assert {"item", "aap", "mip", "map", "sp"} <= set(history[0]["loss_terms"])
@@ -269,9 +268,6 @@ def test_aap_without_the_attribute_table_is_refused_by_field(ds):
 
 
 # ---------------------------------------------------------------------- CLI
-TINY = ["--data", "synthetic", "--synthetic-users", "120", "--synthetic-items", "60", "--hidden-size", "16",
-        "--num-layers", "1", "--max-len", "12", "--batch-size", "64", "--patience", "0", "--sampled-negatives", "10",
-        "--no-progress"]
 
 
 def test_cli_trains_jointly_and_evaluate_reproduces_it(tmp_path, capsys):

@@ -21,6 +21,7 @@ from seqrec.models import ComposedConfig, ComposedRecommender, build_model
 from seqrec.models.difsr import attribute_config
 from seqrec.models.sine import SINEConfig, covariance_regularizer
 from seqrec.models.losses import NEGATIVE_LOG_Q
+from test_composed import TINY
 
 MAX_LEN = 12
 ENC = dict(max_len=MAX_LEN, hidden_size=16, num_layers=2, num_heads=2, hidden_dropout=0.0, attention_dropout=0.0)
@@ -298,9 +299,6 @@ def test_save_pretrained_round_trip_score_and_recommend(ds, tmp_path, merge):
 
 
 # ---------------------------------------------------------------------- CLI
-TINY = ["--data", "synthetic", "--synthetic-users", "120", "--synthetic-items", "60", "--hidden-size", "16",
-        "--num-layers", "1", "--max-len", "12", "--batch-size", "64", "--patience", "0", "--sampled-negatives", "10",
-        "--no-progress"]
 
 
 def test_cli_trains_sine_interests_and_evaluate_reproduces_it(tmp_path, capsys):

@@ -264,6 +264,12 @@ CASES = [
     Case("train-composed-seq2seq-weight-negative",
          lambda c: train(c, "--model", "composed", "--interests", "dss", "--seq2seq-weight=-1"), 2,
          r"ComposedConfig.seq2seq_weight must be a number >= 0"),
+    Case("train-composed-preset-best-without-attributes",
+         lambda c: train(c, "--model", "composed", "--preset", "best"), 2,
+         r"attribute_fields must be at least one attribute field with side_information='difsr' "
+         r"\(seqrec train: --attributes FIELD"),
+    Case("train-composed-preset-unknown", lambda c: train(c, "--model", "composed", "--preset", "bets"), 2,
+         r"unknown composed preset 'bets'; available: \['best'\]"),
     Case("train-composed-nothing-to-train", lambda c: train(c, "--model", "composed", "--next-item-weight", "0"), 2,
          r"ComposedConfig.next_item_weight must be > 0 when every other objective's weight is 0"),
     Case("train-composed-dss-with-bce", lambda c: train(c, "--model", "composed", "--interests", "dss", "--loss", "bce"),
