@@ -8,6 +8,7 @@ gradient of its parameters) out; any pretraining initialises its encoder complet
 CLI, evaluation and saving work for it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -269,7 +270,7 @@ def test_cli_trains_a_composition_and_evaluate_reproduces_it(tmp_path, capsys):
                                       "with side_information='difsr' (seqrec train: --attributes FIELD ...)"),
     (["--side-information", "difsr", "--attributes", "colour"], "has no attribute field 'colour'"),
     (["--seq2seq-weight", "-1", "--interests", "dss"], "ComposedConfig.seq2seq_weight must be a number >= 0"),
-    (["--attribute-weight", "1"], "attribute_loss_weight must be 0 without side information"),
+    (["--attribute-weight", "1"], "--attribute-weight is read only with --side-information difsr"),
     (["--interests", "dss", "--loss", "bce"], "'ce' or 'sampled' with interests='dss'"),
     (["--no-attribute-predictor"], "--no-attribute-predictor is an option of --model difsr, not of --model composed"),
     (["--compile"], "TrainConfig.compile: ComposedRecommender's training step runs eagerly only (drop --compile)"),
@@ -278,6 +279,39 @@ def test_cli_refuses_a_bad_composition(extra, message, tmp_path, capsys):
     assert main(["train", "--model", "composed", *TINY, "--epochs", "1", *extra, "--out", str(tmp_path / "r")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r" / "result.json").exists()
+
+
+def test_unread_fields_are_the_parts_left_off():
+    parts = ComposedConfig.PART_FIELDS
+    names = {f.name for f in dataclasses.fields(ComposedConfig)}
+    assert all(set(fields) <= names for fields in parts.values())
+    everything = dict(side_information="difsr", aap_weight=1, mip_weight=1, map_weight=1, sp_weight=1)
+    assert set(ComposedConfig.unread_fields({**everything, "interests": "dss"})) == set(parts["sine"])
+    assert set(ComposedConfig.unread_fields({**everything, "interests": "sine"})) == set(parts["dss"])
+    assert set(ComposedConfig.unread_fields({})) == {n for fields in parts.values() for n in fields}
+    only_mip = ComposedConfig.unread_fields({"interests": "sine", "mip_weight": 0.2})
+    assert only_mip["aap_input"] == "--aap-weight > 0" and "mask_prob" not in only_mip
+
+
+@pytest.mark.parametrize("extra, field, value", [
+    (["--seq2seq-weight", "0"], "seq2seq_weight", 0.0),  # a weight of 0 says off, as the part is
+    (["--interests", "dss", "--num-intentions", "3"], "num_intentions", 3),
+    (["--mip-weight", "0.5", "--mask-p", "0.3"], "mask_prob", 0.3),
+    # a preset's fields of a part that a flag switches off stay (issue 29's ablation rows)
+    (["--preset", "best", "--interests", "none", "--side-information", "none"], "num_intentions", 4),
+])
+def test_cli_takes_a_part_flag_with_its_part(extra, field, value, monkeypatch, tmp_path):
+    import seqrec.train
+
+    class Built(Exception):
+        pass
+
+    def stand_in(model, data, config, *, model_spec=None, **options):
+        raise Built(model_spec["config"])
+    monkeypatch.setattr(seqrec.train, "Trainer", stand_in)
+    with pytest.raises(Built) as built:
+        main(["train", "--model", "composed", *TINY, *extra, "--out", str(tmp_path / "r")])
+    assert built.value.args[0][field] == value
 
 
 def test_cli_init_from_a_dss_pretraining(tmp_path, capsys):

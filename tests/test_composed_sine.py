@@ -305,7 +305,7 @@ def test_cli_trains_sine_interests_and_evaluate_reproduces_it(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--model", "composed", *TINY, "--epochs", "2", "--interests", "sine", "--loss", "sampled",
             "--num-prototypes", "12", "--num-interests", "3", "--reg-weight", "0.5", "--aggregation-temperature",
-            "0.2", "--temperature", "0.7", "--merge", "max", "--max-prefixes", "5", "--side-information", "difsr",
+            "0.2", "--merge", "max", "--max-prefixes", "5", "--side-information", "difsr",
             "--attributes", "category", "--attribute-size", "8", "--attribute-weight", "1.5", "--out", str(out)]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -314,9 +314,9 @@ def test_cli_trains_sine_interests_and_evaluate_reproduces_it(tmp_path, capsys):
     assert result["test_full"]["NDCG@20"] > 0
     config = json.loads((out / "config.json").read_text())["model"]["config"]
     assert {k: config[k] for k in ("interests", "num_prototypes", "num_interests", "reg_weight", "temperature",
-                                   "tau", "merge", "max_prefixes")} == \
+                                   "merge", "max_prefixes")} == \
         {"interests": "sine", "num_prototypes": 12, "num_interests": 3, "reg_weight": 0.5, "temperature": 0.2,
-         "tau": 0.7, "merge": "max", "max_prefixes": 5}
+         "merge": "max", "max_prefixes": 5}
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     weights = {"item": 1.0, "attr:category": 1.5, "covariance": 0.5}
     for record in history:
@@ -339,7 +339,9 @@ def test_cli_trains_sine_interests_and_evaluate_reproduces_it(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--interests", "sine", "--loss", "bce"], "ComposedConfig.loss must be 'ce' or 'sampled' with interests='sine'"),
-    (["--reg-weight", "0.1"], "ComposedConfig.reg_weight must be 0 without SINE's interests"),
+    (["--reg-weight", "0.1"], "--reg-weight is read only with --interests sine"),
+    # --temperature is DSS's tau on the composed model; SINE's is --aggregation-temperature
+    (["--interests", "sine", "--temperature", "0.7"], "--temperature is read only with --interests dss"),
     (["--interests", "sine", "--num-prototypes", "2", "--num-interests", "3"],
      "ComposedConfig.num_interests must be <= num_prototypes=2 with interests='sine'"),
 ])

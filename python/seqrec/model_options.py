@@ -164,7 +164,8 @@ class ModelOptions:
         config); the caller adds the dataset's (num_items, max_len, side information).
 
         Raises:
-            ValueError: a flag of another model, or a preset of another model.
+            ValueError: a flag of another model, a preset of another model, or a flag of
+                a part of the model that this run leaves off (``unread_fields``).
         """
         registration = self.registration(args.model)
         given, foreign = {}, []
@@ -190,9 +191,21 @@ class ModelOptions:
                 given[field.name] = given[follows]
         init = dict(init_config or {})
         config_cls = registration.config
-        return {**self.defaults.get(args.model, {}), **{k: init[k] for k in config_cls.init_defaults if k in init},
-                **preset.model, **given,
-                **{k: init[k] for k in config_cls.init_fixed if k in init}}
+        config = {**self.defaults.get(args.model, {}), **{k: init[k] for k in config_cls.init_defaults if k in init},
+                  **preset.model, **given,
+                  **{k: init[k] for k in config_cls.init_fixed if k in init}}
+        # A flag of a part this run leaves off would change nothing: refused, except a
+        # weight of 0 (it says the term is off, as the part is).
+        unread = config_cls.unread_fields(config)
+        flags = {field.name: flag for flag, per_model in self.flags.items()
+                 if (field := per_model.get(args.model)) is not None and getattr(args, _dest(flag), None) is not None}
+        idle = [(flags[f.name], unread[f.name]) for f in dataclasses.fields(config_cls)  # in the config's order
+                if f.name in flags and f.name in unread and not (f.name.endswith("_weight") and given[f.name] == 0)]
+        if idle:
+            raise ValueError("; ".join(f"--{flag} is read only with {reads}" for flag, reads in idle)
+                             + f": this --model {args.model} run would not read "
+                             + ("it" if len(idle) == 1 else "them") + " (switch that part on, or drop the flag)")
+        return config
 
     def side_information(self, args, dataset) -> dict:
         """The config fields of the item attributes named by ``--attributes``, for the

@@ -83,6 +83,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,7 @@ from torch import Tensor, nn
 from ..ops.backend import get_backend
 from ..ops.seq_mask import SeqMaskOutput
 from .base import LossOutput, SequentialRecommender, check_candidates
-from .config import EncoderConfig, Preset, field_of, spec
+from .config import EncoderConfig, Preset, field_of, flag_name, spec
 from .difsr import DIFMultiHeadAttention, DIFSRConfig, DecoupledSideInformation, SideInformationFields, _Embeddings
 from .dss import DSSConfig, IntentionHead
 from .layers import (ItemPositionEmbedding, TransformerEncoder, encode_last_position, init_transformer_weights,
@@ -242,6 +243,41 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
                 or self.s3rec_objectives or self.reg_weight):
             self.fail("next_item_weight", "> 0 when every other objective's weight is 0 (nothing to train)",
                       self.next_item_weight)
+
+    # The fields each optional part reads (the others are the encoder's and the
+    # next-item term's, always read).
+    PART_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "difsr": ("attribute_sizes", "fusion", "position_scores", "pooling", "fusion_sees_masked",
+                  "attribute_loss_weight"),
+        "dss": ("num_intentions", "tau", "seq2seq_weight", "seq2seq_temperature", "confidence_lambda", "beta"),
+        "sine": ("num_prototypes", "num_interests", "temperature", "assign_temperature", "reg_weight",
+                 "max_prefixes", "merge", "intent_attention"),
+        "s3rec": ("mask_prob", "reduction"),
+        "aap": ("aap_input",),
+    }
+
+    @classmethod
+    def unread_fields(cls, values: Mapping[str, Any]) -> dict[str, str]:
+        """The fields of the parts that ``values`` leave off (``--num-intentions`` without
+        ``--interests dss`` would train a model without intentions, silently)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+
+        def value(name: str) -> Any:
+            return values[name] if name in values else fields[name].default
+
+        def flag(name: str) -> str:
+            return "--" + flag_name(fields[name])
+
+        terms = [n for n in S3REC_OBJECTIVES if value(f"{n}_weight")]
+        off = {
+            "difsr": (value("side_information") != "difsr", f"{flag('side_information')} difsr"),
+            "dss": (value("interests") != "dss", f"{flag('interests')} dss"),
+            "sine": (value("interests") != "sine", f"{flag('interests')} sine"),
+            "s3rec": (not terms, "S3-Rec's terms (" + ", ".join(flag(f"{n}_weight") for n in S3REC_OBJECTIVES)
+                      + " > 0)"),
+            "aap": ("aap" not in terms, f"{flag('aap_weight')} > 0"),
+        }
+        return {name: reads for part, (unread, reads) in off.items() if unread for name in cls.PART_FIELDS[part]}
 
     @property
     def s3rec_objectives(self) -> tuple[str, ...]:

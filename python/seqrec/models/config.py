@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 __all__ = ["spec", "field_of", "ConfigBase", "EncoderConfig", "Preset", "cli_fields", "flag_name"]
@@ -164,6 +164,14 @@ class ConfigBase:
     def validate(self) -> None:
         """Cross-field checks (e.g. hidden_size divisible by num_heads); raise with
         :meth:`fail`."""
+
+    @classmethod
+    def unread_fields(cls, values: Mapping[str, Any]) -> dict[str, str]:
+        """The fields that a config of ``values`` (missing ones at their defaults) would
+        not read, each with what would read it: a model of optional parts reads a part's
+        fields only when that part is on. ``seqrec train`` refuses such a field given as
+        a flag (it would change nothing); a preset's or a checkpoint's value is kept."""
+        return {}
 
     def fail(self, name: str, expected: str, value: Any) -> None:
         raise ValueError(f"{type(self).__name__}.{name} must be {expected}, got {value!r}")
