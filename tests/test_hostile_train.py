@@ -28,7 +28,7 @@ import torch
 
 from seqrec.cli import main
 from seqrec.train import TrainConfig, Trainer, load_checkpoint
-from seqrec.utils import (ChecksumError, NoSpaceError, atomic_write, load_torch, lock_run_folder, read_json,
+from seqrec.utils import (ChecksumError, NoSpaceError, atomic_write, lock_run_folder, read_json,
                           read_jsonl, save_torch, stale_temp_files)
 
 TINY = ["--data", "synthetic", "--synthetic-users", "120", "--synthetic-items", "80", "--hidden-size", "16",
