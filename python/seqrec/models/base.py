@@ -93,8 +93,10 @@ class SequentialRecommender(nn.Module):
     #: True for models that read item side information (tables given at construction).
     uses_side_information: bool = False
     #: False for models whose training step does not trace under ``torch.compile``
-    #: (the trainer then refuses ``compile=True`` up front).
+    #: (the trainer then refuses ``compile=True`` up front, saying ``eager_only_reason``).
     compiles_training_step: bool = True
+    #: Why the training step does not compile ("" when it does, or no reason is given).
+    eager_only_reason: str = ""
     #: Raw ids of items 1..num_items (a :class:`~seqrec.saved.ItemVocab`), or None: set
     #: by :meth:`set_item_vocab`, :meth:`save_pretrained` and ``seqrec.from_pretrained``;
     #: what :meth:`recommend_raw` maps through.
@@ -180,6 +182,14 @@ class SequentialRecommender(nn.Module):
                              f"{type(batch).__name__} without {missing}")
         return self.batch_loss(batch.input_ids, batch.target_ids, batch.negative_ids, lengths=batch.lengths,
                                features=getattr(batch, "features", None), **options)
+
+    def compiled_step_options(self, batch) -> dict[str, object]:
+        """Keyword options of :meth:`loss_terms` that a compiled training step takes from
+        outside its graph (``TrainConfig(compile=True)``: the trainer calls the compiled
+        ``loss_terms(batch, **model.compiled_step_options(batch))``): what the step draws
+        that cannot trace, e.g. a corruption by an op whose seed is a Python int. Eager
+        steps do not call it. Default: none."""
+        return {}
 
     def sampled_negatives(self, negative_ids: Tensor | None, shape: tuple[int, ...],
                           features: Mapping[str, Tensor] | None) -> tuple[Tensor, Tensor | None]:

@@ -322,16 +322,22 @@ class ComposedConfig(SideInformationFields, EncoderConfig):
 class EncodedBatch:
     """What the encoder gives the objectives of one training batch.
 
-    The rows are the batch's target positions (``real``), in row-major order.
+    The rows are the batch's target positions (``real``), in row-major order. Under
+    ``torch.compile`` (static shapes) every position of the batch is a row, row-major,
+    and ``weight`` marks the trained ones: a term sums ``torch.where(weight, per_row, 0)``
+    (:meth:`mean`), as the papers' models' compiled paths weigh padding 0.
 
     Attributes:
         inputs, targets, mask: [B, n] the batch (columns that are padding in every row
-            cropped when interests are DSS's).
+            cropped when interests are DSS's, in eager mode).
         real: [B, n] bool, the trained positions (targets > 0; with SINE's interests the
             ``max_prefixes`` most recent of a row; the last column only with bidirectional
             attention).
-        target: [N] the next item of each row.
-        count: the number of rows the terms are averaged over (at least 1).
+        target: [N] the next item of each row (0 in rows of weight False).
+        count: the number of trained rows, which the terms are averaged over (at least 1;
+            an int, under ``torch.compile`` a 0-dim tensor).
+        weight: None (eager: the N rows are the trained positions), or under
+            ``torch.compile`` [N = B * n] bool, ``real`` flattened: the rows that count.
         hidden: [N, D] the encoder's final state at each row (the user vector when
             ``interests="none"``).
         phi: [N, K, D] the K intention vectors of each row (``interests="dss"``), else None.
@@ -365,6 +371,13 @@ class EncodedBatch:
     masking: SeqMaskOutput | None = None
     s3rec: dict[str, Tensor] | None = None
     sine: SINEOutput | None = None
+    weight: Tensor | None = None
+
+    def mean(self, per_row: Tensor) -> Tensor:
+        """``per_row`` [N] summed over the trained rows, divided by ``count``."""
+        if self.weight is None:
+            return per_row.sum() / self.count
+        return torch.where(self.weight, per_row, 0.0).sum() / self.count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,11 +389,17 @@ class Objective:
         weight: its weight in the total (> 0: terms of weight 0 are not built).
         compute: ``(model, encoded batch) -> LossOutput``: ``loss`` the unweighted
             scalar term, ``terms`` extra diagnostics logged beside it (counts).
+        compiles: True when ``compute`` also reads the static rows of a compiled training
+            step (every position a row, the trained ones ``EncodedBatch.weight``; e.g.
+            it reduces rows with :meth:`EncodedBatch.mean`), as every built-in term does.
+            A model with a term that does not is refused ``torch.compile`` of its training
+            step up front (``TrainConfig.compile``): that term would read padding rows.
     """
 
     name: str
     weight: float
     compute: Callable[["ComposedRecommender", EncodedBatch], LossOutput]
+    compiles: bool = False
 
 
 def next_item_term(model: "ComposedRecommender", batch: EncodedBatch) -> LossOutput:
@@ -393,13 +412,14 @@ def next_item_term(model: "ComposedRecommender", batch: EncodedBatch) -> LossOut
         user = batch.hidden if batch.sine is None else batch.sine.user
         per_row = next_item_nll(user, model.embedding.item, batch.target, model.config.loss,
                                 batch.negatives, log_q=batch.log_q)
-    return LossOutput(per_row.sum() / batch.count)
+    return LossOutput(batch.mean(per_row))
 
 
 def attribute_term(field: int) -> Callable[["ComposedRecommender", EncodedBatch], LossOutput]:
     """DIF-SR's attribute predictor BCE of one categorical field (``attribute_terms``)."""
     def compute(model: "ComposedRecommender", batch: EncodedBatch) -> LossOutput:
-        return LossOutput(model.attribute_bce(field, batch.hidden, batch.target, None, batch.count))
+        weight = None if batch.weight is None else batch.weight.to(batch.hidden.dtype)
+        return LossOutput(model.attribute_bce(field, batch.hidden, batch.target, weight, batch.count))
     return compute
 
 
@@ -447,18 +467,18 @@ def config_objectives(config: ComposedConfig) -> tuple[Objective, ...]:
     out = []
     if config.next_item_weight:
         out.append(Objective("seq2item" if config.interests == "dss" else "item", config.next_item_weight,
-                             next_item_term))
+                             next_item_term, compiles=True))
     if config.side_information == "difsr":
         for i, (name, vocab, weight) in enumerate(zip(config.attribute_fields, config.attribute_vocab_sizes,
                                                       config.field_loss_weights)):
             if weight and vocab > 0:  # numeric fields have no multi-label target
-                out.append(Objective(f"attr:{name}", weight, attribute_term(i)))
+                out.append(Objective(f"attr:{name}", weight, attribute_term(i), compiles=True))
     if config.seq2seq_weight:
-        out.append(Objective("seq2seq", config.seq2seq_weight, seq2seq_term))
+        out.append(Objective("seq2seq", config.seq2seq_weight, seq2seq_term, compiles=True))
     for name in config.s3rec_objectives:
-        out.append(Objective(name, getattr(config, f"{name}_weight"), s3rec_term(name)))
+        out.append(Objective(name, getattr(config, f"{name}_weight"), s3rec_term(name), compiles=True))
     if config.reg_weight:  # SINE's regulariser, logged under SINE's name
-        out.append(Objective("covariance", config.reg_weight, covariance_term))
+        out.append(Objective("covariance", config.reg_weight, covariance_term, compiles=True))
     return tuple(out)
 
 
@@ -497,11 +517,15 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
     With DSS's intentions or SINE's interests the attribute predictors read the encoder's
     final state at each position (what DIF-SR's read), not the K vectors.
 
-    Eager only: ``torch.compile`` of the training step is not supported (DIF-SR's grouped
-    encoder and the DSS crop are data-dependent).
+    ``torch.compile(fullgraph=True)`` of the training step (``seqrec train --compile``)
+    works for every composition: under tracing the parts take their models' static-shape
+    paths (DIF-SR's padded encoder, DSS without the column crop, SINE's head on padded
+    prefixes, S3-Rec's static selection) and every position is a row, the untrained ones
+    weighed 0 (:class:`EncodedBatch`); S3-Rec's corruption, whose ``seq_mask`` seed is a
+    Python int, is drawn before the graph (:meth:`compiled_step_options`). Eager keeps
+    the packed paths. A term of one's own must say it reads those rows
+    (``Objective.compiles``), else compiling is refused (:attr:`eager_only_reason`).
     """
-
-    compiles_training_step = False
 
     def __init__(self, config: ComposedConfig, *, attributes=None, backend: str | None = None,
                  objectives: Sequence[Objective] | None = None) -> None:
@@ -556,6 +580,9 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
                                  f"term of weight 0 out), got {term.weight!r}")
             if not callable(term.compute):
                 raise ValueError(f"objectives[{i}] ({term.name!r}): compute must be callable")
+            if not isinstance(term.compiles, bool):
+                raise ValueError(f"objectives[{i}] ({term.name!r}): compiles must be True or False, got "
+                                 f"{term.compiles!r}")
         names = [t.name for t in terms]
         if not terms or len(set(names)) != len(names):
             raise ValueError(f"objectives must be one or more terms with distinct names, got {names}")
@@ -634,6 +661,15 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
             hidden = out.index_select(0, torch.searchsorted(select.nonzero().squeeze(1), flat))
         return hidden, self._lookup_items(extra_ids)[0]
 
+    def _bidirectional_states(self, item_seq: Tensor) -> Tensor:
+        """[R, n, D] bidirectional states of every position of a corrupted batch (S3-Rec's
+        terms under ``torch.compile``: :meth:`S3RecObjectives._static_selection`), 0 at
+        padding; the mask token reads ``mask_embedding``."""
+        mask = item_seq != 0
+        if self.config.side_information == "difsr":
+            return self._encode_padded(item_seq, mask, causal=False)
+        return self.encoder(self.embedding(item_seq, self._lookup_items(item_seq)[0]), mask, causal=False)
+
     def corrupt_batch(self, inputs: Tensor, targets: Tensor) -> SeqMaskOutput:
         """S3-Rec's corruption (:meth:`S3RecObjectives.corrupt`, one ``seq_mask`` call on
         the CPU) of the rows' training parts (:func:`s3rec_sequence`), its seed drawn from
@@ -650,6 +686,10 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
         :meth:`corrupt_batch` when None)."""
         masking = batch.masking
         if masking is None:
+            if torch.compiler.is_compiling():
+                raise ValueError("S3-Rec's terms under torch.compile need the batch's corruption drawn before the "
+                                 "graph: loss_terms(batch, **model.compiled_step_options(batch)) (what the "
+                                 "trainer's compiled step passes)")
             masking = self.corrupt_batch(batch.inputs, batch.targets)
         elif not isinstance(masking, SeqMaskOutput) or masking.masked_items.dim() != 2 \
                 or masking.masked_items.size(0) != batch.inputs.size(0):
@@ -670,6 +710,28 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
     @property
     def has_interests(self) -> bool:
         return self.config.interests != "none"
+
+    @property
+    def eager_only_reason(self) -> str:
+        """Why the training step cannot be compiled ("" when it can): a term that does not
+        read a compiled step's static rows (``Objective.compiles`` False)."""
+        eager = [o.name for o in self.objectives if not o.compiles]
+        if not eager:
+            return ""
+        return (f"objectives {eager} do not declare that they read a compiled step's static rows "
+                "(Objective(..., compiles=True): every position a row, EncodedBatch.weight the trained ones)")
+
+    @property
+    def compiles_training_step(self) -> bool:
+        return not self.eager_only_reason
+
+    def compiled_step_options(self, batch) -> dict[str, object]:
+        """With S3-Rec's objectives, the batch's corruption (:meth:`corrupt_batch`, drawn
+        here, before the graph: ``seq_mask``'s seed is a Python int drawn from torch's
+        generator, which a graph cannot hold) as ``{"masking": ...}``; else none."""
+        if not self.config.s3rec_objectives:
+            return {}
+        return {"masking": self.corrupt_batch(batch.input_ids, batch.target_ids)}
 
     def item_table(self) -> nn.Embedding:
         return self.embedding.item
@@ -731,11 +793,14 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
     def encode_batch(self, input_ids: Tensor, target_ids: Tensor, negative_ids: Tensor | None = None, *,
                      lengths: Tensor | None = None, features=None, split: Tensor | None = None,
                      masking: SeqMaskOutput | None = None) -> EncodedBatch:
-        """Encode a training batch for the objectives (see :class:`EncodedBatch`)."""
-        if torch.compiler.is_compiling():
-            raise NotImplementedError("ComposedRecommender trains eagerly: torch.compile of its training step "
-                                      "is not supported")
+        """Encode a training batch for the objectives (see :class:`EncodedBatch`).
+
+        Under ``torch.compile`` the shapes are static: no column crop, every position a
+        row (``EncodedBatch.weight``), and each part on its model's static path (the
+        encoder without ``select``, DIF-SR's padded encoder, SINE's head on the padded
+        prefix of every position); eager packs the trained positions."""
         cfg = self.config
+        static = torch.compiler.is_compiling()
         self.check_ids("input_ids", input_ids)
         shape = tuple(input_ids.shape)
         self.check_ids("target_ids", target_ids, shape)
@@ -743,44 +808,59 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
             raise ValueError(f"input_ids must be [B, n], got shape {shape}")
         mask = self._mask(input_ids, lengths)
         inputs, targets, cols = input_ids, target_ids, slice(None)
-        if cfg.interests == "dss":
+        if cfg.interests == "dss" and not static:
             # As DSS: columns that are padding in every row change nothing (right-aligned
-            # positions), so they are cropped.
+            # positions), so they are cropped (eager: the width is data-dependent).
             width = int(mask.any(0).to(torch.int64).sum()) if input_ids.numel() else 0
             cols = slice(shape[1] - max(width, 1), shape[1])
             inputs, targets, mask = input_ids[:, cols], target_ids[:, cols], mask[:, cols]
         real = targets > 0 if cfg.interests != "sine" else kept_targets(targets, cfg.max_prefixes)
         if cfg.attention == "bidirectional":  # a position sees its own target: train the last one only
             real = real & (torch.arange(real.size(1), device=real.device) == real.size(1) - 1)
-        if bool((real & ~mask).any()):
-            raise ValueError("target_ids has targets at padding positions of input_ids (id 0)")
-        encoded = EncodedBatch(inputs, targets, mask, real, targets[real], max(int(real.sum()), 1), split=split,
-                               masking=masking)
+        if static:
+            # Every position a row, the untrained ones weighed 0 (as the papers' models'
+            # compiled paths; the value check below is a host sync, skipped as check_ids's).
+            def rows(t: Tensor) -> Tensor:
+                return t.flatten(0, 1)
+
+            weight, count = real.flatten(), real.sum().clamp_min(1)
+        else:
+            if bool((real & ~mask).any()):
+                raise ValueError("target_ids has targets at padding positions of input_ids (id 0)")
+
+            def rows(t: Tensor) -> Tensor:
+                return t[real]
+
+            weight, count = None, max(int(real.sum()), 1)
+        encoded = EncodedBatch(inputs, targets, mask, real, rows(targets), count, split=split, masking=masking,
+                               weight=weight)
         if cfg.loss == "bce" and cfg.next_item_weight:
             if negative_ids is None:
                 raise ValueError('negative_ids is required when config.loss == "bce"')
             self.check_ids("negative_ids", negative_ids, shape)
-            encoded.negatives = negative_ids[:, cols][real]
+            encoded.negatives = rows(negative_ids[:, cols])
         elif cfg.loss == "sampled" and cfg.next_item_weight:
             negatives, log_q = self.sampled_negatives(negative_ids, shape, features)  # [B, n, m]
-            encoded.negatives = negatives[:, cols][real]
-            encoded.log_q = None if log_q is None else log_q[:, cols][real]
+            encoded.negatives = rows(negatives[:, cols])
+            encoded.log_q = None if log_q is None else rows(log_q[:, cols])
         if cfg.interests == "sine":
             # SINE's head on the prefix of the encoder's states that ends at each row,
             # each prefix its own right-aligned sequence as SINE trains (the states are
             # causal: those of a prefix do not see its future).
             states = self.states(inputs, mask)  # [B, n, D]
             encoded.sine = self.prefix_sparse_interests(states, mask, real)
-            encoded.hidden = states[real]  # the encoder's state (what the attribute predictors read)
+            encoded.hidden = rows(states)  # the encoder's state (what the attribute predictors read)
         elif cfg.interests == "dss":
             z, encoded.probs, prefix_w = self._past(inputs, mask)
             encoded.raw = self._prefix_raw(z, encoded.probs, prefix_w)  # [B, n, K, D]
-            encoded.phi = self._aggregate(encoded.raw[real], False)  # [N, K, D]
-            encoded.hidden = z[real]  # the encoder's state (what the attribute predictors read)
+            encoded.phi = self._aggregate(rows(encoded.raw), False)  # [N, K, D]
+            encoded.hidden = rows(z)  # the encoder's state (what the attribute predictors read)
         elif cfg.side_information == "difsr":
             # Only the target positions leave the last block (DIF-SR's grouped encoder).
-            encoded.hidden = (self._encode_padded(inputs, mask)[real] if self._takes_padded_path()
+            encoded.hidden = (rows(self._encode_padded(inputs, mask)) if self._takes_padded_path()
                               else self._encode(inputs, mask, real))
+        elif static:  # the encoder's `select` is data-dependent
+            encoded.hidden = rows(self.encoder(self.embedding(inputs), mask))  # [B * n, D]
         else:
             encoded.hidden = self.encoder(self.embedding(inputs), mask, select=real)  # [N, D]
         return encoded

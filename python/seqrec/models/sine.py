@@ -232,11 +232,20 @@ class SparseInterestHead:
 
         Returns:
             :class:`SINEOutput` with one row per True entry of ``real``. Only the real
-            positions of the prefixes are gathered (the head's packed path; eager only:
-            the number of prefixes depends on the data).
+            positions of the prefixes are gathered (the head's packed path). Under
+            ``torch.compile`` (the number of prefixes depends on the data) one row per
+            entry of ``real``, [B * n] row-major, each the padded prefix of width n that
+            ends at its column (SINE's ``_static_prefix_loss``, on vectors): the rows of
+            False entries are the caller's to weigh 0.
         """
         b, n, d = values.shape
         first = n - mask.sum(1)  # first real column of each row
+        if torch.compiler.is_compiling():
+            ends = torch.arange(n, device=values.device)
+            src = ends[:, None] - torch.arange(n - 1, -1, -1, device=values.device)  # [n, n]: columns of each prefix
+            inside = src >= first[:, None, None]  # [B, n, n]: the prefixes' real positions
+            prefixes = values[:, src.clamp_min(0)].masked_fill(~inside.unsqueeze(-1), 0.0)  # [B, n, n, D]
+            return self.sparse_interests(prefixes.reshape(b * n, n, d), inside.reshape(b * n, n))
         rows, _, src = prefix_columns(real, first)
         inside = src >= first[rows].unsqueeze(1)  # [R, W]: the prefixes' real positions
         packed = PackedPositions(inside)

@@ -254,10 +254,14 @@ class Trainer:
         self.scheduler = optim.resolve_scheduler(scheduler, self.optimizer, config, self.steps_per_epoch)
         self.precision = optim.MixedPrecision(config.autocast, config.device)
         if config.compile and not getattr(model, "compiles_training_step", True):
-            raise ValueError(f"TrainConfig.compile: {type(model).__name__}'s training step runs eagerly only "
-                             "(drop --compile)")
+            reason = getattr(model, "eager_only_reason", "")
+            raise ValueError(f"TrainConfig.compile: {type(model).__name__}'s training step runs eagerly only"
+                             f"{': ' + reason if reason else ''} (drop --compile)")
         # None: eager, model.loss_terms looked up at every step.
         self._compiled_loss_terms = compiled_step(model.loss_terms, True) if config.compile else None
+        # What the compiled step takes from outside its graph (SequentialRecommender's
+        # compiled_step_options; a model of one's own may lack it: none).
+        self._compiled_step_options = getattr(model, "compiled_step_options", lambda batch: {})
         self.epoch = 0  # epochs completed
         self.global_step = 0  # optimizer steps taken
         self.should_stop = False  # set by a callback (early stopping) to end fit() after this epoch
@@ -389,8 +393,12 @@ class Trainer:
                   else contextlib.nullcontext()):
                 with self.precision.autocast():
                     # [DDP] through DistributedDataParallel (eager); .loss is then the global batch's loss
-                    out = ((self._compiled_loss_terms or model.loss_terms)(batch) if self.ddp is None
-                           else self.ddp.loss_terms(self._ddp_model, batch))
+                    if self.ddp is not None:
+                        out = self.ddp.loss_terms(self._ddp_model, batch)
+                    elif self._compiled_loss_terms is not None:
+                        out = self._compiled_loss_terms(batch, **self._compiled_step_options(batch))
+                    else:
+                        out = model.loss_terms(batch)
                 if not isinstance(out, LossOutput):
                     raise TypeError(f"{type(model).__name__}.loss_terms must return a seqrec.models.LossOutput "
                                     f"(the total under .loss), got {type(out).__name__}")
