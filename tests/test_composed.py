@@ -273,7 +273,6 @@ def test_cli_trains_a_composition_and_evaluate_reproduces_it(tmp_path, capsys):
     (["--attribute-weight", "1"], "--attribute-weight is read only with --side-information difsr"),
     (["--interests", "dss", "--loss", "bce"], "'ce' or 'sampled' with interests='dss'"),
     (["--no-attribute-predictor"], "--no-attribute-predictor is an option of --model difsr, not of --model composed"),
-    (["--compile"], "TrainConfig.compile: ComposedRecommender's training step runs eagerly only (drop --compile)"),
 ])
 def test_cli_refuses_a_bad_composition(extra, message, tmp_path, capsys):
     assert main(["train", "--model", "composed", *TINY, "--epochs", "1", *extra, "--out", str(tmp_path / "r")]) == 2

@@ -499,7 +499,8 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
             asks for (:func:`config_objectives`). Pass your own to add a term, e.g.
             ``(*config_objectives(config), Objective("l2", 1e-4, my_term))`` with
             ``my_term(model, encoded) -> LossOutput`` (not saved with the model: only
-            training reads them).
+            training reads them); ``compiles=True`` when it also reads a compiled step's
+            static rows (:class:`EncodedBatch`'s ``weight``, e.g. through its ``mean``).
 
     Parameters, by part (the names of the model each part comes from): ``embedding.*``
     (SASRec's, or DIF-SR's with ``embedding.attributes``), ``encoder.layers.*`` (DIF-SR's
