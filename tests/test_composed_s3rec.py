@@ -17,7 +17,7 @@ import torch
 from seqrec.cli import main
 from seqrec.data import synthetic
 from seqrec.models import ComposedConfig, ComposedRecommender, S3Rec, S3RecConfig, build_model, load_pretrained
-from seqrec.models.composed import s3rec_sequence
+from seqrec.models.composed import Objective, config_objectives, s3rec_sequence, s3rec_term
 from seqrec.models.difsr import attribute_config
 from seqrec.models.s3rec import item_attribute_table
 from test_composed import TINY, resumes_exactly
@@ -199,6 +199,47 @@ def test_weights_of_0_build_and_draw_nothing(ds):
     # one term on: its heads only
     sp = _composed(ds, sp_weight=0.5)
     assert {n.split(".")[0] for n, _ in sp.named_parameters()} == {"embedding", "encoder", "mask_embedding", "sp"}
+
+
+def test_objectives_of_ones_own_compute_only_the_s3rec_terms_they_read(ds):
+    """Objectives of one's own that leave out some of S3-Rec's terms switched on: those
+    are not computed (their heads are never called), the others are the full set's."""
+    model = _composed(ds, **PAPER)
+    batch = _batch(ds)
+    masked = _s3rec(ds, **PAPER).corrupt(s3rec_sequence(batch.input_ids, batch.target_ids, MAX_LEN), seed=11)
+    full = model.loss_terms(batch, masking=masked)
+    assert model.s3rec_terms == ("aap", "mip", "map", "sp")
+    model.objectives = tuple(o for o in config_objectives(model.config) if o.name not in ("map", "sp"))
+    assert model.s3rec_terms == ("aap", "mip")
+    calls = {name: 0 for name in ("aap", "mip", "map", "sp")}
+    for name in calls:
+        getattr(model, name).register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    got = model.loss_terms(batch, masking=masked)
+    assert calls == {"aap": 1, "mip": 1, "map": 0, "sp": 0}
+    assert set(got.terms) == {"item", "aap", "mip"}
+    for name in ("item", "aap", "mip"):
+        torch.testing.assert_close(got.terms[name], full.terms[name], rtol=1e-6, atol=1e-6, msg=name)
+    # none read: no corruption drawn before a compiled step either
+    model.objectives = tuple(o for o in model.objectives if o.name == "item")
+    assert model.s3rec_terms == () and model.compiled_step_options(batch) == {}
+
+
+def test_an_objective_reading_a_switched_off_s3rec_term_is_refused(ds):
+    """S3-Rec's term of an objective switched off (no head built) is refused up front,
+    by the objective's name; S3Rec itself refuses such a name too."""
+    model = _composed(ds, aap_weight=0.2)
+    extra = Objective("masked items", 1.0, s3rec_term("mip"), compiles=True)
+    with pytest.raises(ValueError, match=r"objectives \['masked items'\] read S3-Rec's \['mip'\], which the config "
+                                         r"leaves off .*switched on: \['aap'\]"):
+        ComposedRecommender(model.config, attributes=ds, objectives=(*model.objectives, extra))
+    s3rec = _s3rec(ds, aap_weight=0.2, mip_weight=1.0, map_weight=0.0, sp_weight=0.5)
+    batch = _batch(ds)
+    masked = s3rec.corrupt(s3rec_sequence(batch.input_ids, batch.target_ids, MAX_LEN), seed=3)
+    with pytest.raises(ValueError, match=r"S3-Rec objectives \['map'\] are not switched on"):
+        s3rec.s3rec_losses(masked, ["mip", "map"])
+    only = s3rec.s3rec_losses(masked, ["sp"])
+    assert set(only) == {"sp"}
+    torch.testing.assert_close(only["sp"], s3rec.s3rec_losses(masked)["sp"], rtol=0, atol=0)
 
 
 def test_s3rec_terms_with_dss_intentions(ds):

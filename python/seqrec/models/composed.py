@@ -444,9 +444,9 @@ def s3rec_sequence(inputs: Tensor, targets: Tensor, max_len: int) -> Tensor:
 
 
 def s3rec_term(name: str) -> Callable[["ComposedRecommender", EncodedBatch], LossOutput]:
-    """S3-Rec's objective ``name`` (``aap``, ``mip``, ``map``, ``sp``): the four share one
-    corruption of the batch and one encoder call, computed by the first that runs
-    (:meth:`ComposedRecommender.s3rec_batch_losses`)."""
+    """S3-Rec's objective ``name`` (``aap``, ``mip``, ``map``, ``sp``): the model's terms
+    of S3-Rec share one corruption of the batch and one encoder call, computed by the
+    first that runs (:meth:`ComposedRecommender.s3rec_batch_losses`)."""
     if name not in S3REC_OBJECTIVES:
         raise ValueError(f"S3-Rec objective must be one of {S3REC_OBJECTIVES}, got {name!r}")
 
@@ -454,6 +454,7 @@ def s3rec_term(name: str) -> Callable[["ComposedRecommender", EncodedBatch], Los
         if batch.s3rec is None:
             batch.s3rec = model.s3rec_batch_losses(batch)
         return LossOutput(batch.s3rec[name])
+    compute.s3rec_objective = name  # what the model's objectives ask of S3-Rec's
     return compute
 
 
@@ -567,6 +568,7 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
         if config.interests == "sine":
             self._init_sparse_interests()
         self.objectives = self._checked_objectives(config_objectives(config) if objectives is None else objectives)
+        self.s3rec_terms  # refuses, up front, a term of S3-Rec's whose objective is switched off
 
     @staticmethod
     def _checked_objectives(terms: Sequence[Objective]) -> tuple[Objective, ...]:
@@ -681,10 +683,23 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
         masked = self.corrupt(seq.cpu(), seed=seed)
         return masked if seq.device.type == "cpu" else SeqMaskOutput(*(t.to(seq.device) for t in masked))
 
+    @property
+    def s3rec_terms(self) -> tuple[str, ...]:
+        """S3-Rec's objectives the model's terms read (:func:`s3rec_term`), in the paper's
+        order: those switched on, less any that objectives of one's own leave out."""
+        on = self.s3rec_objectives
+        asked = {o.name: o.compute.s3rec_objective for o in self.objectives
+                 if hasattr(o.compute, "s3rec_objective")}
+        off = {name: objective for name, objective in asked.items() if objective not in on}
+        if off:
+            raise ValueError(f"objectives {list(off)} read S3-Rec's {sorted(set(off.values()))}, which the config "
+                             f"leaves off (weight 0: no head is built); switched on: {list(on)}")
+        return tuple(o for o in on if o in asked.values())
+
     def s3rec_batch_losses(self, batch: EncodedBatch) -> dict[str, Tensor]:
-        """The unweighted losses of S3-Rec's objectives switched on for an encoded batch
-        (:meth:`S3RecObjectives.s3rec_losses` of ``batch.masking``, drawn by
-        :meth:`corrupt_batch` when None)."""
+        """The unweighted losses of S3-Rec's objectives the model's terms read
+        (:attr:`s3rec_terms`) for an encoded batch (:meth:`S3RecObjectives.s3rec_losses`
+        of ``batch.masking``, drawn by :meth:`corrupt_batch` when None)."""
         masking = batch.masking
         if masking is None:
             if torch.compiler.is_compiling():
@@ -696,7 +711,7 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
                 or masking.masked_items.size(0) != batch.inputs.size(0):
             raise ValueError(f"masking must be a SeqMaskOutput of the batch's {batch.inputs.size(0)} rows "
                              "(seq_mask of s3rec_sequence(inputs, targets, max_len))")
-        return self.s3rec_losses(masking)
+        return self.s3rec_losses(masking, self.s3rec_terms)
 
     def adapt_pretrained(self, source: dict[str, Tensor]) -> dict[str, Tensor]:
         """:func:`~seqrec.models.load_pretrained`'s view of a checkpoint: an S3-Rec item
@@ -727,10 +742,11 @@ class ComposedRecommender(DecoupledSideInformation, IntentionHead, SparseInteres
         return not self.eager_only_reason
 
     def compiled_step_options(self, batch) -> dict[str, object]:
-        """With S3-Rec's objectives, the batch's corruption (:meth:`corrupt_batch`, drawn
+        """With S3-Rec's terms (:attr:`s3rec_terms`), the batch's corruption
+        (:meth:`corrupt_batch`, drawn
         here, before the graph: ``seq_mask``'s seed is a Python int drawn from torch's
         generator, which a graph cannot hold) as ``{"masking": ...}``; else none."""
-        if not self.config.s3rec_objectives:
+        if not self.s3rec_terms:
             return {}
         return {"masking": self.corrupt_batch(batch.input_ids, batch.target_ids)}
 

@@ -201,6 +201,17 @@ class S3RecObjectives:
         """The objectives switched on (weight > 0), in the paper's order."""
         return tuple(o for o in OBJECTIVES if getattr(self.config, f"{o}_weight") > 0)
 
+    def _computed_objectives(self, names: Sequence[str] | None) -> tuple[str, ...]:
+        """``names`` checked against the objectives switched on, in the paper's order."""
+        on = self.s3rec_objectives
+        if names is None:
+            return on
+        names = tuple(names)
+        off = [n for n in names if n not in on]
+        if off:
+            raise ValueError(f"S3-Rec objectives {off} are not switched on (weight 0 or unknown); on: {list(on)}")
+        return tuple(o for o in on if o in names)
+
     @property
     def mask_token(self) -> int:
         return self.config.num_items + 1
@@ -267,7 +278,7 @@ class S3RecObjectives:
                         mask_prob=self.config.mask_prob, seed=seed, backend=self.backend)
 
     # ------------------------------------------------------------------ objectives
-    def s3rec_losses(self, masked: SeqMaskOutput) -> dict[str, Tensor]:
+    def s3rec_losses(self, masked: SeqMaskOutput, names: Sequence[str] | None = None) -> dict[str, Tensor]:
         """The unweighted loss of every objective switched on, from a corrupted batch.
 
         Args:
@@ -275,13 +286,15 @@ class S3RecObjectives:
                 ``masked_items``, ``pos_items``, ``neg_items``, ``masked_segment_seq``,
                 ``pos_segment``, ``neg_segment``, ``segment_len`` are read; attribute
                 targets come from the attached table).
+            names: compute only these objectives (each switched on); None = all that
+                are. The encoder states and lookups of the others are not computed.
 
         Returns:
-            ``{"aap": ..., "mip": ..., "map": ..., "sp": ...}`` (enabled ones only),
+            ``{"aap": ..., "mip": ..., "map": ..., "sp": ...}`` (those computed only),
             scalars reduced by ``config.reduction``.
         """
         cfg = self.config
-        on = self.s3rec_objectives
+        on = self._computed_objectives(names)
         if ("aap" in on or "map" in on) and self.item_attributes.size(1) == 0:
             raise ValueError(self._missing_attributes_message())
         items = masked.masked_items
@@ -293,10 +306,10 @@ class S3RecObjectives:
         where = items == self.mask_token  # masked positions (MIP, MAP)
 
         if torch.compiler.is_compiling():
-            states, vectors, weights = self._static_selection(masked, keep, where)
+            states, vectors, weights = self._static_selection(masked, keep, where, on)
             kept_items, targets = torch.where(keep, items, 0).flatten(), masked.pos_items.flatten()
         else:
-            states, vectors, kept_items, targets = self._packed_selection(masked, keep, where)
+            states, vectors, kept_items, targets = self._packed_selection(masked, keep, where, on)
             weights = {}
 
         def reduce(per_item: Tensor, name: str) -> Tensor:
@@ -329,15 +342,15 @@ class S3RecObjectives:
             losses["sp"] = reduce(F.softplus(neg - pos), "context")
         return {o: losses[o] for o in OBJECTIVES if o in losses}
 
-    def _static_selection(self, masked: SeqMaskOutput, keep: Tensor, where: Tensor
+    def _static_selection(self, masked: SeqMaskOutput, keep: Tensor, where: Tensor, on: tuple[str, ...]
                           ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
         """What :meth:`_packed_selection` selects, with static shapes (a ``torch.compile``
         graph): every position of the corrupted rows and the last one of every segment
         row, each with a 0/1 weight (``{"kept": keep, "masked": where, "context": rows
         with a segment}``) instead of being packed out by a mask. Eager keeps the packed
         selection: it encodes the real positions alone and runs the last block on the
-        selected ones."""
-        cfg, on = self.config, self.s3rec_objectives
+        selected ones. ``on``: the objectives computed."""
+        cfg = self.config
         items = masked.masked_items
         batch, n = items.shape
         states: dict[str, Tensor] = {}
@@ -364,11 +377,11 @@ class S3RecObjectives:
             vectors["negative"] = self.embedding.item(masked.neg_items.flatten())
         return states, vectors, {k: v.to(self.embedding.item.weight.dtype) for k, v in weights.items()}
 
-    def _packed_selection(self, masked: SeqMaskOutput, keep: Tensor, where: Tensor
+    def _packed_selection(self, masked: SeqMaskOutput, keep: Tensor, where: Tensor, on: tuple[str, ...]
                           ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
-        """The hidden states and item vectors the objectives read, at the selected
+        """The hidden states and item vectors the objectives ``on`` read, at the selected
         positions only: ``(states, vectors, kept item ids, masked targets)``."""
-        cfg, on = self.config, self.s3rec_objectives
+        cfg = self.config
         items = masked.masked_items
         batch, n = items.shape
         # One encoder call for every hidden state needed: the masked (and, for AAP on the
