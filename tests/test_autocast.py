@@ -21,9 +21,8 @@ from seqrec.train import trainer as trainer_module
 MAX_LEN = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):  # conftest.one_thread: tiny tensors, one intra-op thread
-    yield
+# conftest.one_thread: tiny tensors, one intra-op thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

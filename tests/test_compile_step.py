@@ -27,14 +27,10 @@ from seqrec.train import TrainConfig, Trainer
 from seqrec.train import trainer as trainer_module
 from seqrec.train.trainer import compiled_step
 
-pytestmark = pytest.mark.compile
+# conftest.one_thread: tiny tensors, one intra-op thread
+pytestmark = [pytest.mark.compile, pytest.mark.usefixtures("one_thread")]
 
 MAX_LEN = 30
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):  # conftest.one_thread: tiny tensors, one intra-op thread
-    yield
 
 
 @pytest.fixture(scope="module")

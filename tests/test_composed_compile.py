@@ -32,16 +32,12 @@ from seqrec.train.trainer import compiled_step
 from test_compile_step import _assert_same, _loss_and_grads
 from test_composed import TINY
 
-pytestmark = pytest.mark.compile
+# conftest.one_thread: tiny tensors, one intra-op thread
+pytestmark = [pytest.mark.compile, pytest.mark.usefixtures("one_thread")]
 
 MAX_LEN = 12
 FIELDS = ["category", "brand"]
 S3REC = dict(aap_weight=0.2, mip_weight=1.0, map_weight=0.5, sp_weight=0.5)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):  # conftest.one_thread: tiny tensors, one intra-op thread
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -40,9 +40,8 @@ BATCH = torch.tensor([[0, 0, 3, 1, 4, 4, 7, 2],
 TINY_CLI = ["--data", "synthetic", "--synthetic-users", "150", "--synthetic-items", "80", "--max-len", "12"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):  # conftest.one_thread: tiny tensors, one intra-op thread
-    yield
+# conftest.one_thread: tiny tensors, one intra-op thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(dtype=torch.float64, backend=None, **overrides) -> S3Rec:
