@@ -1,7 +1,8 @@
 """Training step of every model: torch.compile(fullgraph=True) against eager, on CPU.
 
 Beauty shapes (the CLI's default sizes per model: SASRec hidden 64 BCE and CE, DIF-SR
-at the paper's size, SINE, DSS, S3-Rec pretraining), batch 256 (S3-Rec: 100), max_len 50.
+at the paper's size, SINE, DSS, S3-Rec pretraining, the composed model of ``--preset best``:
+DIF-SR's fusion + DSS's intentions, full-softmax CE), batch 256 (S3-Rec: 100), max_len 50.
 Each model runs in its own fresh process, eager then compiled (inductor, the default
 backend, ``TrainConfig(compile=True)``'s), over the same ``--batches`` training batches:
 a warm-up pass over them (for the compiled step: the compilations, one per new batch
@@ -22,7 +23,7 @@ import unittest.mock
 
 from common import model_children, print_table
 
-MODELS = ["sasrec-bce", "sasrec-ce", "difsr", "sine", "dss", "s3rec"]
+MODELS = ["sasrec-bce", "sasrec-ce", "difsr", "sine", "dss", "s3rec", "composed-best"]
 
 
 def build_case(name: str, data: str, batches: int):
@@ -61,6 +62,11 @@ def build_case(name: str, data: str, batches: int):
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))
         inputs = [samples.batch(order[i * 100:(i + 1) * 100].numpy()) for i in range(batches)]
         return model, inputs, lambda x: model.pretrain_loss(x, seed=7)[0]
+    elif name == "composed-best":
+        from seqrec.models.composed import PRESETS as COMPOSED_PRESETS
+
+        model = build_model("composed", **base, **COMPOSED_PRESETS["best"].model, attributes=ds,
+                            **attribute_config(ds, ("attributes",)))
     else:
         raise SystemExit(f"unknown model {name}")
     it = split.train_batches(256, seed=0, epoch=0, num_negatives=negatives)
