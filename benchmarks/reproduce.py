@@ -682,10 +682,14 @@ def status_line(run: Run, root: Path) -> str:
     return line
 
 
+METRIC_TABLES = {"sampled": "test_sampled", "valid": "best_valid"}
+
+
 def _metric(result: dict, name: str) -> float | None:
-    """``HR@10`` reads the full-ranking test metrics, ``sampled:HR@10`` the sampled ones."""
-    table, key = ("test_sampled", name[8:]) if name.startswith("sampled:") else ("test_full", name)
-    return result.get(table, {}).get(key)
+    """``HR@10`` reads the full-ranking test metrics, ``sampled:HR@10`` the sampled ones,
+    ``valid:NDCG@20`` the validation metrics of the selected epoch (what selected it)."""
+    prefix, _, key = name.rpartition(":")
+    return result.get(METRIC_TABLES[prefix] if prefix else "test_full", {}).get(key)
 
 
 def report(runs: list[Run], root: Path, metrics: tuple[str, ...] = METRICS) -> str:
@@ -694,7 +698,8 @@ def report(runs: list[Run], root: Path, metrics: tuple[str, ...] = METRICS) -> s
     for r in runs:
         if r.command == "train":
             groups.setdefault(r.group, []).append(r)
-    lines = [f"test metrics (full ranking unless marked sampled:); mean +- sd over the finished runs of a row "
+    lines = [f"test metrics (full ranking unless marked sampled:; valid: the selected epoch's validation); "
+             f"mean +- sd over the finished runs of a row "
              f"(root {root})", "",
              "| model | runs | best epoch | " + " | ".join(metrics) + " |",
              "|---|---|---|" + "---|" * len(metrics)]
@@ -723,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--only", nargs="+", default=None, metavar="RUN", help="these runs of the suite only")
         if action == "report":
             p.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="METRIC",
-                           help="columns: HR@K, NDCG@K, MRR (full ranking) or sampled:HR@K ... "
+                           help="columns: HR@K, NDCG@K, MRR (full ranking), sampled:HR@K ... (sampled ranking) "
+                                "or valid:NDCG@K ... (validation at the selected epoch) "
                                 f"(default: {' '.join(METRICS)})")
         if action == "archive":
             p.add_argument("--to", type=Path, default=RESULTS,
@@ -755,6 +761,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{state}] seqrec {' '.join(r.argv(root))}")
         return 0
     if args.action == "report":
+        bad = [m for m in args.metrics if m.rpartition(":")[0] not in ("", *METRIC_TABLES)]
+        if bad:
+            parser.error(f"--metrics {' '.join(bad)}: a metric is NAME@K or MRR, prefixed by nothing (full-ranking "
+                         f"test), {', '.join(p + ':' for p in METRIC_TABLES)}")
         print(report(runs, root, tuple(args.metrics)))
         return 0
     if args.action == "archive":

@@ -84,6 +84,11 @@ def test_runner_skips_finished_resumes_started_and_reports(tmp_path, capsys):
     table = reproduce.report(suite, tmp_path, ("sampled:HR@10", "MRR"))
     assert "| sampled:HR@10 | MRR |" in table.splitlines()[2]
     assert f"| {sum(sampled) / 2:.4f} +- {abs(sampled[0] - sampled[1]) / 2 ** 0.5:.4f} |" in table.splitlines()[-1]
+    # the selected epoch's validation metrics: what the selection read
+    valid = [json.loads((tmp_path / n / "result.json").read_text())["best_valid"]["NDCG@20"] for n in "ab"]
+    assert valid != results
+    table = reproduce.report(suite, tmp_path, ("valid:NDCG@20",))
+    assert f"| {sum(valid) / 2:.4f} +- {abs(valid[0] - valid[1]) / 2 ** 0.5:.4f} |" in table.splitlines()[-1]
 
     # The records kept in the repository: no weights, and the same report and status.
     kept = tmp_path / "kept"
@@ -144,6 +149,9 @@ def test_cli_list_and_unknown_run(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["commands", "dss", "--only", "no_such_run"])
     assert "not runs of suite dss: no_such_run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["report", "dss", "--metrics", "NDCG@20", "test:HR@10"])
+    assert "--metrics test:HR@10: a metric is NAME@K or MRR" in capsys.readouterr().err
 
 
 def test_runner_waits_for_a_folder_another_process_is_training(tmp_path, capsys):
