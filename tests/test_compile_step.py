@@ -162,8 +162,8 @@ def test_s3rec_pretraining_step_is_one_graph_and_matches_eager(dataset, aap_inpu
 
 
 def test_trainer_compile_setting_trains_like_eager(dataset, monkeypatch):
-    """TrainConfig(compile=True): the compiled step over two epochs (batches of several
-    widths and a short last batch: recompiled, then dynamic shapes) gives eager's losses
+    """TrainConfig(compile=True): the compiled step over two epochs (full batches and a
+    short last one: recompiled, then dynamic shapes) gives eager's losses
     within float tolerance. On aot_eager: inductor's code generation of this step took
     7 minutes on the loaded 2-core CI machine (benchmarks/bench_compile.py runs it)."""
     torch._dynamo.reset()

@@ -7,10 +7,11 @@ untrained ones weigh 0, and each part takes its model's static-shape path. The c
 step gives the eager loss, terms and gradients on the same batch (as
 tests/test_compile_step.py checks the papers' models, on the ``aot_eager`` backend: the
 traced forward and backward graphs without inductor's code generation, minutes on 2
-cores; dropout 0, so eager and compiled draw nothing random). The trainer's compiled step
-(S3-Rec's corruption drawn before the graph: ``compiled_step_options``) trains like eager,
-``seqrec train --model composed --compile`` trains and evaluates, and a term of one's own
-that does not read the static rows is refused up front.
+cores; dropout 0, and DSS's seq2seq split, drawn inside the graph, comes on aot_eager from
+the generator eager draws it from). The trainer's compiled step (S3-Rec's corruption drawn
+before the graph: ``compiled_step_options``) trains like eager, also over a short last
+batch (dynamic shapes), ``seqrec train --model composed --compile`` trains and evaluates,
+and a term of one's own that does not read the static rows is refused up front.
 """
 from __future__ import annotations
 
@@ -163,6 +164,32 @@ def test_cli_compiled_training_trains_like_eager(tmp_path, monkeypatch, capsys):
     assert compiled_test["NDCG@20"] > 0
     assert main(["evaluate", "--checkpoint", str(tmp_path / "compile-True")]) == 0
     assert capsys.readouterr().out.split("\n", 1)[1].strip() == printed.split("\n", 1)[1].strip()
+
+
+@pytest.mark.parametrize("parts", [
+    dict(side_information="difsr", fusion="gate", interests="dss", num_heads=1, num_intentions=2,
+         attribute_loss_weight=0.5, seq2seq_weight=0.5),
+    dict(interests="sine", num_prototypes=6, num_interests=2, max_prefixes=3, reg_weight=0.1),
+], ids=["difsr-dss-seq2seq", "sine"])
+def test_trainer_compiles_across_batch_sizes_like_eager(parts, dataset, monkeypatch):
+    """TrainConfig(compile=True) on the composed model over two epochs whose last batch
+    is short (recompiled, then dynamic shapes): each epoch's loss and terms are eager's
+    (as test_compile_step checks the papers' models)."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(trainer_module, "compiled_step", functools.partial(compiled_step, backend="aot_eager"))
+    split = dataset.leave_one_out(max_len=MAX_LEN)
+    sizes = [int(b.input_ids.size(0)) for b in split.train_batches(16, seed=1, epoch=0)]
+    assert len(sizes) > 2 and sizes[-1] < sizes[0], "a short last batch after full ones"
+    history = {}
+    for compile in (False, True):
+        config = TrainConfig(epochs=2, batch_size=16, lr=1e-2, sampled_negatives=5, ks=(5,), metric="NDCG@5",
+                             progress=False, compile=compile, seed=1)
+        history[compile] = Trainer(_model(dataset, **parts), split, config).fit().history
+    for eager, compiled in zip(history[False], history[True], strict=True):
+        assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-4)
+        assert compiled["loss_terms"].keys() == eager["loss_terms"].keys()
+        for name, value in eager["loss_terms"].items():
+            assert compiled["loss_terms"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
 
 
 def test_a_term_of_ones_own_must_declare_the_static_rows(dataset):
