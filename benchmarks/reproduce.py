@@ -354,20 +354,27 @@ def _best() -> list[Run]:
     "LastFM best"), then the ablation rows (``BEST_ABLATIONS``), with the preset's own
     budget (at most 200 epochs, patience 30) everywhere: the rows differ from the recipe's
     in the named component only. The item attributes are each dataset's ``attributes``
-    field (the fusion reads them; rows without the fusion take none)."""
-    recipe, ablations = [], []
+    field (the fusion reads them; rows without the fusion take none). Last, the recipe
+    initialised from S3-Rec's pretraining (``s3rec-aap-input``'s 20 epochs, AAP on the
+    encoder output: its encoder loads completely, DIF-SR's attribute parts and DSS's head
+    start at initialisation), the composition of a pretraining with the recipe."""
+    recipe, ablations, pretrained = [], [], []
     for ds in ("LastFM", "Beauty"):
         key, data = ds.lower(), ("--data", _data(ds))
+        pre = f"{key}_s3rec_aapseq_pre20"
+        pretrained += [r for r in _s3rec_aap_input() if r.name == pre]
         for seed in (None, 1, 2):
             suffix, seeded = _seeded(seed)
-            recipe.append(Run(f"{key}_best{suffix}", f"{ds} best",
-                              ("--model", "composed", "--preset", "best", "--attributes", "attributes", *data, *seeded)))
+            best = ("--model", "composed", "--preset", "best", "--attributes", "attributes", *data, *seeded)
+            recipe.append(Run(f"{key}_best{suffix}", f"{ds} best", best))
             for name, label, change in BEST_ABLATIONS:
                 fused = "--side-information" not in change  # the fusion reads the attributes
                 attributes = ("--attributes", "attributes") if fused else ()
                 ablations.append(Run(f"{key}_best_{name}{suffix}", f"{ds} best {label}",
                                      ("--model", "composed", "--preset", "best", *change, *attributes, *data, *seeded)))
-    return recipe + ablations
+            pretrained.append(Run(f"{key}_best_s3pre{suffix}", f"{ds} best from S3-Rec pretraining (20 epochs)",
+                                  (*best, "--init", f"{{root}}/{pre}"), needs=pre))
+    return recipe + ablations + pretrained
 
 
 # S3-Rec fine-tuning (and its no-pretraining row): the authors' budget, selected by the

@@ -97,13 +97,22 @@ def test_best_suite_rows_change_one_component_each(tmp_path):
                 if changed.get("--side-information") == "none":
                     expected.pop("--attributes")
                 assert row == expected, name
+            # the recipe from S3-Rec's pretraining: the recipe's flags and --init, after it
+            pretrained = runs[f"{ds}_best_s3pre{suffix}"]
+            pre = runs[f"{ds}_s3rec_aapseq_pre20"]
+            assert _flags(pretrained.args) == {**recipe, "--init": str(tmp_path / pre.name)}
+            assert pretrained.needs == pre.name and pre.command == "pretrain"
+            assert _flags(pre.args)["--aap-input"] == "sequence" and _flags(pre.args)["--epochs"] == "20"
 
 
 def test_every_best_suite_command_parses_into_a_model(built, tmp_path):
     """Each row's options (the data swapped for the synthetic set) build a model."""
     for run in reproduce.suite_runs("best", tmp_path):
+        if run.command != "train":  # S3-Rec's pretraining: the s3rec-aap-input suite's run
+            continue
         flags = _flags(run.args)
         flags.pop("--data")
+        flags.pop("--init", None)  # the pretraining's weights (test_init_transfer loads such)
         if "--attributes" in flags:
             flags["--attributes"] = "category"
         argv = [x for kv in flags.items() for x in kv]
