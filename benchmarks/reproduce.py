@@ -5,6 +5,7 @@ runs: run them (resumably, a few at a time) and report them (mean +- sd over see
     python benchmarks/reproduce.py status dss              # each run: state, epochs, best valid so far
     python benchmarks/reproduce.py commands dss            # what `run` would execute
     python benchmarks/reproduce.py run dss --jobs 2 --threads 1 [--only beauty_dss_s1 ...]
+    python benchmarks/reproduce.py run best --device cuda  # every run on the GPU
     python benchmarks/reproduce.py report dss [--root runs]
     python benchmarks/reproduce.py archive dss --root runs   # records -> benchmarks/results/
 
@@ -25,7 +26,8 @@ quote stays checkable after the run folders are gone.
 
 Data: ``$SEQREC_SHARED_DATA`` (else ``../shared/data``), as the other benchmarks. These
 are long: one Beauty run is 10 minutes to several hours on a 2-core CPU (see the README's
-reproduction section); the test suite never runs them.
+reproduction section), most of it the softmax over every item (``run --device cuda``
+runs a suite on a GPU); the test suite never runs them.
 """
 from __future__ import annotations
 
@@ -41,8 +43,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from common import REPO_ROOT, SHARED_DATA
-
 from seqrec.utils import read_json, read_jsonl, run_folder_in_use
 
 
@@ -92,8 +94,12 @@ class Run:
     def started(self, root: Path) -> bool:
         return (self.folder(root) / ("checkpoint.pt" if self.command == "train" else "pretrain.pt")).exists()
 
-    def argv(self, root: Path) -> list[str]:
+    def argv(self, root: Path, device: str | None = None) -> list[str]:
+        """The seqrec arguments of this run; ``device`` (``--device`` of ``train`` and
+        ``pretrain``, which a resumed run may change) places it on another device."""
         argv = [self.command, *self.args, "--out", str(self.folder(root)), "--no-progress"]
+        if device is not None:
+            argv += ["--device", device]
         return argv + ["--resume"] if self.started(root) else argv
 
 
@@ -568,8 +574,27 @@ def seqrec_executable() -> list[str]:
 
 
 # ---------------------------------------------------------------------------- run
-def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads: int | None) -> int:
-    """Runs the unfinished ``runs`` (a selection of ``suite``), ``jobs`` at a time."""
+def device_problem(device: str, need_cuda: bool) -> str | None:
+    """What is wrong with ``--device device`` for the runs, or None. Checked before any
+    run starts: a suite of hours must not fail one run at a time, each at its start."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        return f"not a torch device ({err})"
+    if parsed.type not in ("cpu", "cuda"):
+        return f"the runs train on cpu or cuda, not {parsed.type}"
+    if need_cuda and parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available on this machine"
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads: int | None,
+              device: str | None = None) -> int:
+    """Runs the unfinished ``runs`` (a selection of ``suite``), ``jobs`` at a time, on
+    ``device`` (default: each command's own, the CPU)."""
     root.mkdir(parents=True, exist_ok=True)
     by_name = {r.name: r for r in suite}
     pending = [r for r in runs if not r.finished(root)]
@@ -605,7 +630,7 @@ def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads:
         ready = [r for r in pending if r.name not in busy and r.ready(root, by_name)]
         for r in ready[:max(jobs - len(active), 0)]:
             pending.remove(r)
-            argv = r.argv(root)
+            argv = r.argv(root, device)
             print(f"  {'resuming' if '--resume' in argv else 'starting'} {r.name}: seqrec {' '.join(argv)}")
             with open(root / f"{r.name}.log", "a") as log:  # the child keeps its own handle
                 proc = subprocess.Popen(seqrec_executable() + argv, stdout=log, stderr=subprocess.STDOUT,
@@ -742,6 +767,10 @@ def main(argv: list[str] | None = None) -> int:
         if action == "archive":
             p.add_argument("--to", type=Path, default=RESULTS,
                            help="where the records go (default: benchmarks/results/)")
+        if action in ("run", "commands"):
+            p.add_argument("--device", default=None,
+                           help="--device of every seqrec call: cuda, cuda:1 ... (default: the CPU); a "
+                                "started run resumes on it")
         if action == "run":
             p.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
             p.add_argument("--threads", type=int, default=None,
@@ -759,6 +788,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"not runs of suite {args.suite}: {', '.join(unknown)}")
         runs = [r for r in runs if r.name in args.only]
+    if getattr(args, "device", None) is not None:
+        problem = device_problem(args.device, need_cuda=args.action == "run")
+        if problem:
+            parser.error(f"--device {args.device}: {problem}")
     if args.action == "status":
         for r in runs:
             print(status_line(r, root))
@@ -766,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "commands":
         for r in runs:
             state = "finished" if r.finished(root) else "resume" if r.started(root) else "new"
-            print(f"[{state}] seqrec {' '.join(r.argv(root))}")
+            print(f"[{state}] seqrec {' '.join(r.argv(root, args.device))}")
         return 0
     if args.action == "report":
         bad = [m for m in args.metrics if m.rpartition(":")[0] not in ("", *METRIC_TABLES)]
@@ -784,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
-    return run_suite(runs, suite, root, args.jobs, args.threads)
+    return run_suite(runs, suite, root, args.jobs, args.threads, args.device)
 
 
 if __name__ == "__main__":

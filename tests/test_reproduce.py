@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from helpers import REPO_ROOT
 
@@ -239,3 +240,27 @@ def test_report_verifies_record_checksums(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "0.1250" in reproduce.report([run], tmp_path, metrics=("NDCG@20",))
+
+
+def test_device_goes_to_every_call_and_is_checked_first(tmp_path, capsys):
+    run = _tiny("a", 1)
+    assert run.argv(tmp_path, "cuda:1")[-2:] == ["--device", "cuda:1"]
+    assert "--device" not in run.argv(tmp_path)
+    # `commands` lists what a GPU machine would run; it needs no GPU itself.
+    assert reproduce.main(["commands", "best", "--root", str(tmp_path), "--only", "lastfm_best",
+                           "--device", "cuda"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("--no-progress --device cuda")
+    # A started run resumes on the new device (the trainer lets --device change on resume).
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "checkpoint.pt").write_bytes(b"")
+    assert run.argv(tmp_path, "cuda")[-3:] == ["--device", "cuda", "--resume"]
+    # A wrong device stops the suite before any run starts, naming it.
+    bad = {"cuda:x": "not a torch device", "meta": "the runs train on cpu or cuda, not meta"}
+    if not torch.cuda.is_available():
+        bad["cuda"] = "CUDA is not available"
+    for device, message in bad.items():
+        with pytest.raises(SystemExit) as stop:
+            reproduce.main(["run", "best", "--root", str(tmp_path), "--only", "lastfm_best", "--device", device])
+        assert stop.value.code == 2
+        assert f"--device {device}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "lastfm_best").exists()
