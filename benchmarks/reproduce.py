@@ -43,8 +43,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from common import REPO_ROOT, SHARED_DATA
+
+import torch
 from seqrec.utils import read_json, read_jsonl, run_folder_in_use
 
 
