@@ -7,9 +7,9 @@ change no behaviour: same losses step by step and the same weights afterwards.
 Each case seeds torch with a fixed integer, builds a small model on the synthetic
 dataset, runs a few optimizer steps through the public API and records each step's loss
 and a float64 checksum of the parameters (taken in registration order, so a renamed
-parameter keeps its place). Portable check: within 1e-6 relative (BLAS kernels differ
-between CPUs). Exact check: bit for bit, on the platform that recorded the figures
-(torch version and CPU capability), one thread.
+parameter keeps its place). Portable check: losses within 1e-6 relative (BLAS kernels
+differ between CPUs), the checksum within CHECKSUM_REL. Exact check: bit for bit, on the
+platform that recorded the figures (torch version and CPU capability), one thread.
 """
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ from seqrec.models.difsr import attribute_config
 from seqrec.models.s3rec import item_attribute_table
 
 STEPS = 3
+# Adam divides each gradient by its own running size, so a parameter whose gradient is
+# float noise moves by up to lr a step in a direction another CPU's BLAS may flip: the
+# weights drift more than the losses do. Measured on an AVX-512 EPYC against the AVX2
+# recording: sine 7.8e-6, s3rec 4.0e-6 relative (losses within 1e-6 everywhere).
+CHECKSUM_REL = 1e-4
 BATCH = 16
 MAX_LEN = 20
 
@@ -135,7 +140,7 @@ def test_golden_run(name, one_thread):
     losses, checksum, sha = _run(name)
     want_losses, want_checksum, want_sha = GOLDEN[name]
     assert losses == pytest.approx(want_losses, rel=1e-6, abs=1e-7)
-    assert checksum == pytest.approx(want_checksum, rel=1e-6, abs=1e-7)
+    assert checksum == pytest.approx(want_checksum, rel=CHECKSUM_REL)
     if _platform() == RECORDED_PLATFORM:  # bit for bit where the figures were recorded
         assert (losses, checksum, sha) == (want_losses, want_checksum, want_sha)
 
