@@ -46,6 +46,7 @@ from pathlib import Path
 from common import REPO_ROOT, SHARED_DATA
 
 import torch
+from seqrec.cli import check_device
 from seqrec.utils import read_json, read_jsonl, run_folder_in_use
 
 
@@ -575,23 +576,6 @@ def seqrec_executable() -> list[str]:
 
 
 # ---------------------------------------------------------------------------- run
-def device_problem(device: str, need_cuda: bool) -> str | None:
-    """What is wrong with ``--device device`` for the runs, or None. Checked before any
-    run starts: a suite of hours must not fail one run at a time, each at its start."""
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as err:
-        return f"not a torch device ({err})"
-    if parsed.type not in ("cpu", "cuda"):
-        return f"the runs train on cpu or cuda, not {parsed.type}"
-    if need_cuda and parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            return "CUDA is not available on this machine"
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
-    return None
-
-
 def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads: int | None,
               device: str | None = None) -> int:
     """Runs the unfinished ``runs`` (a selection of ``suite``), ``jobs`` at a time, on
@@ -790,9 +774,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"not runs of suite {args.suite}: {', '.join(unknown)}")
         runs = [r for r in runs if r.name in args.only]
     if getattr(args, "device", None) is not None:
-        problem = device_problem(args.device, need_cuda=args.action == "run")
-        if problem:
-            parser.error(f"--device {args.device}: {problem}")
+        # run: seqrec's own check, before any run starts (a suite of hours must not fail
+        # one run at a time); commands lists what another machine would run: parsed only.
+        try:
+            torch.device(args.device) if args.action == "commands" else check_device(args.device)
+        except (RuntimeError, ValueError) as err:
+            parser.error(str(err) if isinstance(err, ValueError) else f"--device {args.device}: {err}")
     if args.action == "status":
         for r in runs:
             print(status_line(r, root))

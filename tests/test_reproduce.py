@@ -254,13 +254,15 @@ def test_device_goes_to_every_call_and_is_checked_first(tmp_path, capsys):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "checkpoint.pt").write_bytes(b"")
     assert run.argv(tmp_path, "cuda")[-3:] == ["--device", "cuda", "--resume"]
-    # A wrong device stops the suite before any run starts, naming it.
-    bad = {"cuda:x": "not a torch device", "meta": "the runs train on cpu or cuda, not meta"}
-    if not torch.cuda.is_available():
-        bad["cuda"] = "CUDA is not available"
-    for device, message in bad.items():
+    # A device seqrec would refuse stops the suite before any run starts, naming it
+    # (seqrec's own check: the calls would fail on it one by one).
+    bad = ["cuda:x", "gpu", ""] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
         with pytest.raises(SystemExit) as stop:
             reproduce.main(["run", "best", "--root", str(tmp_path), "--only", "lastfm_best", "--device", device])
         assert stop.value.code == 2
-        assert f"--device {device}: {message}" in capsys.readouterr().err
+        assert f"--device {device}: not usable with this torch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["commands", "best", "--root", str(tmp_path), "--device", "gpu"])
+    assert "--device gpu: " in capsys.readouterr().err
     assert not (tmp_path / "lastfm_best").exists()

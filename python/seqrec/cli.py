@@ -978,7 +978,7 @@ def _cli_warnings(command: str):
     return show
 
 
-def _check_device(name: str) -> None:
+def check_device(name: str) -> None:
     """--device must name a device this torch can allocate on: say so in one line rather
     than with the traceback of the first tensor moved there."""
     try:
@@ -1009,7 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "export" or (args.command == "data" and args.data_command in ("prepare", "download")):
                 _refuse_under_torchrun(args)
             if getattr(args, "device", None) is not None:
-                _check_device(args.device)
+                check_device(args.device)
             if args.command == "train":
                 return cmd_train(args)
             if args.command == "evaluate":
