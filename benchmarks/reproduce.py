@@ -366,8 +366,10 @@ def _best() -> list[Run]:
     field (the fusion reads them; rows without the fusion take none). Last, the recipe
     initialised from S3-Rec's pretraining (``s3rec-aap-input``'s 20 epochs, AAP on the
     encoder output: its encoder loads completely, DIF-SR's attribute parts and DSS's head
-    start at initialisation), the composition of a pretraining with the recipe."""
-    recipe, ablations, pretrained = [], [], []
+    start at initialisation), the composition of a pretraining with the recipe, and its
+    ablation rows: the same components removed, each fine-tuned from the same pretraining
+    (removing the pretraining is the recipe's own row)."""
+    recipe, ablations, pretrained, pretrained_ablations = [], [], [], []
     for ds in ("LastFM", "Beauty"):
         key, data = ds.lower(), ("--data", _data(ds))
         pre = f"{key}_s3rec_aapseq_pre20"
@@ -376,14 +378,18 @@ def _best() -> list[Run]:
             suffix, seeded = _seeded(seed)
             best = ("--model", "composed", "--preset", "best", "--attributes", "attributes", *data, *seeded)
             recipe.append(Run(f"{key}_best{suffix}", f"{ds} best", best))
+            init = ("--init", f"{{root}}/{pre}")
             for name, label, change in BEST_ABLATIONS:
                 fused = "--side-information" not in change  # the fusion reads the attributes
                 attributes = ("--attributes", "attributes") if fused else ()
-                ablations.append(Run(f"{key}_best_{name}{suffix}", f"{ds} best {label}",
-                                     ("--model", "composed", "--preset", "best", *change, *attributes, *data, *seeded)))
+                ablated = ("--model", "composed", "--preset", "best", *change, *attributes, *data, *seeded)
+                ablations.append(Run(f"{key}_best_{name}{suffix}", f"{ds} best {label}", ablated))
+                pretrained_ablations.append(Run(f"{key}_best_s3pre_{name}{suffix}",
+                                                f"{ds} best from S3-Rec pretraining {label}", (*ablated, *init),
+                                                needs=pre))
             pretrained.append(Run(f"{key}_best_s3pre{suffix}", f"{ds} best from S3-Rec pretraining (20 epochs)",
-                                  (*best, "--init", f"{{root}}/{pre}"), needs=pre))
-    return recipe + ablations + pretrained
+                                  (*best, *init), needs=pre))
+    return recipe + ablations + pretrained + pretrained_ablations
 
 
 # S3-Rec fine-tuning (and its no-pretraining row): the authors' budget, selected by the

@@ -97,6 +97,10 @@ def test_best_suite_rows_change_one_component_each(tmp_path):
                 if changed.get("--side-information") == "none":
                     expected.pop("--attributes")
                 assert row == expected, name
+                # and the same row fine-tuned from the recipe's S3-Rec pretraining
+                pre_row = runs[f"{ds}_best_s3pre_{name}{suffix}"]
+                assert _flags(pre_row.args) == {**expected, "--init": str(tmp_path / f"{ds}_s3rec_aapseq_pre20")}
+                assert pre_row.needs == f"{ds}_s3rec_aapseq_pre20", name
             # the recipe from S3-Rec's pretraining: the recipe's flags and --init, after it
             pretrained = runs[f"{ds}_best_s3pre{suffix}"]
             pre = runs[f"{ds}_s3rec_aapseq_pre20"]
