@@ -3,6 +3,7 @@ composition and budget, explicit flags override it, and reproduce.py's ``best`` 
 runs the recipe and rows that each change one component of it."""
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -64,6 +65,61 @@ def test_without_a_preset_the_budget_is_the_trainers_default(built):
     assert (train.epochs, train.patience) == (200, 10)
     _, train = built("--model", "sasrec", "--patience", "0")
     assert (train.epochs, train.patience) == (200, 0)
+
+
+@pytest.fixture
+def pretrain_built(monkeypatch, tmp_path):
+    import seqrec.train.pretrain
+
+    monkeypatch.setattr(seqrec.train.pretrain, "Pretrainer", _Stop)
+
+    def build(*argv):
+        with pytest.raises(_Built) as caught:
+            main(["pretrain", *DATA, *argv, "--no-progress", "--out", str(tmp_path / "pre")])
+        return caught.value.model_spec["config"], caught.value.config
+    return build
+
+
+def test_pretrain_preset_best_is_the_suites_measured_pretraining(pretrain_built, tmp_path):
+    """`seqrec pretrain --preset best`, the recipe's first stage, builds what suite best's
+    S3-Rec pretraining row (whose fine-tunes the README quotes) runs: the same model
+    config and pretraining settings."""
+    runs = {r.name: r for r in reproduce.suite_runs("best", tmp_path)}
+    for ds in ("beauty", "lastfm"):
+        flags = _flags(runs[f"{ds}_s3rec_aapseq_pre20"].args)
+        for drop in ("--data", "--out", "--progress"):
+            flags.pop(drop, None)
+        measured = pretrain_built(*[a for pair in flags.items() for a in pair])
+        assert pretrain_built("--preset", "best") == measured, ds
+    config, settings = measured
+    assert (settings.epochs, settings.batch_size, settings.samples) == (20, 100, "prefixes")
+    assert config["aap_input"] == "sequence" and config["hidden_size"] == 64 and config["num_layers"] == 2
+    # and without the preset, the authors' 150 epochs
+    assert pretrain_built()[1].epochs == 150
+
+
+def test_pretrain_flags_override_the_preset(pretrain_built):
+    config, settings = pretrain_built("--preset", "best", "--epochs", "3", "--aap-input", "item")
+    assert (settings.epochs, config["aap_input"]) == (3, "item")
+
+
+def test_the_recipes_two_commands_run_as_printed(tmp_path, capsys):
+    """`seqrec pretrain --preset best` prints the recipe's second command; run as printed
+    it fine-tunes the composed model with every encoder tensor loaded."""
+    pre = tmp_path / "pre"
+    assert main(["pretrain", *DATA, "--preset", "best", "--epochs", "1", "--no-progress", "--out", str(pre)]) == 0
+    hint = capsys.readouterr().out.split("fine-tune with: seqrec ")[1].split("\n")[0].split()
+    assert hint[:5] == ["train", "--model", "composed", "--preset", "best"]
+    assert main([*hint, "--epochs", "1", "--no-progress", "--out", str(tmp_path / "best")]) == 0
+    err = capsys.readouterr().err
+    loaded = re.search(r"loaded \d+ tensors \((\d+) of the (\d+) encoder tensors\)", err)
+    assert loaded and loaded.group(1) == loaded.group(2), err
+
+
+def test_pretrain_preset_best_of_dss_is_refused(tmp_path, capsys):
+    rc = main(["pretrain", *DATA, "--model", "dss", "--preset", "best", "--no-progress", "--out", str(tmp_path / "p")])
+    assert rc == 2
+    assert "preset 'best' is for --model" in capsys.readouterr().err
 
 
 def test_preset_best_without_attributes_names_the_flag(tmp_path, capsys):

@@ -23,6 +23,7 @@ import functools
 import math
 import os
 import re
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -159,6 +160,24 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kcore", type=nonneg_int, default=None, help="k-core filter users and items before splitting")
     p.add_argument("--max-len", type=positive_int, default=50,
                    help="maximum sequence length (most recent items kept)")
+
+
+def _data_flags(args) -> str:
+    """The data flags of ``args`` that a later command on the same data must repeat (shell
+    quoted): --data, and those not at their defaults (another --max-len or synthetic size
+    changes the model's shapes)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_data_args(parser)
+    defaults = vars(parser.parse_args([]))
+    flags = [f"--data {shlex.quote(str(args.data))}"]
+    for action in parser._actions:
+        value = getattr(args, action.dest)
+        if action.dest == "data" or value == defaults[action.dest]:
+            continue
+        if action.dest.startswith("synthetic_") and args.data != "synthetic":
+            continue  # read only for --data synthetic
+        flags.append(f"{action.option_strings[0]} {shlex.quote(str(value))}")
+    return " ".join(flags)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -483,7 +502,8 @@ def _add_pretrain_parser(sub) -> None:
     _add_data_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for pretrain.pt and pretrain.jsonl")
     p.add_argument("--epochs", type=positive_int, default=None,
-                   help="pretraining epochs " + _pretrain_defaults_text("epochs"))
+                   help="pretraining epochs; without it the --preset's where it names them (best: 20), else "
+                        + _pretrain_defaults_text("epochs"))
     p.add_argument("--keep-every", type=nonneg_int, default=0, metavar="N",
                    help="also keep the weights after every N-th epoch as DIR/pretrain-epoch<epoch>.pt, to "
                         "fine-tune from an earlier point of the same run (`seqrec train --init "
@@ -507,7 +527,9 @@ def _add_pretrain_parser(sub) -> None:
                    help="--samples windows: the step between windows as a fraction of --max-len, in (0, 1] "
                         "(default: %(default)s)")
     p.add_argument("--preset", choices=sorted(REGISTRY["s3rec"].presets), default=None,
-                   help="named model settings (paper: the S3-Rec paper's; explicit options override it)")
+                   help="named settings (paper: the S3-Rec paper's model; best: the paper's model, 20 epochs, the "
+                        "first stage of `seqrec train --model composed --preset best`'s recipe; explicit options "
+                        "override them)")
     p.add_argument("--seed", type=seed_int, default=42,
                    help="seeds initialisation, sample order, masking and dropout; 0 <= seed < 2**63 "
                         "(default: %(default)s)")
@@ -800,11 +822,12 @@ def cmd_pretrain(args) -> int:
         switched = [f"--no-{name}" for name in OBJECTIVES if not getattr(args, name)]
         if switched:
             raise ValueError(f"{', '.join(switched)}: S3-Rec options, not of --model {args.model}")
-    for name, value in PRETRAIN_DEFAULTS[args.model].items():  # epochs, batch size, samples
+    options = _pretrain_options()
+    # epochs, batch size, samples: the flag's, else the --preset's (best: 20 epochs), else the model's
+    for name, value in {**PRETRAIN_DEFAULTS[args.model], **options.preset(args).train}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     dataset = _load(args)
-    options = _pretrain_options()
     config = options.config(args)
     config.update(num_items=dataset.num_items, max_len=args.max_len, **options.side_information(args, dataset))
     if args.model == "s3rec":
@@ -839,8 +862,11 @@ def cmd_pretrain(args) -> int:
     kept = [str(path) for path in map(trainer.snapshot_path, range(1, trainer.epoch + 1))
             if _is_writer(args) and path.exists()]
     finetune = args.model if args.model in PRETRAIN_MODELS else f"{args.model}|sasrec"
+    if args.preset == "best":  # the recipe's second stage; its fusion reads the fields pretrained on
+        fields = " ".join(model.config.attribute_fields) or "FIELD"
+        finetune = f"composed --preset best --attributes {fields}"
     print(f"wrote {Path(args.out) / PRETRAIN_CHECKPOINT} (epoch {trainer.epoch}); fine-tune with: seqrec train "
-          f"--model {finetune} --data {args.data} --init {args.out}"
+          f"--model {finetune} {_data_flags(args)} --init {args.out}"
           + (f"\nearlier epochs kept: {', '.join(kept)} (give one to --init)" if kept else ""))
     return 0
 

@@ -122,12 +122,15 @@ PRESETS: dict[str, Preset] = {
     # budget is one rule for any data: at most 200 epochs, stopped after 30 validations
     # without a new best. LastFM (5 batches an epoch) still improves after 100 epochs, so
     # a patience of 10 there stops on a plateau of noise (SASRec CE: best epoch 6).
+    # Initialised (--init) from `seqrec pretrain --preset best` (S3-Rec's, 20 epochs), the
+    # recipe's first stage, it is better on both datasets' validation (README "The recipe").
     "best": Preset(
         model=dict(side_information="difsr", interests="dss", loss="ce", hidden_size=64, num_layers=2, num_heads=2,
                    hidden_dropout=0.5, attention_dropout=0.5, attribute_sizes=64, fusion="gate",
                    num_intentions=4, attribute_loss_weight=0.0, seq2seq_weight=0.0),
         train=dict(lr=1e-3, batch_size=256, epochs=200, patience=30),
-        help="issue 29's recipe: DIF-SR fusion (needs --attributes) + DSS intentions, full-softmax CE"),
+        help="issue 29's recipe: DIF-SR fusion (needs --attributes) + DSS intentions, full-softmax CE; "
+             "best with --init from `seqrec pretrain --preset best`"),
 }
 
 
