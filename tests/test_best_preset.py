@@ -139,30 +139,42 @@ def _flags(args: tuple[str, ...]) -> dict:
 
 def test_best_suite_rows_change_one_component_each(tmp_path):
     runs = {r.name: r for r in reproduce.suite_runs("best", tmp_path)}
-    for ds in ("beauty", "lastfm"):
+    for ds, label in (("beauty", "Beauty best"), ("lastfm", "LastFM best")):
+        pre = runs[f"{ds}_s3rec_aapseq_pre20"]
+        assert pre.command == "pretrain"
+        assert _flags(pre.args)["--aap-input"] == "sequence" and _flags(pre.args)["--epochs"] == "20"
         for suffix in ("", "_s1", "_s2"):
-            recipe = _flags(runs[f"{ds}_best{suffix}"].args)
-            assert runs[f"{ds}_best{suffix}"].group in ("Beauty best", "LastFM best")
-            assert recipe["--preset"] == "best" and recipe["--model"] == "composed"
+            # the recipe: the preset fine-tuned from the S3-Rec pretraining (--init, after it)
+            recipe = runs[f"{ds}_best_s3pre{suffix}"]
+            assert recipe.group == label and recipe.needs == pre.name
+            flags = _flags(recipe.args)
+            assert flags.pop("--init") == str(tmp_path / pre.name)
+            assert flags["--preset"] == "best" and flags["--model"] == "composed"
+            # without the pretraining: the preset alone
+            assert _flags(runs[f"{ds}_best{suffix}"].args) == flags
+            assert runs[f"{ds}_best{suffix}"].needs is None
             for name, _, change in reproduce.BEST_ABLATIONS:
-                row = _flags(runs[f"{ds}_best_{name}{suffix}"].args)
                 changed = _flags(change)
-                # the row is the recipe with the named change, and without the attributes
-                # exactly when it drops the fusion that reads them
-                expected = {**recipe, **changed}
+                # the recipe with the named change, and without the attributes exactly when
+                # it drops the fusion that reads them
+                expected = {**flags, **changed}
                 if changed.get("--side-information") == "none":
                     expected.pop("--attributes")
-                assert row == expected, name
-                # and the same row fine-tuned from the recipe's S3-Rec pretraining
-                pre_row = runs[f"{ds}_best_s3pre_{name}{suffix}"]
-                assert _flags(pre_row.args) == {**expected, "--init": str(tmp_path / f"{ds}_s3rec_aapseq_pre20")}
-                assert pre_row.needs == f"{ds}_s3rec_aapseq_pre20", name
-            # the recipe from S3-Rec's pretraining: the recipe's flags and --init, after it
-            pretrained = runs[f"{ds}_best_s3pre{suffix}"]
-            pre = runs[f"{ds}_s3rec_aapseq_pre20"]
-            assert _flags(pretrained.args) == {**recipe, "--init": str(tmp_path / pre.name)}
-            assert pretrained.needs == pre.name and pre.command == "pretrain"
-            assert _flags(pre.args)["--aap-input"] == "sequence" and _flags(pre.args)["--epochs"] == "20"
+                row = runs[f"{ds}_best_s3pre_{name}{suffix}"]
+                assert _flags(row.args) == {**expected, "--init": str(tmp_path / pre.name)}, name
+                assert row.needs == pre.name and row.group.startswith(label), name
+                # the preset alone's ablation: on LastFM only (it ran before the pretraining
+                # joined the recipe)
+                alone = runs.get(f"{ds}_best_{name}{suffix}")
+                assert (alone is not None) == (ds == "lastfm"), name
+                if alone is not None:
+                    assert _flags(alone.args) == expected, name
+    # every row of a group differs only in its seed
+    groups = {}
+    for run in runs.values():
+        if run.command == "train":
+            groups.setdefault(run.group, []).append({k: v for k, v in _flags(run.args).items() if k != "--seed"})
+    assert all(members.count(members[0]) == len(members) == 3 for members in groups.values()), groups
 
 
 def test_every_best_suite_command_parses_into_a_model(built, tmp_path):
