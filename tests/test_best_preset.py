@@ -116,6 +116,18 @@ def test_the_recipes_two_commands_run_as_printed(tmp_path, capsys):
     assert loaded and loaded.group(1) == loaded.group(2), err
 
 
+def test_a_pretraining_preset_setting_that_would_be_ignored_is_refused(monkeypatch, tmp_path, capsys):
+    from seqrec.models.config import Preset
+    from seqrec.models.s3rec import PRESETS as S3REC_PRESETS
+
+    monkeypatch.setitem(S3REC_PRESETS, "best", Preset(train=dict(epochs=20, lr=0.01)))
+    rc = main(["pretrain", *DATA, "--preset", "best", "--no-progress", "--out", str(tmp_path / "p")])
+    assert rc == 2
+    assert "--preset best: pretraining presets name only ['batch_size', 'epochs', 'samples'], not ['lr']" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "p" / "pretrain.pt").exists()
+
+
 def test_pretrain_preset_best_of_dss_is_refused(tmp_path, capsys):
     rc = main(["pretrain", *DATA, "--model", "dss", "--preset", "best", "--no-progress", "--out", str(tmp_path / "p")])
     assert rc == 2

@@ -824,7 +824,12 @@ def cmd_pretrain(args) -> int:
             raise ValueError(f"{', '.join(switched)}: S3-Rec options, not of --model {args.model}")
     options = _pretrain_options()
     # epochs, batch size, samples: the flag's, else the --preset's (best: 20 epochs), else the model's
-    for name, value in {**PRETRAIN_DEFAULTS[args.model], **options.preset(args).train}.items():
+    preset_settings = options.preset(args).train
+    unapplied = sorted(set(preset_settings) - set(PRETRAIN_DEFAULTS[args.model]))
+    if unapplied:  # a preset's setting that would be silently ignored (flags with non-None defaults)
+        raise ValueError(f"--preset {args.preset}: pretraining presets name only {sorted(PRETRAIN_DEFAULTS[args.model])}, "
+                         f"not {unapplied}")
+    for name, value in {**PRETRAIN_DEFAULTS[args.model], **preset_settings}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     dataset = _load(args)
