@@ -128,12 +128,6 @@ def test_a_pretraining_preset_setting_that_would_be_ignored_is_refused(monkeypat
     assert not (tmp_path / "p" / "pretrain.pt").exists()
 
 
-def test_pretrain_preset_best_of_dss_is_refused(tmp_path, capsys):
-    rc = main(["pretrain", *DATA, "--model", "dss", "--preset", "best", "--no-progress", "--out", str(tmp_path / "p")])
-    assert rc == 2
-    assert "preset 'best' is for --model" in capsys.readouterr().err
-
-
 def test_preset_best_without_attributes_names_the_flag(tmp_path, capsys):
     rc = main(["train", *DATA, "--model", "composed", "--preset", "best", "--epochs", "1", "--no-progress",
                "--out", str(tmp_path / "run")])

@@ -331,6 +331,10 @@ CASES = [
     # model options: their config dataclass refuses 0, naming the field (exit 2, no traceback)
     Case("train-hidden-size-0", lambda c: train(c, "--hidden-size", "0"), 2, r"hidden_size.* >= 1|hidden_size.*got 0"),
     Case("pretrain-lr-0", lambda c: pretrain(c, "--lr", "0"), 2, r"argument --lr: must be > 0, got 0"),
+    Case("pretrain-preset-unknown", lambda c: pretrain(c, "--preset", "bets"), 2,
+         r"argument --preset: invalid choice: 'bets'"),
+    Case("pretrain-dss-preset-best", lambda c: pretrain(c, "--model", "dss", "--preset", "best"), 2,
+         r"preset 'best' is for --model s3rec, not dss"),
     Case("pretrain-batch-size-0", lambda c: pretrain(c, "--batch-size", "0"), 2,
          r"argument --batch-size: must be >= 1, got 0"),
     Case("pretrain-epochs-0", lambda c: main(["pretrain", *TINY_PRE, "--epochs", "0", "--out", str(c.tmp / "p")]), 2,
