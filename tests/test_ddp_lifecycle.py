@@ -17,8 +17,11 @@ from test_ddp import _close, _wait
 
 # Run by every rank (as a script) and by the test itself (exec'd, one process).
 WORKER = r'''
+import atexit
+import gc
 import os
 import sys
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -93,6 +96,7 @@ def lifecycle(split, ds, ports, out_dir):
     seen["trainer_owns"] = trainer.ddp.owns_group and dist.is_initialized()
     trainer.fit()
     seen["after_fit"] = dist.is_initialized()
+    seen["wrapper_after_fit"] = trainer._ddp_model is not None
     try:  # its group is gone: a clear error, not torch's "not initialized"
         trainer.evaluate("test")
     except RuntimeError as exc:
@@ -123,6 +127,33 @@ def lifecycle(split, ds, ports, out_dir):
     seen["pretrainer_owns"] = pre.ddp.owns_group and dist.is_initialized()
     pre.fit()
     seen["after_pretrain"] = dist.is_initialized()
+    seen["pretrain_wrapper_after_fit"] = pre._ddp_model is not None
+    seen.update(evaluation_only(split, ds, ports[4]))
+    return seen
+
+
+def evaluation_only(split, ds, port):
+    """A trainer that owns its group and only evaluates (no fit() to close it): the group
+    is closed at exit, and close() frees the trainer's DDP wrapper, held by a reference
+    cycle, before it destroys the group (left to the interpreter's shutdown, gloo aborts)."""
+    seen, registered, register = {}, [], atexit.register
+    os.environ["MASTER_PORT"] = str(port)
+    atexit.register = lambda fn, *a, **k: (registered.append(fn), register(fn, *a, **k))[1]
+    gc.disable()  # only close() may collect the cycle
+    try:
+        trainer = Trainer(sasrec(ds), split, config(epochs=1))
+        seen["evaluated"] = trainer.evaluate("test")["NDCG@10"] >= 0
+        group, wrapper = trainer.ddp, weakref.ref(trainer._ddp_model)
+        seen["closes_at_exit"] = group.close in registered
+        trainer.itself = trainer
+        del trainer
+        seen["wrapper_before_close"] = wrapper() is not None
+        group.close()
+        seen["wrapper_after_close"] = wrapper() is not None
+        seen["group_after_close"] = dist.is_initialized()
+    finally:
+        gc.enable()
+        atexit.register = register
     return seen
 
 
@@ -179,7 +210,7 @@ def ranks(tmp_path_factory):
     script = tmp / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", WORLD_SIZE="2", LOCAL_RANK="0")
-    ports = ",".join(map(str, _free_ports(4)))
+    ports = ",".join(map(str, _free_ports(5)))
     procs = [subprocess.Popen([sys.executable, str(script), str(tmp / "init"), ports, str(tmp / f"rank{r}.pt")],
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
@@ -232,6 +263,12 @@ def test_trainer_destroys_only_the_group_it_created(ranks):
         assert "Trainer.resume: the process group this trainer initialised was destroyed" in \
             life["resume_after_fit"]
         assert "must be at least the world size 2" in life["init_error"] and not life["after_init_error"]
+        # The DDP wrappers go with the group they hold; a group no fit() closes is closed at
+        # exit, and close() frees a wrapper held by a reference cycle before destroying it.
+        assert not life["wrapper_after_fit"] and not life["pretrain_wrapper_after_fit"]
+        assert life["evaluated"] and life["closes_at_exit"]
+        assert life["wrapper_before_close"] and not life["wrapper_after_close"]
+        assert not life["group_after_close"]
         user = out["users_group"]
         assert not user["trainer_owns"]
         assert user["after_fit"] and user["after_raise"]

@@ -30,8 +30,9 @@ processes:
   With gradient accumulation the trainer runs all but the last batch of each group
   under DDP's ``no_sync()``: one gradient all-reduce per optimizer step.
 * **End.** A group :meth:`setup` initialised (``owns_group``) is destroyed by
-  :meth:`close`, which the trainers call when ``fit()`` returns or raises; a group the
-  caller initialised is left to the caller.
+  :meth:`close`, which the trainers call when ``fit()`` returns or raises, and
+  otherwise at the interpreter's exit (``atexit``); a group the caller initialised is
+  left to the caller.
 * **Writes.** Rank 0 alone writes (:meth:`on_writer`); its success or failure is then
   broadcast, so an error there (a full disk) stops every rank with
   :class:`RankZeroFailed` rather than leaving them waiting in the next collective.
@@ -43,7 +44,9 @@ processes:
 """
 from __future__ import annotations
 
+import atexit
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
@@ -214,13 +217,23 @@ class Distributed:
             torch.cuda.set_device(torch.device(dev))
         kwargs = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, **kwargs)
-        return cls(rank, world, local, backend, dev, owns_group=True)
+        group = cls(rank, world, local, backend, dev, owns_group=True)
+        # A group still open when the interpreter shuts down (a Trainer used only to
+        # evaluate: no fit() closes it) is closed before the shutdown, while Python is alive.
+        atexit.register(group.close)
+        return group
 
     def close(self) -> None:
         """Destroy the process group when this object created it (a group the caller
         initialised is left as it is)."""
         if self.owns_group:
+            atexit.unregister(self.close)
             if dist.is_initialized():
+                # What still holds the group from a reference cycle (a trainer and its DDP
+                # reducer) is freed now. Left to the interpreter's shutdown, gloo's threads die
+                # with their work and abort the process, "terminate called without an active
+                # exception" (pytorch/pytorch#190489).
+                gc.collect()
                 dist.destroy_process_group()
             self.owns_group = False
             self.closed = True

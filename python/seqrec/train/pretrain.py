@@ -308,7 +308,9 @@ class Pretrainer:
         try:
             return self._fit(on_epoch)
         finally:
-            if self.ddp is not None:
+            if self.ddp is not None:  # [DDP] as Trainer.fit: the wrapper, then a group this pretrainer initialised
+                if self.ddp.owns_group:
+                    self._ddp_model = None
                 self.ddp.close()
 
     def _fit(self, on_epoch: Callable[[dict], None] | None) -> list[dict]:

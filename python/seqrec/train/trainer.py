@@ -478,7 +478,9 @@ class Trainer:
                                    f"{type(hook_error).__name__}: {hook_error}")
             raise
         finally:
-            if self.ddp is not None:  # [DDP] a group this trainer initialised ends with fit()
+            if self.ddp is not None:  # [DDP] a group this trainer initialised ends with fit(), its DDP wrapper first
+                if self.ddp.owns_group:
+                    self._ddp_model = None
                 self.ddp.close()
 
     def _fit(self, callbacks: list[Callback]) -> FitResult:
