@@ -72,6 +72,9 @@ class Run:
     # With needs, a pretraining run: the epochs of it this run needs (the snapshot it
     # fine-tunes from, --keep-every), instead of its end.
     needs_epochs: int | None = None
+    # OMP_NUM_THREADS of this run, over `run --threads`: for a run whose result depends on
+    # it (summation order), which its row then names.
+    threads: int | None = None
 
     def folder(self, root: Path) -> Path:
         return root / self.name
@@ -567,12 +570,29 @@ def _s3rec_aap_input() -> list[Run]:
     return runs
 
 
+def _s3rec_sp_threads() -> list[Run]:
+    """Beauty's recipe pretraining (``s3rec-aap-input``'s 20-epoch run with AAP on the
+    encoder output) at two threads instead of one: its SP term saturated in epoch 2 and
+    stayed at ln 2 per segment. Then the recipe's row without fusion and intentions
+    (SASRec CE) fine-tuned from it with seed 42: what losing SP costs a fine-tune."""
+    pre = next(r for r in _s3rec_aap_input() if r.name == "beauty_s3rec_aapseq_pre20")
+    saturated = dataclasses.replace(pre, name="beauty_s3rec_aapseq_pre20_2threads",
+                                    group="Beauty S3-Rec pretraining, 20 epochs, AAP on the encoder output, "
+                                          "two threads (SP saturated)", threads=2)
+    neither = next(r for r in _best() if r.name == "beauty_best_s3pre_neither")
+    args = list(neither.args)
+    args[args.index("--init") + 1] = f"{{root}}/{saturated.name}"
+    return [saturated, Run("beauty_best_s3pre2t_neither", "Beauty best without fusion and intentions, from the "
+                           "two-thread pretraining (SP saturated)", tuple(args), needs=saturated.name)]
+
+
 SUITES = {"sasrec": _sasrec, "sine": _sine, "difsr-paper": _difsr_paper, "difsr-ablation": _difsr_ablation,
           "dss": _dss, "dss-weight": _dss_weight, "dss-beta": _dss_beta, "dss-lambda": _dss_lambda,
           "dss-temperature": _dss_temperature, "dss-sampled": _dss_sampled, "dss-long": _dss_long,
           "dss-pretrain": _dss_pretrain, "compose": _compose, "best": _best,
           "s3rec": _s3rec, "s3rec-short": _s3rec_short,
-          "s3rec-seeds": _s3rec_seeds, "s3rec-aap-input": _s3rec_aap_input}
+          "s3rec-seeds": _s3rec_seeds, "s3rec-aap-input": _s3rec_aap_input,
+          "s3rec-sp-threads": _s3rec_sp_threads}
 
 
 def suite_runs(name: str, root: Path) -> list[Run]:
@@ -628,9 +648,10 @@ def run_suite(runs: list[Run], suite: list[Run], root: Path, jobs: int, threads:
             pending.remove(r)
             argv = r.argv(root, device)
             print(f"  {'resuming' if '--resume' in argv else 'starting'} {r.name}: seqrec {' '.join(argv)}")
+            run_env = env if r.threads is None else dict(env, OMP_NUM_THREADS=str(r.threads))
             with open(root / f"{r.name}.log", "a") as log:  # the child keeps its own handle
                 proc = subprocess.Popen(seqrec_executable() + argv, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env)
+                                        stdin=subprocess.DEVNULL, env=run_env)
             active[r.name] = (proc, time.time())
         elsewhere = busy or any(r.needs is not None and run_folder_in_use(by_name[r.needs].folder(root))
                                 for r in pending)
@@ -798,7 +819,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "commands":
         for r in runs:
             state = "finished" if r.finished(root) else "resume" if r.started(root) else "new"
-            print(f"[{state}] seqrec {' '.join(r.argv(root, args.device))}")
+            threads = f"OMP_NUM_THREADS={r.threads} " if r.threads is not None else ""
+            print(f"[{state}] {threads}seqrec {' '.join(r.argv(root, args.device))}")
         return 0
     if args.action == "report":
         bad = [m for m in args.metrics if m.rpartition(":")[0] not in ("", *METRIC_TABLES)]

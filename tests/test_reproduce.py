@@ -266,3 +266,23 @@ def test_device_goes_to_every_call_and_is_checked_first(tmp_path, capsys):
         reproduce.main(["commands", "best", "--root", str(tmp_path), "--device", "gpu"])
     assert "--device gpu: " in capsys.readouterr().err
     assert not (tmp_path / "lastfm_best").exists()
+
+
+def test_a_runs_own_threads_override_the_suites(tmp_path, monkeypatch, capsys):
+    """Run.threads reaches its child as OMP_NUM_THREADS, over `run --threads`; other runs
+    keep the suite's setting."""
+    seen = {}
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, argv, env, **kwargs):
+            seen[argv[argv.index("--out") + 1]] = env.get("OMP_NUM_THREADS")
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(reproduce.subprocess, "Popen", Done)
+    runs = [_tiny("own", 1, threads=2), _tiny("suite", 2)]
+    assert reproduce.run_suite(runs, runs, tmp_path, jobs=2, threads=1) == 0
+    assert seen == {str(tmp_path / "own"): "2", str(tmp_path / "suite"): "1"}
