@@ -405,16 +405,16 @@ def _best_heldout() -> list[Run]:
     users, 1682 items; the .item file's genres, field ``class``, as the attributes), with
     the commands a user runs: ``seqrec pretrain --preset best``, then ``--preset best``
     from it (rows "ML-100k best"), its closest rival on Beauty (without fusion and
-    intentions, SASRec CE from the same pretraining) and ``--preset best`` alone, seeds
-    42, 1 and 2. Nothing was chosen on these rows; they test the claim that the preset
-    is data-agnostic."""
+    intentions, SASRec CE from the same pretraining), ``--preset best`` alone, and the
+    rest of ``best``'s ablation (``BEST_ABLATIONS``), seeds 42, 1 and 2. Nothing was
+    chosen on these rows; they test the claim that the preset is data-agnostic."""
     data, attributes = ("--data", _data("ml-100k")), ("--attributes", "class")
     pre = "ml100k_s3rec_pre20"
     runs = [Run(pre, "ML-100k S3-Rec pretraining, --preset best (20 epochs)",
                 ("--model", "s3rec", "--preset", "best", *attributes, *data, "--epochs", "20"), command="pretrain")]
     init = ("--init", f"{{root}}/{pre}")
     neither = next(change for name, _, change in BEST_ABLATIONS if name == "neither")
-    without_pretraining = []
+    without_pretraining, ablations = [], []
     for seed in (None, 1, 2):
         suffix, seeded = _seeded(seed)
         best = ("--model", "composed", "--preset", "best", *data, *seeded)
@@ -423,7 +423,12 @@ def _best_heldout() -> list[Run]:
                      (*best, *neither, *init), needs=pre)]
         without_pretraining.append(Run(f"ml100k_best{suffix}", "ML-100k best without S3-Rec pretraining "
                                                                "(--preset best alone)", (*best, *attributes)))
-    return runs + without_pretraining
+        for name, label, change in BEST_ABLATIONS:
+            if name != "neither":
+                fused = "--side-information" not in change
+                ablations.append(Run(f"ml100k_best_s3pre_{name}{suffix}", f"ML-100k best {label}",
+                                     (*best, *change, *(attributes if fused else ()), *init), needs=pre))
+    return runs + without_pretraining + ablations
 
 
 # S3-Rec fine-tuning (and its no-pretraining row): the authors' budget, selected by the
