@@ -310,9 +310,9 @@ def _dss_pretrain() -> list[Run]:
     seeds: DSS seq2item only (the fine-tuning DSSRec does), joint DSS (seq2item + 0.1
     seq2seq) and SASRec CE (single head, the pretrained encoder). One pretraining per
     dataset (the default seed; as s3rec-seeds, the seeds are the fine-tuning's: a
-    Beauty pretraining takes about 75 min on one core, 15 s an epoch). The dss suite's
-    joint DSS and seq2item-only rows (no pretraining) are this suite's too, for the
-    comparison."""
+    Beauty pretraining took 47 min on one core, 9 s an epoch, beside another run). The
+    dss suite's joint DSS and seq2item-only rows (no pretraining) are this suite's too,
+    for the comparison."""
     runs = []
     for ds, budget in (("LastFM", ("--epochs", "100", "--patience", "0")),
                        ("Beauty", ("--epochs", "200", "--patience", "10"))):
