@@ -307,8 +307,10 @@ def _dss_pretrain() -> list[Run]:
     --model dss`` (300 epochs, batch 256, lr 1e-3, sliding windows of step 0.5 x
     max_len, seq2item + seq2seq at weights 1 and 1, K = 4, top-lambda 0.5 by kthvalue;
     a snapshot every 50 epochs), then fine-tuning from it at the dss suite's budgets and
-    seeds: DSS seq2item only (the fine-tuning DSSRec does), joint DSS (seq2item + 0.1
-    seq2seq) and SASRec CE (single head, the pretrained encoder). One pretraining per
+    seeds: DSS seq2item only (the fine-tuning DSSRec does), the same with the pretraining's
+    1/sqrt(D) item-score scale folded into the loaded ``out_norm`` (``--init-fold-scale``:
+    without it the fine-tune starts from logits sqrt(D) times sharper), joint DSS
+    (seq2item + 0.1 seq2seq) and SASRec CE (single head, the pretrained encoder). One pretraining per
     dataset (the default seed; as s3rec-seeds, the seeds are the fine-tuning's: a
     Beauty pretraining took 47 min on one core, 9 s an epoch, beside another run). The
     dss suite's joint DSS and seq2item-only rows (no pretraining) are this suite's too,
@@ -328,6 +330,10 @@ def _dss_pretrain() -> list[Run]:
             runs += _dss_pair(ds, f"{key}_dss{suffix}", f"{key}_dss0{suffix}", common)
             runs += [Run(f"{key}_dsspre_dss0{suffix}", f"{ds} DSS pretrained, fine-tuned seq2item only",
                          ("--model", "dss", "--preset", "seq2item-only", *common, *init), needs=pre),
+                     Run(f"{key}_dsspre_dss0fold{suffix}",
+                         f"{ds} DSS pretrained, fine-tuned seq2item only, the pretraining's scale folded",
+                         ("--model", "dss", "--preset", "seq2item-only", *common, *init, "--init-fold-scale"),
+                         needs=pre),
                      Run(f"{key}_dsspre_dss{suffix}", f"{ds} DSS pretrained, fine-tuned DSS (seq2item + seq2seq)",
                          ("--model", "dss", *common, *init), needs=pre),
                      Run(f"{key}_dsspre_sasce{suffix}", f"{ds} DSS pretrained, fine-tuned SASRec CE",

@@ -4,6 +4,7 @@ pretraining steps, fine-tuning initialised from it, and the command line."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from seqrec.cli import main
 from seqrec.data import SequenceDataset, synthetic
 from seqrec.models import DSS, DSSConfig, SASRec, SASRecConfig, load_pretrained, read_pretrained_state
-from seqrec.models.dss import pretrain_split
+from seqrec.models.dss import fold_pretraining_scale, pretrain_split
 from seqrec.models.losses import confident_info_nce, max_intention_nll
 from seqrec.models.pretrained import encoder_tensor_names
 from seqrec.train import PretrainConfig, Pretrainer, PretrainSamples
@@ -235,6 +236,69 @@ def test_cli_pretrain_dss_then_finetune_dss_and_sasrec(tmp_path, capsys):
         if model == "dss":
             assert finetuned["config"]["num_intentions"] == 3
             assert "not loaded (kept at initialisation): none" in err
+
+
+def test_folded_scale_makes_plain_dot_products_the_pretrainings_scaled_ones(tmp_path):
+    """fold_pretraining_scale: the fine-tune model loaded from the folded weights has
+    intention vectors 1/sqrt(D) of the pretrained model's, so its unscaled item logits are
+    the pretraining's <phi, h> / sqrt(D); the other tensors and the given state are untouched."""
+    ds, trainer = _pretrainer(tmp_path, epochs=1)
+    trainer.fit()
+    weights, _, _ = read_pretrained_state(tmp_path)
+    d = trainer.model.config.hidden_size
+    folded = fold_pretraining_scale(weights, d)
+    assert folded is not weights and set(folded) == set(weights)
+    for name, value in weights.items():
+        if name.startswith("out_norm."):
+            torch.testing.assert_close(folded[name], value / math.sqrt(d), rtol=1e-6, atol=0)
+            assert not torch.equal(folded[name], value)
+        else:
+            assert folded[name] is value, name
+    plain, scaled = DSS(trainer.model.config), DSS(trainer.model.config)
+    assert load_pretrained(plain, weights).complete and load_pretrained(scaled, folded).complete
+    plain.eval(), scaled.eval()
+    seq = torch.tensor([[0, 0, 3, 7, 9, 2], [4, 8, 1, 5, 6, 11]])
+    items = plain.embedding.item.weight
+    with torch.no_grad():
+        pretraining_logits = plain.interests(seq) @ items.t() / math.sqrt(d)
+        torch.testing.assert_close(scaled.interests(seq) @ items.t(), pretraining_logits)
+    with pytest.raises(ValueError, match="out_norm.weight is missing"):
+        fold_pretraining_scale({k: v for k, v in weights.items() if k != "out_norm.weight"}, d)
+    with pytest.raises(ValueError, match=r"out_norm.weight is of shape \(16,\); a DSS pretraining of hidden size 8"):
+        fold_pretraining_scale(weights, 8)
+
+
+def test_cli_init_fold_scale(tmp_path, capsys):
+    """--init-fold-scale folds the scale of a DSS pretraining into a seq2item-only DSS
+    fine-tune (the run records it) and refuses every other combination by name."""
+    common = ["--data", "synthetic", "--synthetic-users", "80", "--synthetic-items", "40", "--max-len", "10"]
+    pre = tmp_path / "pre"
+    assert main(["pretrain", "--model", "dss", *common, "--epochs", "1", "--hidden-size", "16", "--num-layers", "1",
+                 "--out", str(pre), "--no-progress"]) == 0
+    finetune = ["train", *common, "--epochs", "1", "--no-progress"]
+    out = tmp_path / "folded"
+    assert main([*finetune, "--model", "dss", "--preset", "seq2item-only", "--init", str(pre), "--init-fold-scale",
+                 "--out", str(out)]) == 0
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert saved["model_spec"]["init"]["folded_scale"] == 0.25 and saved["model_spec"]["init"]["missing"] == []
+    pretrained = torch.load(pre / "pretrain.pt", weights_only=False)["model"]
+    # The run's weights after one epoch are not the loaded ones; a fresh load is.
+    fresh = DSS(DSSConfig(**{k: v for k, v in saved["model_spec"]["config"].items()}))
+    load_pretrained(fresh, fold_pretraining_scale(pretrained, 16))
+    torch.testing.assert_close(fresh.out_norm.weight, pretrained["out_norm.weight"] / 4)
+    capsys.readouterr()
+    refusals = [
+        (["--model", "dss", "--preset", "seq2item-only", "--init-fold-scale"], "give --init too"),
+        (["--model", "dss", "--init", str(pre), "--init-fold-scale"], r"seq2seq term \(weight 0.1\)"),
+        (["--model", "sasrec", "--loss", "ce", "--init", str(pre), "--init-fold-scale"], "SASRec has no out_norm"),
+        (["--model", "dss", "--preset", "seq2item-only", "--init", str(out), "--init-fold-scale"],
+         "a 'dss' training checkpoint"),
+    ]
+    for i, (args, message) in enumerate(refusals):
+        assert main([*finetune, *args, "--out", str(tmp_path / f"refused{i}")]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err), (args, err)
+        assert not (tmp_path / f"refused{i}" / "checkpoint.pt").exists()
 
 
 def test_cli_pretrain_refuses_the_other_models_options(tmp_path, capsys):

@@ -253,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --init: load what fits even when encoder tensors of the model are missing from the "
                         "checkpoint or have other shapes (they stay at their initialisation); without it such a "
                         "load is refused")
+    t.add_argument("--init-fold-scale", action="store_true",
+                   help="with --init from `seqrec pretrain --model dss`, fine-tuning by seq2item alone (DSS "
+                        "--preset seq2item-only): fold the pretraining's 1/sqrt(hidden size) item-score scale "
+                        "into the loaded out_norm, so the fine-tune starts from the pretraining's scores "
+                        "instead of logits sqrt(hidden size) times sharper")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: on a terminal, off in CI or when stderr goes to a file)")
     _add_distributed_arg(t)
@@ -616,6 +621,34 @@ def _init_weights(args, model, num_items: int, init_spec: dict, state: dict, pat
     return {"path": str(path), **report.to_dict()}
 
 
+def _fold_dss_scale(model, state: dict, init_spec: dict, path) -> dict:
+    """--init-fold-scale: ``state`` with the DSS pretraining's item-score scale folded into
+    ``out_norm`` (:func:`seqrec.models.dss.fold_pretraining_scale`), after checking that
+    the checkpoint is a DSS pretraining and the model scores its ``out_norm`` output
+    against items alone."""
+    from .models.dss import fold_pretraining_scale
+    from .train.pretrain import CHECKPOINT_KIND
+
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    kind = saved.get("kind") if isinstance(saved, dict) else None
+    if kind != CHECKPOINT_KIND or init_spec.get("name") != "dss":
+        what = f"a {init_spec.get('name')!r} {kind or 'training'} checkpoint" if init_spec else "not a seqrec checkpoint"
+        raise ValueError(f"--init-fold-scale: --init {path} is {what}; the scale it folds is that of "
+                         "`seqrec pretrain --model dss`")
+    if not isinstance(getattr(model, "out_norm", None), torch.nn.LayerNorm):
+        raise ValueError(f"--init-fold-scale: {type(model).__name__} has no out_norm to fold the scale into "
+                         "(a DSS fine-tune has: --model dss)")
+    seq2seq_weight = getattr(model.config, "seq2seq_weight", 0.0)
+    if seq2seq_weight:
+        raise ValueError(f"--init-fold-scale: the seq2seq term (weight {seq2seq_weight}) compares two out_norm "
+                         "outputs, which the fold would scale by 1/hidden size; fine-tune by seq2item alone "
+                         "(--preset seq2item-only) or load without folding")
+    try:
+        return fold_pretraining_scale(state, model.config.hidden_size)
+    except ValueError as exc:
+        raise ValueError(f"--init {path}: {exc}") from None
+
+
 def _negatives_arg(text: str) -> str:
     """--train-negatives: a sampler name or a mix, checked while parsing."""
     from .data.negatives import parse_negatives
@@ -635,6 +668,8 @@ def cmd_train(args) -> int:
 
     if args.init_partial and args.init is None:
         raise ValueError("--init-partial says how to load --init's weights; give --init too")
+    if args.init_fold_scale and args.init is None:
+        raise ValueError("--init-fold-scale says how to load --init's weights; give --init too")
     previous_run = _writer(args, _check_run_folder, args, RUN_FILES) or []  # [DDP] rank 0 only
     if args.model in PRETRAIN_MODELS and args.init is None:
         raise ValueError(f"--model {args.model} fine-tunes a pretrained model: give --init <folder or "
@@ -679,7 +714,11 @@ def cmd_train(args) -> int:
                      "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items,
                      "split": split_spec}}
     if init_state is not None:
+        if args.init_fold_scale:
+            init_state = _fold_dss_scale(model, init_state, init_spec, init_path)
         spec["init"] = _init_weights(args, model, dataset.num_items, init_spec, init_state, init_path)
+        if args.init_fold_scale:
+            spec["init"]["folded_scale"] = model.config.hidden_size ** -0.5
         spec["finetune_of"] = args.model if args.model in PRETRAIN_MODELS else None
     trainer = Trainer(model, split, train_config, out_dir=args.out, model_spec=spec, loggers=loggers)
     _writer(args, _clear_run_folder, args, previous_run)  # --overwrite: only now that the new run is ready to start
