@@ -16,7 +16,7 @@ from seqrec.models import DSS, DSSConfig, SASRec, SASRecConfig, load_pretrained,
 from seqrec.models.dss import fold_pretraining_scale, pretrain_split
 from seqrec.models.losses import confident_info_nce, max_intention_nll
 from seqrec.models.pretrained import encoder_tensor_names
-from seqrec.train import PretrainConfig, Pretrainer, PretrainSamples
+from seqrec.train import PretrainConfig, Pretrainer, PretrainSamples, Trainer
 
 
 def _dataset(sequences: list[list[int]]) -> SequenceDataset:
@@ -268,24 +268,35 @@ def test_folded_scale_makes_plain_dot_products_the_pretrainings_scaled_ones(tmp_
         fold_pretraining_scale(weights, 8)
 
 
-def test_cli_init_fold_scale(tmp_path, capsys):
-    """--init-fold-scale folds the scale of a DSS pretraining into a seq2item-only DSS
-    fine-tune (the run records it) and refuses every other combination by name."""
+def test_cli_init_fold_scale(tmp_path, capsys, monkeypatch):
+    """--init-fold-scale: the fine-tune starts from the DSS pretraining's out_norm times
+    1/sqrt(16) (without it, from the pretraining's own), the run records the factor, and
+    every other combination is refused by name."""
     common = ["--data", "synthetic", "--synthetic-users", "80", "--synthetic-items", "40", "--max-len", "10"]
     pre = tmp_path / "pre"
     assert main(["pretrain", "--model", "dss", *common, "--epochs", "1", "--hidden-size", "16", "--num-layers", "1",
                  "--out", str(pre), "--no-progress"]) == 0
-    finetune = ["train", *common, "--epochs", "1", "--no-progress"]
-    out = tmp_path / "folded"
-    assert main([*finetune, "--model", "dss", "--preset", "seq2item-only", "--init", str(pre), "--init-fold-scale",
-                 "--out", str(out)]) == 0
-    saved = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert saved["model_spec"]["init"]["folded_scale"] == 0.25 and saved["model_spec"]["init"]["missing"] == []
     pretrained = torch.load(pre / "pretrain.pt", weights_only=False)["model"]
-    # The run's weights after one epoch are not the loaded ones; a fresh load is.
-    fresh = DSS(DSSConfig(**{k: v for k, v in saved["model_spec"]["config"].items()}))
-    load_pretrained(fresh, fold_pretraining_scale(pretrained, 16))
-    torch.testing.assert_close(fresh.out_norm.weight, pretrained["out_norm.weight"] / 4)
+    started_from = {}  # out_norm's affine as training starts
+    fit = Trainer.fit
+
+    def recording_fit(self, **kwargs):
+        started_from[self.out_dir.name] = (self.model.out_norm.weight.detach().clone(),
+                                           self.model.out_norm.bias.detach().clone())
+        return fit(self, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    finetune = ["train", *common, "--epochs", "1", "--no-progress", "--model", "dss", "--preset", "seq2item-only"]
+    for name, flags in (("folded", ["--init-fold-scale"]), ("as-saved", [])):
+        assert main([*finetune, "--init", str(pre), *flags, "--out", str(tmp_path / name)]) == 0
+    factor = {"folded": 0.25, "as-saved": 1.0}
+    for name, (weight, bias) in started_from.items():
+        torch.testing.assert_close(weight, pretrained["out_norm.weight"] * factor[name])
+        torch.testing.assert_close(bias, pretrained["out_norm.bias"] * factor[name])
+        init = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["model_spec"]["init"]
+        assert init.get("folded_scale") == (0.25 if name == "folded" else None) and init["missing"] == []
+    assert set(started_from) == {"folded", "as-saved"}
+    out = tmp_path / "folded"
     capsys.readouterr()
     refusals = [
         (["--model", "dss", "--preset", "seq2item-only", "--init-fold-scale"], "give --init too"),
@@ -295,7 +306,8 @@ def test_cli_init_fold_scale(tmp_path, capsys):
          "a 'dss' training checkpoint"),
     ]
     for i, (args, message) in enumerate(refusals):
-        assert main([*finetune, *args, "--out", str(tmp_path / f"refused{i}")]) == 2
+        assert main(["train", *common, "--epochs", "1", "--no-progress", *args,
+                     "--out", str(tmp_path / f"refused{i}")]) == 2
         err = capsys.readouterr().err
         assert re.search(message, err), (args, err)
         assert not (tmp_path / f"refused{i}" / "checkpoint.pt").exists()

@@ -629,6 +629,8 @@ def _fold_dss_scale(model, state: dict, init_spec: dict, path) -> dict:
     from .models.dss import fold_pretraining_scale
     from .train.pretrain import CHECKPOINT_KIND
 
+    # The checkpoint's kind (pretraining or training) is not among what _read_init returns:
+    # read again, only when the fold is asked for.
     saved = torch.load(path, map_location="cpu", weights_only=False)
     kind = saved.get("kind") if isinstance(saved, dict) else None
     if kind != CHECKPOINT_KIND or init_spec.get("name") != "dss":
