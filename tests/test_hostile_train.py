@@ -249,6 +249,19 @@ CASES = [
     Case("train-log-q-unknown", lambda c: train(c, "--log-q", "maybe"), 2, r"argument --log-q: invalid choice: 'maybe'"),
     Case("train-init-partial-without-init", lambda c: train(c, "--init-partial"), 2,
          r"--init-partial says how to load --init's weights; give --init too"),
+    # --init-fold-scale (issue 29): the scale it folds is a DSS pretraining's; the refusals
+    # that need one (a SASRec target, a seq2seq term) are in test_dss_pretrain
+    Case("train-init-fold-scale-without-init", lambda c: train(c, "--init-fold-scale"), 2,
+         r"--init-fold-scale says how to load --init's weights; give --init too"),
+    Case("train-init-fold-scale-from-s3rec-pretraining",
+         lambda c: train(c, "--model", "dss", "--preset", "seq2item-only", "--init", str(c.pre),
+                         "--init-fold-scale"), 2,
+         r"--init-fold-scale: --init .*pre/pretrain.pt is a 's3rec' pretrain checkpoint; the scale it folds is "
+         r"that of `seqrec pretrain --model dss`"),
+    Case("train-init-fold-scale-from-train-checkpoint",
+         lambda c: train(c, "--model", "dss", "--preset", "seq2item-only", "--init", str(c.run),
+                         "--init-fold-scale"), 2,
+         r"--init-fold-scale: --init .*run/checkpoint.pt is a 'sasrec' training checkpoint"),
     Case("train-autocast-fp16-on-cpu", lambda c: train(c, "--autocast", "fp16"), 2,
          r"autocast 'fp16' needs a CUDA device"),
     Case("pretrain-dss-window-step-0", lambda c: pretrain(c, "--model", "dss", "--window-step", "0"), 2,
